@@ -40,7 +40,9 @@ def dispatch(
     """Histogram → capacity → exclusive prefix sum → stable permutation → padding."""
     ids = np.asarray(expert_ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ConfigError(f"expert_ids must be an integer [T, k] array, got {ids.dtype} {ids.shape}")
+        raise ConfigError(
+            f"expert_ids must be an integer [T, k] array, got {ids.dtype} {ids.shape}"
+        )
     if ids.size and (ids.min() < 0 or ids.max() >= n_experts):
         raise ConfigError(f"expert_ids must lie in [0, {n_experts - 1}]")
     if m_tile < 1:

@@ -144,3 +144,12 @@ def apply_lut(lut: np.ndarray, q: np.ndarray, bits: int = 8) -> np.ndarray:
     if lut.shape != (n,):
         raise ConfigError(f"LUT must have {n} entries, got shape {lut.shape}")
     return lut[np.asarray(q, dtype=np.int64) & (n - 1)]
+
+
+def gated_multiply(
+    g: np.ndarray, u: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int, bits: int = 8
+) -> np.ndarray:
+    """SwiGLU's element-wise gate: `requantize(g · u)`, the product exact before rounding."""
+    return requantize(
+        np.asarray(g, dtype=np.int64) * np.asarray(u, dtype=np.int64), mult, shift, bits
+    )
