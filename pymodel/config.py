@@ -68,6 +68,15 @@ class _JSONMixin:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ConfigError(f"{cls.__name__}: missing field(s) {missing}")
         return cls(**data)
 
     @classmethod

@@ -153,3 +153,17 @@ def gated_multiply(
     return requantize(
         np.asarray(g, dtype=np.int64) * np.asarray(u, dtype=np.int64), mult, shift, bits
     )
+
+
+def div_round(n: np.ndarray, d: np.ndarray, frac_bits: int) -> np.ndarray:
+    """`n / d` as unsigned fixed point with `frac_bits` fraction bits, rounded exactly.
+
+    `(n·2^frac_bits + d//2) // d` for n >= 0, d > 0: round half up, which for
+    these non-negative operands is the contract's round half away from zero.
+    Exact integer division (the RTL uses a sequential divider).
+    """
+    n = np.asarray(n, dtype=np.int64)
+    d = np.asarray(d, dtype=np.int64)
+    if np.any(n < 0) or np.any(d <= 0):
+        raise NumericsError("div_round needs numerators >= 0 and denominators > 0")
+    return ((n << frac_bits) + (d >> 1)) // d

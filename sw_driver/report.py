@@ -1,0 +1,95 @@
+"""How a run of one MoE layer compares with the float reference, as numbers and a table.
+
+The metrics are the ones the project judges itself by: output error against
+the PyTorch reference (max abs, relative L2), agreement of the integer
+router's expert sets with the float router's, and — for hardware backends —
+whether the hardware matched the golden model bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+
+def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
+    """‖y − ref‖₂ / ‖ref‖₂ (0 when both are zero)."""
+    y64, r64 = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    denom = float(np.linalg.norm(r64))
+    diff = float(np.linalg.norm(y64 - r64))
+    return diff / denom if denom > 0 else diff
+
+
+def expert_set_agreement(ids: np.ndarray, ref_ids: np.ndarray) -> np.ndarray:
+    """[T] bool: the token's set of k experts equals the reference's (order ignored)."""
+    return np.all(np.sort(ids, axis=1) == np.sort(ref_ids, axis=1), axis=1)
+
+
+@dataclass
+class LayerReport:
+    """Everything one `moe-accel run` measured; `to_json_dict` is the `--json` document."""
+
+    family: str
+    backend: str
+    tokens: int
+    d_model: int
+    d_ff: int
+    n_experts: int
+    top_k: int
+    torch_device: str
+    max_abs_vs_torch: float
+    rel_l2_vs_torch: float
+    rel_l2_bound: float
+    rel_l2_vs_torch_agreeing: float
+    rel_l2_bound_agreeing: float
+    routing_agreement: float
+    routing_agreement_guaranteed: float
+    guaranteed_tokens: int
+    dropped_pairs: int
+    tokens_per_expert: list[int]
+    bit_exact_vs_golden: bool | None = None
+    cycles: dict[str, int] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self, console: Console | None = None) -> None:
+        """Print the report as a readable table."""
+        console = console or Console()
+        table = Table(title=f"moe-accel · {self.family} layer on the {self.backend} backend")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row(
+            "shape",
+            f"T={self.tokens} d={self.d_model} f={self.d_ff} E={self.n_experts} k={self.top_k}",
+        )
+        if self.bit_exact_vs_golden is not None:
+            table.add_row("bit-exact vs golden model", "yes" if self.bit_exact_vs_golden else "NO")
+        ok = "within" if self.rel_l2_vs_torch <= self.rel_l2_bound else "OVER"
+        table.add_row(
+            f"rel. L2 error vs torch ({self.torch_device})",
+            f"{self.rel_l2_vs_torch:.4f} ({ok} bound {self.rel_l2_bound:.3f})",
+        )
+        ok = "within" if self.rel_l2_vs_torch_agreeing <= self.rel_l2_bound_agreeing else "OVER"
+        table.add_row(
+            "  on tokens routed like the float router",
+            f"{self.rel_l2_vs_torch_agreeing:.4f} ({ok} bound {self.rel_l2_bound_agreeing:.3f})",
+        )
+        table.add_row("max abs error vs torch", f"{self.max_abs_vs_torch:.4g}")
+        table.add_row("routing agreement (expert sets)", f"{100 * self.routing_agreement:.1f} %")
+        table.add_row(
+            f"  on the {self.guaranteed_tokens} tokens with a clear float margin",
+            f"{100 * self.routing_agreement_guaranteed:.1f} %",
+        )
+        table.add_row("dropped (token, slot) pairs", str(self.dropped_pairs))
+        table.add_row("tokens per expert", " ".join(str(c) for c in self.tokens_per_expert))
+        for phase, cycles in self.cycles.items():
+            table.add_row(f"cycles: {phase}", f"{cycles:,}")
+        for key, value in self.extras.items():
+            table.add_row(key, value if isinstance(value, str) else f"{value:.4g}")
+        console.print(table)
