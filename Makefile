@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak bench clean
+.PHONY: demo test lint soak bench clean synth verilog synth-sweep
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[ref,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[ref,dev,fpga]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +23,25 @@ test: $(STAMP) lint
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# Expert-GEMM MAC utilisation on Verilator: writes bench/results.json and bench/results.md.
+bench: $(STAMP)
+	$(BIN)/python bench/gemm_bench.py
+
+# FPGA: `make synth CONFIG=configs/4x4.json` (DEVICE=ice40-up5k, TOP=systolic_array also work).
+CONFIG ?= configs/default.json
+TOP ?= gemm_engine
+DEVICE ?= ecp5-85f
+SWEEP_CONFIGS ?= configs/4x4.json configs/default.json configs/9x9.json configs/10x10.json
+
+synth: $(STAMP)
+	$(BIN)/python -m rtl.fpga synth --config $(CONFIG) --top $(TOP) --device $(DEVICE)
+
+verilog: $(STAMP)
+	$(BIN)/python -m rtl.fpga verilog --config $(CONFIG) --top $(TOP)
+
+synth-sweep: $(STAMP)
+	$(BIN)/python -m rtl.fpga sweep $(SWEEP_CONFIGS) --top $(TOP) --doc docs/fpga.md
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

@@ -1,0 +1,211 @@
+"""The grouped-GEMM engine: sequencer + systolic array + accumulators + post-processing.
+
+One command computes one expert group's `Y[M, N] = post(X[M, K] · W[K, N])`
+(or SwiGLU's `gated(lut(requant(X·W1)), requant(X·W3))`) bit-exact with
+`pymodel.gemm.matmul_int` and `pymodel.numerics`. Data path:
+
+    act, weight ──► TileSequencer ──► SystolicArray ──► accumulators ──► FIFO
+                                                     (int32, RMW)        │
+                    out ◄── PostProc (requant / LUT / gated multiply) ◄──┘
+
+Streams (all `lib.stream`, valid never waits on ready; beat orders follow
+`TileSequencer`'s loop nest, for m-block, N-tile, pass, K-tile):
+
+- `cmd`: `command_layout` — M, K, N, mode, parameter rows, SwiGLU gate (m, s);
+  accepted only when the engine is idle.
+- `weight`: one weight row of C int8 per beat, `W[k0+r, n0:n0+C]` for
+  r < min(R, K−k0); lanes ≥ N−n0 are don't-care. SwiGLU sends W1's tiles
+  then W3's for each N-tile.
+- `act`: one activation row K-slice of R int8 per beat, `X[m0+i, k0:k0+R]`
+  for each row i of the block; lanes ≥ K−k0 are don't-care (zeroed inside).
+- `out`: one row of C int8 per beat, `Y[m0+i, n0:n0+C]`, lanes ≥ N−n0 are 0;
+  `last` marks the command's final beat.
+- `param_w`/`lut_w`: write per-channel (m, s) and the activation LUT.
+
+Accumulators: two int32 row memories (W/W1 and W3) of `m_block` rows with a
+one-cycle read-modify-write (transparent read, so back-to-back K-steps of the
+same row — M = 1 — are exact). Rows whose sums are final go to a result FIFO
+sized by credits (`TileSequencer`), so output backpressure stalls injection
+instead of overflowing; the array never stalls.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth import Module, Mux, Shape, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from pymodel.config import AccelConfig, ConfigError
+
+from .postproc import (
+    PostProc,
+    lut_write_layout,
+    output_layout,
+    param_write_layout,
+    postproc_input_layout,
+)
+from .sequencer import CommandError, TileSequencer, command_layout, counter_layout, tag_layout
+from .systolic import SystolicArray
+
+__all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
+
+
+def default_m_block(cfg: AccelConfig) -> int:
+    """Accumulator rows: one block per group up to 8·R rows, and never below R + C + 2.
+
+    A block of at least R + C + 2 rows per weight tile is what hides the next
+    tile's load (see `TileSequencer`).
+    """
+    return min(max(8 * cfg.rows, cfg.rows + cfg.cols + 2), cfg.max_tokens)
+
+
+def default_param_rows(cfg: AccelConfig) -> int:
+    """Parameter rows for one SwiGLU expert resident at once: W1 + W3 + W2 channels."""
+    per = math.ceil(cfg.max_d_ff / cfg.cols)
+    return 2 * per + math.ceil(max(cfg.max_d_model, cfg.max_experts + 1) / cfg.cols)
+
+
+class GemmEngine(wiring.Component):
+    """Weight-stationary grouped-GEMM engine (see the module docstring for its streams).
+
+    `m_block` is the accumulator depth (rows per M-block), `param_rows` the
+    parameter-memory depth in rows of C channels.
+    """
+
+    def __init__(
+        self, cfg: AccelConfig, *, m_block: int | None = None, param_rows: int | None = None
+    ) -> None:
+        if not isinstance(cfg, AccelConfig):
+            raise ConfigError(f"GemmEngine needs an AccelConfig, got {type(cfg).__name__}")
+        if cfg.weight_buffers != 2:
+            raise ConfigError(
+                f"GemmEngine is double-buffered: AccelConfig.weight_buffers = "
+                f"{cfg.weight_buffers} is not supported (use 2)"
+            )
+        self.cfg = cfg
+        self.m_block = default_m_block(cfg) if m_block is None else m_block
+        self.param_rows = default_param_rows(cfg) if param_rows is None else param_rows
+        if not isinstance(self.m_block, int) or not 1 <= self.m_block <= cfg.max_tokens:
+            raise ConfigError(
+                f"GemmEngine.m_block = {self.m_block!r} must be an int in [1, {cfg.max_tokens}]"
+            )
+        if not isinstance(self.param_rows, int) or self.param_rows < 1:
+            raise ConfigError(f"GemmEngine.param_rows = {self.param_rows!r} must be an int >= 1")
+        self.array_latency = cfg.rows + cfg.cols - 1
+        # Credits cover the round trip injection → FIFO → pop, so the array
+        # runs at one row per cycle when the output is never backpressured.
+        self.fifo_depth = self.array_latency + 8
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(command_layout(cfg, self.param_rows))),
+                "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
+                "weight": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols))),
+                "param_w": In(stream.Signature(param_write_layout(cfg, self.param_rows))),
+                "lut_w": In(stream.Signature(lut_write_layout(cfg))),
+                "out": Out(stream.Signature(output_layout(cfg))),
+                "busy": Out(1),
+                "done": Out(1),
+                "error": Out(CommandError),
+                "counters": Out(counter_layout()),
+                "counters_clear": In(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        array = SystolicArray(cfg)
+        seq = TileSequencer(
+            cfg,
+            m_block=self.m_block,
+            param_rows=self.param_rows,
+            credits=self.fifo_depth,
+            cooldown=array.bank_cooldown,
+        )
+        post = PostProc(cfg, self.param_rows)
+        pp_layout = postproc_input_layout(cfg, self.param_rows)
+        fifo = SyncFIFOBuffered(width=Shape.cast(pp_layout).width, depth=self.fifo_depth)
+        m.submodules.sequencer = seq
+        m.submodules.array = array
+        m.submodules.postproc = post
+        m.submodules.result_fifo = fifo
+
+        wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
+        wiring.connect(m, wiring.flipped(self.act), seq.act)
+        wiring.connect(m, wiring.flipped(self.weight), seq.weight)
+        wiring.connect(m, wiring.flipped(self.param_w), post.param_w)
+        wiring.connect(m, wiring.flipped(self.lut_w), post.lut_w)
+        wiring.connect(m, post.out, wiring.flipped(self.out))
+        m.d.comb += [
+            array.a_in.eq(seq.a_row),
+            array.sel_in.eq(seq.sel),
+            array.w_row.eq(seq.w_row),
+            array.w_addr.eq(seq.w_addr),
+            array.w_bank.eq(seq.w_bank),
+            array.w_we.eq(seq.w_we),
+            self.busy.eq(seq.busy),
+            self.done.eq(seq.done),
+            self.error.eq(seq.error),
+            self.counters.eq(seq.counters),
+            seq.counters_clear.eq(self.counters_clear),
+            seq.pp_busy.eq(post.busy),
+        ]
+
+        # The tag rides a delay line matching the array latency.
+        tags = tag_layout(cfg, self.m_block, self.param_rows)
+        tag = seq.tag
+        for i in range(array.latency):
+            delayed = Signal(tags, name=f"tag_d{i}")
+            m.d.sync += delayed.eq(tag)
+            tag = delayed
+
+        # Accumulate: read at arrival, add and write one cycle later.
+        acc_row = data.ArrayLayout(signed(cfg.acc_bits), cfg.cols)
+        writes, reads = [], []
+        for p in range(2):
+            mem = Memory(shape=acc_row, depth=self.m_block, init=[])
+            m.submodules[f"acc_{p}"] = mem
+            wr = mem.write_port()
+            rd = mem.read_port(transparent_for=(wr,))
+            m.d.comb += rd.addr.eq(tag.row)
+            writes.append(wr)
+            reads.append(rd)
+        b_tag = Signal(tags)
+        b_psum = Signal(acc_row)
+        m.d.sync += [b_tag.eq(tag), b_psum.eq(array.psum_out)]
+        old = Signal(acc_row)
+        total = Signal(acc_row)
+        m.d.comb += old.eq(Mux(b_tag.second_pass, reads[1].data, reads[0].data))
+        for c in range(cfg.cols):
+            m.d.comb += total[c].eq(Mux(b_tag.first, b_psum[c], old[c] + b_psum[c]))
+        for p, wr in enumerate(writes):
+            m.d.comb += [
+                wr.addr.eq(b_tag.row),
+                wr.data.eq(total),
+                wr.en.eq(b_tag.valid & (b_tag.second_pass == p)),
+            ]
+
+        entry = Signal(pp_layout)
+        current = seq.current
+        m.d.comb += [
+            entry.acc_a.eq(Mux(b_tag.second_pass, reads[0].data, total)),
+            entry.acc_b.eq(total),
+            entry.param_a.eq(current.param_a + b_tag.n_tile),
+            entry.param_b.eq(current.param_b + b_tag.n_tile),
+            entry.n_valid.eq(b_tag.n_valid),
+            entry.mode.eq(current.mode),
+            entry.gate_mult.eq(current.gate_mult),
+            entry.gate_shift.eq(current.gate_shift),
+            entry.last.eq(b_tag.last),
+            fifo.w_data.eq(entry),
+            fifo.w_en.eq(b_tag.valid & b_tag.final),
+            post.inp.valid.eq(fifo.r_rdy),
+            post.inp.payload.eq(fifo.r_data),
+            fifo.r_en.eq(post.inp.ready),
+            seq.credit_return.eq(fifo.r_rdy & post.inp.ready),
+        ]
+        return m

@@ -1,0 +1,384 @@
+"""Tile sequencer: walks one expert group's GEMM over the systolic array.
+
+For a command `(M, K, N, mode, …)` it walks the loop nest
+
+    for m0 in 0, MB, 2·MB, … < M:          # M-block of gathered token rows
+      for n0 in 0, C, 2·C, … < N:          # N-tile (C output channels)
+        for pass in (W1, W3) if SWIGLU else (W,):
+          for k0 in 0, R, 2·R, … < K:      # K-tile (R input channels)
+            for m in rows of the block:    # one activation row per cycle
+
+with two independent walkers over the same nest:
+
+- the *weight loader* takes `min(R, K−k0)` weight rows per tile from the
+  `weight` stream into the array's idle bank (bank = tile index mod 2), as
+  soon as that bank's previous tile has left the array
+  (`SystolicArray.bank_cooldown`): loads hide behind compute when a tile has
+  at least R + C + 2 rows;
+- the *issuer* injects one activation row per cycle into the loaded bank,
+  zeroing lanes ≥ K−k0, and emits a tag (row in the block, first/final
+  K-step, pass, N-tile, last) that travels with the row to the accumulators.
+  A row whose sums are final (last K-tile of the last pass) needs a credit:
+  one free slot in the engine's result FIFO, so output backpressure can never
+  overflow anything while the array itself never stalls.
+
+No division anywhere: tile bounds come from running offsets and compares.
+Every cycle of a command is attributed to exactly one counter (MAC issue,
+weight-starved, activation-starved, output-backpressure, or drain).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from pymodel.config import AccelConfig, ConfigError
+
+from .postproc import SHIFT_BITS, Mode
+
+__all__ = [
+    "COUNTER_BITS",
+    "CommandError",
+    "TileSequencer",
+    "command_layout",
+    "counter_layout",
+    "max_gemm_k",
+    "tag_layout",
+]
+
+COUNTER_BITS = 48
+"""Wide enough never to wrap in practice (2^48 cycles ≈ 32 days at 100 MHz)."""
+
+
+class CommandError(enum.Enum, shape=3):
+    """Why a command was rejected (no output is produced for it)."""
+
+    NONE = 0
+    ZERO_DIM = 1
+    M_TOO_LARGE = 2
+    K_TOO_LARGE = 3
+    BAD_MODE = 4
+    PARAM_RANGE = 5
+
+
+def max_gemm_k(cfg: AccelConfig) -> int:
+    """Largest reduction length a command may ask for (also ≤ `cfg.max_k` by config rules)."""
+    return max(cfg.max_d_model, cfg.max_d_ff)
+
+
+def command_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
+    """One grouped-GEMM command: `Y[M, N] = post(X[M, K] · W[K, N])`.
+
+    `param_a`/`param_b` are the parameter-memory rows of N-tile 0 for W (or W1)
+    and W3; N-tile j uses row `param_a + j`. `gate_mult`/`gate_shift` are the
+    per-tensor requantisation of SwiGLU's gated product.
+    """
+    rows = ceil_log2(param_rows) or 1
+    return data.StructLayout(
+        {
+            "m": unsigned(ceil_log2(cfg.max_tokens + 1)),
+            "k": unsigned(ceil_log2(max_gemm_k(cfg) + 1)),
+            "n": unsigned(ceil_log2(param_rows * cfg.cols + 1)),
+            "mode": Mode,
+            "param_a": unsigned(rows),
+            "param_b": unsigned(rows),
+            "gate_mult": unsigned(cfg.mult_bits),
+            "gate_shift": unsigned(SHIFT_BITS),
+        }
+    )
+
+
+def tag_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLayout:
+    """What travels beside an activation row to the accumulators."""
+    return data.StructLayout(
+        {
+            "valid": 1,
+            "row": unsigned(ceil_log2(m_block) or 1),
+            "first": 1,
+            "final": 1,
+            "second_pass": 1,
+            "n_tile": unsigned(ceil_log2(param_rows) or 1),
+            "n_valid": unsigned(ceil_log2(cfg.cols + 1)),
+            "last": 1,
+        }
+    )
+
+
+def counter_layout() -> data.StructLayout:
+    """Performance counters (cumulative until `counters_clear`), all `COUNTER_BITS` wide.
+
+    `busy` = `mac_cycles + stall_weight + stall_act + stall_out + drain`:
+    a cycle either injects a row (`mac_cycles`), waits for a weight tile,
+    for an activation row, for a result-FIFO credit (output backpressure), or
+    belongs to the drain after the last row. `macs` counts the useful MACs
+    (K and N padding excluded), so `macs / (R·C·busy)` is the array efficiency.
+    """
+    return data.StructLayout(
+        {
+            name: unsigned(COUNTER_BITS)
+            for name in (
+                "busy",
+                "mac_cycles",
+                "macs",
+                "stall_weight",
+                "stall_act",
+                "stall_out",
+                "drain",
+            )
+        }
+    )
+
+
+class _Walker:
+    """Offsets of one position in the tile loop nest, and how to step it."""
+
+    def __init__(self, m: Module, cfg: AccelConfig, cmd, m_block: int, name: str) -> None:
+        self.cfg, self.cmd, self.m_block = cfg, cmd, m_block
+        self.m0 = Signal.like(cmd.m, name=f"{name}_m0")
+        self.n0 = Signal.like(cmd.n, name=f"{name}_n0")
+        self.n_tile = Signal(len(cmd.param_a), name=f"{name}_n_tile")
+        self.second = Signal(name=f"{name}_second_pass")
+        self.k0 = Signal.like(cmd.k, name=f"{name}_k0")
+        self.last_k = Signal(name=f"{name}_last_k")
+        self.last_pass = Signal(name=f"{name}_last_pass")
+        self.last_n = Signal(name=f"{name}_last_n")
+        self.last_m = Signal(name=f"{name}_last_m")
+        self.k_valid = Signal(range(cfg.rows + 1), name=f"{name}_k_valid")
+        self.n_valid = Signal(range(cfg.cols + 1), name=f"{name}_n_valid")
+        self.block_rows = Signal(range(m_block + 1), name=f"{name}_block_rows")
+        k_left, n_left, m_left = cmd.k - self.k0, cmd.n - self.n0, cmd.m - self.m0
+        m.d.comb += [
+            self.last_k.eq(k_left <= cfg.rows),
+            self.last_pass.eq((cmd.mode != Mode.SWIGLU) | self.second),
+            self.last_n.eq(n_left <= cfg.cols),
+            self.last_m.eq(m_left <= m_block),
+            self.k_valid.eq(Mux(self.last_k, k_left, cfg.rows)),
+            self.n_valid.eq(Mux(self.last_n, n_left, cfg.cols)),
+            self.block_rows.eq(Mux(self.last_m, m_left, m_block)),
+        ]
+
+    @property
+    def final(self):
+        """The sums of this tile are complete (last K-tile of the last pass)."""
+        return self.last_k & self.last_pass
+
+    @property
+    def last_tile(self):
+        return self.final & self.last_n & self.last_m
+
+    def reset(self) -> list:
+        return [s.eq(0) for s in (self.m0, self.n0, self.n_tile, self.second, self.k0)]
+
+    def step(self, m: Module) -> None:
+        """Advance to the next tile (the caller checks `last_tile` first)."""
+        cfg = self.cfg
+        with m.If(~self.last_k):
+            m.d.sync += self.k0.eq(self.k0 + cfg.rows)
+        with m.Elif(~self.last_pass):
+            m.d.sync += [self.k0.eq(0), self.second.eq(1)]
+        with m.Elif(~self.last_n):
+            m.d.sync += [
+                self.k0.eq(0),
+                self.second.eq(0),
+                self.n0.eq(self.n0 + cfg.cols),
+                self.n_tile.eq(self.n_tile + 1),
+            ]
+        with m.Else():
+            m.d.sync += [
+                self.k0.eq(0),
+                self.second.eq(0),
+                self.n0.eq(0),
+                self.n_tile.eq(0),
+                self.m0.eq(self.m0 + self.m_block),
+            ]
+
+
+class TileSequencer(wiring.Component):
+    """Drives `SystolicArray` for one command at a time (see the module docstring).
+
+    `credits` is the result-FIFO depth; `credit_return` pulses when the engine
+    pops a result row; `pp_busy` says rows are still inside post-processing.
+    A new command is accepted only when the previous one is fully drained.
+    """
+
+    def __init__(
+        self, cfg: AccelConfig, *, m_block: int, param_rows: int, credits: int, cooldown: int
+    ) -> None:
+        for name, value in (("m_block", m_block), ("param_rows", param_rows), ("credits", credits)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"TileSequencer.{name} must be an int >= 1, got {value!r}")
+        self.cfg, self.m_block, self.param_rows = cfg, m_block, param_rows
+        self.credits, self.cooldown = credits, cooldown
+        cmd_layout = command_layout(cfg, param_rows)
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(cmd_layout)),
+                "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
+                "weight": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols))),
+                "a_row": Out(data.ArrayLayout(signed(cfg.act_bits), cfg.rows)),
+                "sel": Out(1),
+                "w_row": Out(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols)),
+                "w_addr": Out(range(cfg.rows)),
+                "w_bank": Out(1),
+                "w_we": Out(1),
+                "tag": Out(tag_layout(cfg, m_block, param_rows)),
+                "current": Out(cmd_layout),
+                "credit_return": In(1),
+                "pp_busy": In(1),
+                "busy": Out(1),
+                "done": Out(1),
+                "error": Out(CommandError),
+                "counters": Out(counter_layout()),
+                "counters_clear": In(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, cmd = self.cfg, self.current
+        rows, cols = cfg.rows, cfg.cols
+
+        issuing, loading = Signal(), Signal()
+        credits = Signal(range(self.credits + 1), init=self.credits)
+        full = Signal(2)
+        cool = [Signal(range(self.cooldown + 1), name=f"cool_{b}") for b in range(2)]
+
+        # Command intake and validation.
+        m.d.comb += self.cmd.ready.eq(~self.busy)
+        m.d.sync += self.done.eq(0)
+        p = self.cmd.payload
+        tiles_free_a = (self.param_rows - p.param_a) * cols
+        tiles_free_b = (self.param_rows - p.param_b) * cols
+        cause = Signal(CommandError)
+        with m.If((p.m == 0) | (p.k == 0) | (p.n == 0)):
+            m.d.comb += cause.eq(CommandError.ZERO_DIM)
+        with m.Elif(p.m > cfg.max_tokens):
+            m.d.comb += cause.eq(CommandError.M_TOO_LARGE)
+        with m.Elif(p.k > max_gemm_k(cfg)):
+            m.d.comb += cause.eq(CommandError.K_TOO_LARGE)
+        with m.Elif(
+            (p.mode != Mode.REQUANT) & (p.mode != Mode.REQUANT_LUT) & (p.mode != Mode.SWIGLU)
+        ):
+            m.d.comb += cause.eq(CommandError.BAD_MODE)
+        with m.Elif(
+            (p.param_a >= self.param_rows)
+            | (p.n > tiles_free_a)
+            | ((p.mode == Mode.SWIGLU) & ((p.param_b >= self.param_rows) | (p.n > tiles_free_b)))
+        ):
+            m.d.comb += cause.eq(CommandError.PARAM_RANGE)
+
+        loader = _Walker(m, cfg, cmd, self.m_block, "ld")
+        issuer = _Walker(m, cfg, cmd, self.m_block, "is")
+        ld_row = Signal(range(rows))
+        ld_bank = Signal()
+        is_row = Signal(range(self.m_block))
+        is_bank = Signal()
+
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [cmd.eq(p), self.error.eq(cause)]
+            with m.If(cause == CommandError.NONE):
+                m.d.sync += [self.busy.eq(1), issuing.eq(1), loading.eq(1)]
+                m.d.sync += loader.reset() + issuer.reset()
+                m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
+            with m.Else():
+                m.d.sync += self.done.eq(1)
+
+        # Weight loader.
+        bank_free = Signal()
+        m.d.comb += bank_free.eq(
+            ~full.bit_select(ld_bank, 1) & Mux(ld_bank, cool[1] == 0, cool[0] == 0)
+        )
+        m.d.comb += [
+            self.weight.ready.eq(loading & bank_free),
+            self.w_row.eq(self.weight.payload),
+            self.w_addr.eq(ld_row),
+            self.w_bank.eq(ld_bank),
+            self.w_we.eq(self.weight.valid & self.weight.ready),
+        ]
+        set_full = Signal(2)
+        with m.If(self.w_we):
+            with m.If(ld_row == loader.k_valid - 1):
+                m.d.sync += [ld_row.eq(0), ld_bank.eq(~ld_bank)]
+                m.d.comb += set_full.eq(Mux(ld_bank, 0b10, 0b01))
+                with m.If(loader.last_tile):
+                    m.d.sync += loading.eq(0)
+                with m.Else():
+                    loader.step(m)
+            with m.Else():
+                m.d.sync += ld_row.eq(ld_row + 1)
+
+        # Issuer.
+        can_issue = Signal()
+        inject = Signal()
+        has_credit = credits != 0
+        m.d.comb += [
+            can_issue.eq(issuing & full.bit_select(is_bank, 1) & (~issuer.final | has_credit)),
+            self.act.ready.eq(can_issue),
+            inject.eq(can_issue & self.act.valid),
+            self.sel.eq(is_bank),
+        ]
+        for r in range(rows):
+            m.d.comb += self.a_row[r].eq(Mux(inject & (r < issuer.k_valid), self.act.payload[r], 0))
+        m.d.comb += [
+            self.tag.valid.eq(inject),
+            self.tag.row.eq(is_row),
+            self.tag.first.eq(issuer.k0 == 0),
+            self.tag.final.eq(issuer.final),
+            self.tag.second_pass.eq(issuer.second),
+            self.tag.n_tile.eq(issuer.n_tile),
+            self.tag.n_valid.eq(issuer.n_valid),
+            self.tag.last.eq(issuer.last_tile & (is_row == issuer.block_rows - 1)),
+        ]
+        clear_full = Signal(2)
+        start_cool = Signal(2)
+        with m.If(inject):
+            with m.If(is_row == issuer.block_rows - 1):
+                m.d.sync += [is_row.eq(0), is_bank.eq(~is_bank)]
+                m.d.comb += [
+                    clear_full.eq(Mux(is_bank, 0b10, 0b01)),
+                    start_cool.eq(Mux(is_bank, 0b10, 0b01)),
+                ]
+                with m.If(issuer.last_tile):
+                    m.d.sync += issuing.eq(0)
+                with m.Else():
+                    issuer.step(m)
+            with m.Else():
+                m.d.sync += is_row.eq(is_row + 1)
+        m.d.sync += full.eq((full | set_full) & ~clear_full)
+        for b in range(2):
+            with m.If(start_cool[b]):
+                m.d.sync += cool[b].eq(self.cooldown)
+            with m.Elif(cool[b] != 0):
+                m.d.sync += cool[b].eq(cool[b] - 1)
+
+        spend = inject & issuer.final
+        with m.If(spend & ~self.credit_return):
+            m.d.sync += credits.eq(credits - 1)
+        with m.Elif(~spend & self.credit_return):
+            m.d.sync += credits.eq(credits + 1)
+
+        # Completion: every final row has left the FIFO and post-processing is empty.
+        with m.If(self.busy & ~issuing & (credits == self.credits) & ~self.pp_busy):
+            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+
+        # Counters: each busy cycle lands in exactly one bucket.
+        counters = self.counters
+        bucket = {
+            "mac_cycles": inject,
+            "stall_weight": issuing & ~full.bit_select(is_bank, 1),
+            "stall_out": issuing & full.bit_select(is_bank, 1) & issuer.final & ~has_credit,
+            "stall_act": can_issue & ~self.act.valid,
+            "drain": ~issuing,
+        }
+        with m.If(self.counters_clear):
+            m.d.sync += counters.eq(0)
+        with m.Elif(self.busy):
+            m.d.sync += counters.busy.eq(counters.busy + 1)
+            for name, cond in bucket.items():
+                with m.If(cond):
+                    m.d.sync += counters[name].eq(counters[name] + 1)
+            with m.If(inject):
+                m.d.sync += counters.macs.eq(counters.macs + issuer.k_valid * issuer.n_valid)
+        return m

@@ -1,0 +1,546 @@
+"""The fast simulation backend: a Verilated top + C++ memory/bus/clock harness, via ctypes.
+
+Why: cocotb with `cocotbext-axi` simulates a DMA-heavy design at ~12 k
+cycles/s, far too slow for whole MoE layers; with the AXI4 memory model, the
+AXI4-Lite master and the clock loop in C++ (`sim/harness/harness.cpp`) and
+Python only starting runs and touching registers, the same design runs at
+millions of cycles/s (DESIGN §5).
+
+The top is any `lib.wiring.Component` with an `s_axil` AXI4-Lite slave port
+(`In(rtl.axi.AXILiteSignature())`), an `m_axi` AXI4 master port
+(`Out(rtl.axi.AXI4Signature(cfg))`) and the `sync` domain (`clk`, `rst`).
+It is compiled with `verilator --cc --exe` and `make` into a shared library
+that exports only `fastsim_*` (hidden symbols + version script: two models
+in one process stay separate; one `VerilatedContext` per instance).
+
+Caches (under `build/fast/`):
+
+- `<name>-<key>/`: one model; `key` hashes the Verilog emitted with
+  `emit_src=False`, the harness source and version script, every flag, the
+  trace setting and the Verilator version;
+- `runtime-<key>/`: Verilator's own runtime objects (`verilated*.o`, most of
+  a first build's time), keyed on the compiler flags and Verilator version
+  only, copied into each new model's build so it compiles just the model.
+
+Typical use::
+
+    sim = FastSim(lambda: MyTop(cfg), cfg, mem_bytes=1 << 20, read_latency=20)
+    sim.mem[0:64] = data                    # zero-copy numpy view of the memory
+    sim.write_reg("TOKENS_ADDR", 0)
+    sim.write_reg("CTRL", REGISTER_MAP["CTRL"].register.pack(start=1))
+    result = sim.run(max_cycles=1_000_000)  # RunResult(cycles, status, wall_s, cause)
+
+The environment fixes of `sim.build.setup_environment` are reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from amaranth.lib import wiring
+
+from pymodel.config import AccelConfig, ConfigError
+from rtl.axi import AXI4Signature, AXILiteSignature, Resp
+from rtl.regs import REGISTER_MAP, ErrorCause, RegisterMap
+
+from .build import (
+    WAIVED_WARNINGS,
+    SimulationError,
+    _fst_supported,
+    emit_verilog,
+    setup_environment,
+)
+
+__all__ = [
+    "FAST_BUILD_ROOT",
+    "BusError",
+    "FastBuild",
+    "FastSim",
+    "FastSimTimeout",
+    "RunResult",
+    "RunStatus",
+    "build_fast",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FAST_BUILD_ROOT = REPO_ROOT / "build" / "fast"
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+LIBRARY = "libfastsim.so"
+PREFIX = "Vtop"
+
+VERILATOR_ARGS: tuple[str, ...] = (
+    "-O3",
+    "--x-assign",
+    "fast",
+    "--x-initial",
+    "fast",
+    "--noassert",
+    "-Wno-fatal",
+    *(f"-Wno-{name}" for name in WAIVED_WARNINGS),
+)
+"""Model generation flags: fast X handling (DESIGN §5); never `--public-flat-rw` (halves speed)."""
+
+MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O3",)
+"""`make` variables: -O3 for the model's hot code (Verilator's default is -Os)."""
+
+LITE_TIMEOUT = 1000
+"""Cycles a register access may take before it is reported as a hung bus."""
+
+
+class FastSimTimeout(SimulationError):
+    """`FastSim.run` reached its cycle limit before the top signalled done or error."""
+
+
+class BusError(SimulationError):
+    """A register access got SLVERR/DECERR or no response."""
+
+
+class RunStatus(enum.Enum):
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one `FastSim.run` ended."""
+
+    cycles: int
+    """Cycles simulated by this run (the last STATUS poll included)."""
+    status: RunStatus
+    wall_s: float
+    cause: ErrorCause
+    """`ERROR_CAUSE` when `status` is ERROR (and the map has it), else NONE."""
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.cycles / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class FastBuild:
+    """A compiled harness library for one top."""
+
+    library: Path
+    key: str
+    cached: bool
+    build_seconds: float
+    beat_bytes: int
+    trace: str | None
+    """None, "vcd" or "fst": the waveform format compiled in."""
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _digest(material: object) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _check_top(top: wiring.Component, cfg: AccelConfig) -> None:
+    if not isinstance(top, wiring.Component):
+        raise TypeError(f"the fast backend needs a lib.wiring.Component, got {type(top).__name__}")
+    members = top.signature.members
+    for name, flow, sig in (
+        ("s_axil", wiring.In, AXILiteSignature()),
+        ("m_axi", wiring.Out, AXI4Signature(cfg)),
+    ):
+        if name not in members or not members[name].is_signature:
+            raise TypeError(f"{type(top).__name__} has no {name!r} interface port")
+        member = members[name]
+        if member.flow != flow or member.signature != sig:
+            raise TypeError(
+                f"{type(top).__name__}.{name} must be {flow.name}({sig!r}), "
+                f"got {member.flow.name}({member.signature!r})"
+            )
+
+
+def _run_logged(cmd: list[str], cwd: Path, log: Path) -> None:
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise SimulationError(f"fast build step failed ({cmd[0]}); log {log}:\n{tail}")
+
+
+def build_fast(
+    top: wiring.Component,
+    cfg: AccelConfig,
+    *,
+    name: str = "fast_top",
+    trace: str | None = None,
+    build_root: Path = FAST_BUILD_ROOT,
+) -> FastBuild:
+    """Compile (or reuse) the harness library for `top` (see the module docstring).
+
+    `trace` compiles in waveform dumping: "vcd", or "fst" (needs the lz4
+    development headers, Debian `liblz4-dev`); tracing slows the model.
+    """
+    if not isinstance(cfg, AccelConfig):
+        raise ConfigError(f"build_fast needs an AccelConfig, got {type(cfg).__name__}")
+    if trace not in (None, "vcd", "fst"):
+        raise ValueError(f"trace = {trace!r} must be None, 'vcd' or 'fst'")
+    if trace == "fst" and not _fst_supported():
+        raise SimulationError(
+            "FST waveforms need the lz4 development headers (Debian: liblz4-dev); "
+            "trace to a .vcd file instead"
+        )
+    _check_top(top, cfg)
+    setup_environment()
+    beat = cfg.mem_bytes_per_cycle
+    verilog_text = emit_verilog(top, name)
+    harness = (HARNESS_DIR / "harness.cpp").read_text()
+    version_map = (HARNESS_DIR / "version.map").read_text()
+    cflags = ["-fPIC", "-fvisibility=hidden", f"-DFASTSIM_BEAT_BYTES={beat}"]
+    tools = version("verilator")
+    runtime_key = _digest({"cflags": cflags[:2], "make": MAKE_VARS, "trace": trace, "v": tools})
+    key = _digest(
+        {
+            "verilog": verilog_text,
+            "name": name,
+            "harness": harness,
+            "map": version_map,
+            "args": VERILATOR_ARGS,
+            "cflags": cflags,
+            "make": MAKE_VARS,
+            "trace": trace,
+            "verilator": tools,
+        }
+    )
+    build_root = Path(build_root)
+    build_dir = build_root / f"{name}-{key}"
+    library = build_dir / "obj" / LIBRARY
+    stamp = build_dir / "build.json"
+    with _locked(build_root / f".{name}-{key}.lock"):
+        if stamp.is_file() and library.is_file():
+            info = json.loads(stamp.read_text())
+            return FastBuild(library, key, True, info["build_seconds"], beat, trace)
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        obj = build_dir / "obj"
+        obj.mkdir(parents=True)
+        (build_dir / f"{name}.v").write_text(verilog_text)
+        (build_dir / "harness.cpp").write_text(harness)
+        (build_dir / "version.map").write_text(version_map)
+        log = build_dir / "build.log"
+        start = time.monotonic()
+        ldflags = ["-shared", "-Wl,--version-script=../version.map", "-Wl,--exclude-libs,ALL"]
+        _run_logged(
+            [
+                "verilator",
+                "--cc",
+                "--exe",
+                *VERILATOR_ARGS,
+                *({"vcd": ["--trace"], "fst": ["--trace-fst"]}.get(trace or "", [])),
+                "--top-module",
+                name,
+                "--prefix",
+                PREFIX,
+                "-Mdir",
+                "obj",
+                "-o",
+                LIBRARY,
+                "-CFLAGS",
+                " ".join(cflags),
+                "-LDFLAGS",
+                " ".join(ldflags),
+                f"{name}.v",
+                "harness.cpp",
+            ],
+            build_dir,
+            log,
+        )
+        runtime = build_root / f"runtime-{runtime_key}"
+        runtime_lock = build_root / f".runtime-{runtime_key}.lock"
+        with _locked(runtime_lock):
+            if (runtime / "ok").is_file():
+                now = time.time()
+                for cached in runtime.glob("verilated*"):
+                    target = obj / cached.name
+                    shutil.copyfile(cached, target)
+                    # newer than the freshly generated Vtop.mk they depend on
+                    os.utime(target, (now + 1, now + 1))
+        _run_logged(["make", "-j2", "-f", f"{PREFIX}.mk", *MAKE_VARS], obj, log)
+        with _locked(runtime_lock):
+            if not (runtime / "ok").is_file():
+                runtime.mkdir(parents=True, exist_ok=True)
+                for made in obj.glob("verilated*.[od]"):
+                    shutil.copyfile(made, runtime / made.name)
+                (runtime / "ok").write_text(tools)
+        if not library.is_file():
+            raise SimulationError(f"fast build of {name} produced no {LIBRARY}; log {log}")
+        seconds = time.monotonic() - start
+        stamp.write_text(json.dumps({"name": name, "build_seconds": seconds}, indent=1))
+        return FastBuild(library, key, False, seconds, beat, trace)
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    vp, u32, u64, i32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+    signatures: dict[str, tuple[object, list[object]]] = {
+        "fastsim_beat_bytes": (u32, []),
+        "fastsim_has_trace": (i32, []),
+        "fastsim_create": (
+            vp,
+            [ctypes.POINTER(ctypes.c_uint8), u64, u32, u32, u32, ctypes.c_char_p],
+        ),
+        "fastsim_destroy": (None, [vp]),
+        "fastsim_flush_trace": (None, [vp]),
+        "fastsim_reset": (None, [vp, u32]),
+        "fastsim_cycles": (u64, [vp]),
+        "fastsim_step": (None, [vp, u64]),
+        "fastsim_add_error_range": (None, [vp, u64, u64, i32, i32]),
+        "fastsim_clear_error_ranges": (None, [vp]),
+        "fastsim_reg_write": (i32, [vp, u32, u32, u32]),
+        "fastsim_reg_read": (i32, [vp, u32, ctypes.POINTER(u32), u32]),
+        "fastsim_run": (
+            i32,
+            [vp, u64, u32, u32, u32, u32, ctypes.POINTER(u32), ctypes.POINTER(u64)],
+        ),
+    }
+    for fn, (restype, argtypes) in signatures.items():
+        func = getattr(lib, fn)
+        func.restype = restype
+        func.argtypes = argtypes
+    return lib
+
+
+class FastSim:
+    """One instance of a top in the fast backend, with its own memory.
+
+    `top_factory` is the top Component or a zero-argument callable making it.
+    `mem_bytes` of memory start at bus address 0 (beyond it: DECERR);
+    `read_latency` is cycles from an accepted AR to the first R beat,
+    `write_latency` cycles from a burst's last W beat to its B;
+    `bytes_per_cycle` (default: the bus width) limits the bandwidth of reads and,
+    separately, of writes.
+    `regmap` resolves register names and must have `STATUS` (fields `done`,
+    `error`); `trace` writes a waveform of the whole run to that path, VCD or
+    (for a `.fst` suffix) FST, from a separate traced build.
+    """
+
+    def __init__(
+        self,
+        top_factory: wiring.Component | Callable[[], wiring.Component],
+        cfg: AccelConfig,
+        mem_bytes: int,
+        *,
+        read_latency: int = 8,
+        write_latency: int = 4,
+        bytes_per_cycle: int | None = None,
+        regmap: RegisterMap = REGISTER_MAP,
+        trace: Path | str | None = None,
+        name: str = "fast_top",
+        reset_cycles: int = 4,
+        build_root: Path = FAST_BUILD_ROOT,
+    ) -> None:
+        top = top_factory if isinstance(top_factory, wiring.Component) else top_factory()
+        beat = cfg.mem_bytes_per_cycle if isinstance(cfg, AccelConfig) else 1
+        if isinstance(mem_bytes, bool) or not isinstance(mem_bytes, int):
+            raise ConfigError(f"FastSim mem_bytes must be an int, got {mem_bytes!r}")
+        if not beat <= mem_bytes <= 2**32 or mem_bytes % beat:
+            raise ConfigError(
+                f"FastSim mem_bytes = {mem_bytes} must be a multiple of the {beat}-byte beat "
+                "in [beat, 2^32]"
+            )
+        for what, value in (("read_latency", read_latency), ("write_latency", write_latency)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**6:
+                raise ConfigError(f"FastSim {what} = {value!r} must be an int in [0, 10^6]")
+        if bytes_per_cycle is None:
+            bytes_per_cycle = beat
+        if not isinstance(bytes_per_cycle, int) or not 1 <= bytes_per_cycle <= 4096:
+            raise ConfigError(f"FastSim bytes_per_cycle = {bytes_per_cycle!r} not in [1, 4096]")
+        if "STATUS" not in regmap:
+            raise ConfigError("FastSim's register map has no STATUS register to poll")
+        status = regmap["STATUS"].register
+        self._done_mask = status.pack(done=1)
+        self._error_mask = status.pack(error=1)
+        trace_format = None
+        if trace is not None:
+            trace_format = {".vcd": "vcd", ".fst": "fst"}.get(Path(trace).suffix)
+            if trace_format is None:
+                raise ValueError(f"trace path {trace} must end in .vcd or .fst")
+        self.cfg = cfg
+        self.regmap = regmap
+        self.build = build_fast(top, cfg, name=name, trace=trace_format, build_root=build_root)
+        self._lib = _bind(ctypes.CDLL(str(self.build.library)))
+        if self._lib.fastsim_beat_bytes() != beat or bool(self._lib.fastsim_has_trace()) != (
+            trace_format is not None
+        ):
+            raise SimulationError(f"harness library {self.build.library} does not match its key")
+        self.mem = np.zeros(mem_bytes, dtype=np.uint8)
+        """The memory, shared with the C++ model (writes either side are seen by the other)."""
+        trace_arg = str(Path(trace).resolve()).encode() if trace is not None else None
+        self._handle = self._lib.fastsim_create(
+            self.mem.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+            mem_bytes,
+            read_latency,
+            write_latency,
+            bytes_per_cycle,
+            trace_arg,
+        )
+        self._finalizer = weakref.finalize(self, self._lib.fastsim_destroy, self._handle)
+        self.reset(reset_cycles)
+
+    # -- lifetime ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Destroy the model (flushing any trace); `mem` stays valid as a plain array."""
+        self._finalizer()
+
+    def __enter__(self) -> FastSim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _h(self) -> int:
+        if not self._finalizer.alive:
+            raise SimulationError("this FastSim is closed")
+        return self._handle
+
+    # -- clock and reset --------------------------------------------------------------
+    def reset(self, cycles: int = 4) -> None:
+        """Hold `rst` for `cycles` cycles (the memory keeps its contents)."""
+        self._lib.fastsim_reset(self._h, max(1, cycles))
+
+    def step(self, cycles: int) -> None:
+        """Free-run `cycles` cycles."""
+        self._lib.fastsim_step(self._h, cycles)
+
+    @property
+    def cycles(self) -> int:
+        """Cycles simulated since creation."""
+        return self._lib.fastsim_cycles(self._h)
+
+    def flush_trace(self) -> None:
+        self._lib.fastsim_flush_trace(self._h)
+
+    # -- memory errors ----------------------------------------------------------------
+    def inject_error(
+        self, lo: int, hi: int, *, write: bool = False, resp: Resp = Resp.SLVERR
+    ) -> None:
+        """Answer beats touching [lo, hi) with `resp` (reads, or writes if `write`)."""
+        if not 0 <= lo < hi:
+            raise ValueError(f"error range [{lo}, {hi}) is empty or negative")
+        if Resp(resp) not in (Resp.SLVERR, Resp.DECERR):
+            raise ValueError(f"injected response must be SLVERR or DECERR, got {resp!r}")
+        self._lib.fastsim_add_error_range(self._h, lo, hi, int(write), int(resp))
+
+    def clear_errors(self) -> None:
+        self._lib.fastsim_clear_error_ranges(self._h)
+
+    # -- registers --------------------------------------------------------------------
+    def _offset(self, reg: str | int) -> int:
+        if isinstance(reg, str):
+            return self.regmap.offset(reg)
+        if isinstance(reg, bool) or not isinstance(reg, int) or not 0 <= reg < 2**32:
+            raise ValueError(f"register offset {reg!r} must be an int in [0, 2^32)")
+        return reg
+
+    def try_write(self, offset: int, value: int) -> Resp:
+        """Raw AXI4-Lite write; returns BRESP (raises BusError only on no response)."""
+        if not 0 <= value < 2**32:
+            raise ValueError(f"register value {value} does not fit 32 bits")
+        resp = self._lib.fastsim_reg_write(self._h, self._offset(offset), value, LITE_TIMEOUT)
+        if resp < 0:
+            raise BusError(f"no write response at 0x{offset:x} within {LITE_TIMEOUT} cycles")
+        return Resp(resp)
+
+    def try_read(self, offset: int) -> tuple[int, Resp]:
+        """Raw AXI4-Lite read; returns (data, RRESP)."""
+        data = ctypes.c_uint32()
+        resp = self._lib.fastsim_reg_read(
+            self._h, self._offset(offset), ctypes.byref(data), LITE_TIMEOUT
+        )
+        if resp < 0:
+            raise BusError(f"no read response at 0x{offset:x} within {LITE_TIMEOUT} cycles")
+        return data.value, Resp(resp)
+
+    def write_reg(self, reg: str | int, value: int) -> None:
+        """Write a 32-bit register by name or byte offset; raises BusError unless OKAY."""
+        if isinstance(reg, str) and self.regmap[reg].words != 1:
+            raise ValueError(f"register {reg} is 64-bit read-only")
+        offset = self._offset(reg)
+        resp = self.try_write(offset, value)
+        if resp != Resp.OKAY:
+            raise BusError(f"write of {reg!r} (0x{offset:x}) got {resp.name}")
+
+    def read_reg(self, reg: str | int) -> int:
+        """Read a register by name (64-bit ones low word first) or byte offset."""
+        offset = self._offset(reg)
+        words = self.regmap[reg].words if isinstance(reg, str) else 1
+        value = 0
+        for i in range(words):
+            data, resp = self.try_read(offset + 4 * i)
+            if resp != Resp.OKAY:
+                raise BusError(f"read of {reg!r} (0x{offset + 4 * i:x}) got {resp.name}")
+            value |= data << (32 * i)
+        return value
+
+    # -- running ----------------------------------------------------------------------
+    def run(self, max_cycles: int, *, poll_interval: int = 16) -> RunResult:
+        """Run until STATUS shows done or error; `FastSimTimeout` after `max_cycles`.
+
+        STATUS is polled over AXI4-Lite every `poll_interval` cycles, so
+        `cycles` may exceed the job's own length by up to `poll_interval`
+        plus a register read; the top's cycle counters are exact.
+        """
+        if isinstance(max_cycles, bool) or not isinstance(max_cycles, int) or max_cycles < 1:
+            raise ValueError(f"max_cycles = {max_cycles!r} must be a positive int")
+        if not 1 <= poll_interval <= 1 << 20:
+            raise ValueError(f"poll_interval = {poll_interval} must be in [1, 2^20]")
+        status = ctypes.c_uint32()
+        cycles = ctypes.c_uint64()
+        start = time.perf_counter()
+        code = self._lib.fastsim_run(
+            self._h,
+            max_cycles,
+            self.regmap.offset("STATUS"),
+            self._done_mask,
+            self._error_mask,
+            poll_interval,
+            ctypes.byref(status),
+            ctypes.byref(cycles),
+        )
+        wall = time.perf_counter() - start
+        if code == 2:
+            raise FastSimTimeout(
+                f"no done/error within max_cycles = {max_cycles} "
+                f"(STATUS = 0x{status.value:x}); raise the limit or check the top"
+            )
+        if code == 3:
+            raise BusError("reading STATUS failed (SLVERR or no response) while running")
+        if code == 0:
+            return RunResult(cycles.value, RunStatus.DONE, wall, ErrorCause.NONE)
+        cause = ErrorCause.NONE
+        if "ERROR_CAUSE" in self.regmap:
+            raw = self.read_reg("ERROR_CAUSE")
+            try:
+                cause = ErrorCause(raw)
+            except ValueError:
+                raise SimulationError(f"the top reported an unknown ERROR_CAUSE {raw}") from None
+        return RunResult(cycles.value, RunStatus.ERROR, wall, cause)

@@ -1,0 +1,449 @@
+// Fast simulation harness: a Verilated accelerator top with an AXI4 slave memory
+// model, an AXI4-Lite master and the clock loop all in C++, so no Python runs per
+// cycle. Built into a shared library whose only exported symbols are the
+// `fastsim_*` functions below (see version.map); sim/fast.py loads it with ctypes.
+//
+// The top must have ports clk, rst, s_axil__* (AXI4-Lite slave, 32-bit) and
+// m_axi__* (AXI4 master, FASTSIM_BEAT_BYTES-byte data, with ids). Verilator
+// names a port `m_axi__araddr` as the C++ member `m_axi___05Faraddr`.
+//
+// Cycle discipline (one call of tick()): inputs for the cycle are already set;
+// eval() with clk low settles the combinational outputs; every handshake
+// (valid & ready) is sampled; eval() with clk high advances the registers; then
+// the models consume the sampled handshakes and set the next cycle's inputs.
+// The memory model is "registered": its outputs never depend combinationally on
+// the DUT's outputs in the same cycle.
+//
+// Memory model: bus address 0 is mem[0]; beats beyond the memory get DECERR and
+// injected ranges SLVERR/DECERR (a failing write beat is not written). Up to 16
+// bursts queue per direction; the first R beat comes `read_latency` cycles after
+// AR is accepted and a B `write_latency` cycles after the burst's last W beat;
+// R and W each move at most `bytes_per_cycle` bytes per cycle on average. W is
+// accepted only once its AW has been (legal for a slave, and what our DMA does).
+
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "Vtop.h"
+#include "verilated.h"
+#if VM_TRACE
+#if VM_TRACE_FST
+#include "verilated_fst_c.h"
+using TraceFile = VerilatedFstC;
+#else
+#include "verilated_vcd_c.h"
+using TraceFile = VerilatedVcdC;
+#endif
+#endif
+
+#ifndef FASTSIM_BEAT_BYTES
+#error "FASTSIM_BEAT_BYTES must be defined (bytes per AXI4 data beat)"
+#endif
+
+#define FASTSIM_API extern "C" __attribute__((visibility("default")))
+
+#define M(sig) top->m_axi___05F##sig
+#define L(sig) top->s_axil___05F##sig
+
+namespace {
+
+constexpr uint32_t kBeat = FASTSIM_BEAT_BYTES;
+constexpr size_t kQueueDepth = 16;  // bursts the memory model accepts ahead
+
+enum Resp : uint8_t { kOkay = 0, kSlvErr = 2, kDecErr = 3 };
+
+// ---- moving beat data between memory and Verilator's signal types ----------
+template <typename T>
+void put_beat(T& sig, const uint8_t* src) {
+    uint64_t v = 0;
+    std::memcpy(&v, src, kBeat < sizeof(v) ? kBeat : sizeof(v));
+    sig = static_cast<T>(v);
+}
+template <std::size_t W>
+void put_beat(VlWide<W>& sig, const uint8_t* src) {
+    for (std::size_t i = 0; i < W; ++i) {
+        uint32_t w;
+        std::memcpy(&w, src + 4 * i, 4);
+        sig[i] = w;
+    }
+}
+template <typename T>
+void get_beat(const T& sig, uint8_t* dst) {
+    uint64_t v = static_cast<uint64_t>(sig);
+    std::memcpy(dst, &v, kBeat < sizeof(v) ? kBeat : sizeof(v));
+}
+template <std::size_t W>
+void get_beat(const VlWide<W>& sig, uint8_t* dst) {
+    for (std::size_t i = 0; i < W; ++i) {
+        uint32_t w = sig[i];
+        std::memcpy(dst + 4 * i, &w, 4);
+    }
+}
+template <typename T>
+void zero_beat(T& sig) {
+    sig = 0;
+}
+template <std::size_t W>
+void zero_beat(VlWide<W>& sig) {
+    for (std::size_t i = 0; i < W; ++i) sig[i] = 0;
+}
+
+struct ReadBurst {
+    uint64_t addr;
+    uint32_t beats;
+    uint32_t id;
+    uint64_t ready_at;
+};
+
+struct WriteBurst {
+    uint64_t addr;
+    uint32_t beats;
+    uint32_t id;
+    uint32_t done;
+    uint8_t resp;
+};
+
+struct Response {
+    uint32_t id;
+    uint8_t resp;
+    uint64_t ready_at;
+};
+
+struct ErrorRange {
+    uint64_t lo, hi;
+    bool on_write;
+    uint8_t resp;
+};
+
+// What one cycle's handshakes carried (sampled before the clock edge).
+struct Sample {
+    bool ar, r, aw, w, b;
+    uint64_t araddr, awaddr;
+    uint32_t arlen, awlen, arid, awid;
+    bool wlast;
+    uint64_t wstrb;
+    uint8_t wdata[kBeat];
+    bool l_aw, l_w, l_b, l_ar, l_r;
+    uint32_t l_bresp, l_rresp, l_rdata;
+};
+
+struct Sim {
+    std::unique_ptr<VerilatedContext> ctx;
+    std::unique_ptr<Vtop> top;
+#if VM_TRACE
+    std::unique_ptr<TraceFile> tfp;
+#endif
+    uint8_t* mem;
+    uint64_t mem_bytes;
+    uint32_t read_latency, write_latency, bytes_per_cycle;
+    uint64_t cycle = 0;
+    uint64_t credit = 0;   // read bandwidth credit, in bytes
+    uint64_t wcredit = 0;  // write bandwidth credit, in bytes
+    std::deque<ReadBurst> reads;
+    uint32_t read_beat = 0;  // beat index inside reads.front()
+    bool r_presenting = false;
+    std::deque<WriteBurst> writes;
+    std::deque<Response> responses;
+    bool b_presenting = false;
+    std::vector<ErrorRange> errors;
+
+    uint8_t classify(uint64_t addr, bool on_write) const {
+        if (addr + kBeat > mem_bytes) return kDecErr;
+        for (const auto& e : errors)
+            if (e.on_write == on_write && addr < e.hi && addr + kBeat > e.lo) return e.resp;
+        return kOkay;
+    }
+
+    void dump(uint64_t t) {
+#if VM_TRACE
+        if (tfp) tfp->dump(t);
+#else
+        (void)t;
+#endif
+    }
+
+    Sample tick() {
+        Sample s{};
+        top->clk = 0;
+        top->eval();
+        dump(2 * cycle);
+        s.ar = M(arvalid) && M(arready);
+        s.r = M(rvalid) && M(rready);
+        s.aw = M(awvalid) && M(awready);
+        s.w = M(wvalid) && M(wready);
+        s.b = M(bvalid) && M(bready);
+        if (s.ar) {
+            s.araddr = M(araddr);
+            s.arlen = M(arlen);
+            s.arid = M(arid);
+        }
+        if (s.aw) {
+            s.awaddr = M(awaddr);
+            s.awlen = M(awlen);
+            s.awid = M(awid);
+        }
+        if (s.w) {
+            s.wlast = M(wlast);
+            s.wstrb = static_cast<uint64_t>(M(wstrb));
+            get_beat(M(wdata), s.wdata);
+        }
+        s.l_aw = L(awvalid) && L(awready);
+        s.l_w = L(wvalid) && L(wready);
+        s.l_b = L(bvalid) && L(bready);
+        s.l_ar = L(arvalid) && L(arready);
+        s.l_r = L(rvalid) && L(rready);
+        s.l_bresp = L(bresp);
+        s.l_rresp = L(rresp);
+        s.l_rdata = L(rdata);
+        top->clk = 1;
+        top->eval();
+        dump(2 * cycle + 1);
+        ++cycle;
+        update(s);
+        return s;
+    }
+
+    void update(const Sample& s) {
+        if (s.ar)
+            reads.push_back({s.araddr, s.arlen + 1, s.arid, cycle + read_latency});
+        if (s.aw) writes.push_back({s.awaddr, s.awlen + 1, s.awid, 0, kOkay});
+        if (s.r) {
+            r_presenting = false;
+            if (++read_beat == reads.front().beats) {
+                reads.pop_front();
+                read_beat = 0;
+            }
+        }
+        if (s.w) {
+            wcredit -= kBeat;
+            WriteBurst& wb = writes.front();
+            uint64_t addr = wb.addr + uint64_t(wb.done) * kBeat;
+            uint8_t resp = classify(addr, true);
+            if (resp == kOkay) {
+                for (uint32_t i = 0; i < kBeat; ++i)
+                    if ((s.wstrb >> i) & 1) mem[addr + i] = s.wdata[i];
+            } else if (wb.resp == kOkay) {
+                wb.resp = resp;
+            }
+            if (++wb.done == wb.beats) {
+                responses.push_back({wb.id, wb.resp, cycle + write_latency});
+                writes.pop_front();
+            }
+        }
+        if (s.b) {
+            b_presenting = false;
+            responses.pop_front();
+        }
+        drive();
+    }
+
+    // Set the memory side's inputs for the next cycle from the model state.
+    void drive() {
+        credit += bytes_per_cycle;
+        if (credit > 2 * kBeat) credit = 2 * kBeat;
+        wcredit += bytes_per_cycle;
+        if (wcredit > 2 * kBeat) wcredit = 2 * kBeat;
+        M(arready) = reads.size() < kQueueDepth;
+        M(awready) = writes.size() < kQueueDepth;
+        M(wready) = !writes.empty() && wcredit >= kBeat;
+        if (!r_presenting && !reads.empty() && reads.front().ready_at <= cycle &&
+            credit >= kBeat) {
+            const ReadBurst& rb = reads.front();
+            uint64_t addr = rb.addr + uint64_t(read_beat) * kBeat;
+            uint8_t resp = classify(addr, false);
+            if (resp == kOkay)
+                put_beat(M(rdata), mem + addr);
+            else
+                zero_beat(M(rdata));
+            M(rresp) = resp;
+            M(rid) = rb.id;
+            M(rlast) = read_beat + 1 == rb.beats;
+            credit -= kBeat;
+            r_presenting = true;
+        }
+        M(rvalid) = r_presenting;
+        if (!b_presenting && !responses.empty() && responses.front().ready_at <= cycle) {
+            M(bid) = responses.front().id;
+            M(bresp) = responses.front().resp;
+            b_presenting = true;
+        }
+        M(bvalid) = b_presenting;
+    }
+};
+
+}  // namespace
+
+FASTSIM_API uint32_t fastsim_beat_bytes() { return kBeat; }
+
+FASTSIM_API int fastsim_has_trace() {
+#if VM_TRACE
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+FASTSIM_API void* fastsim_create(uint8_t* mem, uint64_t mem_bytes, uint32_t read_latency,
+                                 uint32_t write_latency, uint32_t bytes_per_cycle,
+                                 const char* trace_path) {
+    auto* sim = new Sim();
+    sim->ctx = std::make_unique<VerilatedContext>();
+    sim->ctx->randReset(0);
+#if VM_TRACE
+    if (trace_path && *trace_path) sim->ctx->traceEverOn(true);
+#else
+    (void)trace_path;
+#endif
+    sim->top = std::make_unique<Vtop>(sim->ctx.get(), "top");
+#if VM_TRACE
+    if (trace_path && *trace_path) {
+        sim->tfp = std::make_unique<TraceFile>();
+        sim->top->trace(sim->tfp.get(), 99);
+        sim->tfp->open(trace_path);
+    }
+#endif
+    sim->mem = mem;
+    sim->mem_bytes = mem_bytes;
+    sim->read_latency = read_latency;
+    sim->write_latency = write_latency;
+    sim->bytes_per_cycle = bytes_per_cycle;
+    Vtop* top = sim->top.get();
+    top->clk = 0;
+    top->rst = 0;
+    L(awvalid) = 0;
+    L(wvalid) = 0;
+    L(bready) = 1;
+    L(arvalid) = 0;
+    L(rready) = 1;
+    L(wstrb) = 0xF;
+    L(awprot) = 0;
+    L(arprot) = 0;
+    sim->drive();
+    return sim;
+}
+
+FASTSIM_API void fastsim_destroy(void* handle) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->top->final();
+#if VM_TRACE
+    if (sim->tfp) sim->tfp->close();
+#endif
+    delete sim;
+}
+
+FASTSIM_API void fastsim_flush_trace(void* handle) {
+#if VM_TRACE
+    auto* sim = static_cast<Sim*>(handle);
+    if (sim->tfp) sim->tfp->flush();
+#else
+    (void)handle;
+#endif
+}
+
+// Hold the synchronous reset for `cycles` cycles; the memory model's queues are
+// emptied too (nothing is in flight across a reset).
+FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->reads.clear();
+    sim->writes.clear();
+    sim->responses.clear();
+    sim->r_presenting = sim->b_presenting = false;
+    sim->read_beat = 0;
+    sim->drive();
+    sim->top->rst = 1;
+    for (uint32_t i = 0; i < cycles; ++i) sim->tick();
+    sim->top->rst = 0;
+}
+
+FASTSIM_API uint64_t fastsim_cycles(void* handle) { return static_cast<Sim*>(handle)->cycle; }
+
+FASTSIM_API void fastsim_step(void* handle, uint64_t cycles) {
+    auto* sim = static_cast<Sim*>(handle);
+    for (uint64_t i = 0; i < cycles; ++i) sim->tick();
+}
+
+FASTSIM_API void fastsim_add_error_range(void* handle, uint64_t lo, uint64_t hi, int on_write,
+                                         int resp) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->errors.push_back({lo, hi, on_write != 0, static_cast<uint8_t>(resp)});
+}
+
+FASTSIM_API void fastsim_clear_error_ranges(void* handle) {
+    static_cast<Sim*>(handle)->errors.clear();
+}
+
+// AXI4-Lite write; returns BRESP, or -1 when no response came within `timeout` cycles.
+FASTSIM_API int fastsim_reg_write(void* handle, uint32_t addr, uint32_t data, uint32_t timeout) {
+    auto* sim = static_cast<Sim*>(handle);
+    Vtop* top = sim->top.get();
+    L(awaddr) = addr;
+    L(wdata) = data;
+    L(awvalid) = 1;
+    L(wvalid) = 1;
+    for (uint32_t i = 0; i < timeout; ++i) {
+        Sample s = sim->tick();
+        if (s.l_aw) L(awvalid) = 0;
+        if (s.l_w) L(wvalid) = 0;
+        if (s.l_b) return static_cast<int>(s.l_bresp);
+    }
+    L(awvalid) = 0;
+    L(wvalid) = 0;
+    return -1;
+}
+
+// AXI4-Lite read into *data; returns RRESP, or -1 on timeout.
+FASTSIM_API int fastsim_reg_read(void* handle, uint32_t addr, uint32_t* data, uint32_t timeout) {
+    auto* sim = static_cast<Sim*>(handle);
+    Vtop* top = sim->top.get();
+    L(araddr) = addr;
+    L(arvalid) = 1;
+    for (uint32_t i = 0; i < timeout; ++i) {
+        Sample s = sim->tick();
+        if (s.l_ar) L(arvalid) = 0;
+        if (s.l_r) {
+            *data = s.l_rdata;
+            return static_cast<int>(s.l_rresp);
+        }
+    }
+    L(arvalid) = 0;
+    return -1;
+}
+
+// Run until the status register shows done or error, polling it every
+// `poll_interval` cycles over AXI4-Lite, or until `max_cycles` have passed.
+// Returns 0 (done), 1 (error), 2 (cycle limit) or 3 (status read failed); the
+// last status word and the cycles this call ran are stored through the pointers.
+FASTSIM_API int fastsim_run(void* handle, uint64_t max_cycles, uint32_t status_addr,
+                            uint32_t done_mask, uint32_t error_mask, uint32_t poll_interval,
+                            uint32_t* status_out, uint64_t* cycles_out) {
+    auto* sim = static_cast<Sim*>(handle);
+    const uint64_t start = sim->cycle;
+    const uint64_t limit = start + max_cycles;
+    int code = 2;
+    *status_out = 0;
+    while (sim->cycle < limit) {
+        uint64_t burst = poll_interval;
+        if (burst > limit - sim->cycle) burst = limit - sim->cycle;
+        for (uint64_t i = 0; i < burst; ++i) sim->tick();
+        uint32_t status = 0;
+        if (fastsim_reg_read(handle, status_addr, &status, 1000) != 0) {
+            code = 3;
+            break;
+        }
+        *status_out = status;
+        if (status & error_mask) {
+            code = 1;
+            break;
+        }
+        if (status & done_mask) {
+            code = 0;
+            break;
+        }
+    }
+    *cycles_out = sim->cycle - start;
+    return code;
+}

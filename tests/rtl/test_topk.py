@@ -1,0 +1,151 @@
+# amaranth: UnusedElaboratable=no
+"""Amaranth-simulator tests of the gate's small sub-blocks: streaming top-k, divider.
+
+Both are checked against the golden model's definitions: `topk_lower_index`
+(ties to the lower index) and the exact floor quotient that `div_round` uses,
+through the pipelined divider with stalls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import signed, unsigned
+from amaranth.sim import Simulator
+
+from pymodel.gate import topk_lower_index
+from rtl.divider import PipelinedDivider
+from rtl.topk import TopK
+from sim.amaranth_sim import run_simulation
+
+
+def _run_topk(dut: TopK, rows: list[list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+    """Feed each row's (value, index) candidates, clearing between rows; return the lists."""
+    results: list[list[tuple[int, int]]] = []
+
+    async def bench(ctx):
+        for row in rows:
+            for n, (value, index) in enumerate(row):
+                ctx.set(dut.clear, n == 0)
+                ctx.set(dut.cand.valid, 1)
+                ctx.set(dut.cand.payload, {"value": value, "index": index})
+                await ctx.tick()
+            ctx.set(dut.cand.valid, 0)
+            ctx.set(dut.clear, 0)
+            await ctx.tick()
+            entries = ctx.get(dut.entries)
+            results.append([(e.value, e.index) for e in entries if e.valid])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_topk_matches_golden_with_ties(k: int) -> None:
+    rng = np.random.default_rng(k)
+    n = 12
+    dut = TopK(k, signed(6), 4)
+    # Few distinct values, so exact ties are frequent; rows arrive in index order.
+    scores = rng.integers(-4, 4, size=(20, n))
+    got = _run_topk(dut, [[(int(v), i) for i, v in enumerate(row)] for row in scores])
+    want = topk_lower_index(scores, k)
+    for row, ids, result in zip(scores, want, got, strict=True):
+        assert [i for _, i in result] == list(ids)
+        assert [v for v, _ in result] == list(row[ids])
+
+
+def test_topk_any_arrival_order_and_short_rows() -> None:
+    """Ties go to the lower index even when candidates arrive out of index order."""
+    rng = np.random.default_rng(7)
+    dut = TopK(4, unsigned(3), 4)
+    rows, wants = [], []
+    for length in (1, 2, 3, 9, 16):
+        values = rng.integers(0, 3, size=length)
+        order = rng.permutation(length)
+        rows.append([(int(values[i]), int(i)) for i in order])
+        wants.append(list(topk_lower_index(values[None, :], min(4, length))[0]))
+    got = _run_topk(dut, rows)
+    for result, want in zip(got, wants, strict=True):
+        assert [i for _, i in result] == want
+
+
+def test_topk_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError, match=r"TopK\.k"):
+        TopK(0, unsigned(4), 3)
+    with pytest.raises(ValueError, match=r"TopK\.index_width"):
+        TopK(2, unsigned(4), 0)
+
+
+def _divide(dut: PipelinedDivider, cases: list[tuple[int, int]], stall_every: int) -> list:
+    """(quotient, overflow, tag) per case, one operand pair per advancing cycle; `en` is
+    dropped every `stall_every`-th cycle to check that every stage holds."""
+    out: list[tuple[int, int, int]] = []
+
+    async def feed(ctx):
+        n, cycle = 0, 0
+        while len(out) < len(cases):
+            stall = stall_every and cycle % stall_every == stall_every - 1
+            ctx.set(dut.en, not stall)
+            ctx.set(dut.i_valid, n < len(cases))
+            if n < len(cases):
+                ctx.set(dut.i_num, cases[n][0])
+                ctx.set(dut.i_den, cases[n][1])
+                ctx.set(dut.i_tag, n)
+            if not stall and ctx.get(dut.o_valid):
+                out.append((ctx.get(dut.o_quotient), ctx.get(dut.o_overflow), ctx.get(dut.o_tag)))
+            if not stall and n < len(cases):
+                n += 1
+            cycle += 1
+            await ctx.tick()
+
+    run_simulation(dut, [feed])
+    return out
+
+
+@pytest.mark.parametrize("stall_every", [0, 3])
+def test_divider_exact_and_saturating(stall_every: int) -> None:
+    rng = np.random.default_rng(3)
+    dut = PipelinedDivider(num_width=24, den_width=12, quo_width=13, tag_shape=unsigned(8))
+    top = (1 << 13) - 1
+    cases = [(0, 1), (1, 1), ((1 << 24) - 1, (1 << 12) - 1), (top, 1), (top + 1, 1), (5, 0)]
+    for _ in range(60):
+        den = int(rng.integers(1, 1 << 12))
+        cases.append((int(rng.integers(0, min(1 << 24, den << 13))), den))
+    results = _divide(dut, cases, stall_every)
+    assert [tag for _, _, tag in results] == list(range(len(cases)))
+    for (num, den), (q, ovf, _) in zip(cases, results, strict=True):
+        if den and num // den <= top:
+            assert (q, ovf) == (num // den, 0), (num, den)
+        else:
+            assert (q, ovf) == (top, 1), (num, den)
+
+
+def test_divider_latency() -> None:
+    dut = PipelinedDivider(num_width=10, den_width=4, quo_width=6, tag_shape=unsigned(1))
+    seen: list[int] = []
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        ctx.set(dut.i_valid, 1)
+        ctx.set(dut.i_num, 45)
+        ctx.set(dut.i_den, 7)
+        await ctx.tick()
+        ctx.set(dut.i_valid, 0)
+        for cycle in range(1, 3 * dut.latency):
+            if ctx.get(dut.o_valid):
+                seen.append(cycle)
+                assert ctx.get(dut.o_quotient) == 45 // 7
+            await ctx.tick()
+
+    run_simulation(dut, [bench])
+    assert seen == [dut.latency]
+
+
+def test_divider_rejects_bad_widths() -> None:
+    with pytest.raises(ValueError, match=r"PipelinedDivider\.den_width"):
+        PipelinedDivider(8, 0, 4, unsigned(1))
+    with pytest.raises(ValueError, match=r"PipelinedDivider\.quo_width"):
+        PipelinedDivider(8, 8, 0, unsigned(1))
