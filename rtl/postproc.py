@@ -12,8 +12,9 @@ bit-exact with `pymodel.numerics`:
 - `gated_multiply(a, u, m_g, s_g)`: the exact int8×int8 product requantised
   with a per-tensor (m_g, s_g) — SwiGLU's `act(x·W1) ⊙ (x·W3)`.
 
-`Mode` selects `requant(acc_a)`, `lut(requant(acc_a))` or
-`gated_multiply(lut(requant(acc_a)), requant(acc_b))`. Per-channel (m, s)
+`Mode` selects `requant(acc_a)`, `lut(requant(acc_a))`,
+`gated_multiply(lut(requant(acc_a)), requant(acc_b))` or (WIDE, the router
+GEMM) `requantize(acc_a, m, s, logit_bits)` on the `wide` output lanes. Per-channel (m, s)
 pairs live in a parameter memory of `param_rows` rows × C lanes; an input beat
 names the rows for its `acc_a` and `acc_b` (e.g. W1's and W3's parameters
 for the same N-tile), so several GEMMs' parameters can stay resident.
@@ -42,18 +43,21 @@ __all__ = [
     "param_layout",
     "param_write_layout",
     "postproc_input_layout",
+    "wide_bits",
 ]
 
 SHIFT_BITS = 6
 """Requantisation shifts are 0…63, as `numerics.quantize_multiplier` produces."""
 
 
-class Mode(enum.Enum, shape=2):
+class Mode(enum.Enum, shape=3):
     """What a post-processing lane outputs (see the module docstring)."""
 
     REQUANT = 0
     REQUANT_LUT = 1
     SWIGLU = 2
+    WIDE = 3
+    """`requantize(acc_a)` to `logit_bits` on the `wide` lanes (the router's logits)."""
 
 
 class Requantizer(wiring.Component):
@@ -134,9 +138,21 @@ def postproc_input_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayou
     )
 
 
+def wide_bits(cfg: AccelConfig) -> int:
+    """Width of the `wide` output lanes: WIDE mode's `logit_bits` (never below act_bits)."""
+    return max(cfg.act_bits, cfg.logit_bits)
+
+
 def output_layout(cfg: AccelConfig) -> data.StructLayout:
-    """One output row: C int8 lanes (lanes ≥ the valid channel count are 0) and `last`."""
-    return data.StructLayout({"data": data.ArrayLayout(signed(cfg.act_bits), cfg.cols), "last": 1})
+    """One output row: C int8 lanes (lanes ≥ the valid channel count are 0), C `wide`
+    lanes (WIDE mode's result; don't-care otherwise) and `last`."""
+    return data.StructLayout(
+        {
+            "data": data.ArrayLayout(signed(cfg.act_bits), cfg.cols),
+            "wide": data.ArrayLayout(signed(wide_bits(cfg)), cfg.cols),
+            "last": 1,
+        }
+    )
 
 
 class PostProc(wiring.Component):
@@ -220,7 +236,10 @@ class PostProc(wiring.Component):
             m.d.sync += [s1_valid.eq(self.inp.valid), s1.eq(self.inp.payload)]
 
         # Stage 2: LUT output beside the requantised W3 value; gated multiply.
+        wbits = wide_bits(cfg)
+        qmax = 2 ** (bits - 1) - 1
         s2_qa = Signal(data.ArrayLayout(signed(bits), lanes))
+        s2_wide = Signal(data.ArrayLayout(signed(wbits), lanes))
         s2_qb = Signal(data.ArrayLayout(signed(bits), lanes))
         s2_mode = Signal(Mode)
         s2_gate = Signal(param_layout(cfg))
@@ -237,7 +256,7 @@ class PostProc(wiring.Component):
             ]
 
         for c in range(lanes):
-            req_a = Requantizer(cfg.acc_bits, cfg.mult_bits, bits)
+            req_a = Requantizer(cfg.acc_bits, cfg.mult_bits, wbits)
             req_b = Requantizer(cfg.acc_bits, cfg.mult_bits, bits)
             gate = Requantizer(2 * bits, cfg.mult_bits, bits)
             m.submodules[f"req_a_{c}"] = req_a
@@ -250,11 +269,21 @@ class PostProc(wiring.Component):
                 req_b.value.eq(s1.acc_b[c]),
                 req_b.mult.eq(p_rd_b.data[c].mult),
                 req_b.shift.eq(p_rd_b.data[c].shift),
-                luts[c].addr.eq(req_a.result.as_unsigned()),
                 luts[c].en.eq(advance),
             ]
+            # Saturating the wide result again to act_bits equals saturating directly.
+            narrow = Signal(signed(bits), name=f"narrow_{c}")
+            wide = req_a.result
+            m.d.comb += [
+                narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
+                luts[c].addr.eq(narrow.as_unsigned()),
+            ]
             with m.If(advance):
-                m.d.sync += [s2_qa[c].eq(req_a.result), s2_qb[c].eq(req_b.result)]
+                m.d.sync += [
+                    s2_qa[c].eq(narrow),
+                    s2_wide[c].eq(wide),
+                    s2_qb[c].eq(req_b.result),
+                ]
 
             activated = Signal(signed(bits), name=f"activated_{c}")
             m.d.comb += activated.eq(Mux(s2_mode == Mode.REQUANT, s2_qa[c], luts[c].data))
@@ -265,7 +294,10 @@ class PostProc(wiring.Component):
             ]
             result = Mux(s2_mode == Mode.SWIGLU, gate.result, activated)
             with m.If(advance):
-                m.d.sync += self.out.payload.data[c].eq(Mux(c < s2_n_valid, result, 0))
+                m.d.sync += [
+                    self.out.payload.data[c].eq(Mux(c < s2_n_valid, result, 0)),
+                    self.out.payload.wide[c].eq(Mux(c < s2_n_valid, s2_wide[c], 0)),
+                ]
 
         # Stage 3: the output register.
         with m.If(advance):

@@ -49,16 +49,18 @@ __all__ = [
     "Access",
     "Block",
     "ErrorCause",
+    "FFNKind",
     "Field",
     "PlacedRegister",
     "Reg",
     "Register",
     "RegisterMap",
     "RoutingMode",
+    "SharedExpert",
     "config_hash",
 ]
 
-REGMAP_VERSION = (0, 1, 0)
+REGMAP_VERSION = (0, 2, 0)
 """(major, minor, patch) of this table; bump minor when adding registers, major when moving."""
 
 ID_MAGIC = 0x4D6F4541
@@ -98,6 +100,22 @@ class RoutingMode(enum.IntEnum):
 
     SOFTMAX = 0
     SIGMOID = 1
+
+
+class FFNKind(enum.IntEnum):
+    """`LAYER_MODE.ffn` codes: the routed experts' FFN."""
+
+    SWIGLU = 0
+    GELU = 1
+    RELU = 2
+
+
+class SharedExpert(enum.IntEnum):
+    """`LAYER_MODE.shared` codes (the gate unit's `SharedMode` values)."""
+
+    NONE = 0
+    UNGATED = 1
+    GATED = 2
 
 
 @dataclass(frozen=True)
@@ -433,12 +451,12 @@ DESCRIPTOR_BLOCK = Block(
     0x100,
     (
         Reg("TOKENS_ADDR", RW, "Byte address of the int8 token matrix X[T, d_model]."),
-        Reg("ROUTER_W_ADDR", RW, "Byte address of the router weights Wg[d_model, E] (+ bias)."),
+        Reg("ROUTER_W_ADDR", RW, "Byte address of the router GEMM's weight stream (rtl.layout)."),
         Reg("EXPERT_TABLE_ADDR", RW, "Byte address of the expert descriptor table."),
         Reg("OUTPUT_ADDR", RW, "Byte address of the output Y[T, d_model]."),
-        Reg("SCRATCH_ADDR", RW, "Byte address of the scratch area (dispatch lists, H)."),
-        Reg("REQUANT_TABLE_ADDR", RW, "Byte address of the requantisation (mult, shift) table."),
-        Reg("LUT_TABLE_ADDR", RW, "Byte address of the activation/exp lookup tables."),
+        Reg("SCRATCH_ADDR", RW, "Byte address of the routed expert outputs Ye (scratch)."),
+        Reg("REQUANT_TABLE_ADDR", RW, "Byte address of the router columns' (mult, shift) words."),
+        Reg("LUT_TABLE_ADDR", RW, "Byte address of the expert LUTs (e at e·layout.lut_bytes)."),
         Reg("NUM_TOKENS", RW, "T: tokens in this job."),
         Reg("D_MODEL", RW, "d_model."),
         Reg("D_FF", RW, "d_ff (per routed expert)."),
@@ -457,6 +475,27 @@ DESCRIPTOR_BLOCK = Block(
             doc="Routing variant (DESIGN §2).",
         ),
         Reg("CAPACITY", RW, "Tokens per expert when ROUTING_MODE.use_capacity."),
+        Reg("D_FF_SHARED", RW, "Shared expert width (0 when LAYER_MODE.shared is NONE)."),
+        Reg(
+            "LAYER_MODE",
+            fields=(
+                Field("ffn", 2, RW, doc="FFNKind of the routed experts."),
+                Field("shared", 2, RW, doc="SharedExpert: none, ungated, sigmoid-gated."),
+            ),
+            doc="Expert FFN kind and shared-expert mode.",
+        ),
+        Reg("ROUTED_SCALING", RW, "Routed scaling factor, unsigned Q4.16 (sigmoid scoring)."),
+        Reg(
+            "OUTPUT_REQUANT",
+            fields=(
+                Field("mult", 24, RW, doc="Output requantisation multiplier."),
+                Field("shift", 6, RW, doc="Output requantisation shift."),
+            ),
+            doc="The combiner's output requantisation.",
+        ),
+        Reg("BIAS_ADDR", RW, "Byte address of the correction bias (one i32 per expert)."),
+        Reg("ROUTING_ADDR", RW, "Byte address of the routing records written back."),
+        Reg("SHARED_SCRATCH_ADDR", RW, "Byte address of the shared expert's outputs."),
     ),
 )
 
@@ -477,6 +516,9 @@ COUNTER_BLOCK = Block(
         Reg("BYTES_READ", RO, "Bytes read over the AXI4 master.", width=64),
         Reg("BYTES_WRITTEN", RO, "Bytes written over the AXI4 master.", width=64),
         Reg("DROPPED_TOKENS", RO, "(token, slot) pairs dropped by the capacity limit.", width=64),
+        Reg("USEFUL_MACS", RO, "Multiply-accumulates of real (unpadded) operands.", width=64),
+        Reg("ENGINE_BUSY", RO, "Cycles the GEMM engine held a command.", width=64),
+        Reg("CYCLES_SHARED", RO, "Cycles spent on the shared expert (within experts).", width=64),
     ),
 )
 

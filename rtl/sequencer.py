@@ -258,9 +258,7 @@ class TileSequencer(wiring.Component):
             m.d.comb += cause.eq(CommandError.M_TOO_LARGE)
         with m.Elif(p.k > max_gemm_k(cfg)):
             m.d.comb += cause.eq(CommandError.K_TOO_LARGE)
-        with m.Elif(
-            (p.mode != Mode.REQUANT) & (p.mode != Mode.REQUANT_LUT) & (p.mode != Mode.SWIGLU)
-        ):
+        with m.Elif(p.mode.as_value() > Mode.WIDE.value):
             m.d.comb += cause.eq(CommandError.BAD_MODE)
         with m.Elif(
             (p.param_a >= self.param_rows)

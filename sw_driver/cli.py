@@ -19,14 +19,15 @@ from rich.console import Console
 
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import FAMILIES, REL_L2_BOUND, REL_L2_BOUND_AGREEING
-from pymodel.layer import golden_layer, quantize_input, routing_guaranteed
+from pymodel.layer import quantize_input, routing_guaranteed
 from pymodel.numerics import NumericsError
 from pymodel.quantize import calibrate, quantize_layer
 from pymodel.reference import moe_forward_float
 
-from .report import LayerReport, expert_set_agreement, rel_l2
+from .device import GoldenDevice, make_device
+from .report import LayerReport, add_hardware_metrics, expert_set_agreement, rel_l2
 
-BACKENDS = ("golden",)
+BACKENDS = ("golden", "verilator")
 
 
 def run_family_layer(
@@ -40,9 +41,14 @@ def run_family_layer(
     seed: int = 0,
     backend: str = "golden",
     cfg: AccelConfig | None = None,
+    trace: str | None = None,
     console: Console | None = None,
 ) -> LayerReport:
-    """Build `family`'s HF block, run it on `backend` and on torch, and compare."""
+    """Build `family`'s HF block, run it on `backend` and on torch, and compare.
+
+    Everything is validated (shapes against the hardware, finite values, a
+    routing the gate implements) before any simulation starts.
+    """
     import torch
 
     from .hf import build_hf_block, import_hf_block
@@ -60,20 +66,29 @@ def run_family_layer(
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((tokens, spec.d_model)).astype(np.float32)
 
+    with console.status("calibrating and quantising the layer"):
+        ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
+        x_q = quantize_input(ql, x)
+        device = make_device(backend, cfg, **({"trace": trace} if trace else {}))
     with console.status("running the PyTorch reference"):
         hf_y = run_hf_block(block, x)
-        device = default_device()
-        ref = torch_moe_forward(spec, weights, x, device=device, dtype=torch.float32)
+        torch_device = default_device()
+        ref = torch_moe_forward(spec, weights, x, device=torch_device, dtype=torch.float32)
         if float(np.max(np.abs(ref.y - hf_y))) > 1e-4:
             raise RuntimeError("torch reference disagrees with the HF block itself")
-    with console.status(f"running the layer on the {backend} backend"):
-        ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
-        result = golden_layer(ql, quantize_input(ql, x), cfg)
+    with console.status("running the golden model"):
+        golden = GoldenDevice(cfg).run(ql, x_q)
+    if backend == "golden":
+        result = golden
+    else:
+        with console.status(f"running the layer on the {backend} backend"):
+            result = device.run(ql, x_q)
 
-    agree = expert_set_agreement(result.routing.expert_ids, ref.expert_ids)
+    y = (result.y_q * ql.s_y).astype(np.float32)
+    agree = expert_set_agreement(result.expert_ids, ref.expert_ids)
     guaranteed = routing_guaranteed(ql, weights, x, moe_forward_float(spec, weights, x), cfg)
     n_guaranteed = int(guaranteed.sum())
-    return LayerReport(
+    report = LayerReport(
         family=family,
         backend=backend,
         tokens=tokens,
@@ -81,18 +96,26 @@ def run_family_layer(
         d_ff=spec.d_ff,
         n_experts=spec.n_experts,
         top_k=spec.top_k,
-        torch_device=f"{device.type} fp32",
-        max_abs_vs_torch=float(np.max(np.abs(result.y - ref.y))),
-        rel_l2_vs_torch=rel_l2(result.y, ref.y),
+        torch_device=f"{torch_device.type} fp32",
+        max_abs_vs_torch=float(np.max(np.abs(y - ref.y))),
+        rel_l2_vs_torch=rel_l2(y, ref.y),
         rel_l2_bound=REL_L2_BOUND[family],
-        rel_l2_vs_torch_agreeing=rel_l2(result.y[agree], ref.y[agree]) if agree.any() else 0.0,
+        rel_l2_vs_torch_agreeing=rel_l2(y[agree], ref.y[agree]) if agree.any() else 0.0,
         rel_l2_bound_agreeing=REL_L2_BOUND_AGREEING,
         routing_agreement=float(agree.mean()),
         routing_agreement_guaranteed=float(agree[guaranteed].mean()) if n_guaranteed else 1.0,
         guaranteed_tokens=n_guaranteed,
-        dropped_pairs=int(result.dispatch.dropped),
-        tokens_per_expert=[int(c) for c in result.dispatch.counts],
+        dropped_pairs=int(result.dropped),
+        tokens_per_expert=[int(c) for c in result.tokens_per_expert],
     )
+    if backend != "golden":
+        report.bit_exact_vs_golden = bool(
+            np.array_equal(result.y_q, golden.y_q)
+            and np.array_equal(result.expert_ids, golden.expert_ids)
+            and np.array_equal(result.gate_weights, golden.gate_weights)
+        )
+        add_hardware_metrics(report, result, spec, cfg)
+    return report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=BACKENDS, default="golden")
     run.add_argument("--config", type=Path, help="AccelConfig JSON (default: the default config)")
     run.add_argument("--json", type=Path, help="write the report as JSON here")
+    run.add_argument(
+        "--waves", choices=("vcd", "fst"), default=None, help="dump waveforms (verilator)"
+    )
     sub.add_parser("demo", help="the README's main job: Mixtral and DeepSeek-V3 layers")
     return parser
 
@@ -133,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 backend=args.backend,
                 cfg=_config(args.config),
+                trace=args.waves,
             )
             report.render(console)
             if args.json:

@@ -15,6 +15,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pymodel.config import AccelConfig, MoESpec
+from pymodel.perf import roofline
+
+from .device import DeviceResult
+
 
 def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
     """‖y − ref‖₂ / ‖ref‖₂ (0 when both are zero)."""
@@ -53,7 +58,12 @@ class LayerReport:
     tokens_per_expert: list[int]
     bit_exact_vs_golden: bool | None = None
     cycles: dict[str, int] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    mac_utilization_expert_phase: float | None = None
+    roofline_bound_cycles: float | None = None
+    cycles_vs_roofline: float | None = None
+    effective_gops: float | None = None
+    clock_mhz: float | None = None
+    sim_cycles_per_s: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +100,39 @@ class LayerReport:
         table.add_row("tokens per expert", " ".join(str(c) for c in self.tokens_per_expert))
         for phase, cycles in self.cycles.items():
             table.add_row(f"cycles: {phase}", f"{cycles:,}")
-        for key, value in self.extras.items():
-            table.add_row(key, value if isinstance(value, str) else f"{value:.4g}")
+        if self.mac_utilization_expert_phase is not None:
+            table.add_row(
+                "MAC utilisation, expert phase", f"{100 * self.mac_utilization_expert_phase:.1f} %"
+            )
+        if self.cycles_vs_roofline is not None:
+            table.add_row(
+                "layer cycles ÷ roofline bound",
+                f"{self.cycles_vs_roofline:.2f} (bound {self.roofline_bound_cycles:,.0f})",
+            )
+        if self.effective_gops is not None:
+            table.add_row(f"effective GOPS at {self.clock_mhz:g} MHz", f"{self.effective_gops:.2f}")
+        if self.sim_cycles_per_s is not None:
+            table.add_row("simulated cycles / s", f"{self.sim_cycles_per_s:,.0f}")
         console.print(table)
+
+
+def add_hardware_metrics(
+    report: LayerReport, result: DeviceResult, spec: MoESpec, cfg: AccelConfig
+) -> None:
+    """Fill the cycle-based metrics of `report` from a hardware backend's counters.
+
+    Expert-phase MAC utilisation = cycles the array issued MACs during the
+    experts phase ÷ cycles of that phase; effective GOPS = 2 × useful MACs ÷
+    layer time at the config's clock; the roofline bound is `pymodel.perf`'s.
+    """
+    c = result.counters
+    report.cycles = result.cycles
+    total = c["cycles_total"]
+    if c["cycles_experts"]:
+        report.mac_utilization_expert_phase = c["mac_cycles_experts"] / c["cycles_experts"]
+    bound = roofline(spec, cfg, report.tokens, result.tokens_per_expert)
+    report.roofline_bound_cycles = bound.bound_cycles
+    report.cycles_vs_roofline = total / bound.bound_cycles
+    report.clock_mhz = cfg.clock_mhz
+    report.effective_gops = 2 * c["useful_macs"] * cfg.clock_mhz * 1e6 / total / 1e9
+    report.sim_cycles_per_s = result.sim_cycles_per_s

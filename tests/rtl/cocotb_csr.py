@@ -13,7 +13,7 @@ from sim.tb import reset_dut, start_clock
 
 CFG = AccelConfig.from_json(os.environ["CSR_CFG"])
 RNG = random.Random(int(os.environ.get("SEED", "1")))
-UNMAPPED = (0x20, 0x5C, 0x138, 0x260, 0x308, 0x3FC, 0x1000, 0xFFFF_FFFC)
+UNMAPPED = (0x20, 0x5C, 0x158, 0x278, 0x308, 0x3FC, 0x1000, 0xFFFF_FFFC)
 
 
 def port(dut, reg: str, member: str):

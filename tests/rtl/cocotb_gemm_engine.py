@@ -66,7 +66,7 @@ async def bad_commands_rejected_then_recovery(dut):
         ({**base, "k": 0}, CommandError.ZERO_DIM),
         ({**base, "m": cfg.max_tokens + 1}, CommandError.M_TOO_LARGE),
         ({**base, "k": max(cfg.max_d_model, cfg.max_d_ff) + 1}, CommandError.K_TOO_LARGE),
-        ({**base, "mode": 3}, CommandError.BAD_MODE),
+        ({**base, "mode": 7}, CommandError.BAD_MODE),
         ({**base, "param_a": param_rows - 1}, CommandError.PARAM_RANGE),
         ({**base, "param_b": param_rows - 1}, CommandError.PARAM_RANGE),
     ]

@@ -1,0 +1,276 @@
+"""`MoEAccel`: the whole accelerator — registers, DMA and the layer sequencer.
+
+Ports: `s_axil` (AXI4-Lite slave: the register map `rtl.regs.REGISTER_MAP`),
+`m_axi` (AXI4 master to the memory holding the layer image of
+`sw_driver.compile`), `irq` (high while `STATUS.done` or `STATUS.error` is
+set), and the `sync` domain.
+
+Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
+
+- `CTRL.start` while idle validates the descriptor registers in hardware
+  (shapes against the `AccelConfig` limits, zero sizes, k > E, groups that
+  do not divide E or that need softmax scoring, a bias without sigmoid
+  scoring, a zero capacity, unknown FFN/shared codes, addresses not 64-byte
+  aligned). A bad descriptor ends the job at once with
+  `ERROR_CAUSE.BAD_DESCRIPTOR`; the gate never sees settings it could hang on.
+- `CTRL.start` while busy sets `START_WHILE_BUSY`; the running layer goes on.
+- A bus error (DMA), an engine rejecting a command, or the watchdog
+  (`WATCHDOG_CYCLES`, 0 = off) aborts: the DMA drains its bursts (no AXI
+  transaction is left half done), the sequencer is reset, `STATUS.error`
+  is set with the cause (and `ERROR_ADDR` for bus errors), and the
+  accelerator is idle and ready for the next start.
+- `CTRL.soft_reset` aborts the same way without an error: idle, ready.
+  After any abort the sequencer runs one dummy dispatch (`flush`), since
+  the dispatcher clears its histogram only at the end of a complete run.
+
+Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.hdl import ResetInserter
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from pymodel.config import AccelConfig, ConfigError
+
+from . import layout
+from .axi import AXI4Signature, AXILiteSignature
+from .csr import CSR
+from .dma import DMA
+from .layer_sequencer import LayerSequencer
+from .regs import REGISTER_MAP, ErrorCause, FFNKind, RoutingMode, SharedExpert
+
+__all__ = ["MoEAccel"]
+
+ADDRESS_REGS = (
+    "TOKENS_ADDR",
+    "ROUTER_W_ADDR",
+    "EXPERT_TABLE_ADDR",
+    "OUTPUT_ADDR",
+    "SCRATCH_ADDR",
+    "REQUANT_TABLE_ADDR",
+    "LUT_TABLE_ADDR",
+    "BIAS_ADDR",
+    "ROUTING_ADDR",
+    "SHARED_SCRATCH_ADDR",
+)
+
+
+class MoEAccel(wiring.Component):
+    """The MoE layer accelerator generated for `cfg` (see the module docstring)."""
+
+    def __init__(self, cfg: AccelConfig) -> None:
+        if not isinstance(cfg, AccelConfig):
+            raise ConfigError(f"MoEAccel needs an AccelConfig, got {type(cfg).__name__}")
+        layout.check_top_config(cfg)
+        self.cfg = cfg
+        super().__init__(
+            {
+                "s_axil": In(AXILiteSignature()),
+                "m_axi": Out(AXI4Signature(cfg)),
+                "irq": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        m.submodules.csr = csr = CSR(cfg, REGISTER_MAP)
+        m.submodules.dma = dma = DMA(cfg)
+        core_rst = Signal()
+        core = LayerSequencer(cfg)
+        m.submodules.core = ResetInserter({"sync": core_rst})(core)
+        wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
+        wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
+        wiring.connect(m, core.rd_cmd, dma.rd_cmd)
+        wiring.connect(m, dma.rd_data, core.rd_data)
+        wiring.connect(m, core.wr_cmd, dma.wr_cmd)
+        wiring.connect(m, core.wr_data, dma.wr_data)
+        regs = csr.regs
+        m.d.comb += [core.rd_done.eq(dma.rd_done), core.wr_done.eq(dma.wr_done)]
+
+        # ---------------- descriptor ----------------
+        d = core.desc
+        mode = regs.routing_mode
+        lm = regs.layer_mode
+        m.d.comb += [
+            d.tokens_addr.eq(regs.tokens_addr.value),
+            d.router_w_addr.eq(regs.router_w_addr.value),
+            d.table_addr.eq(regs.expert_table_addr.value),
+            d.output_addr.eq(regs.output_addr.value),
+            d.scratch_addr.eq(regs.scratch_addr.value),
+            d.rparam_addr.eq(regs.requant_table_addr.value),
+            d.lut_addr.eq(regs.lut_table_addr.value),
+            d.bias_addr.eq(regs.bias_addr.value),
+            d.routing_addr.eq(regs.routing_addr.value),
+            d.shared_scratch_addr.eq(regs.shared_scratch_addr.value),
+            d.t.eq(regs.num_tokens.value),
+            d.d.eq(regs.d_model.value),
+            d.f.eq(regs.d_ff.value),
+            d.fs.eq(regs.d_ff_shared.value),
+            d.e.eq(regs.n_experts.value),
+            d.k.eq(regs.top_k.value),
+            d.sigmoid.eq(mode.scoring == RoutingMode.SIGMOID),
+            d.renorm.eq(mode.renormalize),
+            d.bias_en.eq(mode.correction_bias),
+            d.cap_en.eq(mode.use_capacity),
+            d.capacity.eq(regs.capacity.value),
+            d.topk_group.eq(mode.topk_group),
+            d.ffn.eq(lm.ffn),
+            d.shared.eq(lm.shared),
+            d.scale.eq(regs.routed_scaling.value),
+            d.out_mult.eq(regs.output_requant.mult),
+            d.out_shift.eq(regs.output_requant.shift),
+            core.expert_index.eq(regs.expert_index.value),
+            regs.expert_tokens.value.eq(core.expert_tokens),
+        ]
+
+        # Group size = E / n_group by repeated subtraction (E <= max_experts steps).
+        group_size = Signal.like(d.group_size)
+        group_rem = Signal(16)
+        m.d.comb += d.group_size.eq(group_size)
+
+        t, dm, f = regs.num_tokens.value, regs.d_model.value, regs.d_ff.value
+        fs = regs.d_ff_shared.value
+        e, k = regs.n_experts.value, regs.top_k.value
+        ng, tg = mode.n_group, mode.topk_group
+        sigmoid = mode.scoring == RoutingMode.SIGMOID
+        shared = lm.shared
+        misaligned = 0
+        for name in ADDRESS_REGS:
+            misaligned |= getattr(regs, name.lower()).value[:6].any()
+        bad = Signal()
+        m.d.comb += bad.eq(
+            (t == 0)
+            | (t > cfg.max_tokens)
+            | (dm == 0)
+            | (dm > cfg.max_d_model)
+            | (f == 0)
+            | (f > cfg.max_d_ff)
+            | (e == 0)
+            | (e > cfg.max_experts)
+            | (k == 0)
+            | (k > cfg.max_top_k)
+            | (k > e)
+            | (lm.ffn > FFNKind.RELU)
+            | (shared > SharedExpert.GATED)
+            | ((shared != SharedExpert.NONE) & ((fs == 0) | (fs > cfg.max_d_ff)))
+            | (ng == 0)
+            | (ng > cfg.max_groups)
+            | (ng > e)
+            | (tg == 0)
+            | (tg > ng)
+            | (group_rem != 0)
+            | ((ng > 1) & (~sigmoid | (group_size < 2) | (k > tg * group_size)))
+            | ((ng == 1) & (tg != 1))
+            | (mode.correction_bias & ~sigmoid)
+            | (mode.use_capacity & (regs.capacity.value == 0))
+            | (regs.routed_scaling.value >= 2**20)
+            | misaligned
+        )
+
+        # ---------------- control ----------------
+        busy = Signal()
+        cause = Signal(8)
+        err_addr = Signal(32)
+        watchdog = Signal(32)
+        fault = Signal(8)  # why the running layer is being aborted (NONE: soft reset)
+        fault_addr = Signal(32)
+        pc = core.phase_counters
+        ec = core.engine_counters
+        m.d.comb += [
+            regs.status.busy.eq(busy),
+            regs.error_cause.value.eq(cause),
+            regs.error_addr.value.eq(err_addr),
+            regs.cycles_total.value.eq(pc.total),
+            regs.cycles_route.value.eq(pc.route),
+            regs.cycles_dispatch.value.eq(pc.dispatch),
+            regs.cycles_experts.value.eq(pc.experts),
+            regs.cycles_shared.value.eq(pc.shared),
+            regs.cycles_combine.value.eq(pc.combine),
+            regs.mac_cycles.value.eq(ec.mac_cycles),
+            regs.useful_macs.value.eq(ec.macs),
+            regs.engine_busy.value.eq(ec.busy),
+            regs.stall_weight.value.eq(ec.stall_weight),
+            regs.stall_activation.value.eq(ec.stall_act),
+            regs.stall_output.value.eq(ec.stall_out),
+            regs.bytes_read.value.eq(dma.bytes_read),
+            regs.bytes_written.value.eq(dma.bytes_written),
+            regs.dropped_tokens.value.eq(core.dropped),
+            self.irq.eq(regs.status.done | regs.status.error),
+        ]
+
+        def raise_error(code, addr=0):
+            m.d.comb += regs.status.error_set.eq(1)
+            with m.If(~regs.status.error):
+                m.d.sync += [cause.eq(code), err_addr.eq(addr)]
+
+        with m.If(~regs.status.error & ~regs.status.error_set):
+            m.d.sync += [cause.eq(ErrorCause.NONE), err_addr.eq(0)]
+
+        with m.If(regs.ctrl.start & busy):
+            raise_error(ErrorCause.START_WHILE_BUSY)
+
+        with m.FSM(name="control"):
+            with m.State("IDLE"):
+                m.d.comb += core_rst.eq(regs.ctrl.soft_reset)
+                with m.If(regs.ctrl.start):
+                    m.d.sync += [busy.eq(1), group_size.eq(0), group_rem.eq(e), watchdog.eq(0)]
+                    m.d.comb += [core.counters_clear.eq(1), dma.clear_counters.eq(1)]
+                    m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                with m.If((ng != 0) & (group_rem >= ng)):
+                    m.d.sync += [group_rem.eq(group_rem - ng), group_size.eq(group_size + 1)]
+                with m.Elif(bad):
+                    raise_error(ErrorCause.BAD_DESCRIPTOR)
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += core.start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.sync += watchdog.eq(watchdog + 1)
+                expired = (regs.watchdog_cycles.value != 0) & (
+                    watchdog >= regs.watchdog_cycles.value
+                )
+                with m.If(regs.ctrl.soft_reset):
+                    m.d.sync += fault.eq(ErrorCause.NONE)
+                    m.next = "ABORT"
+                with m.Elif(dma.error):
+                    m.d.sync += [fault.eq(dma.error_cause), fault_addr.eq(dma.error_addr)]
+                    m.next = "ABORT"
+                with m.Elif(core.error):
+                    m.d.sync += [fault.eq(ErrorCause.COMMAND_REJECTED), fault_addr.eq(0)]
+                    m.next = "ABORT"
+                with m.Elif(expired):
+                    m.d.sync += [fault.eq(ErrorCause.WATCHDOG_TIMEOUT), fault_addr.eq(0)]
+                    m.next = "ABORT"
+                with m.Elif(core.done):
+                    m.d.comb += regs.status.done_set.eq(1)
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+            with m.State("ABORT"):
+                # The sequencer is held in reset; the DMA drains every burst it started.
+                m.d.comb += [core_rst.eq(1), dma.cancel.eq(1)]
+                with m.If(dma.error & ~dma.busy):
+                    m.d.comb += dma.clear.eq(1)
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):
+                # The error is reported once the accelerator is idle again (soft reset: none).
+                m.d.comb += core_rst.eq(1)
+                with m.If(~dma.error):
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                # Units that tidy up at the end of a run (the dispatcher's histogram) get
+                # one complete dummy run before the next layer.
+                m.d.comb += core.flush.eq(1)
+                m.next = "FLUSH_WAIT"
+            with m.State("FLUSH_WAIT"):
+                with m.If(core.idle):
+                    with m.If(fault != ErrorCause.NONE):
+                        raise_error(fault, fault_addr)
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+        return m

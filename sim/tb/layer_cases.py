@@ -1,0 +1,83 @@
+"""Random MoE layer cases for the top-level tests: spec + weights + tokens → image + golden.
+
+Why here: the cocotb top-level test (`tests/rtl/test_top.py`) and the fast
+backend test (`tests/sim/test_top_fast.py`) run the same kinds of layers
+and check them the same way, bit for bit against `pymodel.layer.golden_layer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pymodel.config import AccelConfig, MoESpec
+from pymodel.families import FAMILIES, family_spec
+from pymodel.layer import LayerResult, golden_layer, quantize_input
+from pymodel.quantize import QuantizedLayer, calibrate, quantize_layer
+from pymodel.weights import MoEWeights
+from sw_driver.compile import HwOutputs, LayerImage, compile_layer
+
+__all__ = ["SMALL_TOP", "LayerCase", "check_outputs", "make_case", "mode_specs"]
+
+SMALL_TOP = AccelConfig(
+    max_experts=8, max_top_k=4, max_groups=4, max_tokens=16, max_d_model=32, max_d_ff=64
+)
+"""The small top the RTL tests build (8×8 array, 16-byte bus, T ≤ 16, d ≤ 32, f ≤ 64, E ≤ 8)."""
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """One layer to run: its integer image, tokens, memory image and golden result."""
+
+    name: str
+    ql: QuantizedLayer
+    x_q: np.ndarray
+    golden: LayerResult
+    image: LayerImage
+
+
+def mode_specs(d_model: int, d_ff: int, n_experts: int) -> dict[str, MoESpec]:
+    """One spec per routing mode / FFN kind the hardware implements."""
+    shared = d_ff // 2 + 8
+    specs = {
+        name: family_spec(
+            name,
+            d_model=d_model,
+            d_ff=d_ff,
+            n_experts=n_experts,
+            **({"shared_d_ff": shared} if name in ("qwen2_moe", "deepseek_v3") else {}),
+        )
+        for name in FAMILIES
+    }
+    specs["switch_drops"] = family_spec(
+        "switch", d_model=d_model, d_ff=d_ff, n_experts=n_experts, capacity=1
+    )
+    specs["softmax_gelu_k3"] = MoESpec(
+        d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=3, ffn="gelu", name="gelu"
+    )
+    return specs
+
+
+def make_case(
+    name: str, spec: MoESpec, cfg: AccelConfig, tokens: int, seed: int, **compile_args: int
+) -> LayerCase:
+    """Seeded random weights and tokens for `spec`, calibrated on the tokens themselves."""
+    weights = MoEWeights.random(spec, seed=seed)
+    x = np.random.default_rng(seed + 1000).standard_normal((tokens, spec.d_model))
+    x = x.astype(np.float32)
+    ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
+    x_q = quantize_input(ql, x)
+    golden = golden_layer(ql, x_q, cfg)
+    image = compile_layer(ql, x_q, cfg, **compile_args)
+    return LayerCase(name=name, ql=ql, x_q=x_q, golden=golden, image=image)
+
+
+def check_outputs(case: LayerCase, out: HwOutputs, counts: np.ndarray | None = None) -> None:
+    """Raise AssertionError naming the first output that differs from the golden layer."""
+    g = case.golden
+    np.testing.assert_array_equal(out.expert_ids, g.routing.expert_ids, err_msg="expert ids")
+    np.testing.assert_array_equal(out.gate_weights, g.routing.gate_weights, err_msg="weights")
+    np.testing.assert_array_equal(out.y_q, g.y_q, err_msg=f"{case.name}: layer output y_q")
+    if counts is not None:
+        np.testing.assert_array_equal(counts, g.dispatch.counts, err_msg="per-expert counts")

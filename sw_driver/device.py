@@ -1,0 +1,173 @@
+"""One `Device` protocol, several backends: the same driver code runs a layer anywhere.
+
+- `GoldenDevice` — the NumPy golden model (`pymodel.layer.golden_layer`): the
+  bit-exact reference every hardware backend must reproduce; it reports no
+  cycles (the hardware's are measured, not modelled).
+- `VerilatorDevice` — the generated accelerator (`rtl.top.MoEAccel`) compiled by
+  Verilator with the C++ harness of `sim.fast` (memory model and clock in C++,
+  no Python per cycle): load the compiled memory image, run the register
+  program, wait for done, read outputs and performance counters back.
+
+Both take a `QuantizedLayer` and int tokens and return a `DeviceResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pymodel.config import AccelConfig, ConfigError
+from pymodel.layer import check_tokens, golden_layer
+from pymodel.quantize import QuantizedLayer
+
+from .compile import compile_layer, read_expert_counts, read_outputs
+
+PHASES = ("route", "dispatch", "experts", "combine")
+
+
+class DeviceError(RuntimeError):
+    """The hardware stopped with an error status, or did not finish in time."""
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    """Outputs and measurements of one layer on one backend."""
+
+    backend: str
+    y_q: np.ndarray  # [T, d_model] int at scale ql.s_y
+    expert_ids: np.ndarray  # [T, k]
+    gate_weights: np.ndarray  # [T, k] unsigned Q.gate_frac_bits
+    tokens_per_expert: np.ndarray  # [E] kept pairs
+    dropped: int
+    counters: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def cycles(self) -> dict[str, int]:
+        """Total and per-phase cycles (empty for a backend without a clock)."""
+        if "cycles_total" not in self.counters:
+            return {}
+        out = {"total": self.counters["cycles_total"]}
+        out.update({p: self.counters[f"cycles_{p}"] for p in PHASES})
+        return out
+
+    @property
+    def sim_cycles_per_s(self) -> float:
+        total = self.counters.get("cycles_total", 0)
+        return total / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Device(Protocol):
+    """Anything that runs a quantised MoE layer on int tokens."""
+
+    name: str
+    cfg: AccelConfig
+
+    def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult: ...
+
+
+class GoldenDevice:
+    """The NumPy golden model as a device."""
+
+    name = "golden"
+
+    def __init__(self, cfg: AccelConfig) -> None:
+        self.cfg = cfg
+
+    def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
+        res = golden_layer(ql, x_q, self.cfg)
+        return DeviceResult(
+            backend=self.name,
+            y_q=res.y_q,
+            expert_ids=res.routing.expert_ids,
+            gate_weights=res.routing.gate_weights,
+            tokens_per_expert=res.dispatch.counts,
+            dropped=int(res.dispatch.dropped),
+        )
+
+
+class VerilatorDevice:
+    """The accelerator RTL under Verilator with the C++ memory/clock harness.
+
+    The model is built once per configuration (cached on disk by `sim.fast`);
+    each `run` loads a fresh memory image. `read_latency`/`write_latency` are
+    the memory model's latencies in cycles; `max_cycles` bounds a run (a
+    timeout is a `DeviceError`, never a hang); `trace` ("vcd"/"fst") dumps
+    waveforms.
+    """
+
+    name = "verilator"
+
+    def __init__(
+        self,
+        cfg: AccelConfig,
+        *,
+        read_latency: int = 8,
+        write_latency: int = 4,
+        max_cycles: int = 50_000_000,
+        trace: str | None = None,
+    ) -> None:
+        from rtl import layout
+
+        layout.check_top_config(cfg)
+        self.cfg = cfg
+        self.read_latency = read_latency
+        self.write_latency = write_latency
+        self.max_cycles = max_cycles
+        self.trace = trace
+
+    def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
+        from rtl.regs import COUNTER_BLOCK
+        from rtl.top import MoEAccel
+        from sim.fast import FastSim, RunStatus, SimulationError
+
+        check_tokens(ql, x_q, self.cfg)
+        image = compile_layer(ql, x_q, self.cfg)
+        sim = FastSim(
+            lambda: MoEAccel(self.cfg),
+            self.cfg,
+            image.base + image.mem_bytes,
+            read_latency=self.read_latency,
+            write_latency=self.write_latency,
+            trace=self.trace,
+            name="moe_accel",
+        )
+        with sim:
+            sim.mem[image.base : image.base + image.mem_bytes] = image.mem
+            for reg, value in image.program:
+                sim.write_reg(reg, value)
+            try:
+                result = sim.run(self.max_cycles)
+            except SimulationError as exc:
+                raise DeviceError(f"accelerator run failed: {exc}") from exc
+            if result.status is not RunStatus.DONE:
+                raise DeviceError(
+                    f"accelerator stopped with status {result.status.name}, "
+                    f"cause {result.cause.name}"
+                )
+            outputs = read_outputs(sim.mem, image)
+            counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
+            counters = {
+                reg.name.lower(): int(sim.read_reg(reg.name)) for reg in COUNTER_BLOCK.registers
+            }
+        return DeviceResult(
+            backend=self.name,
+            y_q=outputs.y_q,
+            expert_ids=outputs.expert_ids,
+            gate_weights=outputs.gate_weights,
+            tokens_per_expert=counts,
+            dropped=counters["dropped_tokens"],
+            counters=counters,
+            wall_s=result.wall_s,
+        )
+
+
+def make_device(name: str, cfg: AccelConfig, **options: object) -> Device:
+    """The backend called `name` ("golden" or "verilator") for `cfg`."""
+    if name == "golden":
+        return GoldenDevice(cfg)
+    if name == "verilator":
+        return VerilatorDevice(cfg, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"unknown backend {name!r}; allowed: ['golden', 'verilator']")

@@ -1,0 +1,122 @@
+"""cocotb side of tests/rtl/test_top.py: MoEAccel with AxiLiteMaster and a paused AxiRam.
+
+Runs the jobs listed in `$TOP_JOBS/jobs.json` (written by the pytest side:
+each a memory image, a register program and an optional fault), with random
+pauses on every AXI channel of the memory, and saves, per job, the final
+memory (`<name>.npy`) and the outcome (`outcomes.json`). The pytest side
+decodes and compares them with the golden layer.
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.triggers import ClockCycles
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
+
+from rtl.regs import REGISTER_MAP
+from sim.tb import reset_dut, start_clock
+
+JOBS_DIR = Path(os.environ["TOP_JOBS"])
+MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
+SEED = int(os.environ.get("SEED", "1"))
+STATUS = REGISTER_MAP["STATUS"].register
+CTRL = REGISTER_MAP["CTRL"].register
+
+
+def pauses(rng: random.Random, p: float):
+    while True:
+        yield rng.random() < p
+
+
+class Regs:
+    def __init__(self, master: AxiLiteMaster) -> None:
+        self.master = master
+
+    async def write(self, name: str, value: int) -> None:
+        resp = await self.master.write(REGISTER_MAP.offset(name), value.to_bytes(4, "little"))
+        assert resp.resp == AxiResp.OKAY, name
+
+    async def read(self, name: str) -> int:
+        value = 0
+        for i in range(REGISTER_MAP[name].words):
+            resp = await self.master.read(REGISTER_MAP.offset(name) + 4 * i, 4)
+            assert resp.resp == AxiResp.OKAY, name
+            value |= int.from_bytes(resp.data, "little") << (32 * i)
+        return value
+
+    async def wait_idle(self, dut, limit: int = 400_000) -> dict:
+        for _ in range(limit // 64):
+            fields = STATUS.unpack(await self.read("STATUS"))
+            if not fields["busy"] and (fields["done"] or fields["error"]):
+                return fields
+            await ClockCycles(dut.clk, 64)
+        raise AssertionError("the accelerator did not finish")
+
+
+@cocotb.test()
+async def layers_match_the_golden_model(dut):
+    rng = random.Random(SEED)
+    start_clock(dut.clk)
+    ram = AxiRam(
+        AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=MEM_BYTES
+    )
+    for ch in (
+        ram.write_if.aw_channel,
+        ram.write_if.w_channel,
+        ram.write_if.b_channel,
+        ram.read_if.ar_channel,
+        ram.read_if.r_channel,
+    ):
+        ch.set_pause_generator(pauses(random.Random(rng.random()), 0.2))
+    regs = Regs(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk))
+    await reset_dut(dut, dut.clk)
+    healthy_read, healthy_write = ram.read_if._read, ram.write_if._write
+    outcomes = {}
+    for job in json.loads((JOBS_DIR / "jobs.json").read_text()):
+        fault = job.get("fault")
+        lo, hi = job.get("range", (0, 0))
+
+        async def read(address, length, fault=fault, lo=lo, hi=hi):
+            if fault == "read_error" and address < hi and address + length > lo:
+                raise OSError("injected read fault")
+            return await healthy_read(address, length)
+
+        async def write(address, data, fault=fault, lo=lo, hi=hi):
+            if fault == "write_error" and address < hi and address + len(data) > lo:
+                raise OSError("injected write fault")
+            return await healthy_write(address, data)
+
+        ram.read_if._read, ram.write_if._write = read, write
+        image = np.load(JOBS_DIR / f"{job['name']}_image.npy")
+        ram.write(0, bytes(MEM_BYTES))
+        ram.write(0, image.tobytes())
+        program = job["program"]
+        for name, value in program[:-1]:
+            await regs.write(name, value)
+        if fault == "watchdog":
+            await regs.write("WATCHDOG_CYCLES", job["cycles"])
+        await regs.write(*program[-1])
+        if fault == "start_busy":
+            await ClockCycles(dut.clk, 100)
+            await regs.write(*program[-1])
+        if fault == "soft_reset":
+            await ClockCycles(dut.clk, job["cycles"])
+            assert STATUS.unpack(await regs.read("STATUS"))["busy"]
+            await regs.write("CTRL", CTRL.pack(soft_reset=1))
+            await ClockCycles(dut.clk, 300)
+            fields = STATUS.unpack(await regs.read("STATUS"))
+        else:
+            fields = await regs.wait_idle(dut)
+        outcomes[job["name"]] = {
+            **fields,
+            "cause": await regs.read("ERROR_CAUSE"),
+            "cycles": await regs.read("CYCLES_TOTAL"),
+        }
+        np.save(
+            JOBS_DIR / f"{job['name']}_mem.npy", np.frombuffer(ram.read(0, MEM_BYTES), np.uint8)
+        )
+    (JOBS_DIR / "outcomes.json").write_text(json.dumps(outcomes))

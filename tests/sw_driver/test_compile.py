@@ -1,0 +1,94 @@
+"""sw_driver.compile: memory image layout, register program and input validation.
+
+Bit-exactness of the image is checked by running it on the RTL
+(tests/rtl/test_top.py, tests/sim/test_top_fast.py); these tests cover the
+layout rules and the errors raised before any simulation.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pymodel.config import AccelConfig, ConfigError
+from pymodel.numerics import NumericsError
+from rtl import layout
+from rtl.regs import REGISTER_MAP
+from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
+from sw_driver.compile import compile_layer, read_outputs
+
+SPECS = mode_specs(24, 40, 8)
+
+
+@pytest.mark.parametrize("mode", ["mixtral", "qwen2_moe", "deepseek_v3", "switch"])
+def test_regions_are_aligned_disjoint_and_inside_the_image(mode):
+    case = make_case(mode, SPECS[mode], SMALL_TOP, tokens=5, seed=1)
+    img = case.image
+    spans = sorted((r.addr, r.addr + r.size) for r in img.regions.values())
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end
+    assert all(r.addr % layout.REGION_ALIGN == 0 for r in img.regions.values())
+    assert spans[-1][1] <= img.mem_bytes and img.mem_bytes % 4096 == 0
+    assert ("expert_table" in img.regions) and ("shared.w1" in img.regions) == (
+        SPECS[mode].has_shared
+    )
+
+
+def test_register_program_names_real_registers_and_ends_with_start():
+    case = make_case("m", SPECS["mixtral"], SMALL_TOP, tokens=3, seed=2)
+    names = [name for name, _ in case.image.program]
+    assert all(name in REGISTER_MAP for name in names)
+    assert case.image.program[-1] == ("CTRL", REGISTER_MAP["CTRL"].register.pack(start=1))
+    values = dict(case.image.program)
+    assert values["NUM_TOKENS"] == 3 and values["TOP_K"] == 2 and values["N_EXPERTS"] == 8
+
+
+def test_tokens_and_expert_streams_are_laid_out_as_the_engine_reads_them():
+    cfg = SMALL_TOP
+    case = make_case("m", SPECS["softmax_gelu_k3"], cfg, tokens=4, seed=3)
+    img, ql = case.image, case.ql
+    stride = layout.row_bytes(cfg, 24)
+    tok = img.regions["tokens"]
+    rows = img.mem[tok.addr : tok.addr + 4 * stride].view(np.int8).reshape(4, stride)
+    np.testing.assert_array_equal(rows[:, :24], case.x_q)
+    assert not rows[:, 24:].any()
+    w1 = img.regions["expert2.w1"]
+    stream = img.mem[w1.addr : w1.addr + w1.size].view(np.int8)
+    # N-tile 0 (channels 0..7), row k holds W1[k, 0:8]; then tile 1 starts at row 24.
+    np.testing.assert_array_equal(stream[:8], ql.experts.w1_q[2][0, :8])
+    np.testing.assert_array_equal(stream[8 * 24 : 8 * 25], ql.experts.w1_q[2][0, 8:16])
+
+
+def test_weight_stream_interleaves_swiglu_passes_per_tile():
+    cfg = AccelConfig(cols=4)
+    w1 = np.arange(12, dtype=np.int8).reshape(2, 6)
+    w3 = -w1
+    s = layout.weight_stream(cfg, [w1, w3])
+    assert s.shape == (layout.weight_stream_rows(cfg, 2, 6, 2), 4)
+    np.testing.assert_array_equal(s[0], w1[0, :4])
+    np.testing.assert_array_equal(s[2], w3[0, :4])
+    np.testing.assert_array_equal(s[4], [w1[0, 4], w1[0, 5], 0, 0])
+
+
+def test_bad_inputs_raise_before_any_simulation():
+    case = make_case("m", SPECS["mixtral"], SMALL_TOP, tokens=4, seed=4)
+    with pytest.raises(NumericsError, match="x_q"):
+        compile_layer(case.ql, case.x_q.astype(np.float32), SMALL_TOP)
+    with pytest.raises(NumericsError, match="x_q"):
+        compile_layer(case.ql, case.x_q * 4, SMALL_TOP)
+    with pytest.raises(ConfigError, match="shape"):
+        compile_layer(case.ql, case.x_q[:, :5], SMALL_TOP)
+    with pytest.raises(ConfigError, match="max_tokens"):
+        compile_layer(case.ql, np.zeros((17, 24), np.int64), SMALL_TOP)
+    with pytest.raises(ConfigError, match="logit_bits"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP.replace(logit_bits=12))
+    with pytest.raises(ConfigError, match="power of two"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP.replace(rows=6))
+    with pytest.raises(ConfigError, match="base"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP, base=100)
+    with pytest.raises(ConfigError, match="watchdog"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP, watchdog_cycles=-1)
+    with pytest.raises(ConfigError, match="uint8"):
+        read_outputs(np.zeros(10, np.int8), case.image)
+    with pytest.raises(ConfigError, match="does not hold"):
+        read_outputs(np.zeros(64, np.uint8), case.image)
