@@ -24,9 +24,11 @@ test: $(STAMP) lint
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# Expert-GEMM MAC utilisation on Verilator: writes bench/results.json and bench/results.md.
+# Expert-GEMM MAC utilisation, then whole layers vs the roofline and simulation speed:
+# writes bench/results.json and bench/results.md (copied into docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
+	$(BIN)/python bench/layer_bench.py
 
 # FPGA: `make synth CONFIG=configs/4x4.json` (DEVICE=ice40-up5k, TOP=systolic_array also work).
 CONFIG ?= configs/default.json

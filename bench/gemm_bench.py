@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.monotonic() - start, 1),
         "points": rows,
     }
-    (args.out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    results_path = args.out_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["gemm"] = result
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(cfg, rows, command)
     (args.out_dir / "results.md").write_text(table)
     print(table)

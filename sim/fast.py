@@ -41,6 +41,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -52,6 +53,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
 from pymodel.config import AccelConfig, ConfigError
@@ -177,6 +179,48 @@ def _check_top(top: wiring.Component, cfg: AccelConfig) -> None:
             )
 
 
+class RegisteredReset(wiring.Component):
+    """`top` with its `sync` reset taken from a flop that samples the `rst` port.
+
+    Why: Amaranth folds `rst` into the next-state logic of every register, so
+    with `rst` a model input Verilator puts the whole design's next-state logic
+    in its input-combinational region and evaluates it on every `eval()`. Behind
+    one register, `rst` is model state and that region shrinks to the cones of
+    the bus inputs. The reset reaches the top one cycle late (the harness holds
+    `rst` one cycle longer); the ports and everything else are unchanged.
+    """
+
+    def __init__(self, top: wiring.Component) -> None:
+        self._top = top
+        super().__init__(top.signature)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.domains.core = core = ClockDomain("core", local=True)
+        rst_q = Signal(init=1, reset_less=True)
+        m.d.sync += rst_q.eq(ResetSignal("sync"))
+        m.d.comb += [core.clk.eq(ClockSignal("sync")), core.rst.eq(rst_q)]
+        m.submodules.top = top = DomainRenamer({"sync": "core"})(self._top)
+        wiring.connect(m, wiring.flipped(self), top)
+        return m
+
+
+_ZERO_MEMORY_INIT = re.compile(
+    r"^  initial begin\n(?:    \\?[\w$.]+ ?\[\d+\] = \d+'[hdb]0+;\n)+  end\n", re.MULTILINE
+)
+
+
+def strip_zero_memory_init(verilog_text: str) -> str:
+    """Drop the `initial` blocks that set every word of a memory to zero.
+
+    Why: Amaranth spells out every word's initial value; for the default top
+    that is ~57 k assignments, most of the Verilated C++ and of its build time.
+    With `--x-initial fast` Verilator zeroes every variable when the model is
+    constructed, so an all-zero memory needs no initial block.
+    """
+    return _ZERO_MEMORY_INIT.sub("", verilog_text)
+
+
 def _run_logged(cmd: list[str], cwd: Path, log: Path) -> None:
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -212,7 +256,7 @@ def build_fast(
     _check_top(top, cfg)
     setup_environment()
     beat = cfg.mem_bytes_per_cycle
-    verilog_text = emit_verilog(top, name)
+    verilog_text = strip_zero_memory_init(emit_verilog(RegisteredReset(top), name))
     harness = (HARNESS_DIR / "harness.cpp").read_text()
     version_map = (HARNESS_DIR / "version.map").read_text()
     cflags = ["-fPIC", "-fvisibility=hidden", f"-DFASTSIM_BEAT_BYTES={beat}"]

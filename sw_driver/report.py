@@ -116,6 +116,24 @@ class LayerReport:
         console.print(table)
 
 
+def router_mac_cycles(spec: MoESpec, cfg: AccelConfig, tokens: int) -> int:
+    """MAC-issue cycles of the router GEMM: one per token row, K-tile and N-tile.
+
+    The array issues one activation row per cycle into a loaded R×C weight
+    tile, so a GEMM of M rows takes M·⌈K/R⌉·⌈N/C⌉ issue cycles whatever its
+    M-blocking; the router has N = E columns (+1 for a gated shared expert).
+    """
+    cols = spec.n_experts + (1 if spec.shared_gate else 0)
+    return tokens * -(-spec.d_model // cfg.rows) * -(-cols // cfg.cols)
+
+
+def expert_phase_mac_cycles(
+    counters: dict[str, int], spec: MoESpec, cfg: AccelConfig, tokens: int
+) -> int:
+    """MAC-issue cycles of the experts phase: the layer's `MAC_CYCLES` less the router's."""
+    return counters["mac_cycles"] - router_mac_cycles(spec, cfg, tokens)
+
+
 def add_hardware_metrics(
     report: LayerReport, result: DeviceResult, spec: MoESpec, cfg: AccelConfig
 ) -> None:
@@ -129,7 +147,8 @@ def add_hardware_metrics(
     report.cycles = result.cycles
     total = c["cycles_total"]
     if c["cycles_experts"]:
-        report.mac_utilization_expert_phase = c["mac_cycles_experts"] / c["cycles_experts"]
+        experts = expert_phase_mac_cycles(c, spec, cfg, report.tokens)
+        report.mac_utilization_expert_phase = experts / c["cycles_experts"]
     bound = roofline(spec, cfg, report.tokens, result.tokens_per_expert)
     report.roofline_bound_cycles = bound.bound_cycles
     report.cycles_vs_roofline = total / bound.bound_cycles

@@ -345,18 +345,26 @@ FASTSIM_API void fastsim_flush_trace(void* handle) {
 }
 
 // Hold the synchronous reset for `cycles` cycles; the memory model's queues are
-// emptied too (nothing is in flight across a reset).
+// emptied before and after (nothing is in flight across a reset). The top's
+// reset comes from a flop sampling `rst` (sim/fast.py `RegisteredReset`), so one
+// more cycle runs after `rst` falls and the top sees its reset on exactly
+// `cycles` clock edges.
 FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
     auto* sim = static_cast<Sim*>(handle);
-    sim->reads.clear();
-    sim->writes.clear();
-    sim->responses.clear();
-    sim->r_presenting = sim->b_presenting = false;
-    sim->read_beat = 0;
-    sim->drive();
+    auto clear = [sim] {
+        sim->reads.clear();
+        sim->writes.clear();
+        sim->responses.clear();
+        sim->r_presenting = sim->b_presenting = false;
+        sim->read_beat = 0;
+        sim->drive();
+    };
+    clear();
     sim->top->rst = 1;
     for (uint32_t i = 0; i < cycles; ++i) sim->tick();
     sim->top->rst = 0;
+    sim->tick();
+    clear();
 }
 
 FASTSIM_API uint64_t fastsim_cycles(void* handle) { return static_cast<Sim*>(handle)->cycle; }

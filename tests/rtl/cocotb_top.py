@@ -23,6 +23,8 @@ from sim.tb import reset_dut, start_clock
 JOBS_DIR = Path(os.environ["TOP_JOBS"])
 MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
 SEED = int(os.environ.get("SEED", "1"))
+PAUSE = float(os.environ.get("TOP_PAUSE", "0.2"))
+"""Probability of a pause cycle on each AXI channel of the memory (0: never stalls)."""
 STATUS = REGISTER_MAP["STATUS"].register
 CTRL = REGISTER_MAP["CTRL"].register
 
@@ -71,7 +73,7 @@ async def layers_match_the_golden_model(dut):
         ram.read_if.ar_channel,
         ram.read_if.r_channel,
     ):
-        ch.set_pause_generator(pauses(random.Random(rng.random()), 0.2))
+        ch.set_pause_generator(pauses(random.Random(rng.random()), PAUSE))
     regs = Regs(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk))
     await reset_dut(dut, dut.clk)
     healthy_read, healthy_write = ram.read_if._read, ram.write_if._write

@@ -29,7 +29,7 @@ SPECS = mode_specs(32, 64, 8)
 @pytest.fixture(scope="module")
 def sim():
     with FastSim(
-        lambda: MoEAccel(SMALL_TOP), SMALL_TOP, MEM_BYTES, read_latency=12, name="moe_small"
+        lambda: MoEAccel(SMALL_TOP), SMALL_TOP, MEM_BYTES, read_latency=12, name="moe_accel"
     ) as s:
         yield s
 

@@ -34,3 +34,23 @@ def test_bad_config_file_gives_a_clear_error(tmp_path: Path, capsys) -> None:
     cfg.write_text(json.dumps({"kind": "AccelConfig", "rows": 0}))
     assert main(["run", "--config", str(cfg)]) == 2
     assert "AccelConfig.rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_run_on_the_verilator_backend_is_bit_exact(family: str, tmp_path: Path) -> None:
+    from sim.tb.layer_cases import SMALL_TOP
+
+    cfg = tmp_path / "small.json"
+    cfg.write_text(SMALL_TOP.to_json())
+    out = tmp_path / "report.json"
+    argv = ["run", "--family", family, "--backend", "verilator", "--config", str(cfg)]
+    argv += ["--d-model", "32", "--d-ff", "32", "--tokens", "8", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["bit_exact_vs_golden"] is True
+    assert report["rel_l2_vs_torch"] <= report["rel_l2_bound"]
+    assert report["routing_agreement_guaranteed"] == 1.0
+    cycles = report["cycles"]
+    assert cycles["total"] >= cycles["route"] + cycles["experts"] + cycles["combine"] > 0
+    assert 0 < report["mac_utilization_expert_phase"] <= 1
+    assert report["sim_cycles_per_s"] > 0

@@ -1,0 +1,207 @@
+"""`make bench`, part 2: whole MoE layers on the accelerator, against the roofline.
+
+Runs, on the fast Verilator backend (`sw_driver.device.VerilatorDevice`),
+a prefill shape (T = 256) and a decode shape (T = 4) of a Mixtral-style
+layer with skewed routing, checks every output bit for bit against the
+golden model, and reports from the hardware's own counters:
+
+- expert-phase MAC utilisation = MAC-issue cycles in the experts phase ÷
+  cycles of the experts phase (bound: ≥ 90 % on the prefill shape);
+- layer cycles ÷ the roofline bound of `pymodel.perf.roofline` (bound:
+  ≤ 1.25 on both shapes);
+- simulated cycles per wall second of the fast backend, and, side by side in
+  the same run on the same (small) design and layer, of the cocotb route
+  (cocotb + cocotbext-axi AxiRam/AxiLiteMaster on a Verilator build).
+
+Writes the `layer` section of `bench/results.json` and appends a table to
+`bench/results.md`. Exit status 1 when a documented bound is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pymodel.config import AccelConfig, MoESpec  # noqa: E402
+from pymodel.families import family_spec  # noqa: E402
+from pymodel.layer import golden_layer, quantize_input  # noqa: E402
+from pymodel.perf import roofline  # noqa: E402
+from pymodel.quantize import calibrate, quantize_layer  # noqa: E402
+from pymodel.weights import MoEWeights  # noqa: E402
+from sw_driver.device import VerilatorDevice  # noqa: E402
+from sw_driver.report import expert_phase_mac_cycles  # noqa: E402
+
+UTILISATION_BOUND = 0.90
+ROOFLINE_BOUND = 1.25
+SPEED_BOUND = 1.0e6
+
+
+def skewed_tokens(spec: MoESpec, w: MoEWeights, tokens: int, seed: int) -> np.ndarray:
+    """Tokens pushed towards the first two experts' router columns (skewed routing)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((tokens, spec.d_model)).astype(np.float32)
+    hot = w.router[:, :2].sum(axis=1)
+    return (x + 1.5 * hot / np.linalg.norm(hot) * np.sqrt(spec.d_model) / 4).astype(np.float32)
+
+
+def layer_point(name: str, cfg: AccelConfig, spec: MoESpec, tokens: int, seed: int) -> dict:
+    """Run one layer on the fast backend; measure it against the roofline and the golden model."""
+    w = MoEWeights.random(spec, seed=seed)
+    x = skewed_tokens(spec, w, tokens, seed + 1)
+    ql = quantize_layer(spec, w, calibrate(spec, w, x), cfg)
+    x_q = quantize_input(ql, x)
+    golden = golden_layer(ql, x_q, cfg)
+    res = VerilatorDevice(cfg).run(ql, x_q)
+    c = res.counters
+    bound = roofline(spec, cfg, tokens, res.tokens_per_expert)
+    expert_macs = expert_phase_mac_cycles(c, spec, cfg, tokens)
+    return {
+        "name": name,
+        "tokens": tokens,
+        "spec": spec.to_dict(),
+        "bit_exact_vs_golden": bool(np.array_equal(res.y_q, golden.y_q)),
+        "tokens_per_expert": [int(v) for v in res.tokens_per_expert],
+        "cycles": res.cycles,
+        "counters": c,
+        "mac_utilization_expert_phase": expert_macs / c["cycles_experts"],
+        "roofline_bound_cycles": bound.bound_cycles,
+        "roofline_bound_by": bound.bound_by,
+        "cycles_vs_roofline": c["cycles_total"] / bound.bound_cycles,
+        "sim_cycles_per_s": res.sim_cycles_per_s,
+        "wall_s": res.wall_s,
+    }
+
+
+def cocotb_vs_fast(seed: int) -> dict:
+    """The same small layer on the small top, by the cocotb route and by the fast backend."""
+    from rtl.top import MoEAccel
+    from sim.build import build_component, run_cocotb
+    from sim.tb.layer_cases import SMALL_TOP, make_case
+
+    spec = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
+    case = make_case("speed", spec, SMALL_TOP, tokens=16, seed=seed)
+    fast = VerilatorDevice(SMALL_TOP).run(case.ql, case.x_q)
+    mem_bytes = max(1 << 16, case.image.mem_bytes)
+    build = build_component(MoEAccel(SMALL_TOP), "moe_accel_small")
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = Path(tmp)
+        np.save(jobs / "speed_image.npy", case.image.mem)
+        program = [[n, int(v)] for n, v in case.image.program]
+        (jobs / "jobs.json").write_text(
+            json.dumps([{"name": "speed", "case": "speed", "program": program}])
+        )
+        start = time.perf_counter()
+        run_cocotb(
+            build,
+            REPO / "tests" / "rtl" / "cocotb_top.py",
+            extra_env={"TOP_JOBS": tmp, "TOP_MEM_BYTES": str(mem_bytes), "TOP_PAUSE": "0"},
+        )
+        cocotb_wall = time.perf_counter() - start
+        outcome = json.loads((jobs / "outcomes.json").read_text())["speed"]
+    cocotb_rate = outcome["cycles"] / cocotb_wall
+    return {
+        "layer_cycles": fast.counters["cycles_total"],
+        "cocotb_cycles": outcome["cycles"],
+        "fast_cycles_per_s": fast.sim_cycles_per_s,
+        "cocotb_cycles_per_s": cocotb_rate,
+        "speedup": fast.sim_cycles_per_s / cocotb_rate,
+    }
+
+
+def markdown(cfg: AccelConfig, points: list[dict], speed: dict) -> str:
+    lines = [
+        "",
+        f"Whole layers on the fast Verilator backend, {cfg.rows}×{cfg.cols} array, "
+        f"{cfg.mem_bytes_per_cycle} B/cycle memory. Command: `make bench`.",
+        "",
+        "| shape | T | tokens per expert | cycles | route | dispatch | experts | combine "
+        "| expert MAC util. | roofline bound | cycles ÷ bound | bit-exact | sim cycles/s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for p in points:
+        cy = p["cycles"]
+        lines.append(
+            f"| {p['name']} | {p['tokens']} | {' '.join(map(str, p['tokens_per_expert']))} "
+            f"| {cy['total']:,} | {cy['route']:,} | {cy['dispatch']:,} | {cy['experts']:,} "
+            f"| {cy['combine']:,} | {100 * p['mac_utilization_expert_phase']:.1f} % "
+            f"| {p['roofline_bound_cycles']:,.0f} ({p['roofline_bound_by']}) "
+            f"| {p['cycles_vs_roofline']:.2f} | {'yes' if p['bit_exact_vs_golden'] else 'NO'} "
+            f"| {p['sim_cycles_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        "Simulation speed, same small top (`SMALL_TOP`) and layer (Mixtral-style, T = 16), "
+        "measured side by side:",
+        "",
+        "| route | simulated cycles / s |",
+        "|---|---:|",
+        f"| fast backend (C++ harness, no Python per cycle) | {speed['fast_cycles_per_s']:,.0f} |",
+        f"| cocotb + cocotbext-axi (AxiRam, AxiLiteMaster) | {speed['cocotb_cycles_per_s']:,.0f} |",
+        f"| ratio | {speed['speedup']:.0f}× |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--d-ff", type=int, default=256)
+    args = parser.parse_args(argv)
+    cfg = AccelConfig()
+    spec = family_spec("mixtral", d_model=args.d_model, d_ff=args.d_ff, n_experts=8)
+    start = time.monotonic()
+    points = [
+        layer_point("prefill", cfg, spec, 256, seed=1),
+        layer_point("decode", cfg, spec, 4, seed=2),
+    ]
+    speed = cocotb_vs_fast(seed=3)
+    failures = []
+    if points[0]["mac_utilization_expert_phase"] < UTILISATION_BOUND:
+        failures.append(f"prefill expert MAC utilisation below {UTILISATION_BOUND:.0%}")
+    failures += [
+        f"{p['name']}: cycles ÷ roofline {p['cycles_vs_roofline']:.2f} > {ROOFLINE_BOUND}"
+        for p in points
+        if p["cycles_vs_roofline"] > ROOFLINE_BOUND
+    ]
+    failures += [f"{p['name']}: not bit-exact" for p in points if not p["bit_exact_vs_golden"]]
+    if points[0]["sim_cycles_per_s"] < SPEED_BOUND:
+        failures.append(f"fast backend below {SPEED_BOUND:,.0f} simulated cycles/s")
+    results_path = args.out_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["layer"] = {
+        "config": cfg.to_dict(),
+        "bounds": {
+            "mac_utilization_expert_phase_min": UTILISATION_BOUND,
+            "cycles_vs_roofline_max": ROOFLINE_BOUND,
+            "sim_cycles_per_s_min": SPEED_BOUND,
+        },
+        "points": points,
+        "speed": speed,
+        "failures": failures,
+        "wall_seconds": round(time.monotonic() - start, 1),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(cfg, points, speed)
+    with (args.out_dir / "results.md").open("a") as md:
+        md.write(table)
+    print(table)
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
