@@ -2,8 +2,10 @@
 
 Runs, on the fast Verilator backend (`sw_driver.device.VerilatorDevice`),
 a prefill shape (T = 256) and a decode shape (T = 4) of a Mixtral-style
-layer with skewed routing, checks every output bit for bit against the
-golden model, and reports from the hardware's own counters:
+layer with skewed routing (plus the decode shape on a bus of C bytes a
+cycle — what the one-row-per-cycle weight loader can use — for
+comparison), checks every output bit for bit against the golden model,
+and reports from the hardware's own counters:
 
 - expert-phase MAC utilisation = MAC-issue cycles in the experts phase ÷
   cycles of the experts phase (bound: ≥ 90 % on the prefill shape);
@@ -122,7 +124,8 @@ def markdown(cfg: AccelConfig, points: list[dict], speed: dict) -> str:
     lines = [
         "",
         f"Whole layers on the fast Verilator backend, {cfg.rows}×{cfg.cols} array, "
-        f"{cfg.mem_bytes_per_cycle} B/cycle memory. Command: `make bench`.",
+        f"{cfg.mem_bytes_per_cycle} B/cycle memory unless the shape says otherwise. "
+        "Command: `make bench`.",
         "",
         "| shape | T | tokens per expert | cycles | route | dispatch | experts | combine "
         "| expert MAC util. | roofline bound | cycles ÷ bound | bit-exact | sim cycles/s |",
@@ -162,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AccelConfig()
     spec = family_spec("mixtral", d_model=args.d_model, d_ff=args.d_ff, n_experts=8)
     start = time.monotonic()
+    balanced = cfg.replace(mem_bytes_per_cycle=cfg.cols * cfg.weight_bits // 8)
     points = [
         layer_point("prefill", cfg, spec, 256, seed=1),
         layer_point("decode", cfg, spec, 4, seed=2),
+        layer_point(
+            f"decode, {balanced.mem_bytes_per_cycle} B/cycle bus", balanced, spec, 4, seed=2
+        ),
     ]
     speed = cocotb_vs_fast(seed=3)
     failures = []
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"prefill expert MAC utilisation below {UTILISATION_BOUND:.0%}")
     failures += [
         f"{p['name']}: cycles ÷ roofline {p['cycles_vs_roofline']:.2f} > {ROOFLINE_BOUND}"
-        for p in points
+        for p in points[:2]
         if p["cycles_vs_roofline"] > ROOFLINE_BOUND
     ]
     failures += [f"{p['name']}: not bit-exact" for p in points if not p["bit_exact_vs_golden"]]
