@@ -106,10 +106,16 @@ class Combiner(wiring.Component):
         first = Signal(init=1)  # the next product starts a new (token, chunk)
         prod_w = s.weight.width + s.act_bits + 1
         req_w = s.acc.width + s.mult.width + 1
-        # The rounding half is as wide as the largest shift needs, so a shift past the
-        # product's width still rounds exactly as the golden int64 arithmetic does.
-        half = Signal(2**SHIFT_BITS)
-        m.d.comb += half.eq((Const(1) << self.out_shift) >> 1)
+        # |scaled| <= 2^(req_w - 1), so every shift past req_w + 1 rounds to 0 exactly as
+        # req_w + 1 does (the golden int64 arithmetic agrees): clamping the shift keeps
+        # the rounding exact and every intermediate within 64 bits (a fast Verilated model).
+        max_shift = min(req_w + 1, 2**SHIFT_BITS - 1)
+        shift = Signal(range(max_shift + 1))
+        m.d.comb += shift.eq(Mux(self.out_shift > max_shift, max_shift, self.out_shift))
+        shift_down = Signal(range(max_shift + 1))
+        m.d.comb += shift_down.eq(max_shift - shift)
+        half = Signal(max_shift)  # 2^(shift-1), 0 for shift 0
+        m.d.comb += half.eq(Const(1 << (max_shift - 1), max_shift) >> shift_down)
 
         with m.If(en):
             m.d.sync += [
@@ -128,7 +134,7 @@ class Combiner(wiring.Component):
             acc = Signal(s.acc, name=f"acc{lane}")
             total = Signal(s.acc, name=f"total{lane}")
             scaled = Signal(signed(req_w), name=f"scaled{lane}")
-            rounded = Signal(signed(2**SHIFT_BITS + 2), name=f"rounded{lane}")
+            rounded = Signal(signed(req_w + 4), name=f"rounded{lane}")
             value = self.terms.payload.values[lane]
             with m.If(en):
                 # Zero-extend the unsigned weight so the product is a signed one.
@@ -137,9 +143,7 @@ class Combiner(wiring.Component):
                     running = Mux(first, 0, acc) + prod
                     m.d.sync += [acc.eq(running), total.eq(running)]
                 m.d.sync += scaled.eq(total * self.out_mult)
-            m.d.comb += rounded.eq(
-                (scaled + half - (self.out_shift.bool() & scaled[-1])) >> self.out_shift
-            )
+            m.d.comb += rounded.eq((scaled + half - (shift.bool() & scaled[-1])) >> shift)
             with m.If(en):
                 m.d.sync += self.out.payload[lane].eq(
                     Mux(rounded > qmax, qmax, Mux(rounded < -qmax, -qmax, rounded))

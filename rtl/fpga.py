@@ -35,8 +35,9 @@ machine code on first use (1–3 min for yosys on 2 cores; cached under
 `~/.cache/YoWASP`): the flow detects a cold cache and says so before it
 starts.
 
-The top level is swappable: add a factory to `TOPS` (name → callable
-taking an `AccelConfig` and returning a `lib.wiring.Component`).
+Tops are chosen by name from `TOPS` (name → callable taking an
+`AccelConfig` and returning a `lib.wiring.Component`): `gemm_engine` (the
+default), `moe_accel` (the whole accelerator), `systolic_array`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from pymodel.config import AccelConfig, ConfigError
 
 from .gemm_engine import GemmEngine
 from .systolic import SystolicArray
+from .top import MoEAccel
 
 __all__ = [
     "DEVICES",
@@ -92,9 +94,10 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.json"
 
 TOPS: dict[str, Callable[[AccelConfig], wiring.Component]] = {
     "gemm_engine": GemmEngine,
+    "moe_accel": MoEAccel,
     "systolic_array": SystolicArray,
 }
-"""Synthesisable tops by name. The accelerator's top level joins here when it exists."""
+"""Synthesisable tops by name (`--top`): the GEMM engine (the default), the whole accelerator."""
 
 
 class SynthError(RuntimeError):

@@ -86,8 +86,12 @@ class Requantizer(wiring.Component):
         m.d.comb += product.eq(self.value * self.mult)
         shift = Signal(range(max_shift + 1))
         m.d.comb += shift.eq(Mux(self.shift > max_shift, max_shift, self.shift))
+        # 2^(s-1), 0 for s = 0, as a right shift: a variable left shift would widen
+        # the value by 2^6 - 1 bits, past 64, and slow the Verilated model down.
+        shift_down = Signal(range(max_shift + 1))
+        m.d.comb += shift_down.eq(max_shift - shift)
         half = Signal(unsigned(max_shift))
-        m.d.comb += half.eq((Const(1, max_shift + 1) << shift)[1:])  # 2^(s-1), 0 for s = 0
+        m.d.comb += half.eq(Const(1 << (max_shift - 1), max_shift) >> shift_down)
         biased = Signal(signed(max(prod_bits, max_shift + 1) + 1))
         m.d.comb += biased.eq(product + half - Mux(shift == 0, 0, product[-1]))
         rounded = Signal(signed(len(biased)))

@@ -9,6 +9,10 @@ millions of cycles/s (DESIGN §5).
 The top is any `lib.wiring.Component` with an `s_axil` AXI4-Lite slave port
 (`In(rtl.axi.AXILiteSignature())`), an `m_axi` AXI4 master port
 (`Out(rtl.axi.AXI4Signature(cfg))`) and the `sync` domain (`clk`, `rst`).
+For speed it is wrapped in `RegisteredReset` (the reset reaches the top
+through a flop, so Verilator does not re-evaluate every register's
+next-state logic on each `eval()`) and its all-zero memory initialisers are
+dropped (`strip_zero_memory_init`); docs/simulation.md has the measurements.
 It is compiled with `verilator --cc --exe` and `make` into a shared library
 that exports only `fastsim_*` (hidden symbols + version script: two models
 in one process stay separate; one `VerilatedContext` per instance).
@@ -74,9 +78,11 @@ __all__ = [
     "FastBuild",
     "FastSim",
     "FastSimTimeout",
+    "RegisteredReset",
     "RunResult",
     "RunStatus",
     "build_fast",
+    "strip_zero_memory_init",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXILiteSignature, Resp
 from rtl.regs import ErrorCause
 from sim.build import SimulationError, _fst_supported, build_component, run_cocotb
-from sim.fast import BusError, FastSim, FastSimTimeout, RunStatus
+from sim.fast import BusError, FastSim, FastSimTimeout, RunStatus, strip_zero_memory_init
 
 TB = Path(__file__).with_name("cocotb_memcopy.py")
 CFG = AccelConfig()
@@ -345,3 +345,21 @@ def test_bad_arguments():
     if not _fst_supported():
         with pytest.raises(SimulationError, match="liblz4-dev"):
             FastSim(lambda: MemCopyTop(CFG), CFG, 4096, regmap=COPY_MAP, trace="x.fst")
+
+
+def test_only_all_zero_memory_initialisers_are_stripped():
+    verilog = (
+        "  reg [7:0] zeros [1:0];\n"
+        "  initial begin\n"
+        "    zeros[0] = 8'h00;\n"
+        "    zeros[1] = 8'h00;\n"
+        "  end\n"
+        "  reg [7:0] table [1:0];\n"
+        "  initial begin\n"
+        "    table[0] = 8'h00;\n"
+        "    table[1] = 8'h2a;\n"
+        "  end\n"
+    )
+    stripped = strip_zero_memory_init(verilog)
+    assert "zeros[0]" not in stripped and "zeros [1:0];" in stripped
+    assert stripped.endswith(verilog[verilog.index("  reg [7:0] table") :])
