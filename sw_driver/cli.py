@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="the main job: Mixtral and DeepSeek-V3 layers on the Verilator backend"
     )
+    sub.add_parser("synth", help="FPGA synthesis (yosys + nextpnr); see `moe-accel synth --help`")
     return parser
 
 
@@ -147,6 +148,11 @@ def _config(path: Path | None) -> AccelConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moe-accel` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:
+        from rtl.fpga import main as fpga_main
+
+        return fpga_main(argv)
     args = _parser().parse_args(argv)
     console = Console()
     try:

@@ -54,3 +54,10 @@ def test_run_on_the_verilator_backend_is_bit_exact(family: str, tmp_path: Path) 
     assert cycles["total"] >= cycles["route"] + cycles["experts"] + cycles["combine"] > 0
     assert 0 < report["mac_utilization_expert_phase"] <= 1
     assert report["sim_cycles_per_s"] > 0
+
+
+def test_synth_delegates_to_the_fpga_flow(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--help"])
+    assert exit_info.value.code == 0
+    assert "--device" in capsys.readouterr().out
