@@ -209,7 +209,8 @@ def emit_verilog(design: Elaboratable, name: str, ports: Sequence[object] | None
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on `path` (created if needed): serialises builds across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -260,7 +261,7 @@ def build_verilog(
     build_dir = Path(build_root) / f"{toplevel}-{key}"
     stamp = build_dir / "build.json"
     verilog_path = build_dir / f"{toplevel}.v"
-    with _locked(Path(build_root) / f".{toplevel}-{key}.lock"):
+    with file_lock(Path(build_root) / f".{toplevel}-{key}.lock"):
         if stamp.is_file() and (build_dir / toplevel).is_file():
             info = json.loads(stamp.read_text())
             return SimBuild(

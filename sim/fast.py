@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import fcntl
 import hashlib
 import json
 import os
@@ -50,8 +49,7 @@ import shutil
 import subprocess
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -69,6 +67,7 @@ from .build import (
     SimulationError,
     _fst_supported,
     emit_verilog,
+    file_lock,
     setup_environment,
 )
 
@@ -150,17 +149,6 @@ class FastBuild:
     beat_bytes: int
     trace: str | None
     """None, "vcd" or "fst": the waveform format compiled in."""
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _digest(material: object) -> str:
@@ -285,7 +273,7 @@ def build_fast(
     build_dir = build_root / f"{name}-{key}"
     library = build_dir / "obj" / LIBRARY
     stamp = build_dir / "build.json"
-    with _locked(build_root / f".{name}-{key}.lock"):
+    with file_lock(build_root / f".{name}-{key}.lock"):
         if stamp.is_file() and library.is_file():
             info = json.loads(stamp.read_text())
             return FastBuild(library, key, True, info["build_seconds"], beat, trace)
@@ -326,7 +314,7 @@ def build_fast(
         )
         runtime = build_root / f"runtime-{runtime_key}"
         runtime_lock = build_root / f".runtime-{runtime_key}.lock"
-        with _locked(runtime_lock):
+        with file_lock(runtime_lock):
             if (runtime / "ok").is_file():
                 now = time.time()
                 for cached in runtime.glob("verilated*"):
@@ -335,7 +323,7 @@ def build_fast(
                     # newer than the freshly generated Vtop.mk they depend on
                     os.utime(target, (now + 1, now + 1))
         _run_logged(["make", "-j2", "-f", f"{PREFIX}.mk", *MAKE_VARS], obj, log)
-        with _locked(runtime_lock):
+        with file_lock(runtime_lock):
             if not (runtime / "ok").is_file():
                 runtime.mkdir(parents=True, exist_ok=True)
                 for made in obj.glob("verilated*.[od]"):

@@ -15,10 +15,11 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from rtl.regs import REGISTER_MAP
 from sim.tb import reset_dut, start_clock
+from sim.tb.axil import RegisterClient, pauses
 
 JOBS_DIR = Path(os.environ["TOP_JOBS"])
 MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
@@ -29,26 +30,9 @@ STATUS = REGISTER_MAP["STATUS"].register
 CTRL = REGISTER_MAP["CTRL"].register
 
 
-def pauses(rng: random.Random, p: float):
-    while True:
-        yield rng.random() < p
-
-
-class Regs:
+class Regs(RegisterClient):
     def __init__(self, master: AxiLiteMaster) -> None:
-        self.master = master
-
-    async def write(self, name: str, value: int) -> None:
-        resp = await self.master.write(REGISTER_MAP.offset(name), value.to_bytes(4, "little"))
-        assert resp.resp == AxiResp.OKAY, name
-
-    async def read(self, name: str) -> int:
-        value = 0
-        for i in range(REGISTER_MAP[name].words):
-            resp = await self.master.read(REGISTER_MAP.offset(name) + 4 * i, 4)
-            assert resp.resp == AxiResp.OKAY, name
-            value |= int.from_bytes(resp.data, "little") << (32 * i)
-        return value
+        super().__init__(master, REGISTER_MAP)
 
     async def wait_idle(self, dut, limit: int = 400_000) -> dict:
         for _ in range(limit // 64):

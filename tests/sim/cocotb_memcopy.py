@@ -13,38 +13,17 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 from memcopy_top import COPY_MAP
 
 from sim.tb import reset_dut, start_clock
+from sim.tb.axil import RegisterClient, pauses
 
 JOBS = json.loads(os.environ["COPY_JOBS"])
 MEM_BYTES = int(os.environ["COPY_MEM_BYTES"])
 MEM_SEED = int(os.environ["COPY_MEM_SEED"])
 OUT = Path(os.environ["COPY_OUT"])
 STATUS = COPY_MAP["STATUS"].register
-
-
-def pauses(rng: random.Random, p: float):
-    while True:
-        yield rng.random() < p
-
-
-class Regs:
-    def __init__(self, master: AxiLiteMaster) -> None:
-        self.master = master
-
-    async def write(self, name: str, value: int) -> None:
-        resp = await self.master.write(COPY_MAP.offset(name), value.to_bytes(4, "little"))
-        assert resp.resp == AxiResp.OKAY, name
-
-    async def read(self, name: str) -> int:
-        value = 0
-        for i in range(COPY_MAP[name].words):
-            resp = await self.master.read(COPY_MAP.offset(name) + 4 * i, 4)
-            assert resp.resp == AxiResp.OKAY, name
-            value |= int.from_bytes(resp.data, "little") << (32 * i)
-        return value
 
 
 @cocotb.test()
@@ -64,7 +43,9 @@ async def copy_jobs_match_the_fast_backend(dut):
         ch.set_pause_generator(pauses(random.Random(rng.random()), 0.25))
     image = np.random.default_rng(MEM_SEED).integers(0, 256, MEM_BYTES, dtype=np.uint8)
     ram.write(0, image.tobytes())
-    regs = Regs(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk))
+    regs = RegisterClient(
+        AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk), COPY_MAP
+    )
     await reset_dut(dut, dut.clk)
 
     healthy = ram.read_if._read
