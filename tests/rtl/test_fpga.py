@@ -318,6 +318,11 @@ def test_ice40_smoke_build(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #6: the 8×8 engine reaches ~20 MHz until the post-processing lanes and "
+    "the PE products are pipelined (docs/fpga.md)",
+)
 def test_default_config_meets_100mhz_on_ecp5():
     report = synth(load_config(CONFIGS / "default.json"), config_name="default")
     assert report.dsps == 64
