@@ -24,7 +24,7 @@ from pymodel.numerics import NumericsError
 from pymodel.quantize import calibrate, quantize_layer
 from pymodel.reference import moe_forward_float
 
-from .device import GoldenDevice, make_device
+from .device import Device, GoldenDevice, make_device
 from .report import LayerReport, add_hardware_metrics, expert_set_agreement, rel_l2
 
 BACKENDS = ("golden", "verilator")
@@ -41,7 +41,8 @@ def run_family_layer(
     seed: int = 0,
     backend: str = "golden",
     cfg: AccelConfig | None = None,
-    trace: str | None = None,
+    trace: Path | None = None,
+    device: Device | None = None,
     console: Console | None = None,
 ) -> LayerReport:
     """Build `family`'s HF block, run it on `backend` and on torch, and compare.
@@ -69,7 +70,8 @@ def run_family_layer(
     with console.status("calibrating and quantising the layer"):
         ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
         x_q = quantize_input(ql, x)
-        device = make_device(backend, cfg, **({"trace": trace} if trace else {}))
+        if device is None:
+            device = make_device(backend, cfg, **({"trace": trace} if trace else {}))
     with console.status("running the PyTorch reference"):
         hf_y = run_hf_block(block, x)
         torch_device = default_device()
@@ -133,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="AccelConfig JSON (default: the default config)")
     run.add_argument("--json", type=Path, help="write the report as JSON here")
     run.add_argument(
-        "--waves", choices=("vcd", "fst"), default=None, help="dump waveforms (verilator)"
+        "--waves", type=Path, default=None, help="waveform file, .vcd or .fst (verilator)"
     )
     sub.add_parser(
         "demo", help="the main job: Mixtral and DeepSeek-V3 layers on the Verilator backend"
@@ -173,8 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(report.to_json_dict(), indent=2))
             return 0
+        cfg = AccelConfig()
+        device = make_device("verilator", cfg)
         for family in ("mixtral", "deepseek_v3"):
-            run_family_layer(family, tokens=32, seed=0, backend="verilator").render(console)
+            report = run_family_layer(
+                family, tokens=32, seed=0, backend="verilator", cfg=cfg, device=device
+            )
+            report.render(console)
         return 0
     except (ConfigError, NumericsError) as exc:
         console.print(f"[bold red]error:[/] {exc}")

@@ -14,7 +14,8 @@ Both take a `QuantizedLayer` and int tokens and return a `DeviceResult`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from pymodel.layer import check_tokens, golden_layer
 from pymodel.quantize import QuantizedLayer
 
 from .compile import compile_layer, read_expert_counts, read_outputs
+
+if TYPE_CHECKING:
+    from sim.fast import FastSim
 
 PHASES = ("route", "dispatch", "experts", "combine")
 
@@ -91,11 +95,13 @@ class GoldenDevice:
 class VerilatorDevice:
     """The accelerator RTL under Verilator with the C++ memory/clock harness.
 
-    The model is built once per configuration (cached on disk by `sim.fast`);
-    each `run` loads a fresh memory image. `read_latency`/`write_latency` are
-    the memory model's latencies in cycles; `max_cycles` bounds a run (a
-    timeout is a `DeviceError`, never a hang); `trace` ("vcd"/"fst") dumps
-    waveforms.
+    One model instance serves every `run` (elaborating the top and hashing
+    its Verilog costs seconds, the cached build is shared on disk by
+    `sim.fast`); it is created on the first run and again only when an image
+    needs more memory. Each run resets the accelerator and loads a fresh
+    memory image. `read_latency`/`write_latency` are the memory model's
+    latencies in cycles; `max_cycles` bounds a run (a timeout is a
+    `DeviceError`, never a hang); `trace` is a `.vcd`/`.fst` waveform path.
     """
 
     name = "verilator"
@@ -107,7 +113,7 @@ class VerilatorDevice:
         read_latency: int = 8,
         write_latency: int = 4,
         max_cycles: int = 50_000_000,
-        trace: str | None = None,
+        trace: Path | str | None = None,
     ) -> None:
         from rtl import layout
 
@@ -117,41 +123,54 @@ class VerilatorDevice:
         self.write_latency = write_latency
         self.max_cycles = max_cycles
         self.trace = trace
+        self._sim: FastSim | None = None
+
+    def _model(self, mem_bytes: int) -> FastSim:
+        from rtl.top import MoEAccel
+        from sim.fast import FastSim
+
+        if self._sim is None or self._sim.mem.size < mem_bytes:
+            if self._sim is not None:
+                self._sim.close()
+            self._sim = FastSim(
+                lambda: MoEAccel(self.cfg),
+                self.cfg,
+                mem_bytes,
+                read_latency=self.read_latency,
+                write_latency=self.write_latency,
+                trace=self.trace,
+                name="moe_accel",
+            )
+        else:
+            self._sim.reset()
+        return self._sim
 
     def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
         from rtl.regs import COUNTER_BLOCK
-        from rtl.top import MoEAccel
-        from sim.fast import FastSim, RunStatus, SimulationError
+        from sim.fast import RunStatus, SimulationError
 
         check_tokens(ql, x_q, self.cfg)
         image = compile_layer(ql, x_q, self.cfg)
-        sim = FastSim(
-            lambda: MoEAccel(self.cfg),
-            self.cfg,
-            image.base + image.mem_bytes,
-            read_latency=self.read_latency,
-            write_latency=self.write_latency,
-            trace=self.trace,
-            name="moe_accel",
-        )
-        with sim:
-            sim.mem[image.base : image.base + image.mem_bytes] = image.mem
-            for reg, value in image.program:
-                sim.write_reg(reg, value)
-            try:
-                result = sim.run(self.max_cycles)
-            except SimulationError as exc:
-                raise DeviceError(f"accelerator run failed: {exc}") from exc
-            if result.status is not RunStatus.DONE:
-                raise DeviceError(
-                    f"accelerator stopped with status {result.status.name}, "
-                    f"cause {result.cause.name}"
-                )
-            outputs = read_outputs(sim.mem, image)
-            counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
-            counters = {
-                reg.name.lower(): int(sim.read_reg(reg.name)) for reg in COUNTER_BLOCK.registers
-            }
+        sim = self._model(image.base + image.mem_bytes)
+        sim.mem[:] = 0
+        sim.mem[image.base : image.base + image.mem_bytes] = image.mem
+        for reg, value in image.program:
+            sim.write_reg(reg, value)
+        try:
+            result = sim.run(self.max_cycles)
+        except SimulationError as exc:
+            raise DeviceError(f"accelerator run failed: {exc}") from exc
+        if result.status is not RunStatus.DONE:
+            raise DeviceError(
+                f"accelerator stopped with status {result.status.name}, cause {result.cause.name}"
+            )
+        outputs = read_outputs(sim.mem, image)
+        counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
+        counters = {
+            reg.name.lower(): int(sim.read_reg(reg.name)) for reg in COUNTER_BLOCK.registers
+        }
+        if self.trace is not None:
+            sim.flush_trace()
         return DeviceResult(
             backend=self.name,
             y_q=outputs.y_q,

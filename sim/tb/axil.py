@@ -3,7 +3,8 @@
 `RegisterClient` reads and writes registers by name through a cocotbext-axi
 `AxiLiteMaster`, using a `rtl.regs.RegisterMap` for offsets (a 64-bit
 register is read low word first, as the register file latches it);
-`pauses` is a pause generator for cocotbext-axi channels.
+`pauses` is a pause generator for cocotbext-axi channels and `paused_ram`
+an `AxiRam` on a top's `m_axi` port that stalls every channel at random.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from cocotbext.axi import AxiLiteMaster, AxiResp
+from cocotbext.axi import AxiBus, AxiLiteMaster, AxiRam, AxiResp
 
 from rtl.regs import RegisterMap
 
@@ -20,6 +21,20 @@ def pauses(rng: random.Random, p: float) -> Iterator[bool]:
     """Endless pause flags, each True with probability `p` (random bus stalls)."""
     while True:
         yield rng.random() < p
+
+
+def paused_ram(dut, rng: random.Random, p: float, size: int) -> AxiRam:
+    """An `AxiRam` of `size` bytes on `dut.m_axi`, each channel pausing with probability `p`."""
+    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=size)
+    for ch in (
+        ram.write_if.aw_channel,
+        ram.write_if.w_channel,
+        ram.write_if.b_channel,
+        ram.read_if.ar_channel,
+        ram.read_if.r_channel,
+    ):
+        ch.set_pause_generator(pauses(random.Random(rng.random()), p))
+    return ram
 
 
 class RegisterClient:

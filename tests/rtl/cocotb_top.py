@@ -15,11 +15,11 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from rtl.regs import REGISTER_MAP
 from sim.tb import reset_dut, start_clock
-from sim.tb.axil import RegisterClient, pauses
+from sim.tb.axil import RegisterClient, paused_ram
 
 JOBS_DIR = Path(os.environ["TOP_JOBS"])
 MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
@@ -47,17 +47,7 @@ class Regs(RegisterClient):
 async def layers_match_the_golden_model(dut):
     rng = random.Random(SEED)
     start_clock(dut.clk)
-    ram = AxiRam(
-        AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=MEM_BYTES
-    )
-    for ch in (
-        ram.write_if.aw_channel,
-        ram.write_if.w_channel,
-        ram.write_if.b_channel,
-        ram.read_if.ar_channel,
-        ram.read_if.r_channel,
-    ):
-        ch.set_pause_generator(pauses(random.Random(rng.random()), PAUSE))
+    ram = paused_ram(dut, rng, PAUSE, MEM_BYTES)
     regs = Regs(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk))
     await reset_dut(dut, dut.clk)
     healthy_read, healthy_write = ram.read_if._read, ram.write_if._write

@@ -13,11 +13,11 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 from memcopy_top import COPY_MAP
 
 from sim.tb import reset_dut, start_clock
-from sim.tb.axil import RegisterClient, pauses
+from sim.tb.axil import RegisterClient, paused_ram
 
 JOBS = json.loads(os.environ["COPY_JOBS"])
 MEM_BYTES = int(os.environ["COPY_MEM_BYTES"])
@@ -30,17 +30,7 @@ STATUS = COPY_MAP["STATUS"].register
 async def copy_jobs_match_the_fast_backend(dut):
     rng = random.Random(MEM_SEED)
     start_clock(dut.clk)
-    ram = AxiRam(
-        AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=MEM_BYTES
-    )
-    for ch in (
-        ram.write_if.aw_channel,
-        ram.write_if.w_channel,
-        ram.write_if.b_channel,
-        ram.read_if.ar_channel,
-        ram.read_if.r_channel,
-    ):
-        ch.set_pause_generator(pauses(random.Random(rng.random()), 0.25))
+    ram = paused_ram(dut, rng, 0.25, MEM_BYTES)
     image = np.random.default_rng(MEM_SEED).integers(0, 256, MEM_BYTES, dtype=np.uint8)
     ram.write(0, image.tobytes())
     regs = RegisterClient(
