@@ -95,7 +95,7 @@ class GemmEngine(wiring.Component):
             )
         if not isinstance(self.param_rows, int) or self.param_rows < 1:
             raise ConfigError(f"GemmEngine.param_rows = {self.param_rows!r} must be an int >= 1")
-        self.array_latency = cfg.rows + cfg.cols - 1
+        self.array_latency = SystolicArray(cfg).latency
         # Credits cover the round trip injection → FIFO → pop, so the array
         # runs at one row per cycle when the output is never backpressured.
         self.fifo_depth = self.array_latency + 8

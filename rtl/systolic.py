@@ -5,9 +5,11 @@ processing element PE(r, c) holds two weights (banks 0/1) for input channel
 r and output channel c. An activation row `x[0:R]` enters at the left edge,
 skewed so that row r is delayed r cycles; activations move right one PE per
 cycle and partial sums move down one PE per cycle, so column c's bottom PE
-emits `Σ_r x[r]·w[r, c]` for that row. The outputs are deskewed inside the
-array: the sum for the row presented at cycle t appears on `psum_out` at
-cycle t + `latency` (R + C − 1), all C columns aligned.
+emits `Σ_r x[r]·w[r, c]` for that row. Each PE registers its product before
+the add (a multiplier feeding the 32-bit carry chain in one cycle caps ECP5
+near 89 MHz), so every sum takes one cycle more. The outputs are deskewed
+inside the array: the sum for the row presented at cycle t appears on
+`psum_out` at cycle t + `latency` (R + C), all C columns aligned.
 
 Double buffering: every activation carries a bank-select bit `sel` that
 travels with it, and each PE multiplies by `w[sel]`. So the next weight tile
@@ -32,8 +34,11 @@ __all__ = ["ProcessingElement", "SystolicArray"]
 
 
 class ProcessingElement(wiring.Component):
-    """One MAC cell: `psum_out <= psum_in + a_in · w[sel_in]`; `a`/`sel` pass right.
+    """One MAC cell, two stages: `product <= a_in · w[sel_in]`, then
+    `psum_out <= psum_in + product`; `a`/`sel` pass right.
 
+    The cell's partial-sum input must therefore arrive one cycle after its
+    activation, which the array's one-cycle-per-row psum chain provides.
     Weights are written through `w_we`/`w_bank`/`w_data` (registered; the new
     value is used from the next cycle on).
     """
@@ -66,10 +71,12 @@ class ProcessingElement(wiring.Component):
         m.d.comb += weight.eq(w[0])
         with m.If(self.sel_in):
             m.d.comb += weight.eq(w[1])
+        product = Signal(signed(self.cfg.act_bits + self.cfg.weight_bits))
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.sel_out.eq(self.sel_in),
-            self.psum_out.eq(self.psum_in + self.a_in * weight),
+            product.eq(self.a_in * weight),
+            self.psum_out.eq(self.psum_in + product),
         ]
         return m
 
@@ -101,7 +108,7 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a row on `a_in` to its sums on `psum_out`."""
-        return self.cfg.rows + self.cfg.cols - 1
+        return self.cfg.rows + self.cfg.cols
 
     @property
     def bank_cooldown(self) -> int:
