@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak bench clean synth verilog synth-sweep
+.PHONY: demo test lint soak bench notebooks clean synth verilog synth-sweep
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[ref,dev,fpga]'
+	$(BIN)/python -m pip install --quiet -e '.[ref,dev,fpga,notebooks]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
 	$(BIN)/python bench/layer_bench.py
+
+# Co-design notebooks, executed in place (plots and tables land in the .ipynb files).
+notebooks: $(STAMP)
+	$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
 # FPGA: `make synth CONFIG=configs/4x4.json` (DEVICE=ice40-up5k, TOP=systolic_array also work).
 CONFIG ?= configs/default.json
