@@ -26,10 +26,11 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
 # Expert-GEMM MAC utilisation, then whole layers vs the roofline and simulation speed:
-# writes bench/results.json and bench/results.md (copied into docs/benchmarks.md).
+# writes bench/results.json, bench/results.md (copied into docs/benchmarks.md) and docs/img/*.png.
 bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
 	$(BIN)/python bench/layer_bench.py
+	$(BIN)/python bench/plots.py
 
 # Co-design notebooks, executed in place (plots and tables land in the .ipynb files).
 notebooks: $(STAMP)
