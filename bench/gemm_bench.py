@@ -1,8 +1,9 @@
 """`make bench`: expert-GEMM MAC utilisation of the GemmEngine, measured on Verilator.
 
 Runs dense GEMMs (sources always valid, sink always ready) on the default
-8×8 `AccelConfig` through cocotb, reads the engine's own counters and writes
-`bench/results.json` and `bench/results.md`.
+8×8 `AccelConfig` (16-byte bus: two weight rows a beat) through cocotb,
+reads the engine's own counters and writes `bench/results.json` and
+`bench/results.md`.
 
     utilisation = mac_cycles / busy   (cycles a row entered the array / command cycles)
     efficiency  = macs / (R·C·busy)   (useful MACs, K/N padding excluded)
@@ -52,8 +53,9 @@ def judged(cfg: AccelConfig, row: dict) -> bool:
 
 def markdown(cfg: AccelConfig, rows: list[dict], command: str) -> str:
     head = (
-        f"GemmEngine on a {cfg.rows}×{cfg.cols} array (m_block {rows[0]['m_block']}), "
-        f"Verilator via cocotb, no backpressure. Command: `{command}`.\n\n"
+        f"GemmEngine on a {cfg.rows}×{cfg.cols} array (m_block {rows[0]['m_block']}, "
+        f"{cfg.weight_rows_per_beat} weight row(s) a beat on a {cfg.mem_bytes_per_cycle}-byte "
+        f"bus), Verilator via cocotb, no backpressure. Command: `{command}`.\n\n"
         "| M | K | N | mode | busy cycles | MAC cycles | stall weight | stall act "
         "| stall out | drain | utilisation | MAC efficiency | judged (≥ 95 %) |\n"
         "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
@@ -75,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cols", type=int, default=8)
+    parser.add_argument(
+        "--bus", type=int, default=16, help="mem_bytes_per_cycle (sets weight rows a beat)"
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
     args = parser.parse_args(argv)
-    cfg = AccelConfig(rows=args.rows, cols=args.cols)
+    cfg = AccelConfig(rows=args.rows, cols=args.cols, mem_bytes_per_cycle=args.bus)
     engine = GemmEngine(cfg, param_rows=PARAM_ROWS)
     start = time.monotonic()
-    build = build_component(engine, f"gemm_engine_bench_{cfg.rows}x{cfg.cols}")
+    build = build_component(
+        engine, f"gemm_engine_bench_{cfg.rows}x{cfg.cols}_b{cfg.mem_bytes_per_cycle}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
         run_cocotb(

@@ -167,6 +167,20 @@ class AccelConfig(_JSONMixin):
         return (2 ** (self.acc_bits - 1) - 1) // (2 ** (self.act_bits + self.weight_bits - 2))
 
     @property
+    def weight_rows_per_beat(self) -> int:
+        """Weight rows (of `cols` int8) the GEMM engine writes into its array per cycle.
+
+        As many whole C-byte rows (weights are stored one byte each, whatever
+        `weight_bits`) as one memory beat carries, so weight loads run at the
+        bus rate: `max(1, min(rows, mem_bytes_per_cycle // cols))`.
+        A bus narrower than a row (or one that is not a multiple of it) still
+        gets one row per cycle — the resizer gathers beats, or a beat's tail
+        bytes beyond the whole rows go unused — and a tile never has more than
+        `rows` rows, so more would buy nothing.
+        """
+        return max(1, min(self.rows, self.mem_bytes_per_cycle // self.cols))
+
+    @property
     def macs_per_cycle(self) -> int:
         return self.rows * self.cols
 

@@ -13,9 +13,10 @@ Streams (all `lib.stream`, valid never waits on ready; beat orders follow
 
 - `cmd`: `command_layout` — M, K, N, mode, parameter rows, SwiGLU gate (m, s);
   accepted only when the engine is idle.
-- `weight`: one weight row of C int8 per beat, `W[k0+r, n0:n0+C]` for
-  r < min(R, K−k0); lanes ≥ N−n0 are don't-care. SwiGLU sends W1's tiles
-  then W3's for each N-tile.
+- `weight`: L = `cfg.weight_rows_per_beat` weight rows of C int8 per beat
+  (`weight_beat_layout`), row i of beat j being `W[k0+j·L+i, n0:n0+C]`, for
+  ⌈min(R, K−k0)/L⌉ beats per tile; rows past the tile and lanes ≥ N−n0 are
+  don't-care. SwiGLU sends W1's tiles then W3's for each N-tile.
 - `act`: one activation row K-slice of R int8 per beat, `X[m0+i, k0:k0+R]`
   for each row i of the block; lanes ≥ K−k0 are don't-care (zeroed inside).
 - `out`: one row of C int8 per beat, `Y[m0+i, n0:n0+C]`, lanes ≥ N−n0 are 0;
@@ -48,7 +49,14 @@ from .postproc import (
     param_write_layout,
     postproc_input_layout,
 )
-from .sequencer import CommandError, TileSequencer, command_layout, counter_layout, tag_layout
+from .sequencer import (
+    CommandError,
+    TileSequencer,
+    command_layout,
+    counter_layout,
+    tag_layout,
+    weight_beat_layout,
+)
 from .systolic import SystolicArray
 
 __all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
@@ -103,7 +111,7 @@ class GemmEngine(wiring.Component):
             {
                 "cmd": In(stream.Signature(command_layout(cfg, self.param_rows))),
                 "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
-                "weight": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols))),
+                "weight": In(stream.Signature(weight_beat_layout(cfg))),
                 "param_w": In(stream.Signature(param_write_layout(cfg, self.param_rows))),
                 "lut_w": In(stream.Signature(lut_write_layout(cfg))),
                 "out": Out(stream.Signature(output_layout(cfg))),

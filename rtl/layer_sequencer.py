@@ -25,7 +25,9 @@ data streams. `docs/architecture.md` describes the data flow; in short:
    read into a term buffer and fed to the combiner; outputs stream to Y.
 
 Weight streams flow DMA → resizer → engine weight port while the engine
-computes (double-buffered tiles), so weight loads overlap compute.
+computes (double-buffered tiles), so weight loads overlap compute; a weight
+beat is `weight_rows_per_beat` rows (`rtl.layout.weight_stream`), so the
+loads run at the bus rate.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class LayerSequencer(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
+        L = cfg.weight_rows_per_beat
         A = cfg.act_bits
         desc = self.desc
 
@@ -275,7 +278,7 @@ class LayerSequencer(wiring.Component):
         rsel = Signal(_ReadSel)
         rz_words = Resizer(B, 4)
         rz_x = Resizer(B, WX)
-        rz_w = Resizer(B, C)
+        rz_w = Resizer(B, L * C)
         rz_lut = Resizer(B, 1)
         rz_term = Resizer(B, C)
         readers = {
@@ -588,7 +591,7 @@ class LayerSequencer(wiring.Component):
                 ((w_rows * C + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                 _ReadSel.WEIGHT,
                 rz_w,
-                w_rows,
+                w_rows >> exact_log2(L),
             )
             feed(src, row0, mm, nt, passes, ceil_div_pow2(k, R))
             sink(sink_kind, sink_row0, mm)
@@ -904,7 +907,7 @@ class LayerSequencer(wiring.Component):
                     gate_mult=0,
                     gate_shift=0,
                     w_addr=desc.router_w_addr,
-                    w_rows=ceil_div_pow2(ncol, C) * desc.d,
+                    w_rows=ceil_div_pow2(ncol, C) * (ceil_div_pow2(desc.d, L) << exact_log2(L)),
                     src=_ActSrc.TOKENS,
                     row0=m0,
                     sink_kind=_Sink.LOGIT,

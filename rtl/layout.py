@@ -15,7 +15,9 @@ Regions (each `REGION_ALIGN`-aligned, addresses in the descriptor registers):
 - router parameters: one `param_word` per router column (E, +1 with a
   Qwen2-MoE shared gate), zero-padded to a whole beat;
 - correction bias: one signed 32-bit word per expert (sigmoid routing);
-- router weights: the weight stream of the router GEMM (`weight_stream`);
+- router weights: the weight stream of the router GEMM (`weight_stream`:
+  rows of C bytes, `weight_rows_per_beat` rows a beat, each K run padded
+  to whole beats by `padded_k`);
 - expert table: `n_experts + 1` descriptors of `desc_bytes(cfg)` bytes;
   entry E is the shared expert's (`DESC_FIELDS` gives the words);
 - per expert: its GEMM1 weight stream (W1, or W1/W3 interleaved per N-tile
@@ -46,6 +48,7 @@ __all__ = [
     "lut_bytes",
     "max_sorted_rows",
     "n_tiles",
+    "padded_k",
     "param_word",
     "param_words",
     "row_bytes",
@@ -143,25 +146,39 @@ def param_words(cfg: AccelConfig, sections: list[tuple[np.ndarray, np.ndarray]])
     return np.asarray(words, dtype=np.uint32)
 
 
+def padded_k(cfg: AccelConfig, k: int) -> int:
+    """Weight rows one (N-tile, pass) run of K rows occupies: K rounded up to whole beats.
+
+    The engine takes `L = cfg.weight_rows_per_beat` rows a beat and a tile's
+    rows never share a beat with the next tile's, so the last K-tile of a run
+    is zero-padded to a multiple of L rows (R is a multiple of L in the top,
+    both powers of two). The pad rows are read like any other (they cost
+    `(padded_k − K)·C` bytes a run, nothing when L divides K).
+    """
+    return align(k, cfg.weight_rows_per_beat)
+
+
 def weight_stream_rows(cfg: AccelConfig, k: int, n: int, passes: int) -> int:
-    """Rows (of C bytes) the engine takes for one GEMM command: ⌈N/C⌉ · passes · K."""
-    return n_tiles(n, cfg.cols) * passes * k
+    """Rows (of C bytes) the engine takes for one GEMM command: ⌈N/C⌉ · passes · `padded_k`."""
+    return n_tiles(n, cfg.cols) * passes * padded_k(cfg, k)
 
 
 def weight_stream(cfg: AccelConfig, mats: list[np.ndarray]) -> np.ndarray:
     """The engine's weight order for `mats` ([K, N] each; two for SwiGLU's W1, W3).
 
     For each N-tile, for each matrix (pass), for each K row: the row's C
-    output channels of that tile, lanes beyond N zero — exactly the beats
-    `rtl.gemm_engine.GemmEngine`'s `weight` stream takes. Returns int8 [rows, C].
+    output channels of that tile, lanes beyond N zero, then zero rows up to
+    `padded_k` — consecutive groups of `weight_rows_per_beat` rows are
+    exactly the beats `rtl.gemm_engine.GemmEngine`'s `weight` stream takes.
+    Returns int8 [rows, C].
     """
     k, n = mats[0].shape
     c = cfg.cols
     nt = n_tiles(n, c)
-    padded = [np.zeros((k, nt * c), dtype=np.int8) for _ in mats]
+    padded = [np.zeros((padded_k(cfg, k), nt * c), dtype=np.int8) for _ in mats]
     for p, w in zip(padded, mats, strict=True):
         if w.shape != (k, n):
             raise ConfigError(f"weight stream matrices differ in shape: {w.shape} vs {(k, n)}")
-        p[:, :n] = w
+        p[:k, :n] = w
     tiles = [np.stack([p[:, j * c : (j + 1) * c] for p in padded]) for j in range(nt)]
     return np.concatenate([t.reshape(-1, c) for t in tiles]) if tiles else np.zeros((0, c))

@@ -10,11 +10,14 @@ For a command `(M, K, N, mode, …)` it walks the loop nest
 
 with two independent walkers over the same nest:
 
-- the *weight loader* takes `min(R, K−k0)` weight rows per tile from the
-  `weight` stream into the array's idle bank (bank = tile index mod 2), as
-  soon as that bank's previous tile has left the array
-  (`SystolicArray.bank_cooldown`): loads hide behind compute when a tile has
-  at least R + C + 2 rows;
+- the *weight loader* takes the `min(R, K−k0)` weight rows of a tile from
+  the `weight` stream, L = `AccelConfig.weight_rows_per_beat` rows a beat
+  (⌈min(R, K−k0)/L⌉ beats; rows of the last beat past the tile are
+  don't-care and not written), into the array's idle bank (bank = tile index
+  mod 2), as soon as that bank's previous tile has been injected
+  (`SystolicArray.bank_cooldown` more cycles, 0 for the skewed-write array):
+  a tile is loaded in ⌈R/L⌉ cycles, so loads hide behind compute when a tile
+  has at least ⌈R/L⌉ + 1 rows, and short tiles (decode) run at the bus rate;
 - the *issuer* injects one activation row per cycle into the loaded bank,
   zeroing lanes ≥ K−k0, and emits a tag (row in the block, first/final
   K-step, pass, N-tile, last) that travels with the row to the accumulators.
@@ -46,6 +49,7 @@ __all__ = [
     "counter_layout",
     "max_gemm_k",
     "tag_layout",
+    "weight_beat_layout",
 ]
 
 COUNTER_BITS = 48
@@ -104,6 +108,12 @@ def tag_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLa
             "last": 1,
         }
     )
+
+
+def weight_beat_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """One `weight` beat: `weight_rows_per_beat` rows of C int8, row i = tile row `w_addr + i`."""
+    row = data.ArrayLayout(signed(cfg.weight_bits), cfg.cols)
+    return data.ArrayLayout(row, cfg.weight_rows_per_beat)
 
 
 def counter_layout() -> data.StructLayout:
@@ -210,19 +220,21 @@ class TileSequencer(wiring.Component):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TileSequencer.{name} must be an int >= 1, got {value!r}")
         self.cfg, self.m_block, self.param_rows = cfg, m_block, param_rows
+        if not isinstance(cooldown, int) or cooldown < 0:
+            raise ConfigError(f"TileSequencer.cooldown must be an int >= 0, got {cooldown!r}")
         self.credits, self.cooldown = credits, cooldown
         cmd_layout = command_layout(cfg, param_rows)
         super().__init__(
             {
                 "cmd": In(stream.Signature(cmd_layout)),
                 "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
-                "weight": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols))),
+                "weight": In(stream.Signature(weight_beat_layout(cfg))),
                 "a_row": Out(data.ArrayLayout(signed(cfg.act_bits), cfg.rows)),
                 "sel": Out(1),
-                "w_row": Out(data.ArrayLayout(signed(cfg.weight_bits), cfg.cols)),
+                "w_row": Out(weight_beat_layout(cfg)),
                 "w_addr": Out(range(cfg.rows)),
                 "w_bank": Out(1),
-                "w_we": Out(1),
+                "w_we": Out(cfg.weight_rows_per_beat),
                 "tag": Out(tag_layout(cfg, m_block, param_rows)),
                 "current": Out(cmd_layout),
                 "credit_return": In(1),
@@ -243,7 +255,8 @@ class TileSequencer(wiring.Component):
         issuing, loading = Signal(), Signal()
         credits = Signal(range(self.credits + 1), init=self.credits)
         full = Signal(2)
-        cool = [Signal(range(self.cooldown + 1), name=f"cool_{b}") for b in range(2)]
+        # At least one bit wide (Verilog has no empty vectors); constant 0 when cooldown = 0.
+        cool = [Signal(range(max(self.cooldown, 1) + 1), name=f"cool_{b}") for b in range(2)]
 
         # Command intake and validation.
         m.d.comb += self.cmd.ready.eq(~self.busy)
@@ -288,16 +301,20 @@ class TileSequencer(wiring.Component):
         m.d.comb += bank_free.eq(
             ~full.bit_select(ld_bank, 1) & Mux(ld_bank, cool[1] == 0, cool[0] == 0)
         )
+        lanes = cfg.weight_rows_per_beat
+        ld_fire = Signal()
         m.d.comb += [
             self.weight.ready.eq(loading & bank_free),
+            ld_fire.eq(self.weight.valid & self.weight.ready),
             self.w_row.eq(self.weight.payload),
             self.w_addr.eq(ld_row),
             self.w_bank.eq(ld_bank),
-            self.w_we.eq(self.weight.valid & self.weight.ready),
         ]
+        for i in range(lanes):
+            m.d.comb += self.w_we[i].eq(ld_fire & (ld_row + i < loader.k_valid))
         set_full = Signal(2)
-        with m.If(self.w_we):
-            with m.If(ld_row == loader.k_valid - 1):
+        with m.If(ld_fire):
+            with m.If(ld_row + lanes >= loader.k_valid):
                 m.d.sync += [ld_row.eq(0), ld_bank.eq(~ld_bank)]
                 m.d.comb += set_full.eq(Mux(ld_bank, 0b10, 0b01))
                 with m.If(loader.last_tile):
@@ -305,7 +322,7 @@ class TileSequencer(wiring.Component):
                 with m.Else():
                     loader.step(m)
             with m.Else():
-                m.d.sync += ld_row.eq(ld_row + 1)
+                m.d.sync += ld_row.eq(ld_row + lanes)
 
         # Issuer.
         can_issue = Signal()

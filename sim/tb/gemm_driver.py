@@ -16,7 +16,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from pymodel.config import AccelConfig
 from rtl.postproc import lut_write_layout, output_layout, param_write_layout
-from rtl.sequencer import CommandError, command_layout, counter_layout
+from rtl.sequencer import CommandError, command_layout, counter_layout, weight_beat_layout
 
 from .gemm_model import (
     GemmCase,
@@ -61,9 +61,7 @@ class GemmEngineHarness:
             dut, "cmd", clk, command_layout(cfg, self.param_rows), rng=rng
         )
         self.act = StreamDriver.from_prefix(dut, "act", clk, _row(cfg.act_bits, cfg.rows), rng=rng)
-        self.weight = StreamDriver.from_prefix(
-            dut, "weight", clk, _row(cfg.weight_bits, cfg.cols), rng=rng
-        )
+        self.weight = StreamDriver.from_prefix(dut, "weight", clk, weight_beat_layout(cfg), rng=rng)
         self.param = StreamDriver.from_prefix(
             dut, "param_w", clk, param_write_layout(cfg, self.param_rows), rng=rng
         )

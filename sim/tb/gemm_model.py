@@ -162,13 +162,25 @@ def _pad(values: np.ndarray, width: int, rng: random.Random | None, bits: int) -
 
 def weight_beats(
     case: GemmCase, cfg: AccelConfig, m_block: int, rng: random.Random | None = None
-) -> list[list[int]]:
-    """`weight` beats in engine order; with `rng`, don't-care lanes hold random values."""
+) -> list[list[list[int]]]:
+    """`weight` beats in engine order, `cfg.weight_rows_per_beat` rows of C lanes each.
+
+    A tile of `min(R, K−k0)` rows takes ⌈rows/L⌉ beats; the rows of its last
+    beat past the tile and lanes past N are don't-care: with `rng` they hold
+    random values, else zeros.
+    """
+    lanes, cols, bits = cfg.weight_rows_per_beat, cfg.cols, cfg.weight_bits
     beats = []
     for t in tile_schedule(case.m, case.k, case.n, case.passes, cfg, m_block):
         w = case.weights(t.second_pass)
-        for r in range(t.k0, min(t.k0 + cfg.rows, case.k)):
-            beats.append(_pad(w[r, t.n0 : t.n0 + cfg.cols], cfg.cols, rng, cfg.weight_bits))
+        end = min(t.k0 + cfg.rows, case.k)
+        for r0 in range(t.k0, end, lanes):
+            beats.append(
+                [
+                    _pad(w[r, t.n0 : t.n0 + cols] if r < end else w[0, :0], cols, rng, bits)
+                    for r in range(r0, r0 + lanes)
+                ]
+            )
     return beats
 
 

@@ -23,6 +23,22 @@ def test_accel_defaults_are_valid_and_consistent() -> None:
     assert (cfg.max_k + 1) * 2 ** (cfg.act_bits + cfg.weight_bits - 2) > 2 ** (cfg.acc_bits - 1) - 1
 
 
+@pytest.mark.parametrize(
+    ("rows", "cols", "bus", "want"),
+    [
+        (8, 8, 16, 2),  # the default: a 16-byte beat carries two 8-byte rows
+        (8, 8, 8, 1),
+        (4, 4, 4, 1),
+        (8, 8, 4, 1),  # a bus narrower than a row: beats are gathered, one row a cycle
+        (8, 12, 32, 2),  # 32 // 12: whole rows only, the beat's tail bytes go unused
+        (2, 8, 64, 2),  # never more rows than a tile has
+    ],
+)
+def test_weight_rows_per_beat(rows: int, cols: int, bus: int, want: int) -> None:
+    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
+    assert cfg.weight_rows_per_beat == want
+
+
 def test_accel_json_round_trip() -> None:
     cfg = AccelConfig(rows=16, cols=4, m_tile=4, mult_bits=20, clock_mhz=125.5)
     again = AccelConfig.from_json(cfg.to_json())

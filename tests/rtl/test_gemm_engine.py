@@ -1,9 +1,11 @@
 # amaranth: UnusedElaboratable=no
 """GemmEngine on Verilator via cocotb: bit-exact against the golden model on three arrays.
 
-4×4, 8×8 (with a small accumulator block, so groups split into M-blocks) and
-a non-square 4×8 array; random shapes with M, K, N not multiples of the array
-(M = 1 included), saturating extremes, every mode, and random valid/ready
+4×4 on a 4-byte bus (one weight row per beat), 8×8 (two rows per beat, with a
+small accumulator block, so groups split into M-blocks) and a non-square 4×8
+array on a 32-byte bus (a whole tile per beat); random shapes with M, K, N
+not multiples of the array (M = 1 included; K tails not a multiple of the
+rows per beat), saturating extremes, every mode, and random valid/ready
 backpressure on every stream. Sizes stay small (≤ 40) so the three first
 builds plus runs take a couple of minutes on 2 cores; later runs reuse the
 cached builds.
@@ -22,10 +24,11 @@ from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
 TB = Path(__file__).with_name("cocotb_gemm_engine.py")
 PARAM_ROWS = 32
 
+# Weight rows per beat L: 1 on the 4-byte bus, 2 on the default 8×8, a whole tile on 4×8.
 ARRAYS = {
-    "4x4": (AccelConfig(rows=4, cols=4), None),
+    "4x4": (AccelConfig(rows=4, cols=4, mem_bytes_per_cycle=4), None),
     "8x8": (AccelConfig(rows=8, cols=8), 16),
-    "4x8": (AccelConfig(rows=4, cols=8), None),
+    "4x8": (AccelConfig(rows=4, cols=8, mem_bytes_per_cycle=32), None),
 }
 
 
@@ -89,6 +92,7 @@ SOAK_ARRAYS = {
     "3x5": (AccelConfig(rows=3, cols=5), None),
     "1x2": (AccelConfig(rows=1, cols=2), 3),
     "5x1": (AccelConfig(rows=5, cols=1), None),
+    "3x2": (AccelConfig(rows=3, cols=2, mem_bytes_per_cycle=4), None),  # L = 2 does not divide R
 }
 
 

@@ -40,11 +40,22 @@ def test_pe_mac_and_double_buffered_weights():
     run_simulation(pe, [bench])
 
 
-@pytest.mark.parametrize(("rows", "cols"), [(2, 3), (3, 2)])
-def test_array_rows_stream_back_to_back_across_banks(rows, cols):
+def _write_beat(ctx, array, bank: int, row0: int, rows: np.ndarray, valid: int) -> None:
+    """Present one weight beat: `rows` [L, C] for array rows row0 …, the first `valid` enabled."""
+    lanes, cols = array.cfg.weight_rows_per_beat, array.cfg.cols
+    beat = [[int(v) for v in rows[i]] if i < len(rows) else [0] * cols for i in range(lanes)]
+    ctx.set(array.w_we, (1 << valid) - 1)
+    ctx.set(array.w_bank, bank)
+    ctx.set(array.w_addr, row0)
+    ctx.set(array.w_row, beat)
+
+
+@pytest.mark.parametrize(("rows", "cols", "bus"), [(2, 3, 4), (3, 2, 4), (4, 4, 8)])
+def test_array_rows_stream_back_to_back_across_banks(rows, cols, bus):
     """Two weight tiles in the two banks; rows alternate banks every cycle, outputs aligned."""
-    cfg = AccelConfig(rows=rows, cols=cols)
+    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
     array = SystolicArray(cfg)
+    lanes = cfg.weight_rows_per_beat
     rng = np.random.default_rng(rows * 10 + cols)
     weights = [rng.integers(-128, 128, size=(rows, cols)) for _ in range(2)]
     x = rng.integers(-128, 128, size=(8, rows))
@@ -54,13 +65,14 @@ def test_array_rows_stream_back_to_back_across_banks(rows, cols):
 
     async def bench(ctx):
         for bank in range(2):
-            for r in range(rows):
-                ctx.set(array.w_we, 1)
-                ctx.set(array.w_bank, bank)
-                ctx.set(array.w_addr, r)
-                ctx.set(array.w_row, [int(v) for v in weights[bank][r]])
+            for r0 in range(0, rows, lanes):
+                chunk = weights[bank][r0 : r0 + lanes]
+                _write_beat(ctx, array, bank, r0, chunk, len(chunk))
                 await ctx.tick()
         ctx.set(array.w_we, 0)
+        # Writes are skewed inside the array: let the last one land before the first use.
+        for _ in range(rows + cols):
+            await ctx.tick()
         for i in range(len(x) + array.latency):
             if i < len(x):
                 ctx.set(array.a_in, [int(v) for v in x[i]])
@@ -74,4 +86,89 @@ def test_array_rows_stream_back_to_back_across_banks(rows, cols):
     run_simulation(array, [bench])
     assert np.array_equal(np.array(got), np.array(expect))
     assert array.latency == rows + cols
-    assert array.bank_cooldown == cols - 1
+    assert array.bank_cooldown == 0
+
+
+def _tight_schedule(cfg: AccelConfig, tiles: list[tuple[int, int]], gaps: np.ndarray) -> list:
+    """Cycle-by-cycle events of a loader/issuer pair running tiles as tightly as allowed.
+
+    Each tile `(k_valid, m)` is loaded in ⌈k_valid/L⌉ beats into bank i mod 2 (beat j
+    at or after `gaps`-delayed slots), no earlier than `bank_cooldown` cycles after
+    the cycle the bank's previous tile injected its last row, and its m rows are
+    injected from the cycle after its last beat on. Returns per cycle
+    `(beat or None, inject or None)` with beat = (tile, j) and inject = (tile, row).
+    """
+    lanes = cfg.weight_rows_per_beat
+    events: dict[int, list] = {}
+    loader_free = 0
+    issue_free = 0
+    last_inject: dict[int, int] = {}
+    g = iter(gaps)
+    for i, (kv, m) in enumerate(tiles):
+        start = loader_free
+        if i >= 2:
+            start = max(start, last_inject[i - 2] + SystolicArray(cfg).bank_cooldown)
+        cycle = start
+        for j in range(-(-kv // lanes)):
+            cycle += int(next(g))
+            events.setdefault(cycle, [None, None])[0] = (i, j)
+            cycle += 1
+        loader_free = cycle
+        t = max(issue_free, cycle)
+        for row in range(m):
+            events.setdefault(t + row, [None, None])[1] = (i, row)
+        issue_free = t + m
+        last_inject[i] = t + m - 1
+    return [events.get(c, [None, None]) for c in range(max(events) + 1)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "bus"),
+    [(4, 4, 4), (4, 3, 8), (4, 4, 8), (3, 2, 4), (4, 2, 16)],
+    ids=["L1", "L2-C3", "L2", "L2-R-odd", "L4"],
+)
+def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus):
+    """Short tiles (1–3 rows, K tails) back to back: a bank is refilled at once, all sums exact."""
+    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
+    array = SystolicArray(cfg)
+    lanes = cfg.weight_rows_per_beat
+    rng = np.random.default_rng(rows * 100 + cols * 10 + bus)
+    n = 14
+    tiles = [(int(rng.integers(1, rows + 1)), int(rng.integers(1, 4))) for _ in range(n)]
+    weights = [rng.integers(-128, 128, size=(rows, cols)) for _ in range(n)]
+    acts = [rng.integers(-128, 128, size=(m, rows)) for _, m in tiles]
+    gaps = rng.choice([0, 0, 0, 1, 2], size=n * rows)
+    schedule = _tight_schedule(cfg, tiles, gaps)
+    expect = {
+        (i, row): matmul_int(acts[i][row : row + 1, :kv], weights[i][:kv], cfg)[0]
+        for i, (kv, m) in enumerate(tiles)
+        for row in range(m)
+    }
+    got: dict = {}
+
+    async def bench(ctx):
+        pending: dict[int, tuple] = {}
+        for cycle in range(len(schedule) + array.latency + 1):
+            beat, inject = schedule[cycle] if cycle < len(schedule) else (None, None)
+            ctx.set(array.w_we, 0)
+            if beat is not None:
+                i, j = beat
+                kv = tiles[i][0]
+                r0 = j * lanes
+                _write_beat(ctx, array, i % 2, r0, weights[i][r0 : r0 + lanes], min(lanes, kv - r0))
+            ctx.set(array.a_in, [0] * rows)
+            if inject is not None:
+                i, row = inject
+                kv = tiles[i][0]
+                a = [int(v) if r < kv else 0 for r, v in enumerate(acts[i][row])]
+                ctx.set(array.a_in, a)
+                ctx.set(array.sel_in, i % 2)
+                pending[cycle + array.latency] = inject
+            if cycle in pending:
+                got[pending.pop(cycle)] = [ctx.get(array.psum_out[c]) for c in range(cols)]
+            await ctx.tick()
+
+    run_simulation(array, [bench])
+    assert got.keys() == expect.keys()
+    for key, want in expect.items():
+        assert np.array_equal(got[key], want), key

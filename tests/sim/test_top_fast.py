@@ -77,6 +77,20 @@ def test_random_shapes_and_token_counts(sim):
         run_case(sim, case)
 
 
+@pytest.mark.parametrize(("bus", "lanes"), [(8, 1), (32, 4)])
+def test_other_bus_widths_take_their_weight_rows_per_beat(bus, lanes):
+    """The small top on an 8-byte (one weight row a beat) and a 32-byte bus (four):
+    odd d_model / d_ff give K runs padded to whole beats; every output bit-exact."""
+    cfg = SMALL_TOP.replace(mem_bytes_per_cycle=bus)
+    assert cfg.weight_rows_per_beat == lanes
+    rng = np.random.default_rng(bus)
+    with FastSim(lambda: MoEAccel(cfg), cfg, MEM_BYTES, read_latency=12, name="moe_accel") as s:
+        for i, (d, f) in enumerate(((13, 22), (32, 37))):
+            spec = family_spec("qwen2_moe", d_model=d, d_ff=f, n_experts=8, shared_d_ff=f + 3)
+            tokens = int(rng.integers(2, 17))
+            run_case(s, make_case(f"bus{bus}_{i}", spec, cfg, tokens=tokens, seed=bus + i))
+
+
 def fault_case() -> LayerCase:
     return make_case("fault", SPECS["mixtral"], SMALL_TOP, tokens=8, seed=3)
 
