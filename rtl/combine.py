@@ -136,15 +136,19 @@ class Combiner(wiring.Component):
             scaled = Signal(signed(req_w), name=f"scaled{lane}")
             rounded = Signal(signed(req_w + 4), name=f"rounded{lane}")
             value = self.terms.payload.values[lane]
-            with m.If(en):
+            # Each stage's data registers load only when a beat is there to use them
+            # (the valids say which: the term, v1, v2, v3), so an idle combiner holds
+            # still; the values that reach `out` while it is valid are unchanged.
+            with m.If(en & self.terms.valid):
                 # Zero-extend the unsigned weight so the product is a signed one.
                 m.d.sync += prod.eq(Cat(self.terms.payload.weight, 0).as_signed() * value)
-                with m.If(v1):
-                    running = Mux(first, 0, acc) + prod
-                    m.d.sync += [acc.eq(running), total.eq(running)]
+            with m.If(en & v1):
+                running = Mux(first, 0, acc) + prod
+                m.d.sync += [acc.eq(running), total.eq(running)]
+            with m.If(en & v2):
                 m.d.sync += scaled.eq(total * self.out_mult)
             m.d.comb += rounded.eq((scaled + half - (shift.bool() & scaled[-1])) >> shift)
-            with m.If(en):
+            with m.If(en & v3):
                 m.d.sync += self.out.payload[lane].eq(
                     Mux(rounded > qmax, qmax, Mux(rounded < -qmax, -qmax, rounded))
                 )

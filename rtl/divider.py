@@ -41,6 +41,7 @@ class PipelinedDivider(wiring.Component):
     o_valid, o_quotient, o_overflow, o_tag : Out
         The result `LATENCY` advancing cycles later; `o_overflow` when the true
         quotient did not fit (or `den` was 0) and `o_quotient` is all ones.
+        Meaningful only while `o_valid` (they hold the last result otherwise).
     """
 
     def __init__(
@@ -94,11 +95,15 @@ class PipelinedDivider(wiring.Component):
 
         # Stage 0 registers the operands; the bits of `num` above the quotient's
         # weight start the remainder and must be < den for the quotient to fit.
+        # Each stage's data registers load only with a valid division: an idle
+        # pipeline then holds still, which is what simulators (Verilator runs the
+        # whole accelerator every cycle) evaluate cheaply; only `valid` shifts.
         first = stage(0)
         high = self.i_num >> qw
         with m.If(self.en):
+            m.d.sync += first["valid"].eq(self.i_valid)
+        with m.If(self.en & self.i_valid):
             m.d.sync += [
-                first["valid"].eq(self.i_valid),
                 first["rem"].eq(high),
                 first["low"].eq(self.i_num),
                 first["den"].eq(self.i_den),
@@ -112,8 +117,9 @@ class PipelinedDivider(wiring.Component):
             trial = Cat(prev["low"][qw - 1], prev["rem"])  # (rem << 1) | next bit
             fits = trial >= prev["den"]
             with m.If(self.en):
+                m.d.sync += cur["valid"].eq(prev["valid"])
+            with m.If(self.en & prev["valid"]):
                 m.d.sync += [
-                    cur["valid"].eq(prev["valid"]),
                     cur["rem"].eq(Mux(fits, trial - prev["den"], trial)),
                     cur["low"].eq(prev["low"] << 1),
                     cur["den"].eq(prev["den"]),

@@ -248,6 +248,20 @@ class Gate(wiring.Component):
         sel = Signal(s.select)
         m.d.comb += sel.eq(sr.data + Mux(self.bias_en, br.data, 0))
 
+        def ranked_index(rank):
+            """The expert index of entry `rank` of the top-k list.
+
+            A mux over the k narrow index fields: indexing the whole entries array
+            with a variable would shift all its bits (a multi-word shift that
+            Verilator evaluates every cycle).
+            """
+            picked = Signal(s.expert)
+            with m.Switch(rank):
+                for j in range(cfg.max_top_k):
+                    with m.Case(j):
+                        m.d.comb += picked.eq(topk.entries[j].index)
+            return picked
+
         def start_pass():
             return [ia.eq(0), v1.eq(0), gpos.eq(0), gidx.eq(0), gend2.eq(0), done_cnt.eq(0)]
 
@@ -397,7 +411,7 @@ class Gate(wiring.Component):
             with m.State("WSUM"):
                 # Renormalisation divisor: Σ of the selected experts' scores.
                 more = ia < self.top_k
-                m.d.comb += [sr.en.eq(more), sr.addr.eq(topk.entries[ia[: s.slot.width]].index)]
+                m.d.comb += [sr.en.eq(more), sr.addr.eq(ranked_index(ia[: s.slot.width]))]
                 m.d.sync += [v1.eq(more), ia.eq(ia + more)]
                 with m.If(v1):
                     m.d.sync += den.eq(den + sr.data)
@@ -415,7 +429,7 @@ class Gate(wiring.Component):
                     more = ia < self.top_k
                     m.d.comb += [
                         sr.en.eq(more),
-                        sr.addr.eq(topk.entries[ia[: s.slot.width]].index),
+                        sr.addr.eq(ranked_index(ia[: s.slot.width])),
                     ]
                     m.d.sync += [v1.eq(more), i1.eq(ia), ia.eq(ia + more)]
                 divide = self.renormalize | ~self.sigmoid
@@ -439,7 +453,7 @@ class Gate(wiring.Component):
                         self.pairs.valid.eq(1),
                         self.pairs.payload.token.eq(token),
                         self.pairs.payload.slot.eq(slot),
-                        self.pairs.payload.expert.eq(topk.entries[slot[: s.slot.width]].index),
+                        self.pairs.payload.expert.eq(ranked_index(slot[: s.slot.width])),
                         self.pairs.payload.weight.eq(Mux(weight > top, top, weight)),
                         self.pairs.payload.last.eq(final & last_pair),
                     ]

@@ -9,9 +9,9 @@ millions of cycles/s (DESIGN §5).
 The top is any `lib.wiring.Component` with an `s_axil` AXI4-Lite slave port
 (`In(rtl.axi.AXILiteSignature())`), an `m_axi` AXI4 master port
 (`Out(rtl.axi.AXI4Signature(cfg))`) and the `sync` domain (`clk`, `rst`).
-For speed it is wrapped in `RegisteredReset` (the reset reaches the top
-through a flop, so Verilator does not re-evaluate every register's
-next-state logic on each `eval()`) and its all-zero memory initialisers are
+For speed it is wrapped in `RegisteredPorts` (every input reaches the top
+through a flop, so Verilator evaluates nothing but the clocked logic: no
+input-combinational region) and its all-zero memory initialisers are
 dropped (`strip_zero_memory_init`); docs/simulation.md has the measurements.
 It is compiled with `verilator --cc --exe` and `make` into a shared library
 that exports only `fastsim_*` (hidden symbols + version script: two models
@@ -77,7 +77,7 @@ __all__ = [
     "FastBuild",
     "FastSim",
     "FastSimTimeout",
-    "RegisteredReset",
+    "RegisteredPorts",
     "RunResult",
     "RunStatus",
     "build_fast",
@@ -173,15 +173,21 @@ def _check_top(top: wiring.Component, cfg: AccelConfig) -> None:
             )
 
 
-class RegisteredReset(wiring.Component):
-    """`top` with its `sync` reset taken from a flop that samples the `rst` port.
+class RegisteredPorts(wiring.Component):
+    """`top` behind one flop on every input port, its `sync` reset behind two.
 
-    Why: Amaranth folds `rst` into the next-state logic of every register, so
-    with `rst` a model input Verilator puts the whole design's next-state logic
-    in its input-combinational region and evaluates it on every `eval()`. Behind
-    one register, `rst` is model state and that region shrinks to the cones of
-    the bus inputs. The reset reaches the top one cycle late (the harness holds
-    `rst` one cycle longer); the ports and everything else are unchanged.
+    Why: whatever logic reads a model input directly sits in Verilator's
+    input-combinational region, evaluated on every `eval()` (twice a cycle) on
+    top of the clocked evaluation; Amaranth folds `rst` into the next-state
+    logic of every register, so a bare `rst` put the whole design there, and
+    the bus inputs put the DMA, the weight loaders and the register file
+    there. Behind flops every input is model state and that region is empty.
+    The harness writes each cycle's inputs before the clock edge that starts
+    the cycle (`sim/harness/harness.cpp`), so the top sees the same inputs in
+    the same cycles as without the flops. `rst` passes one more flop: the top's
+    reset in a cycle is the port's value of the cycle before, and one extra
+    cycle after `rst` falls gives it exactly as many reset edges as cycles
+    `rst` was held. Outputs are wired straight through.
     """
 
     def __init__(self, top: wiring.Component) -> None:
@@ -191,11 +197,19 @@ class RegisteredReset(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         m.domains.core = core = ClockDomain("core", local=True)
+        rst_in = Signal(init=1, reset_less=True)
         rst_q = Signal(init=1, reset_less=True)
-        m.d.sync += rst_q.eq(ResetSignal("sync"))
+        m.d.sync += [rst_in.eq(ResetSignal("sync")), rst_q.eq(rst_in)]
         m.d.comb += [core.clk.eq(ClockSignal("sync")), core.rst.eq(rst_q)]
         m.submodules.top = top = DomainRenamer({"sync": "core"})(self._top)
-        wiring.connect(m, wiring.flipped(self), top)
+        ports = zip(self.signature.flatten(self), top.signature.flatten(top), strict=True)
+        for (path, member, outer), (_, _, inner) in ports:
+            if member.flow == wiring.In:
+                held = Signal.like(inner, name="in__" + "__".join(map(str, path)), reset_less=True)
+                m.d.sync += held.eq(outer)
+                m.d.comb += inner.eq(held)
+            else:
+                m.d.comb += outer.eq(inner)
         return m
 
 
@@ -250,7 +264,7 @@ def build_fast(
     _check_top(top, cfg)
     setup_environment()
     beat = cfg.mem_bytes_per_cycle
-    verilog_text = strip_zero_memory_init(emit_verilog(RegisteredReset(top), name))
+    verilog_text = strip_zero_memory_init(emit_verilog(RegisteredPorts(top), name))
     harness = (HARNESS_DIR / "harness.cpp").read_text()
     version_map = (HARNESS_DIR / "version.map").read_text()
     cflags = ["-fPIC", "-fvisibility=hidden", f"-DFASTSIM_BEAT_BYTES={beat}"]

@@ -7,12 +7,17 @@
 // m_axi__* (AXI4 master, FASTSIM_BEAT_BYTES-byte data, with ids). Verilator
 // names a port `m_axi__araddr` as the C++ member `m_axi___05Faraddr`.
 //
-// Cycle discipline (one call of tick()): inputs for the cycle are already set;
-// eval() with clk low settles the combinational outputs; every handshake
-// (valid & ready) is sampled; eval() with clk high advances the registers; then
-// the models consume the sampled handshakes and set the next cycle's inputs.
-// The memory model is "registered": its outputs never depend combinationally on
-// the DUT's outputs in the same cycle.
+// Cycle discipline: every input reaches the top through a flop (sim/fast.py
+// `RegisteredPorts`), so the input ports written before a rising edge are the
+// inputs of the cycle that edge starts, and the outputs settle in the clocked
+// evaluation alone (Verilator has no input-combinational logic to re-evaluate).
+// One call of tick() is one cycle: the rising edge that starts it (eval() with
+// clk low, then high), then every handshake of the cycle is sampled (outputs
+// from the model, inputs from `cur`, what the last edge latched) and the models
+// consume them and write the next cycle's inputs to the ports. Between two
+// tick()s the ports hold the next cycle's inputs, which callers may change
+// (the AXI4-Lite master below). The memory model is "registered": its outputs
+// never depend combinationally on the DUT's outputs in the same cycle.
 //
 // Memory model: bus address 0 is mem[0]; beats beyond the memory get DECERR and
 // injected ranges SLVERR/DECERR (a failing write beat is not written). Up to 16
@@ -166,16 +171,33 @@ struct Sim {
 #endif
     }
 
-    Sample tick() {
-        Sample s{};
+    // The handshake inputs the last rising edge latched: the current cycle's.
+    struct Latched {
+        bool arready, rvalid, awready, wready, bvalid;
+        bool l_awvalid, l_wvalid, l_bready, l_arvalid, l_rready;
+    } cur{};
+
+    // The rising edge that starts a cycle: the flops take the ports' values.
+    void edge() {
+        cur = {M(arready) != 0, M(rvalid) != 0,  M(awready) != 0, M(wready) != 0,
+               M(bvalid) != 0,  L(awvalid) != 0, L(wvalid) != 0,  L(bready) != 0,
+               L(arvalid) != 0, L(rready) != 0};
         top->clk = 0;
         top->eval();
         dump(2 * cycle);
-        s.ar = M(arvalid) && M(arready);
-        s.r = M(rvalid) && M(rready);
-        s.aw = M(awvalid) && M(awready);
-        s.w = M(wvalid) && M(wready);
-        s.b = M(bvalid) && M(bready);
+        top->clk = 1;
+        top->eval();
+        dump(2 * cycle + 1);
+    }
+
+    Sample tick() {
+        edge();
+        Sample s{};
+        s.ar = M(arvalid) && cur.arready;
+        s.r = cur.rvalid && M(rready);
+        s.aw = M(awvalid) && cur.awready;
+        s.w = M(wvalid) && cur.wready;
+        s.b = cur.bvalid && M(bready);
         if (s.ar) {
             s.araddr = M(araddr);
             s.arlen = M(arlen);
@@ -191,17 +213,14 @@ struct Sim {
             s.wstrb = static_cast<uint64_t>(M(wstrb));
             get_beat(M(wdata), s.wdata);
         }
-        s.l_aw = L(awvalid) && L(awready);
-        s.l_w = L(wvalid) && L(wready);
-        s.l_b = L(bvalid) && L(bready);
-        s.l_ar = L(arvalid) && L(arready);
-        s.l_r = L(rvalid) && L(rready);
+        s.l_aw = cur.l_awvalid && L(awready);
+        s.l_w = cur.l_wvalid && L(wready);
+        s.l_b = L(bvalid) && cur.l_bready;
+        s.l_ar = cur.l_arvalid && L(arready);
+        s.l_r = L(rvalid) && cur.l_rready;
         s.l_bresp = L(bresp);
         s.l_rresp = L(rresp);
         s.l_rdata = L(rdata);
-        top->clk = 1;
-        top->eval();
-        dump(2 * cycle + 1);
         ++cycle;
         update(s);
         return s;
@@ -346,8 +365,8 @@ FASTSIM_API void fastsim_flush_trace(void* handle) {
 
 // Hold the synchronous reset for `cycles` cycles; the memory model's queues are
 // emptied before and after (nothing is in flight across a reset). The top's
-// reset comes from a flop sampling `rst` (sim/fast.py `RegisteredReset`), so one
-// more cycle runs after `rst` falls and the top sees its reset on exactly
+// reset in a cycle is `rst` of the cycle before (sim/fast.py `RegisteredPorts`),
+// so one more cycle runs after `rst` falls and the top sees its reset on exactly
 // `cycles` clock edges.
 FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
     auto* sim = static_cast<Sim*>(handle);

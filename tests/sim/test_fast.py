@@ -24,7 +24,14 @@ from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXILiteSignature, Resp
 from rtl.regs import ErrorCause
 from sim.build import SimulationError, _fst_supported, build_component, run_cocotb
-from sim.fast import BusError, FastSim, FastSimTimeout, RunStatus, strip_zero_memory_init
+from sim.fast import (
+    PREFIX,
+    BusError,
+    FastSim,
+    FastSimTimeout,
+    RunStatus,
+    strip_zero_memory_init,
+)
 
 TB = Path(__file__).with_name("cocotb_memcopy.py")
 CFG = AccelConfig()
@@ -278,6 +285,14 @@ def test_only_the_harness_api_is_exported(fast_sim):
     exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert "fastsim_run" in exported
     assert {name for name in exported if not name.startswith("fastsim_")} == set()
+
+
+def test_inputs_are_registered_so_nothing_is_input_combinational(fast_sim):
+    """`RegisteredPorts`: Verilator generates no input-combinational ("ico") code, which
+    it would otherwise run on both `eval()`s of every cycle (docs/simulation.md)."""
+    sources = list(fast_sim.build.library.parent.glob(f"{PREFIX}*.cpp"))
+    assert sources
+    assert not [src.name for src in sources if "_ico_sequent" in src.read_text()]
 
 
 def test_build_is_cached_and_keyed_on_the_design(fast_sim):
