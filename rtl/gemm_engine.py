@@ -23,11 +23,15 @@ Streams (all `lib.stream`, valid never waits on ready; beat orders follow
   `last` marks the command's final beat.
 - `param_w`/`lut_w`: write per-channel (m, s) and the activation LUT.
 
-Accumulators: two int32 row memories (W/W1 and W3) of `m_block` rows with a
-one-cycle read-modify-write (transparent read, so back-to-back K-steps of the
-same row — M = 1 — are exact). Rows whose sums are final go to a result FIFO
+Activation rows enter the array through a register. Accumulators: two int32
+row memories (W/W1 and W3) of `m_block` rows, read-modify-write in three
+registered stages (read data beside the sums, add, write back) with the two
+previous rows' sums forwarded, so K-steps of the same row on consecutive
+cycles (M = 1) are exact. Rows whose sums are final go to a result FIFO
 sized by credits (`TileSequencer`), so output backpressure stalls injection
-instead of overflowing; the array never stalls.
+instead of overflowing; the array never stalls. Every stage holds at most
+one adder, multiplier or memory access: the engine closes 100 MHz on ECP5
+(docs/fpga.md).
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ __all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
 def default_m_block(cfg: AccelConfig) -> int:
     """Accumulator rows: one block per group up to 8·R rows, and never below R + C + 2.
 
-    A block of at least R + C + 2 rows per weight tile is what hides the next
-    tile's load (see `TileSequencer`).
+    A tile hides the next tile's load once it has ⌈R/L⌉ + 1 rows or so (L
+    weight rows a beat, see `TileSequencer`); 8·R rows keep that true with
+    margin and amortise the per-block drain, and the R + C + 2 floor only
+    matters for arrays of one or two rows.
     """
     return min(max(8 * cfg.rows, cfg.rows + cfg.cols + 2), cfg.max_tokens)
 
@@ -103,10 +109,11 @@ class GemmEngine(wiring.Component):
             )
         if not isinstance(self.param_rows, int) or self.param_rows < 1:
             raise ConfigError(f"GemmEngine.param_rows = {self.param_rows!r} must be an int >= 1")
-        self.array_latency = SystolicArray(cfg).latency
-        # Credits cover the round trip injection → FIFO → pop, so the array
-        # runs at one row per cycle when the output is never backpressured.
-        self.fifo_depth = self.array_latency + 8
+        self.array_latency = SystolicArray.latency_for(cfg)
+        # Credits cover the round trip injection → input register → array →
+        # accumulate (3) → FIFO (2) → pop → credit, so the array runs at one row
+        # per cycle when the output is never backpressured.
+        self.fifo_depth = self.array_latency + 12
         super().__init__(
             {
                 "cmd": In(stream.Signature(command_layout(cfg, self.param_rows))),
@@ -132,7 +139,7 @@ class GemmEngine(wiring.Component):
             m_block=self.m_block,
             param_rows=self.param_rows,
             credits=self.fifo_depth,
-            cooldown=array.bank_cooldown,
+            cooldown=array.bank_cooldown + 1,
         )
         post = PostProc(cfg, self.param_rows)
         pp_layout = postproc_input_layout(cfg, self.param_rows)
@@ -148,9 +155,11 @@ class GemmEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.param_w), post.param_w)
         wiring.connect(m, wiring.flipped(self.lut_w), post.lut_w)
         wiring.connect(m, post.out, wiring.flipped(self.out))
+        # Activation rows enter the array through a register (the issue logic and the
+        # first PE's multiplier do not fit one cycle); weight writes do not, so a bank
+        # waits one cycle more before it is rewritten (the cooldown above).
+        m.d.sync += [array.a_in.eq(seq.a_row), array.sel_in.eq(seq.sel)]
         m.d.comb += [
-            array.a_in.eq(seq.a_row),
-            array.sel_in.eq(seq.sel),
             array.w_row.eq(seq.w_row),
             array.w_addr.eq(seq.w_addr),
             array.w_bank.eq(seq.w_bank),
@@ -163,15 +172,21 @@ class GemmEngine(wiring.Component):
             seq.pp_busy.eq(post.busy),
         ]
 
-        # The tag rides a delay line matching the array latency.
+        # The tag rides a delay line matching the input register and the array; the accumulator
+        # read address leaves one stage early so its data arrives with the sums.
         tags = tag_layout(cfg, self.m_block, self.param_rows)
-        tag = seq.tag
-        for i in range(array.latency):
+        tag_line = [seq.tag]
+        for i in range(1 + array.latency):
             delayed = Signal(tags, name=f"tag_d{i}")
-            m.d.sync += delayed.eq(tag)
-            tag = delayed
+            m.d.sync += delayed.eq(tag_line[-1])
+            tag_line.append(delayed)
+        tag, early = tag_line[-1], tag_line[-2]
 
-        # Accumulate: read at arrival, add and write one cycle later.
+        # Accumulate in three registered stages, one adder per cycle:
+        #   A: sums arrive, memory data for the row arrives; register both (B);
+        #   B: old + new, the old value forwarded from C or D when one of the two
+        #      previous rows is the same row (writes land only in C);
+        #   C: write back; final rows go to the result FIFO.
         acc_row = data.ArrayLayout(signed(cfg.acc_bits), cfg.cols)
         writes, reads = [], []
         for p in range(2):
@@ -179,38 +194,56 @@ class GemmEngine(wiring.Component):
             m.submodules[f"acc_{p}"] = mem
             wr = mem.write_port()
             rd = mem.read_port(transparent_for=(wr,))
-            m.d.comb += rd.addr.eq(tag.row)
+            m.d.comb += rd.addr.eq(early.row)
             writes.append(wr)
             reads.append(rd)
-        b_tag = Signal(tags)
+        b_tag, c_tag, d_tag = Signal(tags), Signal(tags), Signal(tags)
         b_psum = Signal(acc_row)
-        m.d.sync += [b_tag.eq(tag), b_psum.eq(array.psum_out)]
-        old = Signal(acc_row)
+        b_read = [Signal(acc_row, name=f"b_read_{p}") for p in range(2)]
+        c_total, d_total, c_acc_a = Signal(acc_row), Signal(acc_row), Signal(acc_row)
+        # hit_{c,d}[p]: the row in B was last written to memory p by the row now in C / D.
+        hit_c = [Signal(name=f"hit_c_{p}") for p in range(2)]
+        hit_d = [Signal(name=f"hit_d_{p}") for p in range(2)]
+        m.d.sync += [b_tag.eq(tag), b_psum.eq(array.psum_out), c_tag.eq(b_tag), d_tag.eq(c_tag)]
+        for p in range(2):
+            m.d.sync += [
+                b_read[p].eq(reads[p].data),
+                hit_c[p].eq(b_tag.valid & (b_tag.second_pass == p) & (b_tag.row == tag.row)),
+                hit_d[p].eq(c_tag.valid & (c_tag.second_pass == p) & (c_tag.row == tag.row)),
+            ]
+        old = [Signal(acc_row, name=f"old_{p}") for p in range(2)]
+        for p in range(2):
+            m.d.comb += old[p].eq(Mux(hit_c[p], c_total, Mux(hit_d[p], d_total, b_read[p])))
         total = Signal(acc_row)
-        m.d.comb += old.eq(Mux(b_tag.second_pass, reads[1].data, reads[0].data))
         for c in range(cfg.cols):
-            m.d.comb += total[c].eq(Mux(b_tag.first, b_psum[c], old[c] + b_psum[c]))
+            prior = Mux(b_tag.second_pass, old[1][c], old[0][c])
+            m.d.comb += total[c].eq(Mux(b_tag.first, b_psum[c], prior + b_psum[c]))
+        m.d.sync += [
+            c_total.eq(total),
+            c_acc_a.eq(Mux(b_tag.second_pass, old[0], total)),
+            d_total.eq(c_total),
+        ]
         for p, wr in enumerate(writes):
             m.d.comb += [
-                wr.addr.eq(b_tag.row),
-                wr.data.eq(total),
-                wr.en.eq(b_tag.valid & (b_tag.second_pass == p)),
+                wr.addr.eq(c_tag.row),
+                wr.data.eq(c_total),
+                wr.en.eq(c_tag.valid & (c_tag.second_pass == p)),
             ]
 
         entry = Signal(pp_layout)
         current = seq.current
         m.d.comb += [
-            entry.acc_a.eq(Mux(b_tag.second_pass, reads[0].data, total)),
-            entry.acc_b.eq(total),
-            entry.param_a.eq(current.param_a + b_tag.n_tile),
-            entry.param_b.eq(current.param_b + b_tag.n_tile),
-            entry.n_valid.eq(b_tag.n_valid),
+            entry.acc_a.eq(c_acc_a),
+            entry.acc_b.eq(c_total),
+            entry.param_a.eq(current.param_a + c_tag.n_tile),
+            entry.param_b.eq(current.param_b + c_tag.n_tile),
+            entry.n_valid.eq(c_tag.n_valid),
             entry.mode.eq(current.mode),
             entry.gate_mult.eq(current.gate_mult),
             entry.gate_shift.eq(current.gate_shift),
-            entry.last.eq(b_tag.last),
+            entry.last.eq(c_tag.last),
             fifo.w_data.eq(entry),
-            fifo.w_en.eq(b_tag.valid & b_tag.final),
+            fifo.w_en.eq(c_tag.valid & c_tag.final),
             post.inp.valid.eq(fifo.r_rdy),
             post.inp.payload.eq(fifo.r_data),
             fifo.r_en.eq(post.inp.ready),

@@ -19,14 +19,20 @@ pairs live in a parameter memory of `param_rows` rows × C lanes; an input beat
 names the rows for its `acc_a` and `acc_b` (e.g. W1's and W3's parameters
 for the same N-tile), so several GEMMs' parameters can stay resident.
 
-Pipeline: 3 stages (parameter read, LUT read, output register) with one
-global advance, `out.valid` never waits on `out.ready`.
+Pipeline (`PostProc.pipeline_depth` = 15 stages with 32-bit accumulators):
+input register, parameter read data register, the requantisers
+(`Requantizer`: product, partial-product sum, bias, shift, saturation — one
+adder or shifter per cycle), LUT read, LUT data register, gated product, the
+gate requantiser, output register, then an output FIFO; `out.valid` never
+waits on `out.ready`. No stage does more than one DSP multiply, one adder, a
+shifter or a block-RAM access, so the lanes close 100 MHz on ECP5.
 """
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -61,11 +67,27 @@ class Mode(enum.Enum, shape=3):
 
 
 class Requantizer(wiring.Component):
-    """Combinational `numerics.requantize(value, mult, shift, out_bits)`.
+    """Pipelined `numerics.requantize(value, mult, shift, out_bits)`: a new input every
+    cycle, its result `latency` cycles later (free-running, no enable).
+
+    Registered stages, so no cycle holds more than one multiplier, adder or
+    shifter (the combinational version ran ECP5 at ~20 MHz):
+
+    1. the product, on DSP blocks: inputs wider than 18 bits are split into a
+       17-bit unsigned low part and a signed high part, one 18 × 18 multiply
+       each, so every DSP output is registered before any adder; beside it the
+       rounding bias `2^(s−1) − (p < 0)` (`s = 0`: 0) and the clamped shift;
+    2. (split inputs only) the partial products summed;
+    3. the bias added;
+    4. the arithmetic shift right;
+    5. the saturation to [−(2^(out_bits−1) − 1), 2^(out_bits−1) − 1].
 
     Shifts ≥ `in_bits + mult_bits` give 0 (as the golden model does), so the
     barrel shifter only spans that range.
     """
+
+    SPLIT_BITS = 17
+    """Low-part width of a split product: unsigned 17 bits fit an 18 × 18 signed multiplier."""
 
     def __init__(self, in_bits: int, mult_bits: int, out_bits: int) -> None:
         self.in_bits, self.mult_bits, self.out_bits = in_bits, mult_bits, out_bits
@@ -78,26 +100,69 @@ class Requantizer(wiring.Component):
             }
         )
 
+    @classmethod
+    def latency_for(cls, in_bits: int) -> int:
+        """Latency of a requantiser of `in_bits`-wide values (without building one)."""
+        return 5 if in_bits > cls.SPLIT_BITS + 1 else 4
+
+    @property
+    def split(self) -> bool:
+        """Whether the product is split over two multipliers (inputs wider than 18 bits)."""
+        return self.in_bits > self.SPLIT_BITS + 1
+
+    @property
+    def latency(self) -> int:
+        """Cycles from `value`/`mult`/`shift` to their `result`."""
+        return self.latency_for(self.in_bits)
+
     def elaborate(self, platform):
         m = Module()
         prod_bits = self.in_bits + self.mult_bits + 1
         max_shift = min(self.in_bits + self.mult_bits, 2**SHIFT_BITS - 1)
-        product = Signal(signed(prod_bits))
-        m.d.comb += product.eq(self.value * self.mult)
-        shift = Signal(range(max_shift + 1))
-        m.d.comb += shift.eq(Mux(self.shift > max_shift, max_shift, self.shift))
+
+        # Stage 1: product (or its two halves), bias and clamped shift.
+        shift_in = Signal(range(max_shift + 1))
+        m.d.comb += shift_in.eq(Mux(self.shift > max_shift, max_shift, self.shift))
         # 2^(s-1), 0 for s = 0, as a right shift: a variable left shift would widen
         # the value by 2^6 - 1 bits, past 64, and slow the Verilated model down.
         shift_down = Signal(range(max_shift + 1))
-        m.d.comb += shift_down.eq(max_shift - shift)
         half = Signal(unsigned(max_shift))
-        m.d.comb += half.eq(Const(1 << (max_shift - 1), max_shift) >> shift_down)
+        m.d.comb += [
+            shift_down.eq(max_shift - shift_in),
+            half.eq(Const(1 << (max_shift - 1), max_shift) >> shift_down),
+        ]
+        negative = (self.value < 0) & (self.mult != 0)
+        bias = Signal(signed(max_shift + 1))
+        shift = [Signal(range(max_shift + 1), name=f"shift_{i}") for i in range(self.latency - 2)]
+        m.d.sync += [
+            bias.eq(half - Mux(shift_in == 0, 0, negative)),
+            shift[0].eq(shift_in),
+        ]
+        m.d.sync += [shift[i + 1].eq(shift[i]) for i in range(len(shift) - 1)]
+        product = Signal(signed(prod_bits))
+        if self.split:
+            low_bits = self.SPLIT_BITS
+            low = Signal(unsigned(low_bits + self.mult_bits))
+            high = Signal(signed(self.in_bits - low_bits + self.mult_bits + 1))
+            bias_d = Signal.like(bias)
+            m.d.sync += [
+                low.eq(self.value[:low_bits] * self.mult),
+                high.eq(self.value[low_bits:].as_signed() * self.mult),
+                product.eq((high << low_bits) + low),
+                bias_d.eq(bias),
+            ]
+            bias = bias_d
+        else:
+            m.d.sync += product.eq(self.value * self.mult)
+
         biased = Signal(signed(max(prod_bits, max_shift + 1) + 1))
-        m.d.comb += biased.eq(product + half - Mux(shift == 0, 0, product[-1]))
         rounded = Signal(signed(len(biased)))
-        m.d.comb += rounded.eq(biased >> shift)
         qmax = 2 ** (self.out_bits - 1) - 1
-        m.d.comb += self.result.eq(Mux(rounded > qmax, qmax, Mux(rounded < -qmax, -qmax, rounded)))
+        m.d.sync += [
+            biased.eq(product + bias),
+            rounded.eq(biased >> shift[-1]),
+            self.result.eq(Mux(rounded > qmax, qmax, Mux(rounded < -qmax, -qmax, rounded))),
+        ]
         return m
 
 
@@ -159,11 +224,27 @@ def output_layout(cfg: AccelConfig) -> data.StructLayout:
     )
 
 
+def _delay(m: Module, value, cycles: int, name: str):
+    """`value` delayed by `cycles` registers (the value itself for 0)."""
+    for i in range(cycles):
+        delayed = Signal.like(value, name=f"{name}_d{i}")
+        m.d.sync += delayed.eq(value)
+        value = delayed
+    return value
+
+
 class PostProc(wiring.Component):
     """C post-processing lanes with their parameter memory and per-lane LUT copies.
 
     `param_w` and `lut_w` are always ready; write them between commands (a
     write while rows using that entry are in flight is not ordered with them).
+
+    The lanes are a free-running pipeline (`pipeline_depth` registered stages,
+    no stall enable: one enable fanned out to thousands of flip-flops would be
+    a timing path of its own) ending in an output FIFO of `buffer_depth`
+    entries. An input beat is accepted only while fewer than `buffer_depth`
+    beats are inside (pipeline + FIFO), so output backpressure fills the FIFO
+    and then stops `inp`, never overflowing it; `busy` says anything is inside.
     """
 
     def __init__(self, cfg: AccelConfig, param_rows: int) -> None:
@@ -181,15 +262,42 @@ class PostProc(wiring.Component):
             }
         )
 
+    def _requantizers(self) -> tuple[Requantizer, Requantizer, Requantizer]:
+        """One lane's requantisers: W/W1 (to the wide width), W3, the gated product."""
+        cfg = self.cfg
+        return (
+            Requantizer(cfg.acc_bits, cfg.mult_bits, wide_bits(cfg)),
+            Requantizer(cfg.acc_bits, cfg.mult_bits, cfg.act_bits),
+            Requantizer(2 * cfg.act_bits, cfg.mult_bits, cfg.act_bits),
+        )
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Registered stages from an accepted input beat to its output-FIFO write.
+
+        Input register, parameter read data register, the two requantisers,
+        LUT read, LUT data register, gated product register, the gate
+        requantiser, output register.
+        """
+        cfg = self.cfg
+        req = Requantizer.latency_for(cfg.acc_bits)
+        return 2 + req + 3 + Requantizer.latency_for(2 * cfg.act_bits) + 1
+
+    @property
+    def buffer_depth(self) -> int:
+        """Beats inside at most (pipeline + output FIFO): enough for one beat per cycle."""
+        return self.pipeline_depth + 4
+
     @property
     def latency(self) -> int:
         """Cycles from an accepted input beat to its output beat (no backpressure)."""
-        return 3
+        return self.pipeline_depth + 2
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
         lanes, bits = cfg.cols, cfg.act_bits
+        qmax = 2 ** (bits - 1) - 1
 
         params = Memory(
             shape=data.ArrayLayout(param_layout(cfg), lanes), depth=self.param_rows, init=[]
@@ -222,88 +330,97 @@ class PostProc(wiring.Component):
             luts.append(lut.read_port())
         m.d.comb += self.lut_w.ready.eq(1)
 
-        s1_valid, s2_valid = Signal(), Signal()
-        advance = Signal()
+        # Admission: beats inside the pipeline and the output FIFO never exceed its depth.
+        fifo = SyncFIFOBuffered(width=Shape.cast(output_layout(cfg)).width, depth=self.buffer_depth)
+        m.submodules.out_fifo = fifo
+        inside = Signal(range(self.buffer_depth + 1))
+        room = Signal(init=1)
+        accept = self.inp.valid & self.inp.ready
+        pop = self.out.valid & self.out.ready
         m.d.comb += [
-            advance.eq(~self.out.valid | self.out.ready),
-            self.inp.ready.eq(advance),
-            self.busy.eq(s1_valid | s2_valid | self.out.valid),
+            self.inp.ready.eq(room),
+            self.busy.eq(inside != 0),
+            self.out.valid.eq(fifo.r_rdy),
+            self.out.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.out.ready),
+        ]
+        with m.If(accept & ~pop):
+            m.d.sync += [inside.eq(inside + 1), room.eq(inside + 1 != self.buffer_depth)]
+        with m.Elif(~accept & pop):
+            m.d.sync += [inside.eq(inside - 1), room.eq(1)]
+
+        # Stage 1: the input beat, its parameter rows being read.
+        s1 = Signal(postproc_input_layout(cfg, self.param_rows))
+        s1_valid = Signal()
+        m.d.sync += [s1.eq(self.inp.payload), s1_valid.eq(accept)]
+        m.d.comb += [
             p_rd_a.addr.eq(self.inp.payload.param_a),
             p_rd_b.addr.eq(self.inp.payload.param_b),
-            p_rd_a.en.eq(advance),
-            p_rd_b.en.eq(advance),
         ]
 
-        # Stage 1: accumulators beside their parameters; requantise both.
-        s1 = Signal(postproc_input_layout(cfg, self.param_rows))
-        with m.If(advance):
-            m.d.sync += [s1_valid.eq(self.inp.valid), s1.eq(self.inp.payload)]
+        # Stage 2: accumulators beside their registered parameters.
+        s2 = Signal.like(s1)
+        s2_valid = Signal()
+        s2_pa = Signal.like(p_rd_a.data)
+        s2_pb = Signal.like(p_rd_b.data)
+        m.d.sync += [s2.eq(s1), s2_valid.eq(s1_valid), s2_pa.eq(p_rd_a.data), s2_pb.eq(p_rd_b.data)]
 
-        # Stage 2: LUT output beside the requantised W3 value; gated multiply.
-        wbits = wide_bits(cfg)
-        qmax = 2 ** (bits - 1) - 1
-        s2_qa = Signal(data.ArrayLayout(signed(bits), lanes))
-        s2_wide = Signal(data.ArrayLayout(signed(wbits), lanes))
-        s2_qb = Signal(data.ArrayLayout(signed(bits), lanes))
-        s2_mode = Signal(Mode)
-        s2_gate = Signal(param_layout(cfg))
-        s2_n_valid = Signal.like(s1.n_valid)
-        s2_last = Signal()
-        with m.If(advance):
-            m.d.sync += [
-                s2_valid.eq(s1_valid),
-                s2_mode.eq(s1.mode),
-                s2_gate.mult.eq(s1.gate_mult),
-                s2_gate.shift.eq(s1.gate_shift),
-                s2_n_valid.eq(s1.n_valid),
-                s2_last.eq(s1.last),
-            ]
+        req_lat = Requantizer.latency_for(cfg.acc_bits)
+        gate_lat = Requantizer.latency_for(2 * bits)
+        # Stage q = 2 + req_lat: requantised W/W1 and W3 values; LUT read.
+        mode_q = _delay(m, s2.mode, req_lat, "mode_q")
+        # Stage q + 2: LUT data registered; activated value chosen.
+        mode_l = _delay(m, mode_q, 2, "mode_l")
+        # Stage q + 3: gated product registered; the gate requantiser starts.
+        gate_mult = _delay(m, s2.gate_mult, req_lat + 3, "gate_mult")
+        gate_shift = _delay(m, s2.gate_shift, req_lat + 3, "gate_shift")
+        # Stage q + 3 + gate_lat: results, then the output register.
+        to_end = req_lat + 3 + gate_lat
+        mode_e = _delay(m, mode_l, 1 + gate_lat, "mode_e")
+        n_valid_e = _delay(m, s2.n_valid, to_end, "n_valid_e")
+        last_e = _delay(m, s2.last, to_end, "last_e")
+        valid_e = _delay(m, s2_valid, to_end, "valid_e")
 
+        result = Signal(output_layout(cfg))
         for c in range(lanes):
-            req_a = Requantizer(cfg.acc_bits, cfg.mult_bits, wbits)
-            req_b = Requantizer(cfg.acc_bits, cfg.mult_bits, bits)
-            gate = Requantizer(2 * bits, cfg.mult_bits, bits)
+            req_a, req_b, gate = self._requantizers()
             m.submodules[f"req_a_{c}"] = req_a
             m.submodules[f"req_b_{c}"] = req_b
             m.submodules[f"gate_{c}"] = gate
             m.d.comb += [
-                req_a.value.eq(s1.acc_a[c]),
-                req_a.mult.eq(p_rd_a.data[c].mult),
-                req_a.shift.eq(p_rd_a.data[c].shift),
-                req_b.value.eq(s1.acc_b[c]),
-                req_b.mult.eq(p_rd_b.data[c].mult),
-                req_b.shift.eq(p_rd_b.data[c].shift),
-                luts[c].en.eq(advance),
+                req_a.value.eq(s2.acc_a[c]),
+                req_a.mult.eq(s2_pa[c].mult),
+                req_a.shift.eq(s2_pa[c].shift),
+                req_b.value.eq(s2.acc_b[c]),
+                req_b.mult.eq(s2_pb[c].mult),
+                req_b.shift.eq(s2_pb[c].shift),
             ]
             # Saturating the wide result again to act_bits equals saturating directly.
-            narrow = Signal(signed(bits), name=f"narrow_{c}")
             wide = req_a.result
+            narrow = Signal(signed(bits), name=f"narrow_{c}")
             m.d.comb += [
                 narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
                 luts[c].addr.eq(narrow.as_unsigned()),
             ]
-            with m.If(advance):
-                m.d.sync += [
-                    s2_qa[c].eq(narrow),
-                    s2_wide[c].eq(wide),
-                    s2_qb[c].eq(req_b.result),
-                ]
-
+            lut_data = Signal(signed(bits), name=f"lut_data_{c}")
+            m.d.sync += lut_data.eq(luts[c].data)
+            q_a = _delay(m, narrow, 2, f"q_a_{c}")
+            q_b = _delay(m, req_b.result, 2, f"q_b_{c}")
             activated = Signal(signed(bits), name=f"activated_{c}")
-            m.d.comb += activated.eq(Mux(s2_mode == Mode.REQUANT, s2_qa[c], luts[c].data))
-            m.d.comb += [
-                gate.value.eq(activated * s2_qb[c]),
-                gate.mult.eq(s2_gate.mult),
-                gate.shift.eq(s2_gate.shift),
+            m.d.comb += activated.eq(Mux(mode_l == Mode.REQUANT, q_a, lut_data))
+            gated = Signal(signed(2 * bits), name=f"gated_{c}")
+            m.d.sync += gated.eq(activated * q_b)
+            m.d.comb += [gate.value.eq(gated), gate.mult.eq(gate_mult), gate.shift.eq(gate_shift)]
+            activated_e = _delay(m, activated, 1 + gate_lat, f"activated_e_{c}")
+            wide_e = _delay(m, wide, 3 + gate_lat, f"wide_e_{c}")
+            lane_valid = c < n_valid_e
+            m.d.sync += [
+                result.data[c].eq(
+                    Mux(lane_valid, Mux(mode_e == Mode.SWIGLU, gate.result, activated_e), 0)
+                ),
+                result.wide[c].eq(Mux(lane_valid, wide_e, 0)),
             ]
-            result = Mux(s2_mode == Mode.SWIGLU, gate.result, activated)
-            with m.If(advance):
-                m.d.sync += [
-                    self.out.payload.data[c].eq(Mux(c < s2_n_valid, result, 0)),
-                    self.out.payload.wide[c].eq(Mux(c < s2_n_valid, s2_wide[c], 0)),
-                ]
-
-        # Stage 3: the output register.
-        with m.If(advance):
-            m.d.sync += [self.out.valid.eq(s2_valid), self.out.payload.last.eq(s2_last)]
+        result_valid = Signal()
+        m.d.sync += [result.last.eq(last_e), result_valid.eq(valid_e)]
+        m.d.comb += [fifo.w_data.eq(result), fifo.w_en.eq(result_valid)]
         return m

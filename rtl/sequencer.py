@@ -142,32 +142,38 @@ def counter_layout() -> data.StructLayout:
 
 
 class _Walker:
-    """Offsets of one position in the tile loop nest, and how to step it."""
+    """One position in the tile loop nest, and how to step it.
+
+    Everything the issue logic tests is a register: besides the K offset
+    (`k0`, for the first-K-step flag) the walker keeps what is left of K, N
+    and M with the per-tile flags and counts derived from them, and their next
+    values come from registers alone (`left <= 2·tile` rather than a compare
+    of `left − tile`, K's and N's restart values kept from the command), so a
+    step only selects between ready values: a subtract and compare behind the
+    issue decision did not fit a 100 MHz cycle on ECP5, and neither did a
+    compare that yosys' `opt_share` moved behind the select when two branches
+    compared against the same constant.
+    """
 
     def __init__(self, m: Module, cfg: AccelConfig, cmd, m_block: int, name: str) -> None:
         self.cfg, self.cmd, self.m_block = cfg, cmd, m_block
-        self.m0 = Signal.like(cmd.m, name=f"{name}_m0")
-        self.n0 = Signal.like(cmd.n, name=f"{name}_n0")
+        self.k0 = Signal.like(cmd.k, name=f"{name}_k0")
+        self.k_left = Signal.like(cmd.k, name=f"{name}_k_left")
+        self.n_left = Signal.like(cmd.n, name=f"{name}_n_left")
+        self.m_left = Signal.like(cmd.m, name=f"{name}_m_left")
         self.n_tile = Signal(len(cmd.param_a), name=f"{name}_n_tile")
         self.second = Signal(name=f"{name}_second_pass")
-        self.k0 = Signal.like(cmd.k, name=f"{name}_k0")
         self.last_k = Signal(name=f"{name}_last_k")
         self.last_pass = Signal(name=f"{name}_last_pass")
         self.last_n = Signal(name=f"{name}_last_n")
         self.last_m = Signal(name=f"{name}_last_m")
         self.k_valid = Signal(range(cfg.rows + 1), name=f"{name}_k_valid")
         self.n_valid = Signal(range(cfg.cols + 1), name=f"{name}_n_valid")
-        self.block_rows = Signal(range(m_block + 1), name=f"{name}_block_rows")
-        k_left, n_left, m_left = cmd.k - self.k0, cmd.n - self.n0, cmd.m - self.m0
-        m.d.comb += [
-            self.last_k.eq(k_left <= cfg.rows),
-            self.last_pass.eq((cmd.mode != Mode.SWIGLU) | self.second),
-            self.last_n.eq(n_left <= cfg.cols),
-            self.last_m.eq(m_left <= m_block),
-            self.k_valid.eq(Mux(self.last_k, k_left, cfg.rows)),
-            self.n_valid.eq(Mux(self.last_n, n_left, cfg.cols)),
-            self.block_rows.eq(Mux(self.last_m, m_left, m_block)),
-        ]
+        self.block_last = Signal(range(m_block), name=f"{name}_block_last")
+        """Index of the block's last row (rows in this M-block − 1)."""
+        self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
+        self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
+        m.d.comb += self.last_pass.eq((cmd.mode != Mode.SWIGLU) | self.second)
 
     @property
     def final(self):
@@ -178,30 +184,70 @@ class _Walker:
     def last_tile(self):
         return self.final & self.last_n & self.last_m
 
-    def reset(self) -> list:
-        return [s.eq(0) for s in (self.m0, self.n0, self.n_tile, self.second, self.k0)]
+    def reset(self, cmd) -> list:
+        """Start the nest of the command `cmd` (the payload being accepted this cycle)."""
+        cfg, mb = self.cfg, self.m_block
+        k_last, n_last = cmd.k <= cfg.rows, cmd.n <= cfg.cols
+        k_count, n_count = Mux(k_last, cmd.k, cfg.rows), Mux(n_last, cmd.n, cfg.cols)
+        return [
+            self.k0.eq(0),
+            self.n_tile.eq(0),
+            self.second.eq(0),
+            self.k_left.eq(cmd.k),
+            self.n_left.eq(cmd.n),
+            self.m_left.eq(cmd.m),
+            self.last_k.eq(k_last),
+            self.k_valid.eq(k_count),
+            self.last_n.eq(n_last),
+            self.n_valid.eq(n_count),
+            self.last_m.eq(cmd.m <= mb),
+            self.block_last.eq(Mux(cmd.m <= mb, cmd.m - 1, mb - 1)),
+            self.k_restart[0].eq(k_last),
+            self.k_restart[1].eq(k_count),
+            self.n_restart[0].eq(n_last),
+            self.n_restart[1].eq(n_count),
+        ]
 
     def step(self, m: Module) -> None:
         """Advance to the next tile (the caller checks `last_tile` first)."""
-        cfg = self.cfg
+        cfg, cmd, mb = self.cfg, self.cmd, self.m_block
+        rows, cols = cfg.rows, cfg.cols
+        k_more, n_more, m_more = self.k_left - rows, self.n_left - cols, self.m_left - mb
+        k_step = [
+            self.k0.eq(self.k0 + rows),
+            self.k_left.eq(k_more),
+            self.last_k.eq(self.k_left <= 2 * rows),
+            self.k_valid.eq(Mux(self.k_left <= 2 * rows, k_more, rows)),
+        ]
+        k_restart = [
+            self.k0.eq(0),
+            self.k_left.eq(cmd.k),
+            self.last_k.eq(self.k_restart[0]),
+            self.k_valid.eq(self.k_restart[1]),
+        ]
+        n_restart = [
+            self.n_tile.eq(0),
+            self.n_left.eq(cmd.n),
+            self.last_n.eq(self.n_restart[0]),
+            self.n_valid.eq(self.n_restart[1]),
+        ]
         with m.If(~self.last_k):
-            m.d.sync += self.k0.eq(self.k0 + cfg.rows)
+            m.d.sync += k_step
         with m.Elif(~self.last_pass):
-            m.d.sync += [self.k0.eq(0), self.second.eq(1)]
+            m.d.sync += [*k_restart, self.second.eq(1)]
         with m.Elif(~self.last_n):
+            m.d.sync += [*k_restart, self.second.eq(0), self.n_tile.eq(self.n_tile + 1)]
             m.d.sync += [
-                self.k0.eq(0),
-                self.second.eq(0),
-                self.n0.eq(self.n0 + cfg.cols),
-                self.n_tile.eq(self.n_tile + 1),
+                self.n_left.eq(n_more),
+                self.last_n.eq(self.n_left <= 2 * cols),
+                self.n_valid.eq(Mux(self.n_left <= 2 * cols, n_more, cols)),
             ]
         with m.Else():
+            m.d.sync += [*k_restart, *n_restart, self.second.eq(0)]
             m.d.sync += [
-                self.k0.eq(0),
-                self.second.eq(0),
-                self.n0.eq(0),
-                self.n_tile.eq(0),
-                self.m0.eq(self.m0 + self.m_block),
+                self.m_left.eq(m_more),
+                self.last_m.eq(self.m_left <= 2 * mb),
+                self.block_last.eq(Mux(self.m_left <= 2 * mb, self.m_left - (mb + 1), mb - 1)),
             ]
 
 
@@ -258,10 +304,12 @@ class TileSequencer(wiring.Component):
         # At least one bit wide (Verilog has no empty vectors); constant 0 when cooldown = 0.
         cool = [Signal(range(max(self.cooldown, 1) + 1), name=f"cool_{b}") for b in range(2)]
 
-        # Command intake and validation.
-        m.d.comb += self.cmd.ready.eq(~self.busy)
+        # Command intake: the command is registered, then checked the next cycle
+        # (range checks in front of the start decision did not fit 100 MHz on ECP5).
+        checking = Signal()
+        m.d.comb += self.cmd.ready.eq(~self.busy & ~checking)
         m.d.sync += self.done.eq(0)
-        p = self.cmd.payload
+        p = cmd
         tiles_free_a = (self.param_rows - p.param_a) * cols
         tiles_free_b = (self.param_rows - p.param_b) * cols
         cause = Signal(CommandError)
@@ -288,11 +336,13 @@ class TileSequencer(wiring.Component):
         is_bank = Signal()
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(p), self.error.eq(cause)]
+            m.d.sync += [cmd.eq(self.cmd.payload), checking.eq(1)]
+            m.d.sync += loader.reset(self.cmd.payload) + issuer.reset(self.cmd.payload)
+            m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
+        with m.If(checking):
+            m.d.sync += [checking.eq(0), self.error.eq(cause)]
             with m.If(cause == CommandError.NONE):
                 m.d.sync += [self.busy.eq(1), issuing.eq(1), loading.eq(1)]
-                m.d.sync += loader.reset() + issuer.reset()
-                m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
             with m.Else():
                 m.d.sync += self.done.eq(1)
 
@@ -344,12 +394,12 @@ class TileSequencer(wiring.Component):
             self.tag.second_pass.eq(issuer.second),
             self.tag.n_tile.eq(issuer.n_tile),
             self.tag.n_valid.eq(issuer.n_valid),
-            self.tag.last.eq(issuer.last_tile & (is_row == issuer.block_rows - 1)),
+            self.tag.last.eq(issuer.last_tile & (is_row == issuer.block_last)),
         ]
         clear_full = Signal(2)
         start_cool = Signal(2)
         with m.If(inject):
-            with m.If(is_row == issuer.block_rows - 1):
+            with m.If(is_row == issuer.block_last):
                 m.d.sync += [is_row.eq(0), is_bank.eq(~is_bank)]
                 m.d.comb += [
                     clear_full.eq(Mux(is_bank, 0b10, 0b01)),
@@ -387,6 +437,17 @@ class TileSequencer(wiring.Component):
             "stall_act": can_issue & ~self.act.valid,
             "drain": ~issuing,
         }
+        # An injected row's MAC count is multiplied, then added, in later cycles (a
+        # multiplier and a 48-bit adder after the issue logic do not fit one cycle);
+        # the drain after the last row always covers the two cycles.
+        row_k = Signal.like(issuer.k_valid)
+        row_n = Signal.like(issuer.n_valid)
+        row_macs = Signal(range(rows * cols + 1))
+        m.d.sync += [
+            row_k.eq(Mux(inject, issuer.k_valid, 0)),
+            row_n.eq(issuer.n_valid),
+            row_macs.eq(row_k * row_n),
+        ]
         with m.If(self.counters_clear):
             m.d.sync += counters.eq(0)
         with m.Elif(self.busy):
@@ -394,6 +455,5 @@ class TileSequencer(wiring.Component):
             for name, cond in bucket.items():
                 with m.If(cond):
                     m.d.sync += counters[name].eq(counters[name] + 1)
-            with m.If(inject):
-                m.d.sync += counters.macs.eq(counters.macs + issuer.k_valid * issuer.n_valid)
+            m.d.sync += counters.macs.eq(counters.macs + row_macs)
         return m

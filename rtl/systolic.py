@@ -121,10 +121,15 @@ class SystolicArray(wiring.Component):
             }
         )
 
+    @staticmethod
+    def latency_for(cfg: AccelConfig) -> int:
+        """Cycles from a row on `a_in` to its sums on `psum_out`, without building an array."""
+        return cfg.rows + cfg.cols
+
     @property
     def latency(self) -> int:
         """Cycles from a row on `a_in` to its sums on `psum_out`."""
-        return self.cfg.rows + self.cfg.cols
+        return self.latency_for(self.cfg)
 
     @property
     def bank_cooldown(self) -> int:

@@ -49,22 +49,32 @@ def _requant_vectors(in_bits: int, mult_bits: int, rng: np.random.Generator):
 
 @pytest.mark.parametrize(("in_bits", "mult_bits"), [(32, 16), (16, 16), (20, 12)])
 def test_requantizer_matches_numerics(in_bits, mult_bits):
+    """One vector per cycle through the pipeline, each result `latency` cycles later."""
     dut = Requantizer(in_bits, mult_bits, 8)
     vectors = _requant_vectors(in_bits, mult_bits, np.random.default_rng(in_bits + mult_bits))
     got = []
 
     async def bench(ctx):
-        for v, mu, s in vectors:
-            ctx.set(dut.value, v)
-            ctx.set(dut.mult, mu)
-            ctx.set(dut.shift, s)
-            got.append(ctx.get(dut.result))
+        for i in range(len(vectors) + dut.latency):
+            if i < len(vectors):
+                v, mu, s = vectors[i]
+                ctx.set(dut.value, v)
+                ctx.set(dut.mult, mu)
+                ctx.set(dut.shift, s)
+            if i >= dut.latency:
+                got.append(ctx.get(dut.result))
+            await ctx.tick()
 
-    run_simulation(dut, [bench], clock_period=None)
+    run_simulation(dut, [bench])
     v, mu, s = (np.array(col, dtype=np.int64) for col in zip(*vectors, strict=True))
     want = np.array([requantize(vi, mi, si, 8) for vi, mi, si in zip(v, mu, s, strict=True)])
     bad = np.nonzero(np.array(got) != want)[0]
     assert bad.size == 0, [(vectors[i], got[i], int(want[i])) for i in bad[:5]]
+
+
+def test_requantizer_splits_only_wide_products():
+    assert (Requantizer(32, 16, 8).split, Requantizer(32, 16, 8).latency) == (True, 5)
+    assert (Requantizer(16, 16, 8).split, Requantizer(16, 16, 8).latency) == (False, 4)
 
 
 POSTPROC_ARRAYS = {"4lanes": AccelConfig(rows=4, cols=4), "3lanes": AccelConfig(rows=2, cols=3)}
@@ -84,3 +94,46 @@ def test_postproc_lanes_bit_exact_with_backpressure(name):
 def test_postproc_rejects_bad_param_rows():
     with pytest.raises(ConfigError, match="param_rows"):
         PostProc(AccelConfig(), param_rows=0)
+
+
+def test_postproc_latency_and_admission_limit():
+    """One beat comes out `latency` cycles after it went in; with the output blocked the
+    lanes take exactly `buffer_depth` beats, then hand them all out in order, then idle."""
+    cfg = AccelConfig(rows=2, cols=2)
+    dut = PostProc(cfg, param_rows=2)
+    assert dut.pipeline_depth == 15 and dut.latency == 17
+    trace = {"out_at": [], "accepted": 0, "lasts": []}
+
+    async def bench(ctx):
+        ctx.set(dut.out.ready, 1)
+        ctx.set(dut.inp.payload.n_valid, 2)
+        ctx.set(dut.inp.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.inp.valid, 0)
+        for cycle in range(1, 2 * dut.latency):
+            if ctx.get(dut.out.valid):
+                trace["out_at"].append(cycle)
+            await ctx.tick()
+        ctx.set(dut.out.ready, 0)
+        ctx.set(dut.inp.valid, 1)
+        for i in range(3 * dut.buffer_depth):
+            ctx.set(dut.inp.payload.last, i % 2)
+            accepted = ctx.get(dut.inp.ready)
+            await ctx.tick()
+            if accepted:
+                trace["accepted"] += 1
+            else:
+                ctx.set(dut.inp.valid, 0)
+                break
+        ctx.set(dut.out.ready, 1)
+        for _ in range(3 * dut.buffer_depth):
+            if ctx.get(dut.out.valid):
+                trace["lasts"].append(ctx.get(dut.out.payload.last))
+            await ctx.tick()
+        trace["busy_after"] = ctx.get(dut.busy)
+
+    run_simulation(dut, [bench])
+    assert trace["out_at"] == [dut.latency]
+    assert trace["accepted"] == dut.buffer_depth
+    assert trace["lasts"] == [i % 2 for i in range(dut.buffer_depth)]
+    assert trace["busy_after"] == 0
