@@ -181,6 +181,25 @@ class AccelConfig(_JSONMixin):
         return max(1, min(self.rows, self.mem_bytes_per_cycle // self.cols))
 
     @property
+    def param_words_per_beat(self) -> int:
+        """Requantisation parameter words (one channel's (m, s) each) written per cycle.
+
+        A beat carries `mem_bytes_per_cycle // 4` words; the engine writes them
+        into adjacent lanes of one parameter row, so the count must divide
+        `cols`: the largest power of two that does, capped by the beat.
+        """
+        words = 1
+        while 2 * words <= self.mem_bytes_per_cycle // 4 and self.cols % (2 * words) == 0:
+            words *= 2
+        return words
+
+    @property
+    def lut_entries_per_beat(self) -> int:
+        """Activation-LUT entries (one byte each) written per cycle: a whole beat, at most
+        the table (`2**act_bits` entries; both are powers of two)."""
+        return min(self.mem_bytes_per_cycle, 2**self.act_bits)
+
+    @property
     def macs_per_cycle(self) -> int:
         return self.rows * self.cols
 

@@ -17,7 +17,9 @@ data streams. `docs/architecture.md` describes the data flow; in short:
 3. dispatch: counts, sorted rows (token or pad) and each kept slot's row
    (its inverse position) into on-chip tables;
 4. experts: for each expert with a kept pair (and then the shared expert
-   over all tokens): descriptor, parameters and LUT into the engine, then
+   over all tokens): descriptor, parameters and LUT into the engine (at
+   the bus rate: `param_words_per_beat` words and `lut_entries_per_beat`
+   entries a cycle), then
    per M-block GEMM1 (SwiGLU or LUT mode; act rows gathered on chip from X
    through the sorted table) into the H buffer and GEMM2 (REQUANT) into the
    Y buffer, written back to the scratch rows while the next block runs;
@@ -108,12 +110,12 @@ class _ReadSel(enum.Enum, shape=3):
     WEIGHT = 2
     LUT = 3
     TERM = 4
+    PARAMS = 5
 
 
-class _WordDest(enum.Enum, shape=2):
-    PARAM = 0
-    BIAS = 1
-    DESC = 2
+class _WordDest(enum.Enum, shape=1):
+    BIAS = 0
+    DESC = 1
 
 
 class _WriteSel(enum.Enum, shape=2):
@@ -276,20 +278,26 @@ class LayerSequencer(wiring.Component):
 
         # ---------------- read-side resizers ----------------
         rsel = Signal(_ReadSel)
+        PW = cfg.param_words_per_beat
+        LV = cfg.lut_entries_per_beat
         rz_words = Resizer(B, 4)
         rz_x = Resizer(B, WX)
         rz_w = Resizer(B, L * C)
-        rz_lut = Resizer(B, 1)
+        rz_lut = Resizer(B, LV)
         rz_term = Resizer(B, C)
+        rz_params = Resizer(B, 4 * PW)
         readers = {
             _ReadSel.WORDS: rz_words,
             _ReadSel.X: rz_x,
             _ReadSel.WEIGHT: rz_w,
             _ReadSel.LUT: rz_lut,
             _ReadSel.TERM: rz_term,
+            _ReadSel.PARAMS: rz_params,
         }
         for name, rz in zip(
-            ("rz_words", "rz_x", "rz_w", "rz_lut", "rz_term"), readers.values(), strict=True
+            ("rz_words", "rz_x", "rz_w", "rz_lut", "rz_term", "rz_params"),
+            readers.values(),
+            strict=True,
         ):
             m.submodules[name] = rz
         for sel, rz in readers.items():
@@ -309,48 +317,57 @@ class LayerSequencer(wiring.Component):
             ]
             m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
-        # Words: parameter writes, bias writes, descriptor capture.
-        wdest = Signal(_WordDest)
+        # Parameter words: PW channels' (m, s) a cycle into one parameter row.
         p_row = Signal(range(engine.param_rows + 1))
-        p_lane = Signal(range(C))
+        p_group = Signal(range(C // PW))
+        m.d.comb += [
+            rz_params.o.ready.eq(1),
+            engine.param_w.valid.eq(rz_params.o.valid),
+            engine.param_w.payload.row.eq(p_row),
+            engine.param_w.payload.group.eq(p_group),
+        ]
+        for j in range(PW):
+            pword = rz_params.o.payload.word_select(j, 32)
+            m.d.comb += [
+                engine.param_w.payload.words[j].mult.eq(pword[: cfg.mult_bits]),
+                engine.param_w.payload.words[j].shift.eq(
+                    pword[layout.PARAM_SHIFT_LSB : layout.PARAM_SHIFT_LSB + 6]
+                ),
+            ]
+        with m.If(rz_params.o.valid):
+            m.d.sync += p_group.eq(p_group + 1)
+            with m.If(p_group == C // PW - 1):
+                m.d.sync += [p_group.eq(0), p_row.eq(p_row + 1)]
+
+        # Words: bias writes, descriptor capture.
+        wdest = Signal(_WordDest)
         w_idx = Signal(range(cfg.max_experts + len(layout.DESC_FIELDS) + 1))
         desc_words = Array(Signal(32, name=f"dw_{n}") for n in layout.DESC_FIELDS)
         dw = {n: desc_words[i] for i, n in enumerate(layout.DESC_FIELDS)}
         word = rz_words.o.payload
         m.d.comb += rz_words.o.ready.eq(1)
         m.d.comb += [
-            engine.param_w.payload.row.eq(p_row),
-            engine.param_w.payload.lane.eq(p_lane),
-            engine.param_w.payload.mult.eq(word[: cfg.mult_bits]),
-            engine.param_w.payload.shift.eq(
-                word[layout.PARAM_SHIFT_LSB : layout.PARAM_SHIFT_LSB + 6]
-            ),
             gate.bias_addr.eq(w_idx),
             gate.bias_data.eq(word),
         ]
         with m.If(rz_words.o.valid):
             with m.Switch(wdest):
-                with m.Case(_WordDest.PARAM):
-                    m.d.comb += engine.param_w.valid.eq(1)
-                    m.d.sync += p_lane.eq(p_lane + 1)
-                    with m.If(p_lane == C - 1):
-                        m.d.sync += [p_lane.eq(0), p_row.eq(p_row + 1)]
                 with m.Case(_WordDest.BIAS):
                     m.d.comb += gate.bias_we.eq(1)
                 with m.Case(_WordDest.DESC):
                     m.d.sync += desc_words[w_idx].eq(word)
             m.d.sync += w_idx.eq(w_idx + 1)
 
-        # LUT bytes.
-        lut_idx = Signal(A)
+        # LUT bytes, LV entries a cycle.
+        lut_row = Signal(range(2**A // LV + 1))
         m.d.comb += [
             rz_lut.o.ready.eq(1),
             engine.lut_w.valid.eq(rz_lut.o.valid),
-            engine.lut_w.payload.index.eq(lut_idx),
-            engine.lut_w.payload.value.eq(rz_lut.o.payload),
+            engine.lut_w.payload.row.eq(lut_row),
+            engine.lut_w.payload.values.eq(rz_lut.o.payload),
         ]
         with m.If(rz_lut.o.valid):
-            m.d.sync += lut_idx.eq(lut_idx + 1)
+            m.d.sync += lut_row.eq(lut_row + 1)
 
         # Token rows into the X buffer.
         xl_tok = Signal(range(cfg.max_tokens + 1))
@@ -844,7 +861,7 @@ class LayerSequencer(wiring.Component):
         m.d.sync += self.done.eq(0)
         desc_stride = layout.desc_bytes(cfg)
         lut_stride = layout.lut_bytes(cfg)
-        nlut = 2**A
+        nlut = 2**A // LV
 
         with m.FSM(name="layer"):
             with m.State("IDLE"):
@@ -858,15 +875,14 @@ class LayerSequencer(wiring.Component):
                         phase.eq(1),
                         eng_error.eq(0),
                         p_row.eq(0),
-                        p_lane.eq(0),
+                        p_group.eq(0),
                     ]
-                    m.d.sync += [wdest.eq(_WordDest.PARAM), w_idx.eq(0)]
                     read(
                         desc.rparam_addr,
                         ((ncol * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
-                        _ReadSel.WORDS,
-                        rz_words,
-                        ncol,
+                        _ReadSel.PARAMS,
+                        rz_params,
+                        (ncol + (PW - 1)) >> exact_log2(PW),
                     )
                     m.next = "LOAD_PARAMS"
             with m.State("LOAD_PARAMS"):
@@ -991,19 +1007,19 @@ class LayerSequencer(wiring.Component):
                 with m.If(self.rd_done):
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                m.d.sync += [wdest.eq(_WordDest.PARAM), p_row.eq(0), p_lane.eq(0)]
+                m.d.sync += [p_row.eq(0), p_group.eq(0)]
                 pc_words = dw["param_count"]
                 read(
                     dw["param_addr"],
                     ((pc_words * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
-                    _ReadSel.WORDS,
-                    rz_words,
-                    pc_words,
+                    _ReadSel.PARAMS,
+                    rz_params,
+                    (pc_words + (PW - 1)) >> exact_log2(PW),
                 )
                 m.next = "PARAMS_WAIT"
             with m.State("PARAMS_WAIT"):
                 with m.If(self.rd_done):
-                    m.d.sync += lut_idx.eq(0)
+                    m.d.sync += lut_row.eq(0)
                     read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, rz_lut, nlut)
                     m.next = "LUT_WAIT"
             with m.State("LUT_WAIT"):

@@ -35,7 +35,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from pymodel.config import AccelConfig, ConfigError
 
@@ -172,20 +172,34 @@ def param_layout(cfg: AccelConfig) -> data.StructLayout:
 
 
 def param_write_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
-    """Write of one channel's (m, s): channel `row·C + lane` of the parameter memory."""
+    """Write of W = `cfg.param_words_per_beat` channels' (m, s) a cycle.
+
+    Word j goes to channel `row·C + group·W + j`; W divides C, so a write
+    never leaves its row and lane `c` always takes word `c mod W`.
+    """
+    groups = cfg.cols // cfg.param_words_per_beat
     return data.StructLayout(
         {
             "row": unsigned(ceil_log2(param_rows) or 1),
-            "lane": unsigned(ceil_log2(cfg.cols) or 1),
-            "mult": unsigned(cfg.mult_bits),
-            "shift": unsigned(SHIFT_BITS),
+            "group": unsigned(ceil_log2(groups) or 1),
+            "words": data.ArrayLayout(param_layout(cfg), cfg.param_words_per_beat),
         }
     )
 
 
 def lut_write_layout(cfg: AccelConfig) -> data.StructLayout:
-    """Write of one LUT entry; `index` is the two's-complement code of the input."""
-    return data.StructLayout({"index": unsigned(cfg.act_bits), "value": signed(cfg.act_bits)})
+    """Write of V = `cfg.lut_entries_per_beat` consecutive LUT entries a cycle.
+
+    Entry j is the value for the input whose two's-complement code is
+    `row·V + j`.
+    """
+    v = cfg.lut_entries_per_beat
+    return data.StructLayout(
+        {
+            "row": unsigned(ceil_log2(2**cfg.act_bits // v) or 1),
+            "values": data.ArrayLayout(signed(cfg.act_bits), v),
+        }
+    )
 
 
 def postproc_input_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
@@ -306,25 +320,30 @@ class PostProc(wiring.Component):
         p_wr = params.write_port(granularity=1)
         p_rd_a = params.read_port()
         p_rd_b = params.read_port()
+        words = cfg.param_words_per_beat
+        group_mask = Const(2**words - 1, lanes)
         m.d.comb += [
             self.param_w.ready.eq(1),
             p_wr.addr.eq(self.param_w.payload.row),
-            p_wr.en.eq(Mux(self.param_w.valid, 1 << self.param_w.payload.lane, 0)),
+            p_wr.en.eq(
+                Mux(self.param_w.valid, group_mask << (self.param_w.payload.group * words), 0)
+            ),
         ]
         for c in range(lanes):
-            m.d.comb += [
-                p_wr.data[c].mult.eq(self.param_w.payload.mult),
-                p_wr.data[c].shift.eq(self.param_w.payload.shift),
-            ]
+            m.d.comb += p_wr.data[c].eq(self.param_w.payload.words[c % words])
 
+        # Each lane's LUT copy holds V entries a row, so a whole beat is written at once.
+        per_row = cfg.lut_entries_per_beat
         luts = []
         for c in range(lanes):
-            lut = Memory(shape=signed(bits), depth=2**bits, init=[])
+            lut = Memory(
+                shape=data.ArrayLayout(signed(bits), per_row), depth=2**bits // per_row, init=[]
+            )
             m.submodules[f"lut_{c}"] = lut
             wr = lut.write_port()
             m.d.comb += [
-                wr.addr.eq(self.lut_w.payload.index),
-                wr.data.eq(self.lut_w.payload.value),
+                wr.addr.eq(self.lut_w.payload.row),
+                wr.data.eq(self.lut_w.payload.values),
                 wr.en.eq(self.lut_w.valid),
             ]
             luts.append(lut.read_port())
@@ -398,12 +417,15 @@ class PostProc(wiring.Component):
             # Saturating the wide result again to act_bits equals saturating directly.
             wide = req_a.result
             narrow = Signal(signed(bits), name=f"narrow_{c}")
+            entry_bits = exact_log2(per_row)
             m.d.comb += [
                 narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
-                luts[c].addr.eq(narrow.as_unsigned()),
+                luts[c].addr.eq(narrow.as_unsigned() >> entry_bits),
             ]
+            entry = Signal(range(per_row), name=f"lut_entry_{c}")
+            m.d.sync += entry.eq(narrow.as_unsigned()[:entry_bits])
             lut_data = Signal(signed(bits), name=f"lut_data_{c}")
-            m.d.sync += lut_data.eq(luts[c].data)
+            m.d.sync += lut_data.eq(luts[c].data[entry])
             q_a = _delay(m, narrow, 2, f"q_a_{c}")
             q_b = _delay(m, req_b.result, 2, f"q_b_{c}")
             activated = Signal(signed(bits), name=f"activated_{c}")

@@ -92,7 +92,7 @@ class GemmEngineHarness:
     async def load_parameters(self, case: GemmCase) -> None:
         self.param.send_many(param_writes(case, self.cfg))
         if case.lut is not None:
-            self.lut.send_many(lut_writes(case.lut))
+            self.lut.send_many(lut_writes(case.lut, self.cfg))
         await self.param.wait_drained(timeout_cycles=10 * (self.param.pending + 10))
         await self.lut.wait_drained(timeout_cycles=10 * (self.lut.pending + 10))
 

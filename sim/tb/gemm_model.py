@@ -28,6 +28,7 @@ __all__ = [
     "command",
     "lut_writes",
     "output_beats",
+    "param_row_writes",
     "param_writes",
     "random_case",
     "reference_output",
@@ -129,6 +130,34 @@ def command(case: GemmCase) -> dict:
     }
 
 
+def param_row_writes(
+    cfg: AccelConfig, row0: int, mult: np.ndarray, shift: np.ndarray
+) -> list[dict]:
+    """`param_w` beats loading channels 0… of (mult, shift) from parameter row `row0` on.
+
+    W = `cfg.param_words_per_beat` channels a beat; channels past the end of
+    a group that the arrays do not cover get (0, 0) (don't-care lanes).
+    """
+    words = cfg.param_words_per_beat
+    n = len(mult)
+    beats = []
+    for first in range(0, n, words):
+        ch = [first + j for j in range(words)]
+        beats.append(
+            {
+                "row": row0 + first // cfg.cols,
+                "group": (first % cfg.cols) // words,
+                "words": [
+                    {"mult": int(mult[i]), "shift": int(shift[i])}
+                    if i < n
+                    else {"mult": 0, "shift": 0}
+                    for i in ch
+                ],
+            }
+        )
+    return beats
+
+
 def param_writes(case: GemmCase, cfg: AccelConfig) -> list[dict]:
     """`param_w` beats loading the per-channel (m, s) of `case` at its parameter rows."""
     sets = [(case.param_a, case.mult_a, case.shift_a)]
@@ -136,21 +165,17 @@ def param_writes(case: GemmCase, cfg: AccelConfig) -> list[dict]:
         sets.append((case.param_b, case.mult_b, case.shift_b))
     beats = []
     for base, mult, shift in sets:
-        for ch in range(case.n):
-            beats.append(
-                {
-                    "row": base + ch // cfg.cols,
-                    "lane": ch % cfg.cols,
-                    "mult": int(mult[ch]),
-                    "shift": int(shift[ch]),
-                }
-            )
+        beats += param_row_writes(cfg, base, mult[: case.n], shift[: case.n])
     return beats
 
 
-def lut_writes(lut: np.ndarray) -> list[dict]:
+def lut_writes(lut: np.ndarray, cfg: AccelConfig) -> list[dict]:
     """`lut_w` beats for a whole table (entry i = two's-complement code i)."""
-    return [{"index": i, "value": int(v)} for i, v in enumerate(lut)]
+    per_row = cfg.lut_entries_per_beat
+    return [
+        {"row": r, "values": [int(v) for v in lut[r * per_row : (r + 1) * per_row]]}
+        for r in range(len(lut) // per_row)
+    ]
 
 
 def _pad(values: np.ndarray, width: int, rng: random.Random | None, bits: int) -> list[int]:

@@ -39,6 +39,28 @@ def test_weight_rows_per_beat(rows: int, cols: int, bus: int, want: int) -> None
     assert cfg.weight_rows_per_beat == want
 
 
+@pytest.mark.parametrize(
+    ("cols", "bus", "want"),
+    [
+        (8, 16, 4),  # the default: a 16-byte beat is 4 words, 4 divides 8 lanes
+        (8, 64, 8),  # never more words than a parameter row has lanes
+        (8, 4, 1),
+        (9, 16, 1),  # a write stays in one row: the count must divide the lanes
+        (6, 16, 2),
+    ],
+)
+def test_param_words_per_beat(cols: int, bus: int, want: int) -> None:
+    cfg = AccelConfig(rows=4, cols=cols, mem_bytes_per_cycle=bus)
+    assert cfg.param_words_per_beat == want
+    assert cols % want == 0
+
+
+@pytest.mark.parametrize(("act_bits", "bus", "want"), [(8, 16, 16), (8, 64, 64), (4, 32, 16)])
+def test_lut_entries_per_beat(act_bits: int, bus: int, want: int) -> None:
+    cfg = AccelConfig(act_bits=act_bits, mem_bytes_per_cycle=bus)
+    assert cfg.lut_entries_per_beat == want
+
+
 def test_accel_json_round_trip() -> None:
     cfg = AccelConfig(rows=16, cols=4, m_tile=4, mult_bits=20, clock_mhz=125.5)
     again = AccelConfig.from_json(cfg.to_json())

@@ -20,6 +20,7 @@ from rtl.postproc import (
     postproc_input_layout,
 )
 from sim.tb import Scoreboard, StreamDriver, StreamSink, reset_dut, start_clock
+from sim.tb.gemm_model import lut_writes, param_row_writes
 
 
 def _expected(beat, mult, shift, lut, cfg):
@@ -62,12 +63,8 @@ async def lanes_bit_exact_in_every_mode(dut):
 
     params = StreamDriver.from_prefix(dut, "param_w", dut.clk, param_write_layout(cfg, rows))
     luts = StreamDriver.from_prefix(dut, "lut_w", dut.clk, lut_write_layout(cfg))
-    params.send_many(
-        {"row": r, "lane": c, "mult": int(mult[r, c]), "shift": int(shift[r, c])}
-        for r in range(rows)
-        for c in range(lanes)
-    )
-    luts.send_many({"index": i, "value": int(v)} for i, v in enumerate(lut))
+    params.send_many(param_row_writes(cfg, 0, mult.reshape(-1), shift.reshape(-1)))
+    luts.send_many(lut_writes(lut, cfg))
     await params.wait_drained(timeout_cycles=4 * rows * lanes + 10)
     await luts.wait_drained(timeout_cycles=4 * len(lut) + 10)
 
