@@ -108,18 +108,19 @@ class CSR(wiring.Component):
         aw_full = Signal()
         aw_addr = Signal.like(bus.awaddr)
         w_full = Signal()
-        w_data = Signal.like(bus.wdata)
-        w_strb = Signal.like(bus.wstrb)
+        # The W beat is held as its byte strobes expanded to a bit mask and its data
+        # already masked: computed once per beat, not every cycle in a software model.
+        bitmask = Signal.like(bus.wdata)
+        masked = Signal.like(bus.wdata)
         m.d.comb += [bus.awready.eq(~aw_full), bus.wready.eq(~w_full)]
         with m.If(bus.awvalid & ~aw_full):
             m.d.sync += [aw_full.eq(1), aw_addr.eq(bus.awaddr)]
         with m.If(bus.wvalid & ~w_full):
-            m.d.sync += [w_full.eq(1), w_data.eq(bus.wdata), w_strb.eq(bus.wstrb)]
+            strobes = Cat(s.replicate(8) for s in bus.wstrb)
+            m.d.sync += [w_full.eq(1), bitmask.eq(strobes), masked.eq(bus.wdata & strobes)]
         with m.If(bus.bvalid & bus.bready):
             m.d.sync += bus.bvalid.eq(0)
 
-        bitmask = Cat(s.replicate(8) for s in w_strb)
-        masked = w_data & bitmask
         do_write = aw_full & w_full & (~bus.bvalid | bus.bready)
         with m.If(do_write):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1), bus.bresp.eq(slverr)]

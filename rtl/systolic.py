@@ -30,27 +30,50 @@ R and C, and a tile is usable from the cycle after its last beat; a short
 tile (decode: one token row per expert) no longer waits for the previous
 tile to sweep the array before its bank can be refilled.
 
+Valid gating: a `valid` bit travels beside each activation (`valid_in`, one
+per row, default 1 when left unconnected), and each PE's product and partial
+sum registers load only when their stage holds a row. `psum_out` is exact
+in every cycle whose row was valid; in other cycles it holds stale data.
+Why: a software model (Verilator) evaluates every register's next state every
+cycle, busy or idle, and the array idles through routing, dispatch, combining
+and weight loads; a guarded multiply-add is skipped. Plain register copies
+(skew, deskew, `a`/`sel`) are not gated: a guarded copy costs a model more
+than a copy. The enables are local (one valid bit per PE), no global fan-out.
+
+Registers that always load together are one signal (a PE's activation, bank
+and valid bits; its two weights; each weight-skew stage's enable, bank and
+bytes): a software model pays per variable, not per bit (Verilator: −2 000
+instructions per simulated cycle of the default top, docs/simulation.md); the
+flip-flops and logic are the same.
+
 Accumulation is exact in `acc_bits`: the contract bounds K by
 `AccelConfig.max_k`, so no PE saturates or wraps.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pymodel.config import AccelConfig
 
-__all__ = ["ProcessingElement", "SystolicArray"]
+__all__ = ["ProcessingElement", "SystolicArray", "act_layout"]
+
+
+def act_layout(cfg: AccelConfig) -> data.StructLayout:
+    """An activation as it moves through the array: value, weight bank, valid bit."""
+    return data.StructLayout({"a": signed(cfg.act_bits), "sel": 1, "valid": 1})
 
 
 class ProcessingElement(wiring.Component):
     """One MAC cell, two stages: `product <= a_in · w[sel_in]`, then
-    `psum_out <= psum_in + product`; `a`/`sel` pass right.
+    `psum_out <= psum_in + product`; `a`/`sel`/`valid` pass right.
 
     The cell's partial-sum input must therefore arrive one cycle after its
     activation, which the array's one-cycle-per-row psum chain provides.
+    Stage one (the product) loads only when `valid_in` is set, stage two only
+    the cycle after, when `valid_out` is set.
     Weights are written through `w_we`/`w_bank`/`w_data` (registered; the new
     value is used from the next cycle on).
     """
@@ -61,9 +84,11 @@ class ProcessingElement(wiring.Component):
             {
                 "a_in": In(signed(cfg.act_bits)),
                 "sel_in": In(1),
+                "valid_in": In(1, init=1),
                 "psum_in": In(signed(cfg.acc_bits)),
                 "a_out": Out(signed(cfg.act_bits)),
                 "sel_out": Out(1),
+                "valid_out": Out(1),
                 "psum_out": Out(signed(cfg.acc_bits)),
                 "w_we": In(1),
                 "w_bank": In(1),
@@ -73,34 +98,41 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        w = [Signal(signed(self.cfg.weight_bits), name=f"w{b}") for b in range(2)]
+        cfg = self.cfg
+        # One register each for both weight banks and for the passing activation
+        # (see the module docstring: a software model pays per variable).
+        w = Signal(data.ArrayLayout(signed(cfg.weight_bits), 2))
+        act = Signal(act_layout(cfg))
         with m.If(self.w_we):
             with m.If(self.w_bank):
                 m.d.sync += w[1].eq(self.w_data)
             with m.Else():
                 m.d.sync += w[0].eq(self.w_data)
-        weight = Signal(signed(self.cfg.weight_bits))
-        m.d.comb += weight.eq(w[0])
-        with m.If(self.sel_in):
-            m.d.comb += weight.eq(w[1])
-        product = Signal(signed(self.cfg.act_bits + self.cfg.weight_bits))
-        m.d.sync += [
-            self.a_out.eq(self.a_in),
-            self.sel_out.eq(self.sel_in),
-            product.eq(self.a_in * weight),
-            self.psum_out.eq(self.psum_in + product),
+        product = Signal(signed(cfg.act_bits + cfg.weight_bits))
+        m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in), act.valid.eq(self.valid_in)]
+        m.d.comb += [
+            self.a_out.eq(act.a),
+            self.sel_out.eq(act.sel),
+            self.valid_out.eq(act.valid),
         ]
+        # The weight mux sits inside the guarded assignment so that a software model
+        # evaluates it (and the multiply) only for a valid activation.
+        with m.If(self.valid_in):
+            m.d.sync += product.eq(self.a_in * Mux(self.sel_in, w[1], w[0]))
+        with m.If(act.valid):
+            m.d.sync += self.psum_out.eq(self.psum_in + product)
         return m
 
 
 class SystolicArray(wiring.Component):
     """The R×C grid plus input skew, weight-write skew and output deskew registers.
 
-    Ports: `a_in` (one unskewed activation row, R lanes) with its bank `sel_in`;
+    Ports: `a_in` (one unskewed activation row, R lanes) with its bank `sel_in`
+    and `valid_in` (clear: no row this cycle; tied to 1 when left unconnected);
     `w_row` (L weight rows of C lanes, L = `cfg.weight_rows_per_beat`): row i
     is written to array row `w_addr + i` of bank `w_bank` when bit i of `w_we`
     is set (`w_addr` is a multiple of L; rows past R are ignored); `psum_out`
-    (C aligned int32 sums), `latency` cycles after the row entered.
+    (C aligned int32 sums), `latency` cycles after a valid row entered (stale otherwise).
     """
 
     def __init__(self, cfg: AccelConfig) -> None:
@@ -111,6 +143,7 @@ class SystolicArray(wiring.Component):
             {
                 "a_in": In(data.ArrayLayout(signed(cfg.act_bits), rows)),
                 "sel_in": In(1),
+                "valid_in": In(1, init=1),
                 "w_row": In(
                     data.ArrayLayout(data.ArrayLayout(signed(cfg.weight_bits), cols), lanes)
                 ),
@@ -157,52 +190,63 @@ class SystolicArray(wiring.Component):
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]
 
-        # Input skew: row r's activation and bank bit are delayed r cycles.
+        # Input skew: row r's activation, bank bit and valid bit are delayed r cycles.
         for r in range(rows):
-            a, sel = self.a_in[r], self.sel_in
+            act = Signal(act_layout(cfg), name=f"skew_{r}")
+            m.d.comb += [
+                act.a.eq(self.a_in[r]),
+                act.sel.eq(self.sel_in),
+                act.valid.eq(self.valid_in),
+            ]
             for d in range(r):
-                a_d = Signal(signed(cfg.act_bits), name=f"skew_a_{r}_{d}")
-                sel_d = Signal(name=f"skew_sel_{r}_{d}")
-                m.d.sync += [a_d.eq(a), sel_d.eq(sel)]
-                a, sel = a_d, sel_d
-            m.d.comb += [pes[r][0].a_in.eq(a), pes[r][0].sel_in.eq(sel)]
+                act_d = Signal(act_layout(cfg), name=f"skew_{r}_{d}")
+                m.d.sync += act_d.eq(act)
+                act = act_d
+            m.d.comb += [
+                pes[r][0].a_in.eq(act.a),
+                pes[r][0].sel_in.eq(act.sel),
+                pes[r][0].valid_in.eq(act.valid),
+            ]
 
         # Weight-write skew: row r = j·L + i waits r − j cycles, then one more per column.
-        row_w = data.ArrayLayout(signed(cfg.weight_bits), cols)
+        # Each stage is one register: its enable, bank and the bytes still ahead.
+        def write_stage(n_cols: int) -> data.StructLayout:
+            return data.StructLayout(
+                {
+                    "we": 1,
+                    "bank": 1,
+                    "data": data.ArrayLayout(signed(cfg.weight_bits), n_cols),
+                }
+            )
+
         for r in range(rows):
             beat_row, lane = r - r % lanes, r % lanes
-            we, bank = Signal(name=f"wsk_we_{r}"), Signal(name=f"wsk_bank_{r}")
-            wdata = Signal(row_w, name=f"wsk_data_{r}")
+            stage = Signal(write_stage(cols), name=f"wsk_{r}")
             m.d.comb += [
-                we.eq(self.w_we[lane] & (self.w_addr == beat_row)),
-                bank.eq(self.w_bank),
-                wdata.eq(self.w_row[lane]),
+                stage.we.eq(self.w_we[lane] & (self.w_addr == beat_row)),
+                stage.bank.eq(self.w_bank),
+                stage.data.eq(self.w_row[lane]),
             ]
             for d in range(self.write_delay(r)):
-                we_d = Signal(name=f"wsk_we_{r}_{d}")
-                bank_d = Signal(name=f"wsk_bank_{r}_{d}")
-                wdata_d = Signal(row_w, name=f"wsk_data_{r}_{d}")
-                m.d.sync += [we_d.eq(we), bank_d.eq(bank), wdata_d.eq(wdata)]
-                we, bank, wdata = we_d, bank_d, wdata_d
-            lanes_left = [wdata[c] for c in range(cols)]
+                stage_d = Signal(write_stage(cols), name=f"wsk_{r}_{d}")
+                m.d.sync += stage_d.eq(stage)
+                stage = stage_d
             for c in range(cols):
                 pe = pes[r][c]
                 m.d.comb += [
-                    pe.w_data.eq(lanes_left[0]),
-                    pe.w_bank.eq(bank),
-                    pe.w_we.eq(we),
+                    pe.w_data.eq(stage.data[0]),
+                    pe.w_bank.eq(stage.bank),
+                    pe.w_we.eq(stage.we),
                 ]
                 if c + 1 < cols:
                     # Stage c + 1 carries only the bytes of columns c + 1 … C − 1.
-                    we_c = Signal(name=f"wcol_we_{r}_{c}")
-                    bank_c = Signal(name=f"wcol_bank_{r}_{c}")
-                    rest = [
-                        Signal(signed(cfg.weight_bits), name=f"wcol_{r}_{c}_{k}")
-                        for k in range(c + 1, cols)
+                    rest = Signal(write_stage(cols - 1 - c), name=f"wcol_{r}_{c}")
+                    m.d.sync += [
+                        rest.we.eq(stage.we),
+                        rest.bank.eq(stage.bank),
+                        rest.data.as_value().eq(stage.data.as_value()[cfg.weight_bits :]),
                     ]
-                    m.d.sync += [we_c.eq(we), bank_c.eq(bank)]
-                    m.d.sync += [dst.eq(src) for dst, src in zip(rest, lanes_left[1:], strict=True)]
-                    we, bank, lanes_left = we_c, bank_c, rest
+                    stage = rest
 
         for r in range(rows):
             for c in range(cols):
@@ -211,6 +255,7 @@ class SystolicArray(wiring.Component):
                     m.d.comb += [
                         pes[r][c + 1].a_in.eq(pe.a_out),
                         pes[r][c + 1].sel_in.eq(pe.sel_out),
+                        pes[r][c + 1].valid_in.eq(pe.valid_out),
                     ]
                 if r + 1 < rows:
                     m.d.comb += pes[r + 1][c].psum_in.eq(pe.psum_out)

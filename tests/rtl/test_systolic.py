@@ -172,3 +172,70 @@ def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus):
     assert got.keys() == expect.keys()
     for key, want in expect.items():
         assert np.array_equal(got[key], want), key
+
+
+def test_pe_holds_its_registers_without_a_valid_activation():
+    """An invalid cycle changes neither the product nor the sum; the next valid row is exact."""
+    cfg = AccelConfig(rows=2, cols=2)
+    pe = ProcessingElement(cfg)
+
+    async def bench(ctx):
+        ctx.set(pe.w_we, 1)
+        ctx.set(pe.w_data, -3)
+        await ctx.tick()
+        ctx.set(pe.w_we, 0)
+        ctx.set(pe.a_in, 5)
+        await ctx.tick()
+        ctx.set(pe.psum_in, 100)
+        ctx.set(pe.valid_in, 0)
+        ctx.set(pe.a_in, 77)
+        await ctx.tick()
+        assert ctx.get(pe.psum_out) == 100 - 15
+        assert (ctx.get(pe.a_out), ctx.get(pe.valid_out)) == (77, 0)
+        ctx.set(pe.psum_in, -9)
+        await ctx.tick()
+        assert ctx.get(pe.psum_out) == 100 - 15
+
+    run_simulation(pe, [bench])
+
+
+@pytest.mark.parametrize(("rows", "cols", "bus"), [(3, 4, 8), (4, 2, 4)])
+def test_invalid_rows_with_garbage_leave_valid_sums_exact(rows, cols, bus):
+    """Rows with `valid_in` clear carry random activations; every valid row's sums are exact."""
+    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
+    array = SystolicArray(cfg)
+    lanes = cfg.weight_rows_per_beat
+    rng = np.random.default_rng(rows * 7 + cols)
+    weights = [rng.integers(-128, 128, size=(rows, cols)) for _ in range(2)]
+    n = 24
+    x = rng.integers(-128, 128, size=(n, rows))
+    valid = rng.random(n) < 0.5
+    sel = rng.integers(0, 2, size=n)
+    got: dict[int, list] = {}
+
+    async def bench(ctx):
+        for bank in range(2):
+            for r0 in range(0, rows, lanes):
+                chunk = weights[bank][r0 : r0 + lanes]
+                _write_beat(ctx, array, bank, r0, chunk, len(chunk))
+                await ctx.tick()
+        ctx.set(array.w_we, 0)
+        for _ in range(rows + cols):
+            await ctx.tick()
+        for i in range(n + array.latency):
+            if i < n:
+                ctx.set(array.a_in, [int(v) for v in x[i]])
+                ctx.set(array.sel_in, int(sel[i]))
+                ctx.set(array.valid_in, int(valid[i]))
+            else:
+                ctx.set(array.valid_in, 0)
+            j = i - array.latency
+            if j >= 0 and valid[j]:
+                got[j] = [ctx.get(array.psum_out[c]) for c in range(cols)]
+            await ctx.tick()
+
+    run_simulation(array, [bench])
+    assert sorted(got) == [i for i in range(n) if valid[i]]
+    for i, sums in got.items():
+        want = matmul_int(x[i : i + 1], weights[int(sel[i])], cfg)[0]
+        assert np.array_equal(sums, want), i
