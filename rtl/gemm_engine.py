@@ -4,9 +4,9 @@ One command computes one expert group's `Y[M, N] = post(X[M, K] · W[K, N])`
 (or SwiGLU's `gated(lut(requant(X·W1)), requant(X·W3))`) bit-exact with
 `pymodel.gemm.matmul_int` and `pymodel.numerics`. Data path:
 
-    act, weight ──► TileSequencer ──► SystolicArray ──► accumulators ──► FIFO
-                                                     (int32, RMW)        │
-                    out ◄── PostProc (requant / LUT / gated multiply) ◄──┘
+    act, weight ──► TileSequencer ──► SystolicArray ──► accumulators ──┐
+                                                     (int32, RMW)       │
+                    out ◄── PostProc (requant / LUT / gated multiply) ◄─┘
 
 Streams (all `lib.stream`, valid never waits on ready; beat orders follow
 `TileSequencer`'s loop nest, for m-block, N-tile, pass, K-tile):
@@ -27,20 +27,21 @@ Activation rows enter the array through a register. Accumulators: two int32
 row memories (W/W1 and W3) of `m_block` rows, read-modify-write in three
 registered stages (read data beside the sums, add, write back) with the two
 previous rows' sums forwarded, so K-steps of the same row on consecutive
-cycles (M = 1) are exact. Rows whose sums are final go to a result FIFO
-sized by credits (`TileSequencer`), so output backpressure stalls injection
-instead of overflowing; the array never stalls. Every stage holds at most
-one adder, multiplier or memory access: the engine closes 100 MHz on ECP5
-(docs/fpga.md).
+cycles (M = 1) are exact. Rows whose sums are final go, through one
+register, straight into `PostProc`, whose output FIFO holds every row in
+flight: the sequencer's credits (`GemmEngine.credits`) cover the round trip
+from injection to the `out` handshake and `PostProc.buffer_depth` equals
+them, so output backpressure stalls injection instead of overflowing, and
+the array never stalls. Every stage holds at most one adder, multiplier or
+memory access (docs/fpga.md).
 """
 
 from __future__ import annotations
 
 import math
 
-from amaranth import Module, Mux, Shape, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -111,9 +112,10 @@ class GemmEngine(wiring.Component):
             raise ConfigError(f"GemmEngine.param_rows = {self.param_rows!r} must be an int >= 1")
         self.array_latency = SystolicArray.latency_for(cfg)
         # Credits cover the round trip injection → input register → array →
-        # accumulate (3) → FIFO (2) → pop → credit, so the array runs at one row
-        # per cycle when the output is never backpressured.
-        self.fifo_depth = self.array_latency + 12
+        # accumulate (3) → PostProc input register → PostProc → `out` handshake →
+        # credit (1), with 2 to spare, so the array runs at one row per cycle when
+        # the output is never backpressured.
+        self.credits = self.array_latency + 5 + PostProc.latency_for(cfg) + 2
         super().__init__(
             {
                 "cmd": In(stream.Signature(command_layout(cfg, self.param_rows))),
@@ -138,16 +140,14 @@ class GemmEngine(wiring.Component):
             cfg,
             m_block=self.m_block,
             param_rows=self.param_rows,
-            credits=self.fifo_depth,
+            credits=self.credits,
             cooldown=array.bank_cooldown + 1,
         )
-        post = PostProc(cfg, self.param_rows)
+        post = PostProc(cfg, self.param_rows, buffer_depth=self.credits)
         pp_layout = postproc_input_layout(cfg, self.param_rows)
-        fifo = SyncFIFOBuffered(width=Shape.cast(pp_layout).width, depth=self.fifo_depth)
         m.submodules.sequencer = seq
         m.submodules.array = array
         m.submodules.postproc = post
-        m.submodules.result_fifo = fifo
 
         wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
         wiring.connect(m, wiring.flipped(self.act), seq.act)
@@ -181,12 +181,15 @@ class GemmEngine(wiring.Component):
             m.d.sync += delayed.eq(tag_line[-1])
             tag_line.append(delayed)
         tag, early = tag_line[-1], tag_line[-2]
+        # The PEs compute only rows with a valid tag (registered with `a_in`): no result
+        # changes, and a software model skips the idle multiply-adds.
+        m.d.comb += array.valid_in.eq(tag_line[1].valid)
 
         # Accumulate in three registered stages, one adder per cycle:
         #   A: sums arrive, memory data for the row arrives; register both (B);
         #   B: old + new, the old value forwarded from C or D when one of the two
         #      previous rows is the same row (writes land only in C);
-        #   C: write back; final rows go to the result FIFO.
+        #   C: write back; final rows are registered for PostProc.
         acc_row = data.ArrayLayout(signed(cfg.acc_bits), cfg.cols)
         writes, reads = [], []
         for p in range(2):
@@ -230,9 +233,9 @@ class GemmEngine(wiring.Component):
                 wr.en.eq(c_tag.valid & (c_tag.second_pass == p)),
             ]
 
-        entry = Signal(pp_layout)
+        entry, entry_valid = Signal(pp_layout), Signal()
         current = seq.current
-        m.d.comb += [
+        m.d.sync += [
             entry.acc_a.eq(c_acc_a),
             entry.acc_b.eq(c_total),
             entry.param_a.eq(current.param_a + c_tag.n_tile),
@@ -242,11 +245,13 @@ class GemmEngine(wiring.Component):
             entry.gate_mult.eq(current.gate_mult),
             entry.gate_shift.eq(current.gate_shift),
             entry.last.eq(c_tag.last),
-            fifo.w_data.eq(entry),
-            fifo.w_en.eq(c_tag.valid & c_tag.final),
-            post.inp.valid.eq(fifo.r_rdy),
-            post.inp.payload.eq(fifo.r_data),
-            fifo.r_en.eq(post.inp.ready),
-            seq.credit_return.eq(fifo.r_rdy & post.inp.ready),
+            entry_valid.eq(c_tag.valid & c_tag.final),
+        ]
+        # The credits guarantee `post.inp.ready` whenever a row arrives (PostProc admits
+        # `credits` beats); a credit comes back when a row leaves through `out`.
+        m.d.comb += [
+            post.inp.valid.eq(entry_valid),
+            post.inp.payload.eq(entry),
+            seq.credit_return.eq(post.out.valid & post.out.ready),
         ]
         return m

@@ -19,20 +19,21 @@ pairs live in a parameter memory of `param_rows` rows × C lanes; an input beat
 names the rows for its `acc_a` and `acc_b` (e.g. W1's and W3's parameters
 for the same N-tile), so several GEMMs' parameters can stay resident.
 
-Pipeline (`PostProc.pipeline_depth` = 15 stages with 32-bit accumulators):
+Pipeline (`PostProc.pipeline_depth` = 17 stages with 32-bit accumulators):
 input register, parameter read data register, the requantisers
-(`Requantizer`: product, partial-product sum, bias, shift, saturation — one
-adder or shifter per cycle), LUT read, LUT data register, gated product, the
-gate requantiser, output register, then an output FIFO; `out.valid` never
-waits on `out.ready`. No stage does more than one DSP multiply, one adder, a
-shifter or a block-RAM access, so the lanes close 100 MHz on ECP5.
+(`Requantizer`: DSP operands, product, partial-product sum, bias, shift,
+saturation — one adder or shifter per cycle), LUT read, activated value
+register, gated product, the gate requantiser, output register, then an
+output FIFO in block RAM; `out.valid` never waits on `out.ready`. No stage
+does more than one DSP multiply, one adder, a shifter or a block-RAM access,
+and every DSP block's operands and product are registers of their own, so the
+lanes close 100 MHz on ECP5.
 """
 
 from __future__ import annotations
 
 from amaranth import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -73,14 +74,17 @@ class Requantizer(wiring.Component):
     Registered stages, so no cycle holds more than one multiplier, adder or
     shifter (the combinational version ran ECP5 at ~20 MHz):
 
-    1. the product, on DSP blocks: inputs wider than 18 bits are split into a
-       17-bit unsigned low part and a signed high part, one 18 × 18 multiply
-       each, so every DSP output is registered before any adder; beside it the
-       rounding bias `2^(s−1) − (p < 0)` (`s = 0`: 0) and the clamped shift;
-    2. (split inputs only) the partial products summed;
-    3. the bias added;
-    4. the arithmetic shift right;
-    5. the saturation to [−(2^(out_bits−1) − 1), 2^(out_bits−1) − 1].
+    1. the DSP operands, in registers that feed nothing but their multiplier
+       (so placement can put them beside the DSP block: a register feeding a
+       DSP and other logic was placed far from it, 7 ns of routing on ECP5);
+       inputs wider than 18 bits are split into a 17-bit unsigned low part and
+       a signed high part, one 18 × 18 multiply each; beside them the rounding
+       bias `2^(s−1) − (p < 0)` (`s = 0`: 0) and the clamped shift;
+    2. the product (or its two halves), each DSP output registered alone;
+    3. (split inputs only) the partial products summed;
+    4. the bias added;
+    5. the arithmetic shift right;
+    6. the saturation to [−(2^(out_bits−1) − 1), 2^(out_bits−1) − 1].
 
     Shifts ≥ `in_bits + mult_bits` give 0 (as the golden model does), so the
     barrel shifter only spans that range.
@@ -103,7 +107,7 @@ class Requantizer(wiring.Component):
     @classmethod
     def latency_for(cls, in_bits: int) -> int:
         """Latency of a requantiser of `in_bits`-wide values (without building one)."""
-        return 5 if in_bits > cls.SPLIT_BITS + 1 else 4
+        return 6 if in_bits > cls.SPLIT_BITS + 1 else 5
 
     @property
     def split(self) -> bool:
@@ -120,7 +124,7 @@ class Requantizer(wiring.Component):
         prod_bits = self.in_bits + self.mult_bits + 1
         max_shift = min(self.in_bits + self.mult_bits, 2**SHIFT_BITS - 1)
 
-        # Stage 1: product (or its two halves), bias and clamped shift.
+        # Stage 1: the DSP operands, the bias and the clamped shift.
         shift_in = Signal(range(max_shift + 1))
         m.d.comb += shift_in.eq(Mux(self.shift > max_shift, max_shift, self.shift))
         # 2^(s-1), 0 for s = 0, as a right shift: a variable left shift would widen
@@ -139,21 +143,30 @@ class Requantizer(wiring.Component):
             shift[0].eq(shift_in),
         ]
         m.d.sync += [shift[i + 1].eq(shift[i]) for i in range(len(shift) - 1)]
+        # The bias waits beside the product until the adder (stage latency − 2).
+        for i in range(self.latency - 4):
+            delayed = Signal.like(bias, name=f"bias_d{i}")
+            m.d.sync += delayed.eq(bias)
+            bias = delayed
+        mult = Signal.like(self.mult)
+        m.d.sync += mult.eq(self.mult)
         product = Signal(signed(prod_bits))
         if self.split:
             low_bits = self.SPLIT_BITS
+            value_low = Signal(unsigned(low_bits))
+            value_high = Signal(signed(self.in_bits - low_bits))
             low = Signal(unsigned(low_bits + self.mult_bits))
             high = Signal(signed(self.in_bits - low_bits + self.mult_bits + 1))
-            bias_d = Signal.like(bias)
             m.d.sync += [
-                low.eq(self.value[:low_bits] * self.mult),
-                high.eq(self.value[low_bits:].as_signed() * self.mult),
+                value_low.eq(self.value[:low_bits]),
+                value_high.eq(self.value[low_bits:].as_signed()),
+                low.eq(value_low * mult),
+                high.eq(value_high * mult),
                 product.eq((high << low_bits) + low),
-                bias_d.eq(bias),
             ]
-            bias = bias_d
         else:
-            m.d.sync += product.eq(self.value * self.mult)
+            value = Signal.like(self.value)
+            m.d.sync += [value.eq(self.value), product.eq(value * mult)]
 
         biased = Signal(signed(max(prod_bits, max_shift + 1) + 1))
         rounded = Signal(signed(len(biased)))
@@ -255,17 +268,28 @@ class PostProc(wiring.Component):
 
     The lanes are a free-running pipeline (`pipeline_depth` registered stages,
     no stall enable: one enable fanned out to thousands of flip-flops would be
-    a timing path of its own) ending in an output FIFO of `buffer_depth`
-    entries. An input beat is accepted only while fewer than `buffer_depth`
-    beats are inside (pipeline + FIFO), so output backpressure fills the FIFO
-    and then stops `inp`, never overflowing it; `busy` says anything is inside.
+    a timing path of its own) ending in an output FIFO in block RAM. An input
+    beat is accepted only while fewer than `buffer_depth` beats are inside
+    (pipeline + FIFO), so output backpressure fills the FIFO and then stops
+    `inp`, never overflowing it; `busy` says anything is inside. A producer
+    that keeps at most `buffer_depth` beats between its injection and the
+    `out` handshake (`GemmEngine`'s credits) always finds `inp.ready` high.
     """
 
-    def __init__(self, cfg: AccelConfig, param_rows: int) -> None:
+    def __init__(
+        self, cfg: AccelConfig, param_rows: int, *, buffer_depth: int | None = None
+    ) -> None:
         if not isinstance(param_rows, int) or param_rows < 1:
             raise ConfigError(f"PostProc.param_rows must be an int >= 1, got {param_rows!r}")
         self.cfg = cfg
         self.param_rows = param_rows
+        minimum = self.pipeline_depth + 4
+        self.buffer_depth = minimum if buffer_depth is None else buffer_depth
+        if not isinstance(self.buffer_depth, int) or self.buffer_depth < minimum:
+            raise ConfigError(
+                f"PostProc.buffer_depth = {self.buffer_depth!r} must be an int >= {minimum} "
+                f"(pipeline_depth + 4, so a beat can enter every cycle)"
+            )
         super().__init__(
             {
                 "inp": In(stream.Signature(postproc_input_layout(cfg, param_rows))),
@@ -285,27 +309,31 @@ class PostProc(wiring.Component):
             Requantizer(2 * cfg.act_bits, cfg.mult_bits, cfg.act_bits),
         )
 
-    @property
-    def pipeline_depth(self) -> int:
+    @staticmethod
+    def pipeline_depth_for(cfg: AccelConfig) -> int:
         """Registered stages from an accepted input beat to its output-FIFO write.
 
         Input register, parameter read data register, the two requantisers,
-        LUT read, LUT data register, gated product register, the gate
-        requantiser, output register.
+        LUT read, activated value register (LUT data or the requantised value),
+        gated product register, the gate requantiser, output register.
         """
-        cfg = self.cfg
         req = Requantizer.latency_for(cfg.acc_bits)
         return 2 + req + 3 + Requantizer.latency_for(2 * cfg.act_bits) + 1
 
+    @classmethod
+    def latency_for(cls, cfg: AccelConfig) -> int:
+        """Cycles from an accepted input beat to its output beat (no backpressure)."""
+        return cls.pipeline_depth_for(cfg) + 2
+
     @property
-    def buffer_depth(self) -> int:
-        """Beats inside at most (pipeline + output FIFO): enough for one beat per cycle."""
-        return self.pipeline_depth + 4
+    def pipeline_depth(self) -> int:
+        """`pipeline_depth_for` of this instance's configuration."""
+        return self.pipeline_depth_for(self.cfg)
 
     @property
     def latency(self) -> int:
-        """Cycles from an accepted input beat to its output beat (no backpressure)."""
-        return self.pipeline_depth + 2
+        """`latency_for` of this instance's configuration."""
+        return self.latency_for(self.cfg)
 
     def elaborate(self, platform):
         m = Module()
@@ -350,19 +378,11 @@ class PostProc(wiring.Component):
         m.d.comb += self.lut_w.ready.eq(1)
 
         # Admission: beats inside the pipeline and the output FIFO never exceed its depth.
-        fifo = SyncFIFOBuffered(width=Shape.cast(output_layout(cfg)).width, depth=self.buffer_depth)
-        m.submodules.out_fifo = fifo
         inside = Signal(range(self.buffer_depth + 1))
         room = Signal(init=1)
         accept = self.inp.valid & self.inp.ready
         pop = self.out.valid & self.out.ready
-        m.d.comb += [
-            self.inp.ready.eq(room),
-            self.busy.eq(inside != 0),
-            self.out.valid.eq(fifo.r_rdy),
-            self.out.payload.eq(fifo.r_data),
-            fifo.r_en.eq(self.out.ready),
-        ]
+        m.d.comb += [self.inp.ready.eq(room), self.busy.eq(inside != 0)]
         with m.If(accept & ~pop):
             m.d.sync += [inside.eq(inside + 1), room.eq(inside + 1 != self.buffer_depth)]
         with m.Elif(~accept & pop):
@@ -388,8 +408,9 @@ class PostProc(wiring.Component):
         gate_lat = Requantizer.latency_for(2 * bits)
         # Stage q = 2 + req_lat: requantised W/W1 and W3 values; LUT read.
         mode_q = _delay(m, s2.mode, req_lat, "mode_q")
-        # Stage q + 2: LUT data registered; activated value chosen.
-        mode_l = _delay(m, mode_q, 2, "mode_l")
+        # Stage q + 2: the activated value (LUT data or the requantised value) registered.
+        mode_lut = _delay(m, mode_q, 1, "mode_lut")
+        mode_l = _delay(m, mode_lut, 1, "mode_l")
         # Stage q + 3: gated product registered; the gate requantiser starts.
         gate_mult = _delay(m, s2.gate_mult, req_lat + 3, "gate_mult")
         gate_shift = _delay(m, s2.gate_shift, req_lat + 3, "gate_shift")
@@ -422,14 +443,15 @@ class PostProc(wiring.Component):
                 narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
                 luts[c].addr.eq(narrow.as_unsigned() >> entry_bits),
             ]
+            # The LUT row's entry is chosen by the input's low bits, registered beside the read.
             entry = Signal(range(per_row), name=f"lut_entry_{c}")
             m.d.sync += entry.eq(narrow.as_unsigned()[:entry_bits])
-            lut_data = Signal(signed(bits), name=f"lut_data_{c}")
-            m.d.sync += lut_data.eq(luts[c].data[entry])
-            q_a = _delay(m, narrow, 2, f"q_a_{c}")
+            # The activated value is registered straight from the LUT read data, so it and
+            # q_b are registers that feed the gated product's DSP block and little else.
+            q_a = _delay(m, narrow, 1, f"q_a_{c}")
             q_b = _delay(m, req_b.result, 2, f"q_b_{c}")
             activated = Signal(signed(bits), name=f"activated_{c}")
-            m.d.comb += activated.eq(Mux(mode_l == Mode.REQUANT, q_a, lut_data))
+            m.d.sync += activated.eq(Mux(mode_lut == Mode.REQUANT, q_a, luts[c].data[entry]))
             gated = Signal(signed(2 * bits), name=f"gated_{c}")
             m.d.sync += gated.eq(activated * q_b)
             m.d.comb += [gate.value.eq(gated), gate.mult.eq(gate_mult), gate.shift.eq(gate_shift)]
@@ -444,5 +466,43 @@ class PostProc(wiring.Component):
             ]
         result_valid = Signal()
         m.d.sync += [result.last.eq(last_e), result_valid.eq(valid_e)]
-        m.d.comb += [fifo.w_data.eq(result), fifo.w_en.eq(result_valid)]
+        self._output_fifo(m, result, result_valid)
         return m
+
+    def _output_fifo(self, m: Module, result, result_valid) -> None:
+        """The output FIFO: block RAM written by a register, read into `out`.
+
+        Admission bounds the entries by `buffer_depth`, so the write needs no
+        full check and its enable is the registered `result_valid` (in LUT RAM
+        one write-enable net reached hundreds of cells: the 62 MHz critical path).
+        The depth is a power of two above that bound, so the pointers wrap by
+        themselves and the address being read is never the one being written.
+        """
+        width = Shape.cast(output_layout(self.cfg)).width
+        depth = 1 << ceil_log2(self.buffer_depth + 1)
+        mem = Memory(shape=unsigned(width), depth=depth, init=[], attrs={"ram_style": "block"})
+        m.submodules.out_fifo = mem
+        wr = mem.write_port()
+        rd = mem.read_port()
+        produce = Signal(range(depth))
+        consume = Signal(range(depth))
+        stored = Signal(range(depth + 1))
+        read = Signal()
+        m.d.comb += [
+            wr.addr.eq(produce),
+            wr.data.eq(result),
+            wr.en.eq(result_valid),
+            read.eq((stored != 0) & (~self.out.valid | self.out.ready)),
+            rd.addr.eq(consume),
+            rd.en.eq(read),
+            self.out.payload.eq(rd.data),
+        ]
+        m.d.sync += [
+            produce.eq(produce + result_valid),
+            consume.eq(consume + read),
+            stored.eq(stored + result_valid - read),
+        ]
+        with m.If(read):
+            m.d.sync += self.out.valid.eq(1)
+        with m.Elif(self.out.ready):
+            m.d.sync += self.out.valid.eq(0)

@@ -22,8 +22,9 @@ with two independent walkers over the same nest:
   zeroing lanes ≥ K−k0, and emits a tag (row in the block, first/final
   K-step, pass, N-tile, last) that travels with the row to the accumulators.
   A row whose sums are final (last K-tile of the last pass) needs a credit:
-  one free slot in the engine's result FIFO, so output backpressure can never
-  overflow anything while the array itself never stalls.
+  one free slot in the post-processing buffer (returned when its result row
+  leaves the engine), so output backpressure can never overflow anything
+  while the array itself never stalls.
 
 No division anywhere: tile bounds come from running offsets and compares.
 Every cycle of a command is attributed to exactly one counter (MAC issue,
@@ -121,7 +122,7 @@ def counter_layout() -> data.StructLayout:
 
     `busy` = `mac_cycles + stall_weight + stall_act + stall_out + drain`:
     a cycle either injects a row (`mac_cycles`), waits for a weight tile,
-    for an activation row, for a result-FIFO credit (output backpressure), or
+    for an activation row, for a credit (output backpressure), or
     belongs to the drain after the last row. `macs` counts the useful MACs
     (K and N padding excluded), so `macs / (R·C·busy)` is the array efficiency.
     """
@@ -152,7 +153,9 @@ class _Walker:
     step only selects between ready values: a subtract and compare behind the
     issue decision did not fit a 100 MHz cycle on ECP5, and neither did a
     compare that yosys' `opt_share` moved behind the select when two branches
-    compared against the same constant.
+    compared against the same constant. The flags the issue decision reads
+    (`last_pass`, `final`, `last_tile`) are registers too, each step computing
+    their next values beside the others.
     """
 
     def __init__(self, m: Module, cfg: AccelConfig, cmd, m_block: int, name: str) -> None:
@@ -171,28 +174,32 @@ class _Walker:
         self.n_valid = Signal(range(cfg.cols + 1), name=f"{name}_n_valid")
         self.block_last = Signal(range(m_block), name=f"{name}_block_last")
         """Index of the block's last row (rows in this M-block − 1)."""
+        self.final = Signal(name=f"{name}_final")
+        """The sums of this tile are complete (last K-tile of the last pass)."""
+        self.last_tile = Signal(name=f"{name}_last_tile")
+        """`final` of the command's last tile."""
         self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
         self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
-        m.d.comb += self.last_pass.eq((cmd.mode != Mode.SWIGLU) | self.second)
 
     @property
-    def final(self):
-        """The sums of this tile are complete (last K-tile of the last pass)."""
-        return self.last_k & self.last_pass
-
-    @property
-    def last_tile(self):
-        return self.final & self.last_n & self.last_m
+    def next_block_single(self):
+        """The M-block after this one has a single row (read before an M-step)."""
+        mb = self.m_block
+        return Mux(self.m_left <= 2 * mb, self.m_left == mb + 1, mb == 1)
 
     def reset(self, cmd) -> list:
         """Start the nest of the command `cmd` (the payload being accepted this cycle)."""
         cfg, mb = self.cfg, self.m_block
         k_last, n_last = cmd.k <= cfg.rows, cmd.n <= cfg.cols
         k_count, n_count = Mux(k_last, cmd.k, cfg.rows), Mux(n_last, cmd.n, cfg.cols)
+        final = k_last & (cmd.mode != Mode.SWIGLU)
         return [
             self.k0.eq(0),
             self.n_tile.eq(0),
             self.second.eq(0),
+            self.last_pass.eq(cmd.mode != Mode.SWIGLU),
+            self.final.eq(final),
+            self.last_tile.eq(final & n_last & (cmd.m <= mb)),
             self.k_left.eq(cmd.k),
             self.n_left.eq(cmd.n),
             self.m_left.eq(cmd.m),
@@ -213,11 +220,17 @@ class _Walker:
         cfg, cmd, mb = self.cfg, self.cmd, self.m_block
         rows, cols = cfg.rows, cfg.cols
         k_more, n_more, m_more = self.k_left - rows, self.n_left - cols, self.m_left - mb
+        single_pass = cmd.mode != Mode.SWIGLU
+        k_next_last = self.k_left <= 2 * rows
+        n_next_last = self.n_left <= 2 * cols
+        m_next_last = self.m_left <= 2 * mb
         k_step = [
             self.k0.eq(self.k0 + rows),
             self.k_left.eq(k_more),
-            self.last_k.eq(self.k_left <= 2 * rows),
-            self.k_valid.eq(Mux(self.k_left <= 2 * rows, k_more, rows)),
+            self.last_k.eq(k_next_last),
+            self.k_valid.eq(Mux(k_next_last, k_more, rows)),
+            self.final.eq(k_next_last & self.last_pass),
+            self.last_tile.eq(k_next_last & self.last_pass & self.last_n & self.last_m),
         ]
         k_restart = [
             self.k0.eq(0),
@@ -231,31 +244,44 @@ class _Walker:
             self.last_n.eq(self.n_restart[0]),
             self.n_valid.eq(self.n_restart[1]),
         ]
+        k_first_last = self.k_restart[0]
         with m.If(~self.last_k):
             m.d.sync += k_step
         with m.Elif(~self.last_pass):
-            m.d.sync += [*k_restart, self.second.eq(1)]
+            m.d.sync += [*k_restart, self.second.eq(1), self.last_pass.eq(1)]
+            m.d.sync += [
+                self.final.eq(k_first_last),
+                self.last_tile.eq(k_first_last & self.last_n & self.last_m),
+            ]
         with m.Elif(~self.last_n):
             m.d.sync += [*k_restart, self.second.eq(0), self.n_tile.eq(self.n_tile + 1)]
             m.d.sync += [
+                self.last_pass.eq(single_pass),
+                self.final.eq(k_first_last & single_pass),
+                self.last_tile.eq(k_first_last & single_pass & n_next_last & self.last_m),
                 self.n_left.eq(n_more),
-                self.last_n.eq(self.n_left <= 2 * cols),
-                self.n_valid.eq(Mux(self.n_left <= 2 * cols, n_more, cols)),
+                self.last_n.eq(n_next_last),
+                self.n_valid.eq(Mux(n_next_last, n_more, cols)),
             ]
         with m.Else():
             m.d.sync += [*k_restart, *n_restart, self.second.eq(0)]
             m.d.sync += [
+                self.last_pass.eq(single_pass),
+                self.final.eq(k_first_last & single_pass),
+                self.last_tile.eq(k_first_last & single_pass & self.n_restart[0] & m_next_last),
                 self.m_left.eq(m_more),
-                self.last_m.eq(self.m_left <= 2 * mb),
-                self.block_last.eq(Mux(self.m_left <= 2 * mb, self.m_left - (mb + 1), mb - 1)),
+                self.last_m.eq(m_next_last),
+                self.block_last.eq(Mux(m_next_last, self.m_left - (mb + 1), mb - 1)),
             ]
 
 
 class TileSequencer(wiring.Component):
     """Drives `SystolicArray` for one command at a time (see the module docstring).
 
-    `credits` is the result-FIFO depth; `credit_return` pulses when the engine
-    pops a result row; `pp_busy` says rows are still inside post-processing.
+    `credits` is how many final rows may be in flight between injection and
+    the engine's output (what post-processing buffers); `credit_return` pulses
+    when a result row leaves the engine; `pp_busy` says rows are still inside
+    post-processing.
     A new command is accepted only when the previous one is fully drained.
     """
 
@@ -334,11 +360,15 @@ class TileSequencer(wiring.Component):
         ld_bank = Signal()
         is_row = Signal(range(self.m_block))
         is_bank = Signal()
+        # `is_row == issuer.block_last`, kept as a register beside `is_row`.
+        row_last = Signal()
 
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), checking.eq(1)]
             m.d.sync += loader.reset(self.cmd.payload) + issuer.reset(self.cmd.payload)
             m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
+            p_m = self.cmd.payload.m
+            m.d.sync += row_last.eq(Mux(p_m <= self.m_block, p_m == 1, self.m_block == 1))
         with m.If(checking):
             m.d.sync += [checking.eq(0), self.error.eq(cause)]
             with m.If(cause == CommandError.NONE):
@@ -377,7 +407,7 @@ class TileSequencer(wiring.Component):
         # Issuer.
         can_issue = Signal()
         inject = Signal()
-        has_credit = credits != 0
+        has_credit = Signal(init=1)
         m.d.comb += [
             can_issue.eq(issuing & full.bit_select(is_bank, 1) & (~issuer.final | has_credit)),
             self.act.ready.eq(can_issue),
@@ -394,13 +424,20 @@ class TileSequencer(wiring.Component):
             self.tag.second_pass.eq(issuer.second),
             self.tag.n_tile.eq(issuer.n_tile),
             self.tag.n_valid.eq(issuer.n_valid),
-            self.tag.last.eq(issuer.last_tile & (is_row == issuer.block_last)),
+            self.tag.last.eq(issuer.last_tile & row_last),
         ]
         clear_full = Signal(2)
         start_cool = Signal(2)
         with m.If(inject):
-            with m.If(is_row == issuer.block_last):
+            with m.If(row_last):
                 m.d.sync += [is_row.eq(0), is_bank.eq(~is_bank)]
+                m.d.sync += row_last.eq(
+                    Mux(
+                        issuer.final & issuer.last_n,
+                        issuer.next_block_single,
+                        issuer.block_last == 0,
+                    )
+                )
                 m.d.comb += [
                     clear_full.eq(Mux(is_bank, 0b10, 0b01)),
                     start_cool.eq(Mux(is_bank, 0b10, 0b01)),
@@ -410,7 +447,7 @@ class TileSequencer(wiring.Component):
                 with m.Else():
                     issuer.step(m)
             with m.Else():
-                m.d.sync += is_row.eq(is_row + 1)
+                m.d.sync += [is_row.eq(is_row + 1), row_last.eq(is_row + 1 == issuer.block_last)]
         m.d.sync += full.eq((full | set_full) & ~clear_full)
         for b in range(2):
             with m.If(start_cool[b]):
@@ -420,11 +457,11 @@ class TileSequencer(wiring.Component):
 
         spend = inject & issuer.final
         with m.If(spend & ~self.credit_return):
-            m.d.sync += credits.eq(credits - 1)
+            m.d.sync += [credits.eq(credits - 1), has_credit.eq(credits != 1)]
         with m.Elif(~spend & self.credit_return):
-            m.d.sync += credits.eq(credits + 1)
+            m.d.sync += [credits.eq(credits + 1), has_credit.eq(1)]
 
-        # Completion: every final row has left the FIFO and post-processing is empty.
+        # Completion: every final row has left the engine and post-processing is empty.
         with m.If(self.busy & ~issuing & (credits == self.credits) & ~self.pp_busy):
             m.d.sync += [self.busy.eq(0), self.done.eq(1)]
 

@@ -320,8 +320,9 @@ def test_ice40_smoke_build(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #6: the 8×8 engine reaches ~62 MHz; the critical path is now the "
-    "result FIFO's LUT-RAM write enable (fanout ~280), see docs/fpga.md",
+    reason="issue #6: the 8×8 engine reaches 68.6 MHz (54–69 MHz by placement); the "
+    "remaining critical paths are the array's weight select into its DSPs and the "
+    "tile sequencer's issue, see docs/fpga.md",
 )
 def test_default_config_meets_100mhz_on_ecp5():
     """Issue #6: the default 8×8 engine closes 100 MHz on ECP5-85F (~20 min on 2 cores)."""

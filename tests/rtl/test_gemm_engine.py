@@ -7,8 +7,8 @@ array on a 32-byte bus (a whole tile per beat); random shapes with M, K, N
 not multiples of the array (M = 1 included; K tails not a multiple of the
 rows per beat), saturating extremes, every mode, and random valid/ready
 backpressure on every stream. Sizes stay small (≤ 40, but for one 96-row
-case whose slow sink must run the result-FIFO credits out past the
-post-processing buffer) so the three first builds plus runs take a few
+case whose slow sink must run the credits out: more final rows than
+post-processing buffers) so the three first builds plus runs take a few
 minutes on 2 cores; later runs reuse the cached builds.
 """
 
@@ -60,8 +60,7 @@ def _cases(seed: int, cfg: AccelConfig) -> list[list]:
         [r + 1, 3 * r - 1, 2 * c + 3, "SWIGLU", True, 0.3, 0.4],
         [3 * r + 2, r + 3, c - 1 if c > 1 else 1, "REQUANT_LUT", True, 0.2, 0.7],
         [40, 2 * r, c, "REQUANT", False, 0.0, 1.0],
-        # Slow sink: more rows than the result FIFO and the post-processing buffer hold,
-        # so credits run out.
+        # Slow sink: more rows than the post-processing buffer holds, so credits run out.
         [96, r, c, "REQUANT", False, 0.0, 0.15],
         [r + 2, 2 * r + 1, c + 1, "SWIGLU", "min", 0.2, 0.6],
     ]

@@ -73,8 +73,8 @@ def test_requantizer_matches_numerics(in_bits, mult_bits):
 
 
 def test_requantizer_splits_only_wide_products():
-    assert (Requantizer(32, 16, 8).split, Requantizer(32, 16, 8).latency) == (True, 5)
-    assert (Requantizer(16, 16, 8).split, Requantizer(16, 16, 8).latency) == (False, 4)
+    assert (Requantizer(32, 16, 8).split, Requantizer(32, 16, 8).latency) == (True, 6)
+    assert (Requantizer(16, 16, 8).split, Requantizer(16, 16, 8).latency) == (False, 5)
 
 
 POSTPROC_ARRAYS = {"4lanes": AccelConfig(rows=4, cols=4), "3lanes": AccelConfig(rows=2, cols=3)}
@@ -96,12 +96,22 @@ def test_postproc_rejects_bad_param_rows():
         PostProc(AccelConfig(), param_rows=0)
 
 
-def test_postproc_latency_and_admission_limit():
+def test_postproc_buffer_depth_bounds():
+    """The buffer may grow past its default (the engine's credits) but not below it."""
+    cfg = AccelConfig(rows=2, cols=2)
+    assert PostProc(cfg, param_rows=2).buffer_depth == PostProc.pipeline_depth_for(cfg) + 4
+    assert PostProc(cfg, param_rows=2, buffer_depth=40).buffer_depth == 40
+    with pytest.raises(ConfigError, match="buffer_depth"):
+        PostProc(cfg, param_rows=2, buffer_depth=PostProc.pipeline_depth_for(cfg) + 3)
+
+
+@pytest.mark.parametrize("buffer_depth", [None, 37])
+def test_postproc_latency_and_admission_limit(buffer_depth):
     """One beat comes out `latency` cycles after it went in; with the output blocked the
     lanes take exactly `buffer_depth` beats, then hand them all out in order, then idle."""
     cfg = AccelConfig(rows=2, cols=2)
-    dut = PostProc(cfg, param_rows=2)
-    assert dut.pipeline_depth == 15 and dut.latency == 17
+    dut = PostProc(cfg, param_rows=2, buffer_depth=buffer_depth)
+    assert dut.pipeline_depth == 17 and dut.latency == 19 == PostProc.latency_for(cfg)
     trace = {"out_at": [], "accepted": 0, "lasts": []}
 
     async def bench(ctx):
