@@ -195,9 +195,15 @@ class AccelConfig(_JSONMixin):
 
     @property
     def lut_entries_per_beat(self) -> int:
-        """Activation-LUT entries (one byte each) written per cycle: a whole beat, at most
-        the table (`2**act_bits` entries; both are powers of two)."""
-        return min(self.mem_bytes_per_cycle, 2**self.act_bits)
+        """Activation-LUT entries (one byte each) written per cycle: 4.
+
+        Each post-processing lane's LUT copy is a memory of rows this many
+        entries wide; 4 × 8 bits keeps it one block RAM (ECP5 DP16KD as
+        512 × 36, iCE40 SB_RAM40_4K pairs), where a whole 16-byte beat would
+        make a 16 × 128 memory that lands in LUT RAM or flip-flops. Every
+        beat (≥ 4 bytes) and every table (≥ 2² entries) holds 4.
+        """
+        return 4
 
     @property
     def macs_per_cycle(self) -> int:

@@ -365,7 +365,10 @@ class PostProc(wiring.Component):
         luts = []
         for c in range(lanes):
             lut = Memory(
-                shape=data.ArrayLayout(signed(bits), per_row), depth=2**bits // per_row, init=[]
+                shape=data.ArrayLayout(signed(bits), per_row),
+                depth=2**bits // per_row,
+                init=[],
+                attrs={"ram_style": "block"},
             )
             m.submodules[f"lut_{c}"] = lut
             wr = lut.write_port()
