@@ -50,12 +50,25 @@ def _write_beat(ctx, array, bank: int, row0: int, rows: np.ndarray, valid: int) 
     ctx.set(array.w_row, beat)
 
 
+async def _load_both_banks(ctx, array, weights: list[np.ndarray]) -> None:
+    """Write `weights[b]` into bank b, a beat a cycle, and wait until the skewed writes land."""
+    rows, cols = array.cfg.rows, array.cfg.cols
+    lanes = array.cfg.weight_rows_per_beat
+    for bank in range(2):
+        for r0 in range(0, rows, lanes):
+            chunk = weights[bank][r0 : r0 + lanes]
+            _write_beat(ctx, array, bank, r0, chunk, len(chunk))
+            await ctx.tick()
+    ctx.set(array.w_we, 0)
+    for _ in range(rows + cols):
+        await ctx.tick()
+
+
 @pytest.mark.parametrize(("rows", "cols", "bus"), [(2, 3, 4), (3, 2, 4), (4, 4, 8)])
 def test_array_rows_stream_back_to_back_across_banks(rows, cols, bus):
     """Two weight tiles in the two banks; rows alternate banks every cycle, outputs aligned."""
     cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
     array = SystolicArray(cfg)
-    lanes = cfg.weight_rows_per_beat
     rng = np.random.default_rng(rows * 10 + cols)
     weights = [rng.integers(-128, 128, size=(rows, cols)) for _ in range(2)]
     x = rng.integers(-128, 128, size=(8, rows))
@@ -64,15 +77,7 @@ def test_array_rows_stream_back_to_back_across_banks(rows, cols, bus):
     got = []
 
     async def bench(ctx):
-        for bank in range(2):
-            for r0 in range(0, rows, lanes):
-                chunk = weights[bank][r0 : r0 + lanes]
-                _write_beat(ctx, array, bank, r0, chunk, len(chunk))
-                await ctx.tick()
-        ctx.set(array.w_we, 0)
-        # Writes are skewed inside the array: let the last one land before the first use.
-        for _ in range(rows + cols):
-            await ctx.tick()
+        await _load_both_banks(ctx, array, weights)
         for i in range(len(x) + array.latency):
             if i < len(x):
                 ctx.set(array.a_in, [int(v) for v in x[i]])
@@ -204,7 +209,6 @@ def test_invalid_rows_with_garbage_leave_valid_sums_exact(rows, cols, bus):
     """Rows with `valid_in` clear carry random activations; every valid row's sums are exact."""
     cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
     array = SystolicArray(cfg)
-    lanes = cfg.weight_rows_per_beat
     rng = np.random.default_rng(rows * 7 + cols)
     weights = [rng.integers(-128, 128, size=(rows, cols)) for _ in range(2)]
     n = 24
@@ -214,14 +218,7 @@ def test_invalid_rows_with_garbage_leave_valid_sums_exact(rows, cols, bus):
     got: dict[int, list] = {}
 
     async def bench(ctx):
-        for bank in range(2):
-            for r0 in range(0, rows, lanes):
-                chunk = weights[bank][r0 : r0 + lanes]
-                _write_beat(ctx, array, bank, r0, chunk, len(chunk))
-                await ctx.tick()
-        ctx.set(array.w_we, 0)
-        for _ in range(rows + cols):
-            await ctx.tick()
+        await _load_both_banks(ctx, array, weights)
         for i in range(n + array.latency):
             if i < n:
                 ctx.set(array.a_in, [int(v) for v in x[i]])
