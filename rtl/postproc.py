@@ -144,10 +144,7 @@ class Requantizer(wiring.Component):
         ]
         m.d.sync += [shift[i + 1].eq(shift[i]) for i in range(len(shift) - 1)]
         # The bias waits beside the product until the adder (stage latency − 2).
-        for i in range(self.latency - 4):
-            delayed = Signal.like(bias, name=f"bias_d{i}")
-            m.d.sync += delayed.eq(bias)
-            bias = delayed
+        bias = _delay(m, bias, self.latency - 4, "bias")
         mult = Signal.like(self.mult)
         m.d.sync += mult.eq(self.mult)
         product = Signal(signed(prod_bits))
