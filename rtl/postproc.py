@@ -19,15 +19,15 @@ pairs live in a parameter memory of `param_rows` rows × C lanes; an input beat
 names the rows for its `acc_a` and `acc_b` (e.g. W1's and W3's parameters
 for the same N-tile), so several GEMMs' parameters can stay resident.
 
-Pipeline (`PostProc.pipeline_depth` = 17 stages with 32-bit accumulators):
+Pipeline (`PostProc.pipeline_depth` = 19 stages with 32-bit accumulators):
 input register, parameter read data register, the requantisers
 (`Requantizer`: DSP operands, product, partial-product sum, bias, shift,
-saturation — one adder or shifter per cycle), LUT read, activated value
-register, gated product, the gate requantiser, output register, then an
-output FIFO in block RAM; `out.valid` never waits on `out.ready`. No stage
-does more than one DSP multiply, one adder, a shifter or a block-RAM access,
-and every DSP block's operands and product are registers of their own, so the
-lanes close 100 MHz on ECP5.
+saturation — one adder or shifter per cycle), LUT read, LUT data register,
+activated value register, the gated product's operands and product, the gate requantiser,
+output register, then an output FIFO in block RAM; `out.valid` never waits on
+`out.ready`. No stage does more than one DSP multiply, one adder, a shifter or
+a block-RAM access, and every multiply is a `PipelinedMultiplier` (on ECP5 a
+MULT18X18D with its operand and product registers inside the block).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from pymodel.config import AccelConfig, ConfigError
+
+from .multiplier import PipelinedMultiplier
 
 __all__ = [
     "SHIFT_BITS",
@@ -74,13 +76,15 @@ class Requantizer(wiring.Component):
     Registered stages, so no cycle holds more than one multiplier, adder or
     shifter (the combinational version ran ECP5 at ~20 MHz):
 
-    1. the DSP operands, in registers that feed nothing but their multiplier
-       (so placement can put them beside the DSP block: a register feeding a
-       DSP and other logic was placed far from it, 7 ns of routing on ECP5);
-       inputs wider than 18 bits are split into a 17-bit unsigned low part and
-       a signed high part, one 18 × 18 multiply each; beside them the rounding
-       bias `2^(s−1) − (p < 0)` (`s = 0`: 0) and the clamped shift;
-    2. the product (or its two halves), each DSP output registered alone;
+    1. the DSP operands, in the operand registers of a `PipelinedMultiplier`
+       (on ECP5 the MULT18X18D's own); inputs wider than 18 bits are split
+       into a 17-bit unsigned low part and a signed high part, one 18 × 18
+       multiply each; beside them the clamped shift `s`, `max − s` and the
+       sign of the product;
+    2. the product (or its two halves), in the multipliers' product registers;
+       beside them the rounding bias `2^(s−1) − (p < 0)` (`s = 0`: 0), from
+       the registered `max − s` and sign, so the shift decode and the bias
+       subtract do not follow the clamp and `max − s` in one cycle;
     3. (split inputs only) the partial products summed;
     4. the bias added;
     5. the arithmetic shift right;
@@ -124,46 +128,42 @@ class Requantizer(wiring.Component):
         prod_bits = self.in_bits + self.mult_bits + 1
         max_shift = min(self.in_bits + self.mult_bits, 2**SHIFT_BITS - 1)
 
-        # Stage 1: the DSP operands, the bias and the clamped shift.
+        # Stage 1: the DSP operands, the clamped shift, and what the bias needs.
         shift_in = Signal(range(max_shift + 1))
         m.d.comb += shift_in.eq(Mux(self.shift > max_shift, max_shift, self.shift))
-        # 2^(s-1), 0 for s = 0, as a right shift: a variable left shift would widen
-        # the value by 2^6 - 1 bits, past 64, and slow the Verilated model down.
-        shift_down = Signal(range(max_shift + 1))
-        half = Signal(unsigned(max_shift))
-        m.d.comb += [
-            shift_down.eq(max_shift - shift_in),
-            half.eq(Const(1 << (max_shift - 1), max_shift) >> shift_down),
-        ]
-        negative = (self.value < 0) & (self.mult != 0)
-        bias = Signal(signed(max_shift + 1))
         shift = [Signal(range(max_shift + 1), name=f"shift_{i}") for i in range(self.latency - 2)]
+        shift_down = Signal(range(max_shift + 1))
+        negative = Signal()
         m.d.sync += [
-            bias.eq(half - Mux(shift_in == 0, 0, negative)),
             shift[0].eq(shift_in),
+            shift_down.eq(max_shift - shift_in),
+            negative.eq((shift_in != 0) & (self.value < 0) & (self.mult != 0)),
         ]
         m.d.sync += [shift[i + 1].eq(shift[i]) for i in range(len(shift) - 1)]
+        # Stage 2: the bias 2^(s-1) - (p < 0), 0 for s = 0, with 2^(s-1) as a right
+        # shift: a variable left shift would widen the value by 2^6 - 1 bits, past
+        # 64, and slow the Verilated model down.
+        bias = Signal(signed(max_shift + 1))
+        m.d.sync += bias.eq((Const(1 << (max_shift - 1), max_shift) >> shift_down) - negative)
         # The bias waits beside the product until the adder (stage latency − 2).
-        bias = _delay(m, bias, self.latency - 4, "bias")
-        mult = Signal.like(self.mult)
-        m.d.sync += mult.eq(self.mult)
+        bias = _delay(m, bias, self.latency - 5, "bias")
         product = Signal(signed(prod_bits))
+        mult_shape = unsigned(self.mult_bits)
         if self.split:
             low_bits = self.SPLIT_BITS
-            value_low = Signal(unsigned(low_bits))
-            value_high = Signal(signed(self.in_bits - low_bits))
-            low = Signal(unsigned(low_bits + self.mult_bits))
-            high = Signal(signed(self.in_bits - low_bits + self.mult_bits + 1))
-            m.d.sync += [
-                value_low.eq(self.value[:low_bits]),
-                value_high.eq(self.value[low_bits:].as_signed()),
-                low.eq(value_low * mult),
-                high.eq(value_high * mult),
-                product.eq((high << low_bits) + low),
+            m.submodules.mul_low = low = PipelinedMultiplier(unsigned(low_bits), mult_shape)
+            high_shape = signed(self.in_bits - low_bits)
+            m.submodules.mul_high = high = PipelinedMultiplier(high_shape, mult_shape)
+            m.d.comb += [
+                low.a.eq(self.value[:low_bits]),
+                low.b.eq(self.mult),
+                high.a.eq(self.value[low_bits:].as_signed()),
+                high.b.eq(self.mult),
             ]
+            m.d.sync += product.eq((high.p << low_bits) + low.p)
         else:
-            value = Signal.like(self.value)
-            m.d.sync += [value.eq(self.value), product.eq(value * mult)]
+            m.submodules.mul = mul = PipelinedMultiplier(signed(self.in_bits), mult_shape)
+            m.d.comb += [mul.a.eq(self.value), mul.b.eq(self.mult), product.eq(mul.p)]
 
         biased = Signal(signed(max(prod_bits, max_shift + 1) + 1))
         rounded = Signal(signed(len(biased)))
@@ -248,6 +248,15 @@ def output_layout(cfg: AccelConfig) -> data.StructLayout:
     )
 
 
+_LUT_STAGES = 3
+"""From a requantised value to its activated value: LUT read, LUT data register, activated
+register. The LUT data is registered in the fabric before the entry select: a block RAM's
+read data arrives late in the cycle (~5.8 ns after the clock on ECP5)."""
+
+_GATED_STAGES = _LUT_STAGES + PipelinedMultiplier.LATENCY
+"""From a requantised value to its gated product: the LUT stages, then the multiplier."""
+
+
 def _delay(m: Module, value, cycles: int, name: str):
     """`value` delayed by `cycles` registers (the value itself for 0)."""
     for i in range(cycles):
@@ -311,11 +320,13 @@ class PostProc(wiring.Component):
         """Registered stages from an accepted input beat to its output-FIFO write.
 
         Input register, parameter read data register, the two requantisers,
-        LUT read, activated value register (LUT data or the requantised value),
-        gated product register, the gate requantiser, output register.
+        LUT read, LUT data register, activated value register (LUT data or the
+        requantised value),
+        the gated product's multiplier (operands, product), the gate
+        requantiser, output register.
         """
         req = Requantizer.latency_for(cfg.acc_bits)
-        return 2 + req + 3 + Requantizer.latency_for(2 * cfg.act_bits) + 1
+        return 2 + req + _GATED_STAGES + Requantizer.latency_for(2 * cfg.act_bits) + 1
 
     @classmethod
     def latency_for(cls, cfg: AccelConfig) -> int:
@@ -408,15 +419,17 @@ class PostProc(wiring.Component):
         gate_lat = Requantizer.latency_for(2 * bits)
         # Stage q = 2 + req_lat: requantised W/W1 and W3 values; LUT read.
         mode_q = _delay(m, s2.mode, req_lat, "mode_q")
-        # Stage q + 2: the activated value (LUT data or the requantised value) registered.
-        mode_lut = _delay(m, mode_q, 1, "mode_lut")
+        # Stage q + 3 (`_LUT_STAGES`): the activated value (LUT data or the requantised
+        # value) registered.
+        mode_lut = _delay(m, mode_q, _LUT_STAGES - 1, "mode_lut")
         mode_l = _delay(m, mode_lut, 1, "mode_l")
-        # Stage q + 3: gated product registered; the gate requantiser starts.
-        gate_mult = _delay(m, s2.gate_mult, req_lat + 3, "gate_mult")
-        gate_shift = _delay(m, s2.gate_shift, req_lat + 3, "gate_shift")
-        # Stage q + 3 + gate_lat: results, then the output register.
-        to_end = req_lat + 3 + gate_lat
-        mode_e = _delay(m, mode_l, 1 + gate_lat, "mode_e")
+        # Stage q + 3: the gated product's operands; stage q + 5 (`_GATED_STAGES`): its
+        # product registered, the gate requantiser starts.
+        gate_mult = _delay(m, s2.gate_mult, req_lat + _GATED_STAGES, "gate_mult")
+        gate_shift = _delay(m, s2.gate_shift, req_lat + _GATED_STAGES, "gate_shift")
+        # Stage q + 4 + gate_lat: results, then the output register.
+        to_end = req_lat + _GATED_STAGES + gate_lat
+        mode_e = _delay(m, mode_l, _GATED_STAGES - _LUT_STAGES + gate_lat, "mode_e")
         n_valid_e = _delay(m, s2.n_valid, to_end, "n_valid_e")
         last_e = _delay(m, s2.last, to_end, "last_e")
         valid_e = _delay(m, s2_valid, to_end, "valid_e")
@@ -443,20 +456,30 @@ class PostProc(wiring.Component):
                 narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
                 luts[c].addr.eq(narrow.as_unsigned() >> entry_bits),
             ]
-            # The LUT row's entry is chosen by the input's low bits, registered beside the read.
+            # The LUT row's entry is chosen by the input's low bits, registered beside the
+            # read and then beside the registered read data.
             entry = Signal(range(per_row), name=f"lut_entry_{c}")
             m.d.sync += entry.eq(narrow.as_unsigned()[:entry_bits])
-            # The activated value is registered straight from the LUT read data, so it and
-            # q_b are registers that feed the gated product's DSP block and little else.
-            q_a = _delay(m, narrow, 1, f"q_a_{c}")
-            q_b = _delay(m, req_b.result, 2, f"q_b_{c}")
+            entry = _delay(m, entry, _LUT_STAGES - 2, f"lut_entry_{c}")
+            lut_row = _delay(m, luts[c].data, _LUT_STAGES - 2, f"lut_row_{c}")
+            # The activated value is a register of its own next to the DSP block.
+            q_a = _delay(m, narrow, _LUT_STAGES - 1, f"q_a_{c}")
+            q_b = _delay(m, req_b.result, _LUT_STAGES, f"q_b_{c}")
             activated = Signal(signed(bits), name=f"activated_{c}")
-            m.d.sync += activated.eq(Mux(mode_lut == Mode.REQUANT, q_a, luts[c].data[entry]))
-            gated = Signal(signed(2 * bits), name=f"gated_{c}")
-            m.d.sync += gated.eq(activated * q_b)
-            m.d.comb += [gate.value.eq(gated), gate.mult.eq(gate_mult), gate.shift.eq(gate_shift)]
-            activated_e = _delay(m, activated, 1 + gate_lat, f"activated_e_{c}")
-            wide_e = _delay(m, wide, 3 + gate_lat, f"wide_e_{c}")
+            m.d.sync += activated.eq(Mux(mode_lut == Mode.REQUANT, q_a, lut_row[entry]))
+            gated = PipelinedMultiplier(signed(bits), signed(bits))
+            m.submodules[f"gated_{c}"] = gated
+            m.d.comb += [
+                gated.a.eq(activated),
+                gated.b.eq(q_b),
+                gate.value.eq(gated.p),
+                gate.mult.eq(gate_mult),
+                gate.shift.eq(gate_shift),
+            ]
+            activated_e = _delay(
+                m, activated, _GATED_STAGES - _LUT_STAGES + gate_lat, f"activated_e_{c}"
+            )
+            wide_e = _delay(m, wide, _GATED_STAGES + gate_lat, f"wide_e_{c}")
             lane_valid = c < n_valid_e
             m.d.sync += [
                 result.data[c].eq(

@@ -330,28 +330,45 @@ class TileSequencer(wiring.Component):
         # At least one bit wide (Verilog has no empty vectors); constant 0 when cooldown = 0.
         cool = [Signal(range(max(self.cooldown, 1) + 1), name=f"cool_{b}") for b in range(2)]
 
-        # Command intake: the command is registered, then checked the next cycle
-        # (range checks in front of the start decision did not fit 100 MHz on ECP5).
-        checking = Signal()
-        m.d.comb += self.cmd.ready.eq(~self.busy & ~checking)
+        # Command intake: the command is registered, its range checks are registered the
+        # next cycle, and the cycle after that decides (the checks' subtract-and-compare
+        # chains, then the priority of their causes, in front of the start decision did
+        # not fit 100 MHz on ECP5).
+        checking, deciding = Signal(), Signal()
+        m.d.comb += self.cmd.ready.eq(~self.busy & ~checking & ~deciding)
         m.d.sync += self.done.eq(0)
         p = cmd
         tiles_free_a = (self.param_rows - p.param_a) * cols
         tiles_free_b = (self.param_rows - p.param_b) * cols
+        zero_dim, m_big, k_big, bad_mode, bad_param = (
+            Signal(name=n)
+            for n in ("zero_dim", "m_too_large", "k_too_large", "bad_mode", "bad_param")
+        )
+        with m.If(checking):
+            m.d.sync += [
+                zero_dim.eq((p.m == 0) | (p.k == 0) | (p.n == 0)),
+                m_big.eq(p.m > cfg.max_tokens),
+                k_big.eq(p.k > max_gemm_k(cfg)),
+                bad_mode.eq(p.mode.as_value() > Mode.WIDE.value),
+                bad_param.eq(
+                    (p.param_a >= self.param_rows)
+                    | (p.n > tiles_free_a)
+                    | (
+                        (p.mode == Mode.SWIGLU)
+                        & ((p.param_b >= self.param_rows) | (p.n > tiles_free_b))
+                    )
+                ),
+            ]
         cause = Signal(CommandError)
-        with m.If((p.m == 0) | (p.k == 0) | (p.n == 0)):
+        with m.If(zero_dim):
             m.d.comb += cause.eq(CommandError.ZERO_DIM)
-        with m.Elif(p.m > cfg.max_tokens):
+        with m.Elif(m_big):
             m.d.comb += cause.eq(CommandError.M_TOO_LARGE)
-        with m.Elif(p.k > max_gemm_k(cfg)):
+        with m.Elif(k_big):
             m.d.comb += cause.eq(CommandError.K_TOO_LARGE)
-        with m.Elif(p.mode.as_value() > Mode.WIDE.value):
+        with m.Elif(bad_mode):
             m.d.comb += cause.eq(CommandError.BAD_MODE)
-        with m.Elif(
-            (p.param_a >= self.param_rows)
-            | (p.n > tiles_free_a)
-            | ((p.mode == Mode.SWIGLU) & ((p.param_b >= self.param_rows) | (p.n > tiles_free_b)))
-        ):
+        with m.Elif(bad_param):
             m.d.comb += cause.eq(CommandError.PARAM_RANGE)
 
         loader = _Walker(m, cfg, cmd, self.m_block, "ld")
@@ -364,13 +381,14 @@ class TileSequencer(wiring.Component):
         row_last = Signal()
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), checking.eq(1)]
+            m.d.sync += cmd.eq(self.cmd.payload)
             m.d.sync += loader.reset(self.cmd.payload) + issuer.reset(self.cmd.payload)
             m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
             p_m = self.cmd.payload.m
             m.d.sync += row_last.eq(Mux(p_m <= self.m_block, p_m == 1, self.m_block == 1))
-        with m.If(checking):
-            m.d.sync += [checking.eq(0), self.error.eq(cause)]
+        m.d.sync += [checking.eq(self.cmd.valid & self.cmd.ready), deciding.eq(checking)]
+        with m.If(deciding):
+            m.d.sync += self.error.eq(cause)
             with m.If(cause == CommandError.NONE):
                 m.d.sync += [self.busy.eq(1), issuing.eq(1), loading.eq(1)]
             with m.Else():

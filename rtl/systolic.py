@@ -5,11 +5,15 @@ processing element PE(r, c) holds two weights (banks 0/1) for input channel
 r and output channel c. An activation row `x[0:R]` enters at the left edge,
 skewed so that row r is delayed r cycles; activations move right one PE per
 cycle and partial sums move down one PE per cycle, so column c's bottom PE
-emits `Σ_r x[r]·w[r, c]` for that row. Each PE registers its product before
-the add (a multiplier feeding the 32-bit carry chain in one cycle caps ECP5
-near 89 MHz), so every sum takes one cycle more. The outputs are deskewed
-inside the array: the sum for the row presented at cycle t appears on
-`psum_out` at cycle t + `latency` (R + C), all C columns aligned.
+emits `Σ_r x[r]·w[r, c]` for that row. Each PE multiplies in a
+`PipelinedMultiplier` (operands registered, product registered: on ECP5 the
+MULT18X18D's own registers) and adds the product to the partial sum in a
+third stage, so a PE's partial-sum input is due two cycles after its
+activation: a row reaches PE(r + 1, c) one cycle after PE(r, c), whose sum is
+ready two cycles after that. Every sum takes two cycles more than a
+combinational MAC would. The outputs are deskewed inside
+the array: the sum for the row presented at cycle t appears on `psum_out` at
+cycle t + `latency` (R + C + 1), all C columns aligned.
 
 Double buffering: every activation carries a bank-select bit `sel` that
 travels with it, and each PE multiplies by `w[sel]`. So the next weight tile
@@ -58,6 +62,8 @@ from amaranth.lib.wiring import In, Out
 
 from pymodel.config import AccelConfig
 
+from .multiplier import PipelinedMultiplier
+
 __all__ = ["ProcessingElement", "SystolicArray", "act_layout"]
 
 
@@ -67,13 +73,13 @@ def act_layout(cfg: AccelConfig) -> data.StructLayout:
 
 
 class ProcessingElement(wiring.Component):
-    """One MAC cell, two stages: `product <= a_in · w[sel_in]`, then
-    `psum_out <= psum_in + product`; `a`/`sel`/`valid` pass right.
+    """One MAC cell, three stages: `a_in` and `w[sel_in]` into the multiplier's
+    operand registers, their product, then `psum_out <= psum_in + product`;
+    `a`/`sel`/`valid` pass right.
 
-    The cell's partial-sum input must therefore arrive one cycle after its
-    activation, which the array's one-cycle-per-row psum chain provides.
-    Stage one (the product) loads only when `valid_in` is set, stage two only
-    the cycle after, when `valid_out` is set.
+    The cell's partial-sum input must therefore arrive two cycles after its
+    activation, which the array's skew provides (see the module docstring).
+    Each stage loads only for a valid row (`valid_in`, then its delayed copies).
     Weights are written through `w_we`/`w_bank`/`w_data` (registered; the new
     value is used from the next cycle on).
     """
@@ -108,19 +114,23 @@ class ProcessingElement(wiring.Component):
                 m.d.sync += w[1].eq(self.w_data)
             with m.Else():
                 m.d.sync += w[0].eq(self.w_data)
-        product = Signal(signed(cfg.act_bits + cfg.weight_bits))
         m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in), act.valid.eq(self.valid_in)]
         m.d.comb += [
             self.a_out.eq(act.a),
             self.sel_out.eq(act.sel),
             self.valid_out.eq(act.valid),
         ]
-        # The weight mux sits inside the guarded assignment so that a software model
-        # evaluates it (and the multiply) only for a valid activation.
-        with m.If(self.valid_in):
-            m.d.sync += product.eq(self.a_in * Mux(self.sel_in, w[1], w[0]))
-        with m.If(act.valid):
-            m.d.sync += self.psum_out.eq(self.psum_in + product)
+        m.submodules.mul = mul = PipelinedMultiplier(signed(cfg.act_bits), signed(cfg.weight_bits))
+        m.d.comb += [
+            mul.a.eq(self.a_in),
+            mul.b.eq(Mux(self.sel_in, w[1], w[0])),
+            mul.en.eq(self.valid_in),
+        ]
+        # The product of the row that entered two cycles ago is ready: add it.
+        product_valid = Signal()
+        m.d.sync += product_valid.eq(act.valid)
+        with m.If(product_valid):
+            m.d.sync += self.psum_out.eq(self.psum_in + mul.p)
         return m
 
 
@@ -157,7 +167,7 @@ class SystolicArray(wiring.Component):
     @staticmethod
     def latency_for(cfg: AccelConfig) -> int:
         """Cycles from a row on `a_in` to its sums on `psum_out`, without building an array."""
-        return cfg.rows + cfg.cols
+        return cfg.rows + cfg.cols + PipelinedMultiplier.LATENCY - 1
 
     @property
     def latency(self) -> int:

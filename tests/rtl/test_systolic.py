@@ -21,21 +21,22 @@ def test_pe_mac_and_double_buffered_weights():
             ctx.set(pe.w_data, w)
             await ctx.tick()
         ctx.set(pe.w_we, 0)
-        # The product is registered: a partial sum joins its activation a cycle later.
-        cases = ((-128, 0, 5), (-128, 1, -7), (127, 0, 2**31 - 2**14 - 1), (0, 0, 0))
-        previous = None
+        # Operands, then product are registered: a partial sum joins its activation
+        # two cycles later, and the sum appears the cycle after that.
+        cases = ((-128, 0, 5), (-128, 1, -7), (127, 0, 2**31 - 2**14 - 1), (0, 0, 0), (5, 1, 3))
+        history = []
         for a, sel, psum in cases:
             ctx.set(pe.a_in, a)
             ctx.set(pe.sel_in, sel)
-            if previous is not None:
-                ctx.set(pe.psum_in, previous[2])
+            if len(history) >= 2:
+                ctx.set(pe.psum_in, history[-2][2])
             await ctx.tick()
             assert ctx.get(pe.a_out) == a
             assert ctx.get(pe.sel_out) == sel
-            if previous is not None:
-                pa, psel, ppsum = previous
+            if len(history) >= 2:
+                pa, psel, ppsum = history[-2]
                 assert ctx.get(pe.psum_out) == ppsum + pa * (-128 if psel == 0 else 127)
-            previous = (a, sel, psum)
+            history.append((a, sel, psum))
 
     run_simulation(pe, [bench])
 
@@ -90,7 +91,7 @@ def test_array_rows_stream_back_to_back_across_banks(rows, cols, bus):
 
     run_simulation(array, [bench])
     assert np.array_equal(np.array(got), np.array(expect))
-    assert array.latency == rows + cols
+    assert array.latency == rows + cols + 1
     assert array.bank_cooldown == 0
 
 
@@ -191,12 +192,13 @@ def test_pe_holds_its_registers_without_a_valid_activation():
         ctx.set(pe.w_we, 0)
         ctx.set(pe.a_in, 5)
         await ctx.tick()
-        ctx.set(pe.psum_in, 100)
         ctx.set(pe.valid_in, 0)
         ctx.set(pe.a_in, 77)
         await ctx.tick()
-        assert ctx.get(pe.psum_out) == 100 - 15
         assert (ctx.get(pe.a_out), ctx.get(pe.valid_out)) == (77, 0)
+        ctx.set(pe.psum_in, 100)
+        await ctx.tick()
+        assert ctx.get(pe.psum_out) == 100 - 15
         ctx.set(pe.psum_in, -9)
         await ctx.tick()
         assert ctx.get(pe.psum_out) == 100 - 15
