@@ -321,9 +321,8 @@ class PostProc(wiring.Component):
 
         Input register, parameter read data register, the two requantisers,
         LUT read, LUT data register, activated value register (LUT data or the
-        requantised value),
-        the gated product's multiplier (operands, product), the gate
-        requantiser, output register.
+        requantised value), the gated product's multiplier (operands, product),
+        the gate requantiser, output register.
         """
         req = Requantizer.latency_for(cfg.acc_bits)
         return 2 + req + _GATED_STAGES + Requantizer.latency_for(2 * cfg.act_bits) + 1
@@ -419,15 +418,15 @@ class PostProc(wiring.Component):
         gate_lat = Requantizer.latency_for(2 * bits)
         # Stage q = 2 + req_lat: requantised W/W1 and W3 values; LUT read.
         mode_q = _delay(m, s2.mode, req_lat, "mode_q")
-        # Stage q + 3 (`_LUT_STAGES`): the activated value (LUT data or the requantised
-        # value) registered.
+        # Stage q + `_LUT_STAGES`: the activated value (LUT data or the requantised value)
+        # registered.
         mode_lut = _delay(m, mode_q, _LUT_STAGES - 1, "mode_lut")
         mode_l = _delay(m, mode_lut, 1, "mode_l")
-        # Stage q + 3: the gated product's operands; stage q + 5 (`_GATED_STAGES`): its
-        # product registered, the gate requantiser starts.
+        # Stage q + `_GATED_STAGES`: the gated product registered (its operands the stage
+        # before); the gate requantiser starts.
         gate_mult = _delay(m, s2.gate_mult, req_lat + _GATED_STAGES, "gate_mult")
         gate_shift = _delay(m, s2.gate_shift, req_lat + _GATED_STAGES, "gate_shift")
-        # Stage q + 4 + gate_lat: results, then the output register.
+        # Stage q + `_GATED_STAGES` + gate_lat: results, then the output register.
         to_end = req_lat + _GATED_STAGES + gate_lat
         mode_e = _delay(m, mode_l, _GATED_STAGES - _LUT_STAGES + gate_lat, "mode_e")
         n_valid_e = _delay(m, s2.n_valid, to_end, "n_valid_e")

@@ -12,8 +12,8 @@ from rtl.fpga import DEVICES
 from rtl.multiplier import PipelinedMultiplier, targets_ecp5
 from sim.amaranth_sim import run_simulation
 
-# The accelerator's operand pairs: the array (s8 × s8), the sequencer's MAC
-# counter (u4 × u4 at 8 × 8), the requantiser's halves (s16/u17 × u16).
+# The array's pair (s8 × s8), a small unsigned pair, and the requantisers'
+# operands (s16 unsplit, u17 low half, × u16 multipliers).
 SHAPES = [
     (signed(8), signed(8)),
     (unsigned(4), unsigned(4)),
