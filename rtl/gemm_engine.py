@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -65,6 +65,9 @@ from .sequencer import (
 from .systolic import SystolicArray
 
 __all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
+
+_SELECT_BITS = 8
+"""Sum bits behind one copy of an accumulator select register (see stage B)."""
 
 
 def default_m_block(cfg: AccelConfig) -> int:
@@ -207,34 +210,53 @@ class GemmEngine(wiring.Component):
         m.d.sync += [b_tag.eq(tag), b_psum.eq(array.psum_out), c_tag.eq(b_tag), d_tag.eq(c_tag)]
         for p in range(2):
             m.d.sync += b_read[p].eq(reads[p].data)
-        # Stage B's selects, registered once per column: one register would drive the
-        # muxes of all C · acc_bits sum bits, too far to reach in a cycle. `keep` stops
-        # yosys from merging the identical copies again (`rtl.fpga`'s synthesis script).
+
+        # Stage B's selects, registered once per column and byte of the sums: one
+        # register would drive the muxes of all C · acc_bits sum bits, too far to reach
+        # in a cycle (one per column still took 5.7 ns of routing on ECP5). They are
+        # decided a cycle ahead (from the rows one stage earlier) in one register each,
+        # copied to the columns the next cycle, so placement can put the copies beside
+        # their columns. `keep` stops yosys from merging the identical copies again
+        # (`rtl.fpga`'s synthesis script).
         # hit_{c,d}[p]: the row in B was last written to memory p by the row now in C / D.
+        def matches(older, newer, p: int):
+            return older.valid & (older.second_pass == p) & (older.row == newer.row)
+
+        ahead = {}
+        for p in range(2):
+            ahead[f"hit_c_{p}"], ahead[f"hit_d_{p}"] = (
+                matches(tag, early, p),
+                matches(b_tag, early, p),
+            )
+        ahead["second_pass"], ahead["first"] = early.second_pass, early.first
+        decided = {name: Signal(name=f"{name}_ahead") for name in ahead}
+        m.d.sync += [decided[name].eq(value) for name, value in ahead.items()]
         total = Signal(acc_row)
         acc_a = Signal(acc_row)
         for c in range(cfg.cols):
-            hit_c, hit_d = [], []
-            for p in range(2):
-                hc = Signal(name=f"hit_c_{p}_{c}", attrs={"keep": 1})
-                hd = Signal(name=f"hit_d_{p}_{c}", attrs={"keep": 1})
-                m.d.sync += [
-                    hc.eq(b_tag.valid & (b_tag.second_pass == p) & (b_tag.row == tag.row)),
-                    hd.eq(c_tag.valid & (c_tag.second_pass == p) & (c_tag.row == tag.row)),
+            prior, firsts, old_a = [], [], []
+            for lo in range(0, cfg.acc_bits, _SELECT_BITS):
+                bits = slice(lo, min(lo + _SELECT_BITS, cfg.acc_bits))
+                sel = {name: Signal(name=f"{name}_{c}_{lo}", attrs={"keep": 1}) for name in ahead}
+                m.d.sync += [sel[name].eq(decided[name]) for name in ahead]
+                old = [
+                    Mux(
+                        sel[f"hit_c_{p}"],
+                        c_total[c][bits],
+                        Mux(sel[f"hit_d_{p}"], d_total[c][bits], b_read[p][c][bits]),
+                    )
+                    for p in range(2)
                 ]
-                hit_c.append(hc)
-                hit_d.append(hd)
-            second_pass = Signal(name=f"second_pass_{c}", attrs={"keep": 1})
-            first = Signal(name=f"first_{c}", attrs={"keep": 1})
-            m.d.sync += [second_pass.eq(tag.second_pass), first.eq(tag.first)]
-            old = [
-                Mux(hit_c[p], c_total[c], Mux(hit_d[p], d_total[c], b_read[p][c])) for p in range(2)
-            ]
-            prior = Mux(second_pass, old[1], old[0])
-            m.d.comb += [
-                total[c].eq(Mux(first, b_psum[c], prior + b_psum[c])),
-                acc_a[c].eq(Mux(second_pass, old[0], total[c])),
-            ]
+                prior.append(Mux(sel["second_pass"], old[1], old[0]))
+                firsts.append((sel["first"], bits))
+                old_a.append((sel["second_pass"], old[0], bits))
+            added = Cat(*prior).as_signed() + b_psum[c]
+            m.d.comb += total[c].eq(
+                Cat(*(Mux(first, b_psum[c][bits], added[bits]) for first, bits in firsts))
+            )
+            m.d.comb += acc_a[c].eq(
+                Cat(*(Mux(second, old0, total[c][bits]) for second, old0, bits in old_a))
+            )
         m.d.sync += [
             c_total.eq(total),
             c_acc_a.eq(acc_a),

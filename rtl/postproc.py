@@ -19,11 +19,12 @@ pairs live in a parameter memory of `param_rows` rows × C lanes; an input beat
 names the rows for its `acc_a` and `acc_b` (e.g. W1's and W3's parameters
 for the same N-tile), so several GEMMs' parameters can stay resident.
 
-Pipeline (`PostProc.pipeline_depth` = 19 stages with 32-bit accumulators):
+Pipeline (`PostProc.pipeline_depth` = 23 stages with 32-bit accumulators):
 input register, parameter read data register, the requantisers
-(`Requantizer`: DSP operands, product, partial-product sum, bias, shift,
-saturation — one adder or shifter per cycle), LUT read, LUT data register,
-activated value register, the gated product's operands and product, the gate requantiser,
+(`Requantizer`: DSP operands, product, product again in the fabric,
+partial-product sum, bias, shift by bytes, by bits, saturation — one adder
+or shifter per cycle), LUT read, LUT data register, activated value
+register, the gated product's operands and product, the gate requantiser,
 output register, then an output FIFO in block RAM; `out.valid` never waits on
 `out.ready`. No stage does more than one DSP multiply, one adder, a shifter or
 a block-RAM access, and every multiply is a `PipelinedMultiplier` (on ECP5 a
@@ -32,7 +33,7 @@ MULT18X18D with its operand and product registers inside the block).
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -85,10 +86,15 @@ class Requantizer(wiring.Component):
        beside them the rounding bias `2^(s−1) − (p < 0)` (`s = 0`: 0), from
        the registered `max − s` and sign, so the shift decode and the bias
        subtract do not follow the clamp and `max − s` in one cycle;
-    3. (split inputs only) the partial products summed;
-    4. the bias added;
-    5. the arithmetic shift right;
-    6. the saturation to [−(2^(out_bits−1) − 1), 2^(out_bits−1) − 1].
+    3. the product (or its halves) again, in fabric registers: placement puts
+       a requantiser's multipliers wherever the chip has DSP blocks left, up
+       to 9 ns of routing away from its adder, so the route gets a cycle;
+    4. (split inputs only) the partial products summed;
+    5. the bias added;
+    6. the arithmetic shift right by whole bytes;
+    7. the arithmetic shift right by the rest (`s mod 8`);
+    8. the saturation to [−(2^(out_bits−1) − 1), 2^(out_bits−1) − 1] (and, with
+       `narrow_bits`, to that narrower range as well, on `narrow`).
 
     Shifts ≥ `in_bits + mult_bits` give 0 (as the golden model does), so the
     barrel shifter only spans that range.
@@ -97,21 +103,29 @@ class Requantizer(wiring.Component):
     SPLIT_BITS = 17
     """Low-part width of a split product: unsigned 17 bits fit an 18 × 18 signed multiplier."""
 
-    def __init__(self, in_bits: int, mult_bits: int, out_bits: int) -> None:
+    def __init__(
+        self, in_bits: int, mult_bits: int, out_bits: int, narrow_bits: int | None = None
+    ) -> None:
+        if narrow_bits is not None and not 2 <= narrow_bits <= out_bits:
+            raise ConfigError(
+                f"Requantizer narrow_bits = {narrow_bits!r} must be in [2, out_bits = {out_bits}]"
+            )
         self.in_bits, self.mult_bits, self.out_bits = in_bits, mult_bits, out_bits
-        super().__init__(
-            {
-                "value": In(signed(in_bits)),
-                "mult": In(unsigned(mult_bits)),
-                "shift": In(unsigned(SHIFT_BITS)),
-                "result": Out(signed(out_bits)),
-            }
-        )
+        self.narrow_bits = narrow_bits
+        ports = {
+            "value": In(signed(in_bits)),
+            "mult": In(unsigned(mult_bits)),
+            "shift": In(unsigned(SHIFT_BITS)),
+            "result": Out(signed(out_bits)),
+        }
+        if narrow_bits is not None:
+            ports["narrow"] = Out(signed(narrow_bits))
+        super().__init__(ports)
 
     @classmethod
     def latency_for(cls, in_bits: int) -> int:
         """Latency of a requantiser of `in_bits`-wide values (without building one)."""
-        return 6 if in_bits > cls.SPLIT_BITS + 1 else 5
+        return 8 if in_bits > cls.SPLIT_BITS + 1 else 7
 
     @property
     def split(self) -> bool:
@@ -145,8 +159,8 @@ class Requantizer(wiring.Component):
         # 64, and slow the Verilated model down.
         bias = Signal(signed(max_shift + 1))
         m.d.sync += bias.eq((Const(1 << (max_shift - 1), max_shift) >> shift_down) - negative)
-        # The bias waits beside the product until the adder (stage latency − 2).
-        bias = _delay(m, bias, self.latency - 5, "bias")
+        # The bias waits beside the product until the adder (stage latency − 3).
+        bias = _delay(m, bias, self.latency - 6, "bias")
         product = Signal(signed(prod_bits))
         mult_shape = unsigned(self.mult_bits)
         if self.split:
@@ -160,20 +174,35 @@ class Requantizer(wiring.Component):
                 high.a.eq(self.value[low_bits:].as_signed()),
                 high.b.eq(self.mult),
             ]
-            m.d.sync += product.eq((high.p << low_bits) + low.p)
+            low_p, high_p = Signal.like(low.p), Signal.like(high.p)
+            m.d.sync += [low_p.eq(low.p), high_p.eq(high.p)]
+            m.d.sync += product.eq((high_p << low_bits) + low_p)
         else:
             m.submodules.mul = mul = PipelinedMultiplier(signed(self.in_bits), mult_shape)
-            m.d.comb += [mul.a.eq(self.value), mul.b.eq(self.mult), product.eq(mul.p)]
+            m.d.comb += [mul.a.eq(self.value), mul.b.eq(self.mult)]
+            m.d.sync += product.eq(mul.p)
 
         biased = Signal(signed(max(prod_bits, max_shift + 1) + 1))
-        rounded = Signal(signed(len(biased)))
-        qmax = 2 ** (self.out_bits - 1) - 1
+        by_bytes = Signal.like(biased)
+        rounded = Signal.like(biased)
+        # The shift takes two stages, whole bytes then the rest, each an 8-way select:
+        # with the bytes shifted behind the add, the sum's fan-out into the select
+        # took 4 ns of routing on ECP5.
         m.d.sync += [
             biased.eq(product + bias),
-            rounded.eq(biased >> shift[-1]),
-            self.result.eq(Mux(rounded > qmax, qmax, Mux(rounded < -qmax, -qmax, rounded))),
+            by_bytes.eq(biased >> Cat(Const(0, 3), shift[-2][3:])),
+            rounded.eq(by_bytes >> shift[-1][:3]),
+            self.result.eq(_saturated(rounded, self.out_bits)),
         ]
+        if self.narrow_bits is not None:
+            m.d.sync += self.narrow.eq(_saturated(rounded, self.narrow_bits))
         return m
+
+
+def _saturated(value, bits: int):
+    """`value` clamped to the symmetric `bits`-wide range [−(2^(bits−1) − 1), 2^(bits−1) − 1]."""
+    qmax = 2 ** (bits - 1) - 1
+    return Mux(value > qmax, qmax, Mux(value < -qmax, -qmax, value))
 
 
 def param_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -310,7 +339,7 @@ class PostProc(wiring.Component):
         """One lane's requantisers: W/W1 (to the wide width), W3, the gated product."""
         cfg = self.cfg
         return (
-            Requantizer(cfg.acc_bits, cfg.mult_bits, wide_bits(cfg)),
+            Requantizer(cfg.acc_bits, cfg.mult_bits, wide_bits(cfg), narrow_bits=cfg.act_bits),
             Requantizer(cfg.acc_bits, cfg.mult_bits, cfg.act_bits),
             Requantizer(2 * cfg.act_bits, cfg.mult_bits, cfg.act_bits),
         )
@@ -346,7 +375,6 @@ class PostProc(wiring.Component):
         m = Module()
         cfg = self.cfg
         lanes, bits = cfg.cols, cfg.act_bits
-        qmax = 2 ** (bits - 1) - 1
 
         params = Memory(
             shape=data.ArrayLayout(param_layout(cfg), lanes), depth=self.param_rows, init=[]
@@ -447,14 +475,11 @@ class PostProc(wiring.Component):
                 req_b.mult.eq(s2_pb[c].mult),
                 req_b.shift.eq(s2_pb[c].shift),
             ]
-            # Saturating the wide result again to act_bits equals saturating directly.
-            wide = req_a.result
-            narrow = Signal(signed(bits), name=f"narrow_{c}")
+            # W/W1's result saturated to act_bits, beside the wide one (saturating
+            # the registered wide result again put a compare chain before the LUT read).
+            narrow = req_a.narrow
             entry_bits = exact_log2(per_row)
-            m.d.comb += [
-                narrow.eq(Mux(wide > qmax, qmax, Mux(wide < -qmax, -qmax, wide))),
-                luts[c].addr.eq(narrow.as_unsigned() >> entry_bits),
-            ]
+            m.d.comb += luts[c].addr.eq(narrow.as_unsigned() >> entry_bits)
             # The LUT row's entry is chosen by the input's low bits, registered beside the
             # read and then beside the registered read data.
             entry = Signal(range(per_row), name=f"lut_entry_{c}")
@@ -478,7 +503,7 @@ class PostProc(wiring.Component):
             activated_e = _delay(
                 m, activated, _GATED_STAGES - _LUT_STAGES + gate_lat, f"activated_e_{c}"
             )
-            wide_e = _delay(m, wide, _GATED_STAGES + gate_lat, f"wide_e_{c}")
+            wide_e = _delay(m, req_a.result, _GATED_STAGES + gate_lat, f"wide_e_{c}")
             lane_valid = c < n_valid_e
             m.d.sync += [
                 result.data[c].eq(

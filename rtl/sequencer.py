@@ -147,39 +147,60 @@ class _Walker:
 
     Everything the issue logic tests is a register: besides the K offset
     (`k0`, for the first-K-step flag) the walker keeps what is left of K, N
-    and M with the per-tile flags and counts derived from them, and their next
-    values come from registers alone (`left <= 2·tile` rather than a compare
-    of `left − tile`, K's and N's restart values kept from the command), so a
-    step only selects between ready values: a subtract and compare behind the
-    issue decision did not fit a 100 MHz cycle on ECP5, and neither did a
-    compare that yosys' `opt_share` moved behind the select when two branches
-    compared against the same constant. The flags the issue decision reads
-    (`last_pass`, `final`, `last_tile`) are registers too, each step computing
-    their next values beside the others.
+    and M with the per-tile flags and counts derived from them (`final`,
+    `last_tile`, …), and K's and N's restart values from the command. The
+    value every field takes at the next step is computed from these registers
+    alone (`left <= 2·tile` rather than a compare of `left − tile`), in
+    `after`, whose wires carry the `keep` attribute: synthesis has to build
+    them as they are, so a step is a select behind the walker's decision
+    instead of logic the decision passes through (on ECP5 it went five LUT
+    levels deep into the step logic, and a subtract and compare behind it did
+    not fit 100 MHz).
     """
 
+    FIELDS = (
+        "k0",
+        "k_left",
+        "n_left",
+        "m_left",
+        "n_tile",
+        "second",
+        "last_k",
+        "last_pass",
+        "last_n",
+        "last_m",
+        "k_valid",
+        "n_valid",
+        "block_last",
+        "final",
+        "last_tile",
+    )
+
     def __init__(self, m: Module, cfg: AccelConfig, cmd, m_block: int, name: str) -> None:
-        self.cfg, self.cmd, self.m_block = cfg, cmd, m_block
-        self.k0 = Signal.like(cmd.k, name=f"{name}_k0")
-        self.k_left = Signal.like(cmd.k, name=f"{name}_k_left")
-        self.n_left = Signal.like(cmd.n, name=f"{name}_n_left")
-        self.m_left = Signal.like(cmd.m, name=f"{name}_m_left")
-        self.n_tile = Signal(len(cmd.param_a), name=f"{name}_n_tile")
-        self.second = Signal(name=f"{name}_second_pass")
-        self.last_k = Signal(name=f"{name}_last_k")
-        self.last_pass = Signal(name=f"{name}_last_pass")
-        self.last_n = Signal(name=f"{name}_last_n")
-        self.last_m = Signal(name=f"{name}_last_m")
-        self.k_valid = Signal(range(cfg.rows + 1), name=f"{name}_k_valid")
-        self.n_valid = Signal(range(cfg.cols + 1), name=f"{name}_n_valid")
-        self.block_last = Signal(range(m_block), name=f"{name}_block_last")
-        """Index of the block's last row (rows in this M-block − 1)."""
-        self.final = Signal(name=f"{name}_final")
-        """The sums of this tile are complete (last K-tile of the last pass)."""
-        self.last_tile = Signal(name=f"{name}_last_tile")
-        """`final` of the command's last tile."""
+        self.cfg, self.cmd, self.m_block, self.name = cfg, cmd, m_block, name
+        shapes = {
+            "k0": cmd.k.shape(),
+            "k_left": cmd.k.shape(),
+            "n_left": cmd.n.shape(),
+            "m_left": cmd.m.shape(),
+            "n_tile": unsigned(len(cmd.param_a)),
+            "k_valid": range(cfg.rows + 1),
+            "n_valid": range(cfg.cols + 1),
+            "block_last": range(m_block),
+        }
+        self.regs = {f: Signal(shapes.get(f, 1), name=f"{name}_{f}") for f in self.FIELDS}
+        self.after = {
+            f: Signal(shapes.get(f, 1), name=f"{name}_{f}_after", attrs={"keep": 1})
+            for f in self.FIELDS
+        }
+        for f, reg in self.regs.items():
+            setattr(self, f, reg)
+        # `final`: the sums of this tile are complete (last K-tile of the last pass);
+        # `last_tile`: `final` of the command's last tile; `block_last`: index of the
+        # block's last row (rows in this M-block − 1).
         self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
         self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
+        self._compute_after(m)
 
     @property
     def next_block_single(self):
@@ -188,7 +209,7 @@ class _Walker:
         return Mux(self.m_left <= 2 * mb, self.m_left == mb + 1, mb == 1)
 
     def reset(self, cmd) -> list:
-        """Start the nest of the command `cmd` (the payload being accepted this cycle)."""
+        """Start the nest of the command `cmd` (the registered command, while it is checked)."""
         cfg, mb = self.cfg, self.m_block
         k_last, n_last = cmd.k <= cfg.rows, cmd.n <= cfg.cols
         k_count, n_count = Mux(k_last, cmd.k, cfg.rows), Mux(n_last, cmd.n, cfg.cols)
@@ -215,64 +236,82 @@ class _Walker:
             self.n_restart[1].eq(n_count),
         ]
 
-    def step(self, m: Module) -> None:
-        """Advance to the next tile (the caller checks `last_tile` first)."""
+    def step(self, m: Module, when) -> None:
+        """Advance to the next tile in the cycles `when` holds (never past `last_tile`).
+
+        `when` is a wire of its own (`keep`): one LUT from the walker's decision
+        register, not merged into the per-field enables behind it.
+        """
+        stepping = Signal(name=f"{self.name}_stepping", attrs={"keep": 1})
+        m.d.comb += stepping.eq(when)
+        with m.If(stepping):
+            m.d.sync += [self.regs[f].eq(self.after[f]) for f in self.FIELDS]
+
+    def _compute_after(self, m: Module) -> None:
+        """`after`: the next tile's fields (K-step, else next pass, else N-step, else M-step)."""
         cfg, cmd, mb = self.cfg, self.cmd, self.m_block
         rows, cols = cfg.rows, cfg.cols
+        after = self.after
         k_more, n_more, m_more = self.k_left - rows, self.n_left - cols, self.m_left - mb
         single_pass = cmd.mode != Mode.SWIGLU
         k_next_last = self.k_left <= 2 * rows
         n_next_last = self.n_left <= 2 * cols
         m_next_last = self.m_left <= 2 * mb
-        k_step = [
-            self.k0.eq(self.k0 + rows),
-            self.k_left.eq(k_more),
-            self.last_k.eq(k_next_last),
-            self.k_valid.eq(Mux(k_next_last, k_more, rows)),
-            self.final.eq(k_next_last & self.last_pass),
-            self.last_tile.eq(k_next_last & self.last_pass & self.last_n & self.last_m),
-        ]
-        k_restart = [
-            self.k0.eq(0),
-            self.k_left.eq(cmd.k),
-            self.last_k.eq(self.k_restart[0]),
-            self.k_valid.eq(self.k_restart[1]),
-        ]
-        n_restart = [
-            self.n_tile.eq(0),
-            self.n_left.eq(cmd.n),
-            self.last_n.eq(self.n_restart[0]),
-            self.n_valid.eq(self.n_restart[1]),
-        ]
         k_first_last = self.k_restart[0]
+        m.d.comb += [after[f].eq(self.regs[f]) for f in self.FIELDS]
+        k_restart = [
+            after["k0"].eq(0),
+            after["k_left"].eq(cmd.k),
+            after["last_k"].eq(k_first_last),
+            after["k_valid"].eq(self.k_restart[1]),
+        ]
         with m.If(~self.last_k):
-            m.d.sync += k_step
+            m.d.comb += [
+                after["k0"].eq(self.k0 + rows),
+                after["k_left"].eq(k_more),
+                after["last_k"].eq(k_next_last),
+                after["k_valid"].eq(Mux(k_next_last, k_more, rows)),
+                after["final"].eq(k_next_last & self.last_pass),
+                after["last_tile"].eq(k_next_last & self.last_pass & self.last_n & self.last_m),
+            ]
         with m.Elif(~self.last_pass):
-            m.d.sync += [*k_restart, self.second.eq(1), self.last_pass.eq(1)]
-            m.d.sync += [
-                self.final.eq(k_first_last),
-                self.last_tile.eq(k_first_last & self.last_n & self.last_m),
+            m.d.comb += [*k_restart, after["second"].eq(1), after["last_pass"].eq(1)]
+            m.d.comb += [
+                after["final"].eq(k_first_last),
+                after["last_tile"].eq(k_first_last & self.last_n & self.last_m),
             ]
         with m.Elif(~self.last_n):
-            m.d.sync += [*k_restart, self.second.eq(0), self.n_tile.eq(self.n_tile + 1)]
-            m.d.sync += [
-                self.last_pass.eq(single_pass),
-                self.final.eq(k_first_last & single_pass),
-                self.last_tile.eq(k_first_last & single_pass & n_next_last & self.last_m),
-                self.n_left.eq(n_more),
-                self.last_n.eq(n_next_last),
-                self.n_valid.eq(Mux(n_next_last, n_more, cols)),
+            m.d.comb += [*k_restart, after["second"].eq(0), after["n_tile"].eq(self.n_tile + 1)]
+            m.d.comb += [
+                after["last_pass"].eq(single_pass),
+                after["final"].eq(k_first_last & single_pass),
+                after["last_tile"].eq(k_first_last & single_pass & n_next_last & self.last_m),
+                after["n_left"].eq(n_more),
+                after["last_n"].eq(n_next_last),
+                after["n_valid"].eq(Mux(n_next_last, n_more, cols)),
             ]
         with m.Else():
-            m.d.sync += [*k_restart, *n_restart, self.second.eq(0)]
-            m.d.sync += [
-                self.last_pass.eq(single_pass),
-                self.final.eq(k_first_last & single_pass),
-                self.last_tile.eq(k_first_last & single_pass & self.n_restart[0] & m_next_last),
-                self.m_left.eq(m_more),
-                self.last_m.eq(m_next_last),
-                self.block_last.eq(Mux(m_next_last, self.m_left - (mb + 1), mb - 1)),
+            m.d.comb += [*k_restart, after["second"].eq(0)]
+            m.d.comb += [
+                after["n_tile"].eq(0),
+                after["n_left"].eq(cmd.n),
+                after["last_n"].eq(self.n_restart[0]),
+                after["n_valid"].eq(self.n_restart[1]),
+                after["last_pass"].eq(single_pass),
+                after["final"].eq(k_first_last & single_pass),
+                after["last_tile"].eq(k_first_last & single_pass & self.n_restart[0] & m_next_last),
+                after["m_left"].eq(m_more),
+                after["last_m"].eq(m_next_last),
+                after["block_last"].eq(Mux(m_next_last, self.m_left - (mb + 1), mb - 1)),
             ]
+
+
+def _decision_copies(name: str, groups: tuple[str, ...]) -> dict[str, Signal]:
+    """One register per group of loads, all given the same next value by the caller.
+
+    The `keep` attribute makes `rtl.fpga`'s synthesis script keep the copies apart.
+    """
+    return {g: Signal(name=f"{name}_{g}", attrs={"keep": 1}) for g in groups}
 
 
 class TileSequencer(wiring.Component):
@@ -377,65 +416,70 @@ class TileSequencer(wiring.Component):
         ld_bank = Signal()
         is_row = Signal(range(self.m_block))
         is_bank = Signal()
-        # `is_row == issuer.block_last`, kept as a register beside `is_row`.
-        row_last = Signal()
+        lanes = cfg.weight_rows_per_beat
+        # `ld_row + lanes >= loader.k_valid` (the beat ends the tile) and
+        # `is_row == issuer.block_last`, kept as registers beside the row counters.
+        ld_last, row_last = Signal(), Signal()
 
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cmd.eq(self.cmd.payload)
-            m.d.sync += loader.reset(self.cmd.payload) + issuer.reset(self.cmd.payload)
-            m.d.sync += [ld_row.eq(0), ld_bank.eq(0), is_row.eq(0), is_bank.eq(0)]
-            p_m = self.cmd.payload.m
-            m.d.sync += row_last.eq(Mux(p_m <= self.m_block, p_m == 1, self.m_block == 1))
         m.d.sync += [checking.eq(self.cmd.valid & self.cmd.ready), deciding.eq(checking)]
+        # The walkers start from the registered command while it is checked.
+        with m.If(checking):
+            m.d.sync += loader.reset(cmd) + issuer.reset(cmd)
+            m.d.sync += [ld_row.eq(0), is_row.eq(0)]
         with m.If(deciding):
+            m.d.sync += [ld_last.eq(lanes >= loader.k_valid), row_last.eq(issuer.block_last == 0)]
             m.d.sync += self.error.eq(cause)
             with m.If(cause == CommandError.NONE):
-                m.d.sync += [self.busy.eq(1), issuing.eq(1), loading.eq(1)]
+                m.d.sync += self.busy.eq(1)
             with m.Else():
                 m.d.sync += self.done.eq(1)
 
+        # Both walkers' decisions, `weight.ready` (take a weight beat) and `can_issue`
+        # (which is `act.ready`: inject an activation row), are registers, so a beat or a
+        # row goes in on one AND of a flip-flop with the stream's `valid`. Each is computed
+        # from the next values of the registers it reads, and kept in one copy per group of
+        # loads (the `keep` attribute stops synthesis from merging the copies): one
+        # `inject` net with ~500 loads cost 4 ns of routing on ECP5, and the loop that makes
+        # the next decision now sees only its own few loads.
+        ld_ready = _decision_copies("ld_ready", ("loop", "walk", "we", "ready"))
+        ld_fire = {g: Signal(name=f"ld_fire_{g}") for g in ("loop", "walk", "we")}
+        groups = ("loop", "walk", "lanes", "count", "ready")
+        can_issue = _decision_copies("can_issue", groups)
+        inject = {g: Signal(name=f"inject_{g}") for g in groups if g != "ready"}
+        for g, sig in ld_fire.items():
+            m.d.comb += sig.eq(ld_ready[g] & self.weight.valid)
+        for g, sig in inject.items():
+            m.d.comb += sig.eq(can_issue[g] & self.act.valid)
+
         # Weight loader.
-        bank_free = Signal()
-        m.d.comb += bank_free.eq(
-            ~full.bit_select(ld_bank, 1) & Mux(ld_bank, cool[1] == 0, cool[0] == 0)
-        )
-        lanes = cfg.weight_rows_per_beat
-        ld_fire = Signal()
         m.d.comb += [
-            self.weight.ready.eq(loading & bank_free),
-            ld_fire.eq(self.weight.valid & self.weight.ready),
+            self.weight.ready.eq(ld_ready["ready"]),
             self.w_row.eq(self.weight.payload),
             self.w_addr.eq(ld_row),
             self.w_bank.eq(ld_bank),
         ]
         for i in range(lanes):
-            m.d.comb += self.w_we[i].eq(ld_fire & (ld_row + i < loader.k_valid))
-        set_full = Signal(2)
-        with m.If(ld_fire):
-            with m.If(ld_row + lanes >= loader.k_valid):
-                m.d.sync += [ld_row.eq(0), ld_bank.eq(~ld_bank)]
-                m.d.comb += set_full.eq(Mux(ld_bank, 0b10, 0b01))
-                with m.If(loader.last_tile):
-                    m.d.sync += loading.eq(0)
-                with m.Else():
-                    loader.step(m)
+            m.d.comb += self.w_we[i].eq(ld_fire["we"] & (ld_row + i < loader.k_valid))
+        loader.step(m, ld_fire["walk"] & ld_last & ~loader.last_tile)
+        with m.If(ld_fire["walk"]):
+            with m.If(ld_last):
+                m.d.sync += [ld_row.eq(0), ld_last.eq(lanes >= loader.after["k_valid"])]
             with m.Else():
-                m.d.sync += ld_row.eq(ld_row + lanes)
+                m.d.sync += [
+                    ld_row.eq(ld_row + lanes),
+                    ld_last.eq(ld_row + 2 * lanes >= loader.k_valid),
+                ]
 
         # Issuer.
-        can_issue = Signal()
-        inject = Signal()
-        has_credit = Signal(init=1)
-        m.d.comb += [
-            can_issue.eq(issuing & full.bit_select(is_bank, 1) & (~issuer.final | has_credit)),
-            self.act.ready.eq(can_issue),
-            inject.eq(can_issue & self.act.valid),
-            self.sel.eq(is_bank),
-        ]
+        m.d.comb += [self.act.ready.eq(can_issue["ready"]), self.sel.eq(is_bank)]
         for r in range(rows):
-            m.d.comb += self.a_row[r].eq(Mux(inject & (r < issuer.k_valid), self.act.payload[r], 0))
+            m.d.comb += self.a_row[r].eq(
+                Mux(inject["lanes"] & (r < issuer.k_valid), self.act.payload[r], 0)
+            )
         m.d.comb += [
-            self.tag.valid.eq(inject),
+            self.tag.valid.eq(inject["lanes"]),
             self.tag.row.eq(is_row),
             self.tag.first.eq(issuer.k0 == 0),
             self.tag.final.eq(issuer.final),
@@ -444,11 +488,65 @@ class TileSequencer(wiring.Component):
             self.tag.n_valid.eq(issuer.n_valid),
             self.tag.last.eq(issuer.last_tile & row_last),
         ]
-        clear_full = Signal(2)
-        start_cool = Signal(2)
-        with m.If(inject):
+
+        # The registers the two decisions read, through their next values.
+        tile_loaded = ld_fire["loop"] & ld_last
+        bank_done = inject["loop"] & row_last
+        spend = inject["loop"] & issuer.final
+        loading_next, ld_bank_next = Signal(), Signal()
+        issuing_next, bank_next, full_next = Signal(), Signal(), Signal(2)
+        credits_next = Signal.like(credits)
+        has_credit, has_credit_next = Signal(init=1), Signal()
+        cool_next = [Signal.like(c, name=f"{c.name}_next") for c in cool]
+        final_next = Mux(bank_done & ~issuer.last_tile, issuer.after["final"], issuer.final)
+        set_full = Mux(tile_loaded, Mux(ld_bank, 0b10, 0b01), 0)
+        clear_full = Mux(bank_done, Mux(is_bank, 0b10, 0b01), 0)
+        m.d.comb += [
+            loading_next.eq(loading & ~(tile_loaded & loader.last_tile)),
+            ld_bank_next.eq(ld_bank ^ tile_loaded),
+            issuing_next.eq(issuing & ~(bank_done & issuer.last_tile)),
+            bank_next.eq(is_bank ^ bank_done),
+            full_next.eq((full | set_full) & ~clear_full),
+            credits_next.eq(credits),
+            has_credit_next.eq(has_credit),
+        ]
+        for b in range(2):
+            m.d.comb += cool_next[b].eq(
+                Mux(clear_full[b], self.cooldown, Mux(cool[b] == 0, 0, cool[b] - 1))
+            )
+        with m.If(deciding & (cause == CommandError.NONE)):
+            m.d.comb += [loading_next.eq(1), issuing_next.eq(1)]
+        with m.If(checking):
+            m.d.comb += [ld_bank_next.eq(0), bank_next.eq(0)]
+        with m.If(spend & ~self.credit_return):
+            m.d.comb += [credits_next.eq(credits - 1), has_credit_next.eq(credits != 1)]
+        with m.Elif(~spend & self.credit_return):
+            m.d.comb += [credits_next.eq(credits + 1), has_credit_next.eq(1)]
+        m.d.sync += [
+            loading.eq(loading_next),
+            ld_bank.eq(ld_bank_next),
+            issuing.eq(issuing_next),
+            is_bank.eq(bank_next),
+            full.eq(full_next),
+            credits.eq(credits_next),
+            has_credit.eq(has_credit_next),
+            *(cool[b].eq(cool_next[b]) for b in range(2)),
+        ]
+        bank_free_next = ~full_next.bit_select(ld_bank_next, 1) & (
+            Mux(ld_bank_next, cool_next[1], cool_next[0]) == 0
+        )
+        ld_ready_next = loading_next & bank_free_next
+        can_issue_next = (
+            issuing_next & full_next.bit_select(bank_next, 1) & (~final_next | has_credit_next)
+        )
+        m.d.sync += [copy.eq(ld_ready_next) for copy in ld_ready.values()]
+        m.d.sync += [copy.eq(can_issue_next) for copy in can_issue.values()]
+
+        # The rest of the issuer's state steps on its own copy of the decision.
+        issuer.step(m, inject["walk"] & row_last & ~issuer.last_tile)
+        with m.If(inject["walk"]):
             with m.If(row_last):
-                m.d.sync += [is_row.eq(0), is_bank.eq(~is_bank)]
+                m.d.sync += is_row.eq(0)
                 m.d.sync += row_last.eq(
                     Mux(
                         issuer.final & issuer.last_n,
@@ -456,28 +554,8 @@ class TileSequencer(wiring.Component):
                         issuer.block_last == 0,
                     )
                 )
-                m.d.comb += [
-                    clear_full.eq(Mux(is_bank, 0b10, 0b01)),
-                    start_cool.eq(Mux(is_bank, 0b10, 0b01)),
-                ]
-                with m.If(issuer.last_tile):
-                    m.d.sync += issuing.eq(0)
-                with m.Else():
-                    issuer.step(m)
             with m.Else():
                 m.d.sync += [is_row.eq(is_row + 1), row_last.eq(is_row + 1 == issuer.block_last)]
-        m.d.sync += full.eq((full | set_full) & ~clear_full)
-        for b in range(2):
-            with m.If(start_cool[b]):
-                m.d.sync += cool[b].eq(self.cooldown)
-            with m.Elif(cool[b] != 0):
-                m.d.sync += cool[b].eq(cool[b] - 1)
-
-        spend = inject & issuer.final
-        with m.If(spend & ~self.credit_return):
-            m.d.sync += [credits.eq(credits - 1), has_credit.eq(credits != 1)]
-        with m.Elif(~spend & self.credit_return):
-            m.d.sync += [credits.eq(credits + 1), has_credit.eq(1)]
 
         # Completion: every final row has left the engine and post-processing is empty.
         with m.If(self.busy & ~issuing & (credits == self.credits) & ~self.pp_busy):
@@ -486,10 +564,10 @@ class TileSequencer(wiring.Component):
         # Counters: each busy cycle lands in exactly one bucket.
         counters = self.counters
         bucket = {
-            "mac_cycles": inject,
+            "mac_cycles": inject["count"],
             "stall_weight": issuing & ~full.bit_select(is_bank, 1),
             "stall_out": issuing & full.bit_select(is_bank, 1) & issuer.final & ~has_credit,
-            "stall_act": can_issue & ~self.act.valid,
+            "stall_act": can_issue["count"] & ~self.act.valid,
             "drain": ~issuing,
         }
         # An injected row's MAC count is multiplied, then added, in later cycles (a
@@ -499,7 +577,7 @@ class TileSequencer(wiring.Component):
         row_n = Signal.like(issuer.n_valid)
         row_macs = Signal(range(rows * cols + 1))
         m.d.sync += [
-            row_k.eq(Mux(inject, issuer.k_valid, 0)),
+            row_k.eq(Mux(inject["count"], issuer.k_valid, 0)),
             row_n.eq(issuer.n_valid),
             row_macs.eq(row_k * row_n),
         ]

@@ -47,12 +47,16 @@ def _requant_vectors(in_bits: int, mult_bits: int, rng: np.random.Generator):
     return corners + halves + list(rand) + list(useful)
 
 
-@pytest.mark.parametrize(("in_bits", "mult_bits"), [(32, 16), (16, 16), (20, 12)])
-def test_requantizer_matches_numerics(in_bits, mult_bits):
+@pytest.mark.parametrize(
+    ("in_bits", "mult_bits", "out_bits", "narrow_bits"),
+    [(32, 16, 8, None), (16, 16, 8, None), (20, 12, 8, None), (32, 16, 16, 8)],
+)
+def test_requantizer_matches_numerics(in_bits, mult_bits, out_bits, narrow_bits):
     """One vector per cycle through the pipeline, each result `latency` cycles later."""
-    dut = Requantizer(in_bits, mult_bits, 8)
+    dut = Requantizer(in_bits, mult_bits, out_bits, narrow_bits=narrow_bits)
     vectors = _requant_vectors(in_bits, mult_bits, np.random.default_rng(in_bits + mult_bits))
-    got = []
+    widths = {"result": out_bits} | ({} if narrow_bits is None else {"narrow": narrow_bits})
+    got = {port: [] for port in widths}
 
     async def bench(ctx):
         for i in range(len(vectors) + dut.latency):
@@ -62,19 +66,25 @@ def test_requantizer_matches_numerics(in_bits, mult_bits):
                 ctx.set(dut.mult, mu)
                 ctx.set(dut.shift, s)
             if i >= dut.latency:
-                got.append(ctx.get(dut.result))
+                for port, values in got.items():
+                    values.append(ctx.get(getattr(dut, port)))
             await ctx.tick()
 
     run_simulation(dut, [bench])
-    v, mu, s = (np.array(col, dtype=np.int64) for col in zip(*vectors, strict=True))
-    want = np.array([requantize(vi, mi, si, 8) for vi, mi, si in zip(v, mu, s, strict=True)])
-    bad = np.nonzero(np.array(got) != want)[0]
-    assert bad.size == 0, [(vectors[i], got[i], int(want[i])) for i in bad[:5]]
+    for port, bits in widths.items():
+        want = np.array([requantize(v, mu, s, bits) for v, mu, s in vectors])
+        bad = np.nonzero(np.array(got[port]) != want)[0]
+        assert bad.size == 0, [(port, vectors[i], got[port][i], int(want[i])) for i in bad[:5]]
+
+
+def test_requantizer_rejects_a_narrow_width_past_the_output():
+    with pytest.raises(ConfigError, match="narrow_bits"):
+        Requantizer(32, 16, 8, narrow_bits=9)
 
 
 def test_requantizer_splits_only_wide_products():
-    assert (Requantizer(32, 16, 8).split, Requantizer(32, 16, 8).latency) == (True, 6)
-    assert (Requantizer(16, 16, 8).split, Requantizer(16, 16, 8).latency) == (False, 5)
+    assert (Requantizer(32, 16, 8).split, Requantizer(32, 16, 8).latency) == (True, 8)
+    assert (Requantizer(16, 16, 8).split, Requantizer(16, 16, 8).latency) == (False, 7)
 
 
 POSTPROC_ARRAYS = {"4lanes": AccelConfig(rows=4, cols=4), "3lanes": AccelConfig(rows=2, cols=3)}
@@ -111,7 +121,7 @@ def test_postproc_latency_and_admission_limit(buffer_depth):
     lanes take exactly `buffer_depth` beats, then hand them all out in order, then idle."""
     cfg = AccelConfig(rows=2, cols=2)
     dut = PostProc(cfg, param_rows=2, buffer_depth=buffer_depth)
-    assert dut.pipeline_depth == 19 and dut.latency == 21 == PostProc.latency_for(cfg)
+    assert dut.pipeline_depth == 23 and dut.latency == 25 == PostProc.latency_for(cfg)
     trace = {"out_at": [], "accepted": 0, "lasts": []}
 
     async def bench(ctx):
