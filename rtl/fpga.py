@@ -571,7 +571,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 _NO_FIT = re.compile(
-    r"(ERROR: .*(?:only has|unable to place|not enough|failed to place|too many|no free).*)",
+    r"(ERROR: .*(?:only has|unable to place|not enough|failed to place|failed to expand region"
+    r"|too many|no free).*)",
     re.IGNORECASE,
 )
 

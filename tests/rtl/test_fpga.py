@@ -21,6 +21,7 @@ from amaranth.sim import Simulator
 
 from pymodel.config import AccelConfig, ConfigError
 from rtl.fpga import (
+    _NO_FIT,
     DEVICES,
     TOPS,
     SynthError,
@@ -295,6 +296,19 @@ def test_cli_verilog_and_errors(tmp_path, capsys):
     assert (tmp_path / "gemm_engine_ice40_ports.md").exists()
     assert main(["synth", "--config", str(tmp_path / "none.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5358 ICESTORM_LCs",
+        "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'MULT18X18D'",
+    ],
+)
+def test_nextpnr_placement_failures_read_as_no_fit(line):
+    """nextpnr's ways of saying the design is too big become a `no-fit` report, not a crash."""
+    match = _NO_FIT.search(f"Info: placing\n{line}\n1 error")
+    assert match is not None and match.group(1) == line
 
 
 def test_ice40_smoke_build(tmp_path):
