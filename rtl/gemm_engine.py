@@ -234,7 +234,7 @@ class GemmEngine(wiring.Component):
         total = Signal(acc_row)
         acc_a = Signal(acc_row)
         for c in range(cfg.cols):
-            prior, firsts, old_a = [], [], []
+            prior, old_a = [], []
             for lo in range(0, cfg.acc_bits, _SELECT_BITS):
                 bits = slice(lo, min(lo + _SELECT_BITS, cfg.acc_bits))
                 sel = {name: Signal(name=f"{name}_{c}_{lo}", attrs={"keep": 1}) for name in ahead}
@@ -247,13 +247,11 @@ class GemmEngine(wiring.Component):
                     )
                     for p in range(2)
                 ]
-                prior.append(Mux(sel["second_pass"], old[1], old[0]))
-                firsts.append((sel["first"], bits))
+                prior.append(Mux(sel["first"], 0, Mux(sel["second_pass"], old[1], old[0])))
                 old_a.append((sel["second_pass"], old[0], bits))
-            added = Cat(*prior).as_signed() + b_psum[c]
-            m.d.comb += total[c].eq(
-                Cat(*(Mux(first, b_psum[c][bits], added[bits]) for first, bits in firsts))
-            )
+            # A first K-tile adds to zero: the select sits in front of the carry chain
+            # (one LUT4 with the pass select), none behind it.
+            m.d.comb += total[c].eq(Cat(*prior).as_signed() + b_psum[c])
             m.d.comb += acc_a[c].eq(
                 Cat(*(Mux(second, old0, total[c][bits]) for second, old0, bits in old_a))
             )

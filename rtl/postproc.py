@@ -420,11 +420,17 @@ class PostProc(wiring.Component):
         room = Signal(init=1)
         accept = self.inp.valid & self.inp.ready
         pop = self.out.valid & self.out.ready
-        m.d.comb += [self.inp.ready.eq(room), self.busy.eq(inside != 0)]
+        # `room` and `busy` are registers beside the count (the sequencer's completion
+        # check reads `busy` from across the chip: no compare may sit in front of it).
+        m.d.comb += self.inp.ready.eq(room)
         with m.If(accept & ~pop):
-            m.d.sync += [inside.eq(inside + 1), room.eq(inside + 1 != self.buffer_depth)]
+            m.d.sync += [
+                inside.eq(inside + 1),
+                room.eq(inside + 1 != self.buffer_depth),
+                self.busy.eq(1),
+            ]
         with m.Elif(~accept & pop):
-            m.d.sync += [inside.eq(inside - 1), room.eq(1)]
+            m.d.sync += [inside.eq(inside - 1), room.eq(1), self.busy.eq(inside != 1)]
 
         # Stage 1: the input beat, its parameter rows being read.
         s1 = Signal(postproc_input_layout(cfg, self.param_rows))
@@ -534,12 +540,13 @@ class PostProc(wiring.Component):
         produce = Signal(range(depth))
         consume = Signal(range(depth))
         stored = Signal(range(depth + 1))
+        nonempty = Signal()
         read = Signal()
         m.d.comb += [
             wr.addr.eq(produce),
             wr.data.eq(result),
             wr.en.eq(result_valid),
-            read.eq((stored != 0) & (~self.out.valid | self.out.ready)),
+            read.eq(nonempty & (~self.out.valid | self.out.ready)),
             rd.addr.eq(consume),
             rd.en.eq(read),
             self.out.payload.eq(rd.data),
@@ -549,6 +556,12 @@ class PostProc(wiring.Component):
             consume.eq(consume + read),
             stored.eq(stored + result_valid - read),
         ]
+        # `nonempty` is a register beside the count: `read` feeds the count's carry
+        # chain, and a compare of the count in front of it was the 78 MHz path.
+        with m.If(result_valid & ~read):
+            m.d.sync += nonempty.eq(1)
+        with m.Elif(~result_valid & read):
+            m.d.sync += nonempty.eq(stored != 1)
         with m.If(read):
             m.d.sync += self.out.valid.eq(1)
         with m.Elif(self.out.ready):
