@@ -12,7 +12,10 @@ the expert, keep flag) and one sorted-slot memory of `max_tokens·max_top_k`
 entries, and two `max_experts`-entry memories (histogram / kept counts and
 compact group offsets). Pads are never stored: the output walker inserts them.
 
-A run has four phases, each a pipeline advancing one item per cycle:
+After every reset the histogram is cleared (`max_experts` cycles, one entry
+a cycle) before the first pair is accepted: memories keep their contents
+through a reset. Then a run has four phases, each a pipeline advancing one
+item per cycle:
 
 1. ingest: accept one pair per cycle from `pairs` (token-major order, the order
    the gate emits them); read-modify-write the histogram through a transparent
@@ -192,7 +195,16 @@ class Dispatcher(wiring.Component):
         with m.If(self.tiles.ready):
             m.d.sync += t_valid.eq(0)
 
+        clr_addr = Signal(s.expert)
         with m.FSM(name="phase"):
+            with m.State("CLEAR"):
+                # After every reset: no reset reaches a memory, and an interrupted run (or
+                # power-up) leaves the histogram holding counts the next run would add to.
+                m.d.comb += [hist_wr.en.eq(1), hist_wr.addr.eq(clr_addr), hist_wr.data.eq(0)]
+                m.d.sync += clr_addr.eq(clr_addr + 1)
+                with m.If(clr_addr == s.max_experts - 1):
+                    m.next = "INGEST"
+
             with m.State("INGEST"):
                 # After the last pair no new run starts until this one has drained.
                 m.d.comb += [

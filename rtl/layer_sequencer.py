@@ -154,8 +154,6 @@ class LayerSequencer(wiring.Component):
             {
                 "desc": In(descriptor_layout(cfg)),
                 "start": In(1),
-                "flush": In(1),
-                "idle": Out(1),
                 "done": Out(1),
                 "error": Out(1),
                 "rd_cmd": Out(stream.Signature(command_layout())),
@@ -256,8 +254,6 @@ class LayerSequencer(wiring.Component):
             self.expert_tokens.eq(Mux(self.expert_index < desc.e, cn_win.data, 0)),
             self.dropped.eq(disp.dropped),
         ]
-
-        flushing = Signal()  # a dummy dispatcher run after an abort (see `flush`)
 
         # ---------------- DMA command registers ----------------
         rd_pending, wr_pending = Signal(), Signal()
@@ -652,26 +648,23 @@ class LayerSequencer(wiring.Component):
             gate.bias_en.eq(desc.bias_en),
             gate.scale.eq(desc.scale),
             gate.shared_mode.eq(desc.shared),
-            disp.n_experts.eq(Mux(flushing, cfg.max_experts, desc.e)),
+            disp.n_experts.eq(desc.e),
             disp.capacity.eq(desc.capacity),
-            disp.cap_en.eq(desc.cap_en & ~flushing),
+            disp.cap_en.eq(desc.cap_en),
             comb.out_mult.eq(desc.out_mult),
             comb.out_shift.eq(desc.out_shift),
         ]
 
-        # Gate pairs → dispatcher, slot tables, routing records. While `flushing`, one
-        # pair to the last expert instead: a complete dispatcher run that leaves its
-        # histogram clean after a layer was aborted halfway (a run clears it at its end).
-        flush_pair = Signal()
+        # Gate pairs → dispatcher, slot tables, routing records.
         pairs = gate.pairs
         g_slot = Signal(range(pairs_max + 1))
         g_pad = Signal()  # feed zero records until the routing write is complete
         pair_fire = pairs.valid & disp.pairs.ready & rz_route.i.ready
         m.d.comb += [
             pairs.ready.eq(disp.pairs.ready & rz_route.i.ready),
-            disp.pairs.valid.eq(Mux(flushing, flush_pair, pairs.valid & rz_route.i.ready)),
-            disp.pairs.payload.expert.eq(Mux(flushing, cfg.max_experts - 1, pairs.payload.expert)),
-            disp.pairs.payload.last.eq(pairs.payload.last | flushing),
+            disp.pairs.valid.eq(pairs.valid & rz_route.i.ready),
+            disp.pairs.payload.expert.eq(pairs.payload.expert),
+            disp.pairs.payload.last.eq(pairs.payload.last),
             rz_route.i.valid.eq((pairs.valid & disp.pairs.ready) | g_pad),
             rz_route.i.payload.eq(
                 Mux(
@@ -865,11 +858,7 @@ class LayerSequencer(wiring.Component):
 
         with m.FSM(name="layer"):
             with m.State("IDLE"):
-                m.d.comb += self.idle.eq(~self.flush)
-                with m.If(self.flush):
-                    m.d.sync += [flushing.eq(1), flush_pair.eq(1), disp_done.eq(0)]
-                    m.next = "FLUSH"
-                with m.Elif(self.start):
+                with m.If(self.start):
                     m.d.sync += [
                         busy.eq(1),
                         phase.eq(1),
@@ -1172,12 +1161,6 @@ class LayerSequencer(wiring.Component):
             with m.State("C_DRAIN"):
                 with m.If(~wb_busy):
                     m.d.sync += [busy.eq(0), phase.eq(0), self.done.eq(1)]
-                    m.next = "IDLE"
-            with m.State("FLUSH"):
-                with m.If(disp.pairs.ready):
-                    m.d.sync += flush_pair.eq(0)
-                with m.If(disp_done & ~disp.busy):
-                    m.d.sync += [flushing.eq(0), disp_done.eq(0)]
                     m.next = "IDLE"
             with m.State("FAIL"):
                 m.d.comb += self.error.eq(1)

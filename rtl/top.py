@@ -20,8 +20,9 @@ Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
   is set with the cause (and `ERROR_ADDR` for bus errors), and the
   accelerator is idle and ready for the next start.
 - `CTRL.soft_reset` aborts the same way without an error: idle, ready.
-  After any abort the sequencer runs one dummy dispatch (`flush`), since
-  the dispatcher clears its histogram only at the end of a complete run.
+  A reset (this one or the `rst` port) leaves no state of the interrupted
+  layer behind: units whose memories carry state between runs clear them
+  after reset (the dispatcher's histogram).
 
 Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
 """
@@ -261,14 +262,6 @@ class MoEAccel(wiring.Component):
                 # The error is reported once the accelerator is idle again (soft reset: none).
                 m.d.comb += core_rst.eq(1)
                 with m.If(~dma.error):
-                    m.next = "FLUSH"
-            with m.State("FLUSH"):
-                # Units that tidy up at the end of a run (the dispatcher's histogram) get
-                # one complete dummy run before the next layer.
-                m.d.comb += core.flush.eq(1)
-                m.next = "FLUSH_WAIT"
-            with m.State("FLUSH_WAIT"):
-                with m.If(core.idle):
                     with m.If(fault != ErrorCause.NONE):
                         raise_error(fault, fault_addr)
                     m.d.sync += busy.eq(0)
