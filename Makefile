@@ -4,13 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak bench notebooks clean synth verilog synth-sweep
+.PHONY: demo test lint soak bench notebooks clean synth verilog synth-sweep lz4-headers
 
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory lz4-headers
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[ref,dev,fpga,notebooks]'
 	touch $(STAMP)
+
+# FST waveforms need the lz4 headers (Debian/Ubuntu `liblz4-dev`): installed when missing and
+# running as root with apt-get (as CI does), else the command to run is printed (VCD works
+# without them: `--waves run.fst` then writes run.vcd with a warning).
+lz4-headers:
+	@if command -v dpkg >/dev/null 2>&1 && dpkg -s liblz4-dev >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing liblz4-dev (lz4 headers, for FST waveforms)"; \
+	  { apt-get install -y -qq liblz4-dev >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq liblz4-dev >/dev/null; }; } || \
+	  echo "note: could not install liblz4-dev; waveforms will be VCD"; \
+	else \
+	  echo "note: FST waveforms need the lz4 headers: sudo apt-get install liblz4-dev" \
+	    "(Debian/Ubuntu; lz4-devel on Fedora); without them waveforms are VCD"; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/moe-accel demo
@@ -30,26 +46,28 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
 	$(BIN)/python bench/layer_bench.py
+	$(BIN)/python bench/calibrate.py
 	$(BIN)/python bench/plots.py
 
 # Co-design notebooks, executed in place (plots and tables land in the .ipynb files).
 notebooks: $(STAMP)
 	$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
-# FPGA: `make synth CONFIG=configs/4x4.json` (DEVICE=ice40-up5k, TOP=systolic_array also work).
+# FPGA: `make synth CONFIG=configs/4x4.json` (DEVICE=ice40-up5k, TOP=systolic_array also work);
+# `make verilog TOP=moe_accel` for the whole accelerator (the default TOP is the GEMM engine).
 CONFIG ?= configs/default.json
 TOP ?= gemm_engine
 DEVICE ?= ecp5-85f
 SWEEP_CONFIGS ?= configs/4x4.json configs/default.json configs/9x9.json configs/10x10.json
 
 synth: $(STAMP)
-	$(BIN)/python -m rtl.fpga synth --config $(CONFIG) --top $(TOP) --device $(DEVICE)
+	$(BIN)/moe-accel synth run --config $(CONFIG) --top $(TOP) --device $(DEVICE)
 
 verilog: $(STAMP)
-	$(BIN)/python -m rtl.fpga verilog --config $(CONFIG) --top $(TOP)
+	$(BIN)/moe-accel synth verilog --config $(CONFIG) --top $(TOP)
 
 synth-sweep: $(STAMP)
-	$(BIN)/python -m rtl.fpga sweep $(SWEEP_CONFIGS) --top $(TOP) --doc docs/fpga.md
+	$(BIN)/moe-accel synth sweep $(SWEEP_CONFIGS) --top $(TOP) --doc docs/fpga.md
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

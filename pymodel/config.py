@@ -145,8 +145,15 @@ class AccelConfig(_JSONMixin):
         _check_int(o, "max_top_k", self.max_top_k, 1, min(8, self.max_experts))
         _check_int(o, "max_groups", self.max_groups, 1, self.max_experts)
         _check_int(o, "max_tokens", self.max_tokens, 1, 65536)
-        _check_int(o, "max_d_model", self.max_d_model, 1, self.max_k)
-        _check_int(o, "max_d_ff", self.max_d_ff, 1, self.max_k)
+        for name in ("max_d_model", "max_d_ff"):
+            _check_int(o, name, getattr(self, name), 1)
+            if getattr(self, name) > self.max_k:
+                raise ConfigError(
+                    f"AccelConfig.{name} = {getattr(self, name)} needs longer sums than "
+                    f"acc_bits = {self.acc_bits} can hold with act_bits = {self.act_bits} and "
+                    f"weight_bits = {self.weight_bits} (sums of at most {self.max_k} terms); "
+                    f"raise acc_bits or lower {name}"
+                )
         _check_int(o, "weight_buffers", self.weight_buffers, 1, 2)
         _check_int(o, "fifo_depth", self.fifo_depth, 2, 4096)
         if self.mem_bytes_per_cycle not in (4, 8, 16, 32, 64):
@@ -231,6 +238,25 @@ class AccelConfig(_JSONMixin):
                 raise ConfigError(
                     f"MoESpec.{what} = {value} exceeds the hardware: "
                     f"AccelConfig.{limit_name} = {limit}"
+                )
+
+    def check_model_fits(self, spec: MoESpec, tokens: int) -> None:
+        """Raise `ConfigError` if the *models* (cycle, energy) cannot represent the layer.
+
+        Only rules that hold for any size of this accelerator apply: at least one
+        token, and reductions (`d_model`, `d_ff`, `shared_d_ff`) no longer than
+        `max_k`, the exact-accumulation limit of `acc_bits`. The limits of
+        `check_fits` (`max_tokens`, `max_d_model`, `max_d_ff`, `max_experts`,
+        `max_top_k`, `max_groups`) size the generated RTL's buffers and fields;
+        the models extrapolate past them to real layer sizes (docs/codesign.md).
+        """
+        _check_int("layer", "tokens", tokens, 1)
+        for what in ("d_model", "d_ff", "shared_d_ff"):
+            value = getattr(spec, what)
+            if value > self.max_k:
+                raise ConfigError(
+                    f"MoESpec.{what} = {value} exceeds AccelConfig.max_k = {self.max_k}: "
+                    f"a reduction that long can overflow the {self.acc_bits}-bit accumulators"
                 )
 
 

@@ -42,9 +42,9 @@ default), `moe_accel` (the whole accelerator), `systolic_array`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -89,6 +89,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
 DEFAULT_OUT_ROOT = REPO_ROOT / "build" / "fpga"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.json"
 
@@ -547,7 +548,7 @@ def _tool_version(package: str) -> str:
 
 
 def _say(message: str) -> None:
-    print(f"[fpga] {message}", file=sys.stderr, flush=True)
+    logger.info("[fpga] %s", message)
 
 
 def _run_tool(
@@ -846,71 +847,22 @@ def _revision() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`synth`, `verilog` and `sweep` subcommands (the `moe-accel synth` entry point).
+    """`python -m rtl.fpga run|verilog|sweep …`: the same as `moe-accel synth run|verilog|sweep`.
 
-    Exit status: 0 when the reports were produced (a timing failure or a
-    design that does not fit is a row of the report, not a crash), 1 with
-    `synth --strict` when the design misses its target, 2 on bad input or
-    a tool error.
+    `synth` is accepted for `run` (`python -m rtl.fpga synth --config …`).
+
+    The command line lives in `sw_driver.cli` (one parser, one set of checks
+    and messages). Exit status: 0 when the reports were produced (a timing
+    failure or a design that does not fit is a row of the report, not a
+    crash), 1 with `run --strict` when the design misses its target or when
+    a tool fails, 2 on bad input.
     """
-    from .verilog_export import export_verilog
+    from sw_driver.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="moe-accel synth", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--top", default="gemm_engine", choices=sorted(TOPS))
-    p_synth = sub.add_parser("synth", parents=[common], help="synthesise, place and route")
-    p_synth.add_argument("--config", default=str(DEFAULT_CONFIG))
-    p_synth.add_argument("--device", default="ecp5-85f", choices=sorted(DEVICES))
-    p_synth.add_argument("--freq", type=float, default=None, help="target MHz (config's clock)")
-    p_synth.add_argument("--seed", type=int, default=1)
-    p_synth.add_argument("--out", default=str(DEFAULT_OUT_ROOT))
-    p_synth.add_argument("--force", action="store_true", help="ignore a cached result")
-    p_synth.add_argument("--strict", action="store_true", help="exit 1 unless timing is met")
-    p_ver = sub.add_parser("verilog", parents=[common], help="standalone Verilog + port notes")
-    p_ver.add_argument("--config", default=str(DEFAULT_CONFIG))
-    p_ver.add_argument("--out", default=str(REPO_ROOT / "build" / "verilog"))
-    p_sweep = sub.add_parser("sweep", parents=[common], help="synthesise several configs")
-    p_sweep.add_argument("configs", nargs="+")
-    p_sweep.add_argument("--device", default="ecp5-85f", choices=sorted(DEVICES))
-    p_sweep.add_argument("--out", default=str(DEFAULT_OUT_ROOT))
-    p_sweep.add_argument("--doc", default=None, help="Markdown file whose sweep table to update")
-    p_sweep.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "verilog":
-            cfg = load_config(args.config)
-            name = re.sub(r"\W", "_", Path(args.config).stem)
-            v_path, md_path = export_verilog(
-                build_top(args.top, cfg), f"{args.top}_{name}", args.out, cfg=cfg
-            )
-            print(f"wrote {v_path}\nwrote {md_path}")
-            return 0
-        if args.command == "synth":
-            cfg = load_config(args.config)
-            report = synth(
-                cfg,
-                top=args.top,
-                device=args.device,
-                freq_mhz=args.freq,
-                out_root=args.out,
-                config_name=Path(args.config).stem,
-                seed=args.seed,
-                force=args.force,
-            )
-            print(report.summary())
-            return 1 if args.strict and not report.timing_met else 0
-        reports = sweep(
-            args.configs, top=args.top, device=args.device, out_root=args.out, force=args.force
-        )
-        print(markdown_table(reports))
-        if args.doc:
-            update_doc(args.doc, reports, _revision())
-            print(f"updated {args.doc}")
-    except (ConfigError, SynthError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["synth"]:  # the name this entry point used before `run`
+        args[0] = "run"
+    return cli_main(["synth", *args])
 
 
 if __name__ == "__main__":

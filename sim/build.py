@@ -26,7 +26,8 @@ file lock, so parallel pytest processes share the result safely.
 Waveforms: `waves=True` (or `MOE_ACCEL_WAVES=1` in the environment) builds
 with tracing and writes `dump.fst` into the test directory; FST needs the lz4
 development headers (Debian `liblz4-dev`); without them the build falls back
-to VCD (`dump.vcd`) and says so in a `UserWarning`.
+to VCD (`dump.vcd`) and says so in a `UserWarning`. Builds log their progress
+to the `sim.build` logger.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -97,6 +99,8 @@ VERILATOR_FLAGS: tuple[str, ...] = (
 """Flags every cocotb build gets; `extra_args` of `build_verilog` are appended."""
 
 WAVES_ENV = "MOE_ACCEL_WAVES"
+
+logger = logging.getLogger(__name__)
 
 
 class SimulationError(RuntimeError):
@@ -274,6 +278,7 @@ def build_verilog(
         verilog_path.write_text(verilog_text)
         log = build_dir / "build.log"
         start = time.monotonic()
+        logger.info("%s: Verilator build for cocotb (log %s) …", toplevel, log)
         runner = get_runner("verilator")
         try:
             with _reuse_runtime(runtime):
@@ -298,6 +303,7 @@ def build_verilog(
         stamp.write_text(
             json.dumps({"toplevel": toplevel, "flags": flags, "build_seconds": seconds}, indent=1)
         )
+        logger.info("%s: Verilator build done in %.0f s", toplevel, seconds)
         return SimBuild(toplevel, build_dir, verilog_path, key, trace, False, seconds)
 
 

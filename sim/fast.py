@@ -22,6 +22,9 @@ Caches (under `build/fast/`):
 - `<name>-<key>/`: one model; `key` hashes the Verilog emitted with
   `emit_src=False`, the harness source and version script, every flag, the
   trace setting and the Verilator version;
+- `index/<name>-<quick key>.json`: the `key` of the model built from the same
+  top class and parameters, config, source files, flags and tool versions, so
+  a cached model is found without emitting Verilog (~13 s for the default top);
 - `runtime-<key>/`: Verilator's own runtime objects (`verilated*.o`, most of
   a first build's time), keyed on the compiler flags and Verilator version
   only, copied into each new model's build so it compiles just the model.
@@ -42,7 +45,9 @@ from __future__ import annotations
 import ctypes
 import enum
 import hashlib
+import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -104,6 +109,8 @@ VERILATOR_ARGS: tuple[str, ...] = (
 
 MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O3",)
 """`make` variables: -O3 for the model's hot code (Verilator's default is -Os)."""
+
+logger = logging.getLogger(__name__)
 
 LITE_TIMEOUT = 1000
 """Cycles a register access may take before it is reported as a hung bus."""
@@ -229,14 +236,82 @@ def strip_zero_memory_init(verilog_text: str) -> str:
     return _ZERO_MEMORY_INIT.sub("", verilog_text)
 
 
-def _run_logged(cmd: list[str], cwd: Path, log: Path) -> None:
+def _run_logged(cmd: list[str], cwd: Path, log: Path, stage: str) -> None:
+    """Run one build stage into `log`, logging its progress every `HEARTBEAT_S` seconds."""
+    start = time.monotonic()
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                returncode = proc.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                logger.info("%s: %.0f s elapsed", stage, time.monotonic() - start)
+    if returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         raise SimulationError(f"fast build step failed ({cmd[0]}); log {log}:\n{tail}")
+
+
+HEARTBEAT_S = 15.0
+"""Seconds between the progress lines of a running build stage."""
+
+_SOURCE_DIRS = ("pymodel", "rtl", "sim")
+"""Python packages whose sources can change the emitted Verilog (hashed for the quick key)."""
+
+
+def _simple_attrs(top: wiring.Component) -> list[tuple[str, str]]:
+    """The top's plain-valued attributes (its construction parameters, in practice)."""
+    plain = (int, float, str, bool, type(None), AccelConfig)
+    return sorted(
+        (name, repr(value))
+        for name, value in vars(top).items()
+        if isinstance(value, plain) and not name.startswith("_MustUse__")  # Amaranth's flag
+    )
+
+
+def _quick_key(top: wiring.Component, cfg: AccelConfig, material: dict[str, object]) -> str:
+    """A key known without elaborating `top`: its class, parameters and every source file.
+
+    Same key ⇒ same Verilog (the design is a pure function of these), so a
+    build found through it needs no `emit_verilog` (~13 s for the default top).
+    """
+    files = {p for d in _SOURCE_DIRS for p in (REPO_ROOT / d).rglob("*.py")}
+    top_file = inspect.getsourcefile(type(top))
+    if top_file is not None:
+        files.add(Path(top_file).resolve())
+    sources = hashlib.sha256()
+    for path in sorted(files):
+        sources.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return _digest(
+        {
+            **material,
+            "top": f"{type(top).__module__}.{type(top).__qualname__}",
+            "attrs": _simple_attrs(top),
+            "cfg": cfg.to_json(),
+            "sources": sources.hexdigest(),
+            "amaranth": version("amaranth"),
+        }
+    )
+
+
+def _last_build_seconds(build_root: Path, name: str) -> float | None:
+    """Build time of the newest finished build of `name` under `build_root` (None if none)."""
+    stamps = sorted(build_root.glob(f"{name}-*/build.json"), key=lambda p: p.stat().st_mtime)
+    for stamp in reversed(stamps):
+        try:
+            return float(json.loads(stamp.read_text())["build_seconds"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _write_index(index: Path, key: str) -> None:
+    index.parent.mkdir(parents=True, exist_ok=True)
+    staging = index.with_name(f"{index.name}.tmp{os.getpid()}")
+    staging.write_text(json.dumps({"key": key}))
+    staging.replace(index)
 
 
 def build_fast(
@@ -251,6 +326,10 @@ def build_fast(
 
     `trace` compiles in waveform dumping: "vcd", or "fst" (needs the lz4
     development headers, Debian `liblz4-dev`); tracing slows the model.
+    A build is found first by a quick key (top class and parameters, `cfg`,
+    the hash of every source file, flags, tool versions) that needs no
+    Verilog; only when that misses is the top elaborated and its Verilog
+    hashed. Progress goes to the `sim.fast` logger.
     """
     if not isinstance(cfg, AccelConfig):
         raise ConfigError(f"build_fast needs an AccelConfig, got {type(cfg).__name__}")
@@ -264,33 +343,59 @@ def build_fast(
     _check_top(top, cfg)
     setup_environment()
     beat = cfg.mem_bytes_per_cycle
-    verilog_text = strip_zero_memory_init(emit_verilog(RegisteredPorts(top), name))
     harness = (HARNESS_DIR / "harness.cpp").read_text()
     version_map = (HARNESS_DIR / "version.map").read_text()
     cflags = ["-fPIC", "-fvisibility=hidden", f"-DFASTSIM_BEAT_BYTES={beat}"]
     tools = version("verilator")
-    runtime_key = _digest({"cflags": cflags[:2], "make": MAKE_VARS, "trace": trace, "v": tools})
-    key = _digest(
-        {
-            "verilog": verilog_text,
-            "name": name,
-            "harness": harness,
-            "map": version_map,
-            "args": VERILATOR_ARGS,
-            "cflags": cflags,
-            "make": MAKE_VARS,
-            "trace": trace,
-            "verilator": tools,
-        }
-    )
+    material: dict[str, object] = {
+        "name": name,
+        "harness": harness,
+        "map": version_map,
+        "args": VERILATOR_ARGS,
+        "cflags": cflags,
+        "make": MAKE_VARS,
+        "trace": trace,
+        "verilator": tools,
+    }
     build_root = Path(build_root)
+    index = build_root / "index" / f"{name}-{_quick_key(top, cfg, material)}.json"
+    if index.is_file():
+        key = json.loads(index.read_text())["key"]
+        stamp = build_root / f"{name}-{key}" / "build.json"
+        library = build_root / f"{name}-{key}" / "obj" / LIBRARY
+        if stamp.is_file() and library.is_file():
+            logger.debug("%s: cached Verilator model %s (sources unchanged)", name, key)
+            # The cached build stands for the top's elaboration: no UnusedElaboratable warning.
+            top._MustUse__used = True  # type: ignore[attr-defined]
+            info = json.loads(stamp.read_text())
+            return FastBuild(library, key, True, info["build_seconds"], beat, trace)
+    logger.info("%s: elaborating the design and emitting Verilog …", name)
+    start = time.monotonic()
+    verilog_text = strip_zero_memory_init(emit_verilog(RegisteredPorts(top), name))
+    logger.info(
+        "%s: %.1f MB of Verilog in %.1f s",
+        name,
+        len(verilog_text) / 1e6,
+        time.monotonic() - start,
+    )
+    runtime_key = _digest({"cflags": cflags[:2], "make": MAKE_VARS, "trace": trace, "v": tools})
+    key = _digest({**material, "verilog": verilog_text})
     build_dir = build_root / f"{name}-{key}"
     library = build_dir / "obj" / LIBRARY
     stamp = build_dir / "build.json"
     with file_lock(build_root / f".{name}-{key}.lock"):
         if stamp.is_file() and library.is_file():
             info = json.loads(stamp.read_text())
+            _write_index(index, key)
+            logger.info("%s: the Verilog is unchanged; cached Verilator model %s", name, key)
             return FastBuild(library, key, True, info["build_seconds"], beat, trace)
+        last = _last_build_seconds(build_root, name)
+        logger.info(
+            "%s: Verilator build%s (%s) …",
+            name,
+            f" with {trace.upper()} tracing" if trace else "",
+            f"the last one took {last:.0f} s" if last else "about 1–5 min on 2 cores",
+        )
         if build_dir.exists():
             shutil.rmtree(build_dir)
         obj = build_dir / "obj"
@@ -301,6 +406,7 @@ def build_fast(
         log = build_dir / "build.log"
         start = time.monotonic()
         ldflags = ["-shared", "-Wl,--version-script=../version.map", "-Wl,--exclude-libs,ALL"]
+        logger.info("%s: stage 1/2, Verilator translates the Verilog to C++ (log %s)", name, log)
         _run_logged(
             [
                 "verilator",
@@ -325,6 +431,7 @@ def build_fast(
             ],
             build_dir,
             log,
+            f"{name}: stage 1/2 (verilator)",
         )
         runtime = build_root / f"runtime-{runtime_key}"
         runtime_lock = build_root / f".runtime-{runtime_key}.lock"
@@ -336,7 +443,13 @@ def build_fast(
                     shutil.copyfile(cached, target)
                     # newer than the freshly generated Vtop.mk they depend on
                     os.utime(target, (now + 1, now + 1))
-        _run_logged(["make", "-j2", "-f", f"{PREFIX}.mk", *MAKE_VARS], obj, log)
+        logger.info("%s: stage 2/2, compiling the C++ model (make -j2) …", name)
+        _run_logged(
+            ["make", "-j2", "-f", f"{PREFIX}.mk", *MAKE_VARS],
+            obj,
+            log,
+            f"{name}: stage 2/2 (C++ compile)",
+        )
         with file_lock(runtime_lock):
             if not (runtime / "ok").is_file():
                 runtime.mkdir(parents=True, exist_ok=True)
@@ -347,6 +460,8 @@ def build_fast(
             raise SimulationError(f"fast build of {name} produced no {LIBRARY}; log {log}")
         seconds = time.monotonic() - start
         stamp.write_text(json.dumps({"name": name, "build_seconds": seconds}, indent=1))
+        _write_index(index, key)
+        logger.info("%s: Verilator model built in %.0f s", name, seconds)
         return FastBuild(library, key, False, seconds, beat, trace)
 
 
@@ -361,6 +476,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         ),
         "fastsim_destroy": (None, [vp]),
         "fastsim_flush_trace": (None, [vp]),
+        "fastsim_set_trace_window": (None, [vp, u64, u64]),
         "fastsim_reset": (None, [vp, u32]),
         "fastsim_cycles": (u64, [vp]),
         "fastsim_step": (None, [vp, u64]),
@@ -490,6 +606,12 @@ class FastSim:
 
     def flush_trace(self) -> None:
         self._lib.fastsim_flush_trace(self._h)
+
+    def set_trace_window(self, start: int, end: int) -> None:
+        """Dump only cycles [start, end) (counted like `cycles`) into the trace."""
+        if not 0 <= start < end:
+            raise ValueError(f"trace window [{start}, {end}) is empty or negative")
+        self._lib.fastsim_set_trace_window(self._h, start, min(end, 2**64 - 1))
 
     # -- memory errors ----------------------------------------------------------------
     def inject_error(

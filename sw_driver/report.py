@@ -8,7 +8,11 @@ whether the hardware matched the golden model bit for bit.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,36 @@ def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
 def expert_set_agreement(ids: np.ndarray, ref_ids: np.ndarray) -> np.ndarray:
     """[T] bool: the token's set of k experts equals the reference's (order ignored)."""
     return np.all(np.sort(ids, axis=1) == np.sort(ref_ids, axis=1), axis=1)
+
+
+REPORT_SCHEMA_VERSION = 2
+"""Version of the `--json` document (docs/cli.md); bumped when a field changes meaning."""
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def revision() -> str:
+    """`git describe --always --dirty` of the source tree, or "unknown" outside a git checkout."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(_REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"git {proc.stdout.strip()}" if proc.stdout.strip() else "unknown"
+
+
+def package_version() -> str:
+    """The installed `moe-accel` package version ("unknown" when run from a bare tree)."""
+    try:
+        return version("moe-accel")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass
@@ -64,9 +98,22 @@ class LayerReport:
     effective_gops: float | None = None
     clock_mhz: float | None = None
     sim_cycles_per_s: float | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    """Raw performance counters read from the hardware (register name in lower case)."""
+    seed: int | None = None
+    accel_config: dict[str, Any] = field(default_factory=dict)
+    moe_spec: dict[str, Any] = field(default_factory=dict)
+    revision: str = ""
+    waves: str | None = None
+    """The waveform file written by this run, if any."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The `--json` document: `schema_version`, `moe_accel_version`, then every field."""
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "moe_accel_version": package_version(),
+            **asdict(self),
+        }
 
     def render(self, console: Console | None = None) -> None:
         """Print the report as a readable table."""
@@ -145,6 +192,7 @@ def add_hardware_metrics(
     """
     c = result.counters
     report.cycles = result.cycles
+    report.counters = dict(c)
     total = c["cycles_total"]
     if c["cycles_experts"]:
         experts = expert_phase_mac_cycles(c, spec, cfg, report.tokens)

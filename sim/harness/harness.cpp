@@ -142,6 +142,7 @@ struct Sim {
 #if VM_TRACE
     std::unique_ptr<TraceFile> tfp;
 #endif
+    uint64_t trace_lo = 0, trace_hi = UINT64_MAX;  // cycles [lo, hi) are dumped
     uint8_t* mem;
     uint64_t mem_bytes;
     uint32_t read_latency, write_latency, bytes_per_cycle;
@@ -165,7 +166,7 @@ struct Sim {
 
     void dump(uint64_t t) {
 #if VM_TRACE
-        if (tfp) tfp->dump(t);
+        if (tfp && cycle >= trace_lo && cycle < trace_hi) tfp->dump(t);
 #else
         (void)t;
 #endif
@@ -352,6 +353,15 @@ FASTSIM_API void fastsim_destroy(void* handle) {
     if (sim->tfp) sim->tfp->close();
 #endif
     delete sim;
+}
+
+// Dump only cycles [start, end) of the trace (counted like fastsim_cycles). The file
+// stays consistent: a trace's first dump holds every value, and each later dump
+// every change since the dump before it, however many cycles lie between.
+FASTSIM_API void fastsim_set_trace_window(void* handle, uint64_t start, uint64_t end) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->trace_lo = start;
+    sim->trace_hi = end;
 }
 
 FASTSIM_API void fastsim_flush_trace(void* handle) {

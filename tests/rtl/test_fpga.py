@@ -304,8 +304,8 @@ def test_cli_verilog_and_errors(tmp_path, capsys):
     assert main(["verilog", "--config", str(CONFIGS / "ice40.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "gemm_engine_ice40.v").exists()
     assert (tmp_path / "gemm_engine_ice40_ports.md").exists()
-    assert main(["synth", "--config", str(tmp_path / "none.json")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert main(["run", "--config", str(tmp_path / "none.json")]) == 2
+    assert "--config" in capsys.readouterr().err.splitlines()[-1]
 
 
 @pytest.mark.parametrize(

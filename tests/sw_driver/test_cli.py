@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from pymodel.config import AccelConfig, MoESpec
 from pymodel.families import FAMILIES
 from sw_driver.cli import main
+from sw_driver.report import REPORT_SCHEMA_VERSION
+
+
+@pytest.fixture(scope="module")
+def small_cfg() -> AccelConfig:
+    """The small top the Verilator tests share (one cached build)."""
+    from sim.tb.layer_cases import SMALL_TOP
+
+    return SMALL_TOP
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -26,14 +37,27 @@ def test_run_writes_a_report_within_the_bounds(family: str, tmp_path: Path, caps
 
 def test_tokens_beyond_the_hardware_give_a_clear_error(capsys) -> None:
     assert main(["run", "--family", "mixtral", "--tokens", "100000"]) == 2
-    assert "max_tokens" in capsys.readouterr().out
+    assert "max_tokens" in capsys.readouterr().err
 
 
 def test_bad_config_file_gives_a_clear_error(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"kind": "AccelConfig", "rows": 0}))
     assert main(["run", "--config", str(cfg)]) == 2
-    assert "AccelConfig.rows" in capsys.readouterr().out
+    assert "AccelConfig.rows" in capsys.readouterr().err
+
+
+def test_the_json_report_carries_its_schema_and_inputs(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    argv = ["run", "--family", "olmoe", "--tokens", "4", "--seed", "3", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == REPORT_SCHEMA_VERSION
+    assert report["seed"] == 3
+    assert AccelConfig.from_dict(report["accel_config"]) == AccelConfig()
+    assert MoESpec.from_dict(report["moe_spec"]).n_experts == report["n_experts"] == 8
+    assert report["revision"]
+    assert report["counters"] == {} and report["waves"] is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -54,10 +78,70 @@ def test_run_on_the_verilator_backend_is_bit_exact(family: str, tmp_path: Path) 
     assert cycles["total"] >= cycles["route"] + cycles["experts"] + cycles["combine"] > 0
     assert 0 < report["mac_utilization_expert_phase"] <= 1
     assert report["sim_cycles_per_s"] > 0
+    assert report["counters"]["cycles_total"] == cycles["total"]
 
 
-def test_synth_delegates_to_the_fpga_flow(capsys) -> None:
+def test_a_cached_verilator_model_starts_within_2_s(small_cfg: AccelConfig) -> None:
+    """The second run of an unchanged config finds its build without emitting Verilog."""
+    from sw_driver.device import VerilatorDevice
+
+    VerilatorDevice(small_cfg)._model(1 << 16).close()
+    start = time.perf_counter()
+    sim = VerilatorDevice(small_cfg)._model(1 << 16)
+    elapsed = time.perf_counter() - start
+    sim.close()
+    assert sim.build.cached
+    assert elapsed < 2.0
+
+
+def test_waves_window_limits_the_trace(small_cfg: AccelConfig, tmp_path: Path, capsys) -> None:
+    """Only the window's cycles are dumped: VCD time stamps (2 per cycle) stay inside it."""
+    cfg = tmp_path / "small.json"
+    cfg.write_text(small_cfg.to_json())
+    waves = tmp_path / "run.vcd"
+    argv = ["run", "--backend", "verilator", "--config", str(cfg), "--tokens", "4"]
+    argv += ["--d-model", "32", "--d-ff", "32", "--waves", str(waves), "--waves-window", "100:150"]
+    assert main(argv) == 0
+    lines = waves.read_text().splitlines()
+    cycles = sorted({int(line[1:]) // 2 for line in lines if line.startswith("#")})
+    reset = [c for c in cycles if c < 100]  # traced before the window is set: the reset
+    window = [c for c in cycles if c >= 100]
+    assert reset == list(range(len(reset))) and 0 < len(reset) < 10
+    # the window counts from the end of the model's reset
+    assert window[0] >= 100 + len(reset) and window[-1] < 150 + len(reset)
+    assert len(window) > 25
+    assert "tracing ~" in capsys.readouterr().err
+
+
+def test_synth_is_a_group_of_subcommands(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", "--help"])
     assert exit_info.value.code == 0
-    assert "--device" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moe-accel synth synth" not in out
+    assert all(name in out for name in ("run", "verilog", "sweep"))
+    with pytest.raises(SystemExit):
+        main(["synth", "run", "--help"])
+    assert "(default: ecp5-85f)" in capsys.readouterr().out
+
+
+def test_synth_dry_run_says_what_and_how_long(tmp_path: Path, capsys) -> None:
+    argv = ["synth", "run", "--dry-run", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "would synthesise gemm_engine" in capsys.readouterr().out
+    (tmp_path / "timings.json").write_text(json.dumps({"ecp5-85f/gemm_engine/default": 754}))
+    assert main(argv) == 0
+    assert "the last run took 12:34" in capsys.readouterr().out
+
+
+def test_version_names_the_revision(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("moe-accel ")
+
+
+@pytest.mark.parametrize("flag", ["-q", "-v"])
+def test_quiet_and_verbose(flag: str, capsys) -> None:
+    assert main(["run", flag, "--family", "switch", "--tokens", "4"]) == 0
+    err = capsys.readouterr().err
+    assert ("running the golden model" in err) == (flag == "-v")
