@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak bench notebooks clean synth verilog synth-sweep lz4-headers
+.PHONY: demo test lint soak formal bench notebooks clean synth verilog synth-sweep lz4-headers
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory lz4-headers
@@ -40,6 +40,11 @@ test: $(STAMP) lint
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# Every bounded proof (tests/rtl/test_formal.py), the deep ones included; make test runs the
+# shallow subset.
+formal: $(STAMP)
+	$(BIN)/python -m pytest -m formal tests/rtl/test_formal.py
 
 # Expert-GEMM MAC utilisation, then whole layers vs the roofline and simulation speed:
 # writes bench/results.json, bench/results.md (copied into docs/benchmarks.md) and docs/img/*.png.

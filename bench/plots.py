@@ -1,6 +1,6 @@
-"""Plots of the last `make bench` run: expert-GEMM utilisation and whole layers vs the roofline.
+"""Plots of the last `make bench` run: GEMM utilisation, layers vs the roofline, cycle model.
 
-Reads `bench/results.json` (written by `gemm_bench.py` and `layer_bench.py`)
+Reads `bench/results.json` (written by `gemm_bench.py`, `layer_bench.py` and `calibrate.py`)
 and writes PNGs that `docs/benchmarks.md` shows beside its tables, so the
 numbers people compare across changes are also seen at a glance.
 """
@@ -73,6 +73,35 @@ def layer_plot(layer: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def calibration_plot(calibration: dict, out: Path) -> None:
+    """Predicted against measured cycles per phase for every calibration case, with y = x."""
+    fig, ax = plt.subplots(figsize=(5.5, 5.2))
+    lo, hi = float("inf"), 0.0
+    for phase, marker in zip(("total", *PHASES), "o^sDv", strict=True):
+        pairs = [
+            (r["measured"][f"cycles_{phase}"], r["predicted"][f"cycles_{phase}"])
+            for r in calibration["rows"]
+            if r["measured"][f"cycles_{phase}"] > 0
+        ]
+        xs, ys = zip(*pairs, strict=True)
+        lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        ax.scatter(xs, ys, marker=marker, s=18, alpha=0.8, label=phase)
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="y = x")
+    summary = calibration["summary"]
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="measured cycles (RTL counters)",
+        ylabel="predicted cycles (pymodel.cycles)",
+        title=f"Cycle model, {summary['cases']} cases: max total error "
+        f"{summary['max_total_error']:.2%}",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
@@ -90,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if "layer" in results:
         written.append(args.out_dir / "layer_vs_roofline.png")
         layer_plot(results["layer"], written[-1])
+    if "calibration" in results:
+        written.append(args.out_dir / "cycle_model_calibration.png")
+        calibration_plot(results["calibration"], written[-1])
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -222,7 +222,12 @@ class MoEAccel(wiring.Component):
                     m.d.comb += [core.counters_clear.eq(1), dma.clear_counters.eq(1)]
                     m.next = "DIVIDE"
             with m.State("DIVIDE"):
-                with m.If((ng != 0) & (group_rem >= ng)):
+                with m.If(regs.ctrl.soft_reset):
+                    # The layer has not started: back to idle, nothing to drain.
+                    m.d.comb += core_rst.eq(1)
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+                with m.Elif((ng != 0) & (group_rem >= ng)):
                     m.d.sync += [group_rem.eq(group_rem - ng), group_size.eq(group_size + 1)]
                 with m.Elif(bad):
                     raise_error(ErrorCause.BAD_DESCRIPTOR)

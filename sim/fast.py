@@ -314,18 +314,30 @@ def _write_index(index: Path, key: str) -> None:
     staging.replace(index)
 
 
+def _verilator_args(random_init: bool) -> tuple[str, ...]:
+    """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build."""
+    if not random_init:
+        return VERILATOR_ARGS
+    at = VERILATOR_ARGS.index("--x-initial")
+    return (*VERILATOR_ARGS[: at + 1], "unique", *VERILATOR_ARGS[at + 2 :])
+
+
 def build_fast(
     top: wiring.Component,
     cfg: AccelConfig,
     *,
     name: str = "fast_top",
     trace: str | None = None,
+    random_init: bool = False,
     build_root: Path = FAST_BUILD_ROOT,
 ) -> FastBuild:
     """Compile (or reuse) the harness library for `top` (see the module docstring).
 
     `trace` compiles in waveform dumping: "vcd", or "fst" (needs the lz4
     development headers, Debian `liblz4-dev`); tracing slows the model.
+    `random_init` builds with `--x-initial unique`: every variable without an
+    initial value (the memories) powers up with the random contents seeded
+    by `FastSim`'s `random_init_seed` instead of zeros.
     A build is found first by a quick key (top class and parameters, `cfg`,
     the hash of every source file, flags, tool versions) that needs no
     Verilog; only when that misses is the top elaborated and its Verilog
@@ -351,7 +363,7 @@ def build_fast(
         "name": name,
         "harness": harness,
         "map": version_map,
-        "args": VERILATOR_ARGS,
+        "args": _verilator_args(random_init),
         "cflags": cflags,
         "make": MAKE_VARS,
         "trace": trace,
@@ -412,7 +424,7 @@ def build_fast(
                 "verilator",
                 "--cc",
                 "--exe",
-                *VERILATOR_ARGS,
+                *_verilator_args(random_init),
                 *({"vcd": ["--trace"], "fst": ["--trace-fst"]}.get(trace or "", [])),
                 "--top-module",
                 name,
@@ -472,7 +484,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_has_trace": (i32, []),
         "fastsim_create": (
             vp,
-            [ctypes.POINTER(ctypes.c_uint8), u64, u32, u32, u32, ctypes.c_char_p],
+            [ctypes.POINTER(ctypes.c_uint8), u64, u32, u32, u32, ctypes.c_char_p, u32],
         ),
         "fastsim_destroy": (None, [vp]),
         "fastsim_flush_trace": (None, [vp]),
@@ -508,6 +520,9 @@ class FastSim:
     `regmap` resolves register names and must have `STATUS` (fields `done`,
     `error`); `trace` writes a waveform of the whole run to that path, VCD or
     (for a `.fst` suffix) FST, from a separate traced build.
+    `random_init_seed` (a positive int below 2^31) powers the model up with
+    random memory contents from that seed, from a separate build
+    (`build_fast`'s `random_init`); None: zeros.
     """
 
     def __init__(
@@ -523,8 +538,17 @@ class FastSim:
         trace: Path | str | None = None,
         name: str = "fast_top",
         reset_cycles: int = 4,
+        random_init_seed: int | None = None,
         build_root: Path = FAST_BUILD_ROOT,
     ) -> None:
+        if random_init_seed is not None and (
+            isinstance(random_init_seed, bool)
+            or not isinstance(random_init_seed, int)
+            or not 0 < random_init_seed < 2**31
+        ):
+            raise ConfigError(
+                f"FastSim random_init_seed = {random_init_seed!r} must be an int in [1, 2^31)"
+            )
         top = top_factory if isinstance(top_factory, wiring.Component) else top_factory()
         beat = cfg.mem_bytes_per_cycle if isinstance(cfg, AccelConfig) else 1
         if isinstance(mem_bytes, bool) or not isinstance(mem_bytes, int):
@@ -553,7 +577,14 @@ class FastSim:
                 raise ValueError(f"trace path {trace} must end in .vcd or .fst")
         self.cfg = cfg
         self.regmap = regmap
-        self.build = build_fast(top, cfg, name=name, trace=trace_format, build_root=build_root)
+        self.build = build_fast(
+            top,
+            cfg,
+            name=name,
+            trace=trace_format,
+            random_init=random_init_seed is not None,
+            build_root=build_root,
+        )
         self._lib = _bind(ctypes.CDLL(str(self.build.library)))
         if self._lib.fastsim_beat_bytes() != beat or bool(self._lib.fastsim_has_trace()) != (
             trace_format is not None
@@ -569,6 +600,7 @@ class FastSim:
             write_latency,
             bytes_per_cycle,
             trace_arg,
+            random_init_seed or 0,
         )
         self._finalizer = weakref.finalize(self, self._lib.fastsim_destroy, self._handle)
         self.reset(reset_cycles)

@@ -307,12 +307,15 @@ FASTSIM_API int fastsim_has_trace() {
 #endif
 }
 
+// `rand_seed` 0: variables without an initial value start at zero; otherwise (in a
+// model built with --x-initial unique) they start random, from that seed.
 FASTSIM_API void* fastsim_create(uint8_t* mem, uint64_t mem_bytes, uint32_t read_latency,
                                  uint32_t write_latency, uint32_t bytes_per_cycle,
-                                 const char* trace_path) {
+                                 const char* trace_path, uint32_t rand_seed) {
     auto* sim = new Sim();
     sim->ctx = std::make_unique<VerilatedContext>();
-    sim->ctx->randReset(0);
+    sim->ctx->randReset(rand_seed ? 2 : 0);
+    if (rand_seed) sim->ctx->randSeed(static_cast<int>(rand_seed & 0x7fffffff));
 #if VM_TRACE
     if (trace_path && *trace_path) sim->ctx->traceEverOn(true);
 #else
