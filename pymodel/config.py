@@ -124,7 +124,6 @@ class AccelConfig(_JSONMixin):
     max_d_model: int = 1024
     max_d_ff: int = 2048
     weight_buffers: int = 2
-    fifo_depth: int = 16
     mem_bytes_per_cycle: int = 16
     clock_mhz: float = 100.0
 
@@ -155,7 +154,6 @@ class AccelConfig(_JSONMixin):
                     f"raise acc_bits or lower {name}"
                 )
         _check_int(o, "weight_buffers", self.weight_buffers, 1, 2)
-        _check_int(o, "fifo_depth", self.fifo_depth, 2, 4096)
         if self.mem_bytes_per_cycle not in (4, 8, 16, 32, 64):
             raise ConfigError(
                 f"AccelConfig.mem_bytes_per_cycle = {self.mem_bytes_per_cycle} is not one of "
@@ -264,7 +262,7 @@ class AccelConfig(_JSONMixin):
 class MoESpec(_JSONMixin):
     """One MoE layer: shapes, routing mode and its parameters, FFN kind, extras.
 
-    Routing covers the six families of DESIGN §2: `softmax` scores with top-k
+    Routing covers the six families of docs/numerics.md §4.2: `softmax` scores with top-k
     (optionally renormalised); `sigmoid` scores with an optional correction
     bias, group-limited selection (`n_group`, `topk_group`) and
     `routed_scaling_factor` (DeepSeek-V3); and `capacity` (tokens per expert,

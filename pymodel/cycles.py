@@ -9,7 +9,7 @@ the layer FSM of `rtl.layer_sequencer` state by state:
 - every DMA read the FSM waits for costs a fixed command round trip
   (`READ_TURNAROUND` + the memory's `read_latency`) plus its beats, or the
   items its resizer hands out one a cycle when those are more;
-- every GEMM command (`rtl.sequencer.TileSequencer`) costs the fetch of its
+- every GEMM command (`rtl.tile_sequencer.TileSequencer`) costs the fetch of its
   first weight beat (the engine's command intake hides under it), the tile
   walk — each tile's load (`weight_rows_per_beat` rows a cycle) and its M rows
   one a cycle, double-buffered in two banks, simulated tile by tile over the

@@ -4,7 +4,7 @@ Why: every byte the accelerator touches (tokens, weights, tables, outputs)
 moves through here, as INCR bursts the way FPGA/SoC memory controllers want
 them, and a bus error must end a job with a cause instead of hanging it.
 
-Commands (`command_layout`: byte `addr`, byte `length`) arrive on `rd_cmd` /
+Commands (`dma_command_layout`: byte `addr`, byte `length`) arrive on `rd_cmd` /
 `wr_cmd` streams. `addr` and `length` must be multiples of the beat size
 `B = cfg.mem_bytes_per_cycle` and `addr + length` must not pass 2^32, else
 the command is a BAD_DESCRIPTOR error; `length = 0` completes at once. Each
@@ -53,17 +53,14 @@ from amaranth.utils import exact_log2
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import ADDR_WIDTH, BOUNDARY_BYTES, AXI4Signature, Burst, burst_beats
-from .regs import ErrorCause
+from .regs import COUNTER_BITS, ErrorCause
 
-__all__ = ["COUNTER_BITS", "DMA", "command_layout", "read_beat_layout"]
-
-COUNTER_BITS = 48
-"""Byte counters: 2^48 bytes never wrap in practice."""
+__all__ = ["DMA", "dma_command_layout", "read_beat_layout"]
 
 CAUSE_BITS = 8
 
 
-def command_layout() -> data.StructLayout:
+def dma_command_layout() -> data.StructLayout:
     """One transfer: `length` bytes from/to byte address `addr`."""
     return data.StructLayout({"addr": unsigned(ADDR_WIDTH), "length": unsigned(32)})
 
@@ -109,10 +106,10 @@ class DMA(wiring.Component):
         super().__init__(
             {
                 "m_axi": Out(bus),
-                "rd_cmd": In(stream.Signature(command_layout())),
+                "rd_cmd": In(stream.Signature(dma_command_layout())),
                 "rd_data": Out(stream.Signature(read_beat_layout(cfg))),
                 "rd_done": Out(1),
-                "wr_cmd": In(stream.Signature(command_layout())),
+                "wr_cmd": In(stream.Signature(dma_command_layout())),
                 "wr_data": In(stream.Signature(unsigned(8 * cfg.mem_bytes_per_cycle))),
                 "wr_done": Out(1),
                 "busy": Out(1),

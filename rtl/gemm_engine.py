@@ -11,7 +11,7 @@ One command computes one expert group's `Y[M, N] = post(X[M, K] · W[K, N])`
 Streams (all `lib.stream`, valid never waits on ready; beat orders follow
 `TileSequencer`'s loop nest, for m-block, N-tile, pass, K-tile):
 
-- `cmd`: `command_layout` — M, K, N, mode, parameter rows, SwiGLU gate (m, s);
+- `cmd`: `gemm_command_layout` — M, K, N, mode, parameter rows, SwiGLU gate (m, s);
   accepted only when the engine is idle.
 - `weight`: L = `cfg.weight_rows_per_beat` weight rows of C int8 per beat
   (`weight_beat_layout`), row i of beat j being `W[k0+j·L+i, n0:n0+C]`, for
@@ -54,15 +54,15 @@ from .postproc import (
     param_write_layout,
     postproc_input_layout,
 )
-from .sequencer import (
+from .systolic import SystolicArray
+from .tile_sequencer import (
     CommandError,
     TileSequencer,
-    command_layout,
     counter_layout,
+    gemm_command_layout,
     tag_layout,
     weight_beat_layout,
 )
-from .systolic import SystolicArray
 
 __all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
 
@@ -121,7 +121,7 @@ class GemmEngine(wiring.Component):
         self.credits = self.array_latency + 5 + PostProc.latency_for(cfg) + 2
         super().__init__(
             {
-                "cmd": In(stream.Signature(command_layout(cfg, self.param_rows))),
+                "cmd": In(stream.Signature(gemm_command_layout(cfg, self.param_rows))),
                 "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
                 "weight": In(stream.Signature(weight_beat_layout(cfg))),
                 "param_w": In(stream.Signature(param_write_layout(cfg, self.param_rows))),
@@ -217,7 +217,7 @@ class GemmEngine(wiring.Component):
         # decided a cycle ahead (from the rows one stage earlier) in one register each,
         # copied to the columns the next cycle, so placement can put the copies beside
         # their columns. `keep` stops yosys from merging the identical copies again
-        # (`rtl.fpga`'s synthesis script).
+        # (`flow.runs`' synthesis script).
         # hit_{c,d}[p]: the row in B was last written to memory p by the row now in C / D.
         def matches(older, newer, p: int):
             return older.valid & (older.second_pass == p) & (older.row == newer.row)

@@ -46,13 +46,13 @@ from . import layout
 from .axi import ADDR_WIDTH
 from .combine import Combiner
 from .dispatch import Dispatcher
-from .dma import command_layout, read_beat_layout
+from .dma import dma_command_layout, read_beat_layout
 from .gate import Gate, SharedMode
 from .gemm_engine import GemmEngine
 from .postproc import Mode, wide_bits
-from .regs import FFNKind
+from .regs import COUNTER_BITS, FFNKind
 from .resize import Resizer
-from .sequencer import COUNTER_BITS, CommandError, counter_layout
+from .tile_sequencer import CommandError, counter_layout
 
 __all__ = ["LayerSequencer", "descriptor_layout", "phase_counter_layout"]
 
@@ -156,10 +156,10 @@ class LayerSequencer(wiring.Component):
                 "start": In(1),
                 "done": Out(1),
                 "error": Out(1),
-                "rd_cmd": Out(stream.Signature(command_layout())),
+                "rd_cmd": Out(stream.Signature(dma_command_layout())),
                 "rd_data": In(stream.Signature(read_beat_layout(cfg))),
                 "rd_done": In(1),
-                "wr_cmd": Out(stream.Signature(command_layout())),
+                "wr_cmd": Out(stream.Signature(dma_command_layout())),
                 "wr_data": Out(stream.Signature(unsigned(8 * cfg.mem_bytes_per_cycle))),
                 "wr_done": In(1),
                 "engine_counters": Out(counter_layout()),

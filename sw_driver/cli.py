@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from flow.paths import DEFAULT_CONFIG, FPGA_BUILD_ROOT, VERILOG_BUILD_ROOT
 from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.families import FAMILIES, REL_L2_BOUND, REL_L2_BOUND_AGREEING, family_spec
 from pymodel.layer import quantize_input, routing_guaranteed
@@ -67,8 +68,6 @@ EXIT_FAILURE = 1
 """Exit status of a run that started and failed (simulation, tool or write error)."""
 EXIT_USAGE = 2
 """Exit status of bad usage or configuration, found before any work starts."""
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.json"
 
 logger = logging.getLogger(__name__)
 
@@ -596,7 +595,7 @@ def _synth_config(path: Path, arg: str, top: str) -> AccelConfig:
 
 
 def _synth_one(args: argparse.Namespace, path: Path, arg: str, cfg: AccelConfig) -> Any:
-    from rtl.fpga import synth
+    from flow.runs import synth
 
     name = path.stem
     expected, why = _expected(args.out, args.device, args.top, name)
@@ -658,8 +657,8 @@ def _cmd_synth_run(args: argparse.Namespace) -> int:
 def _cmd_synth_verilog(args: argparse.Namespace) -> int:
     import re
 
-    from rtl.fpga import build_top
-    from rtl.verilog_export import export_verilog
+    from flow.tops import build_top
+    from flow.verilog_export import export_verilog
 
     check_output_dir("--out", args.out)
     cfg = _synth_config(args.config, "--config", args.top)
@@ -673,7 +672,7 @@ def _cmd_synth_verilog(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth_sweep(args: argparse.Namespace) -> int:
-    from rtl.fpga import SWEEP_BEGIN, SWEEP_END, _revision, markdown_table, update_doc
+    from flow.reports import SWEEP_BEGIN, SWEEP_END, markdown_table, rtl_revision, update_doc
 
     check_output_dir("--out", args.out)
     if args.doc is not None:
@@ -698,7 +697,7 @@ def _cmd_synth_sweep(args: argparse.Namespace) -> int:
     reports = [_synth_one(args, path, "configs", cfg) for path, cfg in configs]
     print(markdown_table(reports))
     if args.doc is not None:
-        update_doc(args.doc, reports, _revision())
+        update_doc(args.doc, reports, rtl_revision())
         print(f"updated {args.doc}")
     return 0
 
@@ -788,7 +787,8 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `moe-accel` argument parser (also what `--help` documents)."""
-    from rtl.fpga import DEVICES, TOPS
+    from flow.devices import DEVICES
+    from flow.tops import TOPS
 
     common = _common_options(suppress=True)
     parser = _Parser(
@@ -865,7 +865,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SYNTH_EXAMPLES,
     )
     synth_sub = synth.add_subparsers(dest="synth_command", required=True, metavar="SUBCOMMAND")
-    out_root = REPO_ROOT / "build" / "fpga"
     top_help = "top to build: gemm_engine (the GEMM engine), moe_accel (the whole accelerator)"
     s_run = synth_sub.add_parser(
         "run",
@@ -882,7 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--freq", type=float, default=None, help="target MHz (default: the config's clock_mhz)"
     )
     s_run.add_argument("--seed", type=_seed, default=1, help="nextpnr placement seed")
-    s_run.add_argument("--out", type=Path, default=out_root, help="cache and report folder")
+    s_run.add_argument("--out", type=Path, default=FPGA_BUILD_ROOT, help="cache and report folder")
     s_run.add_argument("--force", action="store_true", help="ignore a cached result")
     s_run.add_argument("--strict", action="store_true", help="exit 1 unless timing is met")
     s_run.add_argument("--dry-run", action="store_true", help="say what would run, and how long")
@@ -897,9 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s_ver.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="AccelConfig JSON")
     s_ver.add_argument("--top", default="gemm_engine", choices=sorted(TOPS), help=top_help)
-    s_ver.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "build" / "verilog", help="output folder"
-    )
+    s_ver.add_argument("--out", type=Path, default=VERILOG_BUILD_ROOT, help="output folder")
     s_ver.set_defaults(handler=_cmd_synth_verilog)
     s_sweep = synth_sub.add_parser(
         "sweep",
@@ -912,7 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     s_sweep.add_argument("configs", type=Path, nargs="+", help="AccelConfig JSON files")
     s_sweep.add_argument("--top", default="gemm_engine", choices=sorted(TOPS), help=top_help)
     s_sweep.add_argument("--device", default="ecp5-85f", choices=sorted(DEVICES), help="FPGA")
-    s_sweep.add_argument("--out", type=Path, default=out_root, help="cache and report folder")
+    s_sweep.add_argument(
+        "--out", type=Path, default=FPGA_BUILD_ROOT, help="cache and report folder"
+    )
     s_sweep.add_argument(
         "--doc", type=Path, default=None, help="Markdown file whose sweep table to update"
     )
@@ -924,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- logging --------------------------------------------------------------------------------
 
-_OWN_LOGGERS = ("sw_driver", "sim", "rtl", "pymodel")
+_OWN_LOGGERS = ("sw_driver", "sim", "rtl", "flow", "pymodel")
 
 
 class _StderrHandler(logging.Handler):
@@ -999,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
         return exc.code
-    from rtl.fpga import SynthError
+    from flow.errors import SynthError
     from sim.build import SimulationError
 
     with _logging(args.verbose, args.quiet):

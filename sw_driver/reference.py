@@ -13,7 +13,7 @@ Switch routers. bf16 on the CPU raises `ConfigError`: it is slow there and no
 HF checkpoint is run that way in this project, so a silent fallback would only
 hide a misconfigured run.
 
-Selection semantics follow the design (DESIGN §2): ties in top-k go to the
+Selection semantics follow the hardware's (docs/numerics.md §4.2): ties in top-k go to the
 lower expert index (a stable descending sort), group-limited selection ranks
 groups by the sum of their two best biased scores, and a capacity keeps each
 expert's first pairs in slot order `t·k + j` (Switch's per-sequence order).

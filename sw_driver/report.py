@@ -12,13 +12,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from flow.paths import REPO_ROOT
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.perf import roofline
 
@@ -41,15 +41,13 @@ def expert_set_agreement(ids: np.ndarray, ref_ids: np.ndarray) -> np.ndarray:
 REPORT_SCHEMA_VERSION = 2
 """Version of the `--json` document (docs/cli.md); bumped when a field changes meaning."""
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @cache
 def revision() -> str:
     """`git describe --always --dirty` of the source tree, or "unknown" outside a git checkout."""
     try:
         proc = subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), "describe", "--always", "--dirty"],
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             check=True,

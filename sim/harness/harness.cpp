@@ -25,8 +25,23 @@
 // AR is accepted and a B `write_latency` cycles after the burst's last W beat;
 // R and W each move at most `bytes_per_cycle` bytes per cycle on average. W is
 // accepted only once its AW has been (legal for a slave, and what our DMA does).
+//
+// Bus chaos (fastsim_set_bus_chaos, off by default, and then no cycle changes):
+// from a seeded splitmix64 stream, each burst gets up to `max_extra_latency` more
+// cycles before its first R beat or its B, and with `stall_permille` per mille per
+// cycle ARREADY, AWREADY or WREADY drops, or the next R beat or B is held back,
+// for 1..kMaxStall cycles. A VALID, once raised, stays up until its handshake.
+//
+// Protocol checker (always on; off only while fastsim_reset holds the reset): the
+// master's AR/AW/W payload and VALID stay stable while VALID is up and READY low;
+// every burst is INCR with full-width beats, 1..max_burst beats and no 4 KiB
+// crossing; W beats belong to an accepted AW with WLAST on exactly its last beat;
+// the model's queues never overflow. The first violation is latched (cycle and
+// text, fastsim_protocol_error) and fastsim_run stops on it.
 
+#include <cstdarg>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -58,6 +73,9 @@ namespace {
 
 constexpr uint32_t kBeat = FASTSIM_BEAT_BYTES;
 constexpr size_t kQueueDepth = 16;  // bursts the memory model accepts ahead
+constexpr uint32_t kMaxStall = 16;  // longest random stall, in cycles
+constexpr uint32_t kIncr = 1;       // AxBURST INCR
+constexpr uint32_t kSizeCode = __builtin_ctz(kBeat);  // AxSIZE of a full-width beat
 
 enum Resp : uint8_t { kOkay = 0, kSlvErr = 2, kDecErr = 3 };
 
@@ -124,6 +142,49 @@ struct ErrorRange {
     uint8_t resp;
 };
 
+// Seeded random bus behaviour; all zero (the default) draws nothing and changes nothing.
+struct Chaos {
+    uint64_t state = 0;
+    uint32_t permille = 0;
+    uint32_t max_extra = 0;
+    uint32_t ar = 0, aw = 0, w = 0, r = 0, b = 0;  // cycles left of each channel's stall
+
+    uint64_t next() {  // splitmix64
+        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    uint32_t extra_latency() { return max_extra ? uint32_t(next() % (max_extra + 1ull)) : 0; }
+    // Whether a channel stalls this cycle: going on with a stall, or starting one.
+    bool stalled(uint32_t& left) {
+        if (left) {
+            --left;
+            return true;
+        }
+        if (!permille || next() % 1000 >= permille) return false;
+        left = uint32_t(next() % kMaxStall);
+        return true;
+    }
+};
+
+// A master channel's payload while VALID waits for READY (must not change).
+struct HeldAddr {
+    bool valid;
+    uint64_t addr;
+    uint32_t len, id, size, burst;
+    bool same(const HeldAddr& o) const {
+        return valid == o.valid && addr == o.addr && len == o.len && id == o.id &&
+               size == o.size && burst == o.burst;
+    }
+};
+struct HeldWrite {
+    bool valid;
+    bool last;
+    uint64_t strb;
+    uint8_t data[kBeat];
+};
+
 // What one cycle's handshakes carried (sampled before the clock edge).
 struct Sample {
     bool ar, r, aw, w, b;
@@ -156,6 +217,81 @@ struct Sim {
     std::deque<Response> responses;
     bool b_presenting = false;
     std::vector<ErrorRange> errors;
+    Chaos chaos;
+    uint32_t max_burst = 256;
+    bool checking = true;  // the protocol checker is on (off while the reset is held)
+    HeldAddr ar_held{}, aw_held{};
+    HeldWrite w_held{};
+    std::string violation;  // the first protocol violation, "" while none
+
+    void violate(const char* fmt, ...) __attribute__((format(printf, 2, 3))) {
+        if (!violation.empty()) return;
+        char text[256];
+        va_list args;
+        va_start(args, fmt);
+        std::vsnprintf(text, sizeof text, fmt, args);
+        va_end(args);
+        violation = "AXI4 protocol violation by the master at cycle " + std::to_string(cycle) +
+                    ": " + text;
+    }
+
+    void forget_held() {
+        ar_held = aw_held = HeldAddr{};
+        w_held.valid = false;
+    }
+
+    HeldAddr read_addr() const {
+        return {true,        M(araddr), uint32_t(M(arlen)), uint32_t(M(arid)),
+                M(arsize), M(arburst)};
+    }
+    HeldAddr write_addr() const {
+        return {true,        M(awaddr), uint32_t(M(awlen)), uint32_t(M(awid)),
+                M(awsize), M(awburst)};
+    }
+
+    // One accepted AR or AW: INCR, full-width beats, a legal length, inside one 4 KiB page.
+    void check_burst(const char* ch, const HeldAddr& a, size_t queued) {
+        const uint32_t beats = a.len + 1;
+        const uint64_t first = a.addr & ~uint64_t(kBeat - 1);
+        const uint64_t last = first + uint64_t(beats) * kBeat - 1;
+        if (queued >= kQueueDepth)
+            violate("%s accepted with %zu bursts outstanding (limit %zu)", ch, queued,
+                    kQueueDepth);
+        else if (a.burst != kIncr)
+            violate("%s burst type %u at 0x%llx (only INCR is modelled)", ch, a.burst,
+                    (unsigned long long)a.addr);
+        else if (a.size != kSizeCode)
+            violate("%s size code %u at 0x%llx (the bus is %u bytes: %u)", ch, a.size,
+                    (unsigned long long)a.addr, kBeat, kSizeCode);
+        else if (beats > max_burst)
+            violate("%s burst of %u beats at 0x%llx exceeds the maximum %u", ch, beats,
+                    (unsigned long long)a.addr, max_burst);
+        else if ((first >> 12) != (last >> 12))
+            violate("%s burst 0x%llx..0x%llx crosses a 4 KiB boundary", ch,
+                    (unsigned long long)first, (unsigned long long)last);
+    }
+
+    // VALID and payload stable from a cycle with VALID up and READY low to the next.
+    void check_stable() {
+        if (ar_held.valid && !(M(arvalid) && read_addr().same(ar_held)))
+            violate("AR valid or payload changed before ARREADY (was 0x%llx, %u beats)",
+                    (unsigned long long)ar_held.addr, ar_held.len + 1);
+        if (aw_held.valid && !(M(awvalid) && write_addr().same(aw_held)))
+            violate("AW valid or payload changed before AWREADY (was 0x%llx, %u beats)",
+                    (unsigned long long)aw_held.addr, aw_held.len + 1);
+        ar_held = M(arvalid) && !cur.arready ? read_addr() : HeldAddr{};
+        aw_held = M(awvalid) && !cur.awready ? write_addr() : HeldAddr{};
+        if (w_held.valid || (M(wvalid) && !cur.wready)) {
+            HeldWrite now{M(wvalid) != 0, M(wlast) != 0, static_cast<uint64_t>(M(wstrb)), {}};
+            get_beat(M(wdata), now.data);
+            if (w_held.valid &&
+                !(now.valid && now.last == w_held.last && now.strb == w_held.strb &&
+                  std::memcmp(now.data, w_held.data, kBeat) == 0))
+                violate("W valid, data, strobes or last changed before WREADY");
+            w_held = now;
+            w_held.valid = now.valid && !cur.wready;
+        }
+    }
 
     uint8_t classify(uint64_t addr, bool on_write) const {
         if (addr + kBeat > mem_bytes) return kDecErr;
@@ -222,6 +358,11 @@ struct Sim {
         s.l_bresp = L(bresp);
         s.l_rresp = L(rresp);
         s.l_rdata = L(rdata);
+        if (checking) {
+            check_stable();
+            if (s.ar) check_burst("AR", read_addr(), reads.size());
+            if (s.aw) check_burst("AW", write_addr(), writes.size());
+        }
         ++cycle;
         update(s);
         return s;
@@ -229,7 +370,8 @@ struct Sim {
 
     void update(const Sample& s) {
         if (s.ar)
-            reads.push_back({s.araddr, s.arlen + 1, s.arid, cycle + read_latency});
+            reads.push_back(
+                {s.araddr, s.arlen + 1, s.arid, cycle + read_latency + chaos.extra_latency()});
         if (s.aw) writes.push_back({s.awaddr, s.awlen + 1, s.awid, 0, kOkay});
         if (s.r) {
             r_presenting = false;
@@ -238,9 +380,15 @@ struct Sim {
                 read_beat = 0;
             }
         }
-        if (s.w) {
+        if (s.w && writes.empty()) {
+            if (checking) violate("W beat without an accepted AW");
+        } else if (s.w) {
             wcredit -= kBeat;
             WriteBurst& wb = writes.front();
+            if (checking && s.wlast != (wb.done + 1 == wb.beats))
+                violate("WLAST %s on beat %u of a %u-beat burst at 0x%llx",
+                        s.wlast ? "set" : "clear", wb.done + 1, wb.beats,
+                        (unsigned long long)wb.addr);
             uint64_t addr = wb.addr + uint64_t(wb.done) * kBeat;
             uint8_t resp = classify(addr, true);
             if (resp == kOkay) {
@@ -250,7 +398,8 @@ struct Sim {
                 wb.resp = resp;
             }
             if (++wb.done == wb.beats) {
-                responses.push_back({wb.id, wb.resp, cycle + write_latency});
+                responses.push_back(
+                    {wb.id, wb.resp, cycle + write_latency + chaos.extra_latency()});
                 writes.pop_front();
             }
         }
@@ -267,11 +416,11 @@ struct Sim {
         if (credit > 2 * kBeat) credit = 2 * kBeat;
         wcredit += bytes_per_cycle;
         if (wcredit > 2 * kBeat) wcredit = 2 * kBeat;
-        M(arready) = reads.size() < kQueueDepth;
-        M(awready) = writes.size() < kQueueDepth;
-        M(wready) = !writes.empty() && wcredit >= kBeat;
+        M(arready) = reads.size() < kQueueDepth && !chaos.stalled(chaos.ar);
+        M(awready) = writes.size() < kQueueDepth && !chaos.stalled(chaos.aw);
+        M(wready) = !writes.empty() && wcredit >= kBeat && !chaos.stalled(chaos.w);
         if (!r_presenting && !reads.empty() && reads.front().ready_at <= cycle &&
-            credit >= kBeat) {
+            credit >= kBeat && !chaos.stalled(chaos.r)) {
             const ReadBurst& rb = reads.front();
             uint64_t addr = rb.addr + uint64_t(read_beat) * kBeat;
             uint8_t resp = classify(addr, false);
@@ -286,7 +435,8 @@ struct Sim {
             r_presenting = true;
         }
         M(rvalid) = r_presenting;
-        if (!b_presenting && !responses.empty() && responses.front().ready_at <= cycle) {
+        if (!b_presenting && !responses.empty() && responses.front().ready_at <= cycle &&
+            !chaos.stalled(chaos.b)) {
             M(bid) = responses.front().id;
             M(bresp) = responses.front().resp;
             b_presenting = true;
@@ -380,10 +530,12 @@ FASTSIM_API void fastsim_flush_trace(void* handle) {
 // emptied before and after (nothing is in flight across a reset). The top's
 // reset in a cycle is `rst` of the cycle before (sim/fast.py `RegisteredPorts`),
 // so one more cycle runs after `rst` falls and the top sees its reset on exactly
-// `cycles` clock edges.
+// `cycles` clock edges. The protocol checker rests meanwhile and starts afresh
+// (its latched violation, if any, cleared).
 FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
     auto* sim = static_cast<Sim*>(handle);
     auto clear = [sim] {
+        sim->forget_held();
         sim->reads.clear();
         sim->writes.clear();
         sim->responses.clear();
@@ -392,11 +544,14 @@ FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
         sim->drive();
     };
     clear();
+    sim->checking = false;
     sim->top->rst = 1;
     for (uint32_t i = 0; i < cycles; ++i) sim->tick();
     sim->top->rst = 0;
     sim->tick();
     clear();
+    sim->checking = true;
+    sim->violation.clear();
 }
 
 FASTSIM_API uint64_t fastsim_cycles(void* handle) { return static_cast<Sim*>(handle)->cycle; }
@@ -414,6 +569,29 @@ FASTSIM_API void fastsim_add_error_range(void* handle, uint64_t lo, uint64_t hi,
 
 FASTSIM_API void fastsim_clear_error_ranges(void* handle) {
     static_cast<Sim*>(handle)->errors.clear();
+}
+
+// Random bus behaviour from `seed` (see the top of this file); 0 and 0: none.
+FASTSIM_API void fastsim_set_bus_chaos(void* handle, uint64_t seed, uint32_t stall_permille,
+                                       uint32_t max_extra_latency) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->chaos = Chaos{};
+    sim->chaos.state = seed;
+    sim->chaos.permille = stall_permille;
+    sim->chaos.max_extra = max_extra_latency;
+}
+
+// The longest burst (in beats, 1..256) the protocol checker accepts.
+FASTSIM_API void fastsim_set_max_burst(void* handle, uint32_t beats) {
+    static_cast<Sim*>(handle)->max_burst = beats;
+}
+
+// Copy the latched protocol violation into `buf` (NUL-terminated, cut to `len`);
+// returns 1 when there is one, else 0 (and `buf` gets "").
+FASTSIM_API int fastsim_protocol_error(void* handle, char* buf, uint32_t len) {
+    const std::string& text = static_cast<Sim*>(handle)->violation;
+    if (len) std::snprintf(buf, len, "%s", text.c_str());
+    return text.empty() ? 0 : 1;
 }
 
 // AXI4-Lite write; returns BRESP, or -1 when no response came within `timeout` cycles.
@@ -455,8 +633,9 @@ FASTSIM_API int fastsim_reg_read(void* handle, uint32_t addr, uint32_t* data, ui
 
 // Run until the status register shows done or error, polling it every
 // `poll_interval` cycles over AXI4-Lite, or until `max_cycles` have passed.
-// Returns 0 (done), 1 (error), 2 (cycle limit) or 3 (status read failed); the
-// last status word and the cycles this call ran are stored through the pointers.
+// Returns 0 (done), 1 (error), 2 (cycle limit), 3 (status read failed) or 4 (a
+// protocol violation is latched); the last status word and the cycles this call
+// ran are stored through the pointers.
 FASTSIM_API int fastsim_run(void* handle, uint64_t max_cycles, uint32_t status_addr,
                             uint32_t done_mask, uint32_t error_mask, uint32_t poll_interval,
                             uint32_t* status_out, uint64_t* cycles_out) {
@@ -466,11 +645,20 @@ FASTSIM_API int fastsim_run(void* handle, uint64_t max_cycles, uint32_t status_a
     int code = 2;
     *status_out = 0;
     while (sim->cycle < limit) {
+        if (!sim->violation.empty()) {
+            code = 4;
+            break;
+        }
         uint64_t burst = poll_interval;
         if (burst > limit - sim->cycle) burst = limit - sim->cycle;
         for (uint64_t i = 0; i < burst; ++i) sim->tick();
         uint32_t status = 0;
-        if (fastsim_reg_read(handle, status_addr, &status, 1000) != 0) {
+        const int resp = fastsim_reg_read(handle, status_addr, &status, 1000);
+        if (!sim->violation.empty()) {
+            code = 4;
+            break;
+        }
+        if (resp != 0) {
             code = 3;
             break;
         }

@@ -16,7 +16,12 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from pymodel.config import AccelConfig
 from rtl.postproc import lut_write_layout, output_layout, param_write_layout
-from rtl.sequencer import CommandError, command_layout, counter_layout, weight_beat_layout
+from rtl.tile_sequencer import (
+    CommandError,
+    counter_layout,
+    gemm_command_layout,
+    weight_beat_layout,
+)
 
 from .gemm_model import (
     GemmCase,
@@ -58,7 +63,7 @@ class GemmEngineHarness:
         dut.counters_clear.value = 0
         await reset_dut(dut, clk)
         self.cmd = StreamDriver.from_prefix(
-            dut, "cmd", clk, command_layout(cfg, self.param_rows), rng=rng
+            dut, "cmd", clk, gemm_command_layout(cfg, self.param_rows), rng=rng
         )
         self.act = StreamDriver.from_prefix(dut, "act", clk, _row(cfg.act_bits, cfg.rows), rng=rng)
         self.weight = StreamDriver.from_prefix(dut, "weight", clk, weight_beat_layout(cfg), rng=rng)

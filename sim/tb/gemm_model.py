@@ -4,7 +4,8 @@ The numbers come only from `pymodel` (`gemm.matmul_int`, `numerics.requantize`,
 `apply_lut`, `gated_multiply`); this module adds what the engine's streams
 look like: the command, parameter/LUT writes, weight and activation beats in
 the engine's loop order, and the expected output beats. Anything feeding the
-engine (a testbench, later the DMA/token buffer) follows `tile_schedule`.
+engine follows `tile_schedule`: these testbenches, and in the accelerator the
+weight image `rtl.layout.weight_stream` lays out for the layer sequencer.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class GemmCase:
     w_b: np.ndarray | None = None  # [K, N] W3 for SwiGLU
     mult_b: np.ndarray | None = None
     shift_b: np.ndarray | None = None
-    lut: np.ndarray | None = None  # [2^act_bits] int8, for REQUANT_LUT and SWIGLU
+    lut: np.ndarray | None = None  # [2^act_bits] act_bits-bit values, for REQUANT_LUT and SWIGLU
     gate_mult: int = 0
     gate_shift: int = 0
     param_a: int = 0  # parameter-memory row of N-tile 0
@@ -81,7 +82,7 @@ class GemmCase:
 
 @dataclass(frozen=True)
 class Tile:
-    """One weight tile of the engine's loop nest (see `rtl.sequencer`)."""
+    """One weight tile of the engine's loop nest (see `rtl.tile_sequencer`)."""
 
     m0: int
     rows: int
@@ -117,7 +118,7 @@ def reference_output(case: GemmCase, cfg: AccelConfig) -> np.ndarray:
 
 
 def command(case: GemmCase) -> dict:
-    """The `cmd` beat for `case` (fields of `rtl.sequencer.command_layout`)."""
+    """The `cmd` beat for `case` (fields of `rtl.tile_sequencer.gemm_command_layout`)."""
     return {
         "m": case.m,
         "k": case.k,
@@ -253,7 +254,7 @@ def random_case(
     param_a: int = 0,
     param_b: int | None = None,
 ) -> GemmCase:
-    """A random case; `extreme` fills X and W with only −128/127 (saturating corners)."""
+    """A random case; `extreme` fills X and W with only their widths' extremes (saturating)."""
     if k > cfg.max_k:
         raise ConfigError(f"K = {k} exceeds AccelConfig.max_k = {cfg.max_k}")
     lo, hi = -(2 ** (cfg.act_bits - 1)), 2 ** (cfg.act_bits - 1) - 1

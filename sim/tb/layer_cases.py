@@ -8,6 +8,7 @@ and check them the same way, bit for bit against `pymodel.layer.golden_layer`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,9 +17,26 @@ from pymodel.families import FAMILIES, family_spec
 from pymodel.layer import LayerResult, golden_layer, quantize_input
 from pymodel.quantize import QuantizedLayer, calibrate, quantize_layer
 from pymodel.weights import MoEWeights
-from sw_driver.compile import HwOutputs, LayerImage, compile_layer
+from sw_driver.compile import (
+    HwOutputs,
+    LayerImage,
+    compile_layer,
+    read_expert_counts,
+    read_outputs,
+)
 
-__all__ = ["SMALL_TOP", "LayerCase", "check_outputs", "make_case", "mode_specs"]
+if TYPE_CHECKING:
+    from sim.fast import FastSim
+
+__all__ = [
+    "SMALL_TOP",
+    "LayerCase",
+    "check_outputs",
+    "load_case",
+    "make_case",
+    "mode_specs",
+    "run_case",
+]
 
 SMALL_TOP = AccelConfig(
     max_experts=8, max_top_k=4, max_groups=4, max_tokens=16, max_d_model=32, max_d_ff=64
@@ -81,3 +99,32 @@ def check_outputs(case: LayerCase, out: HwOutputs, counts: np.ndarray | None = N
     np.testing.assert_array_equal(out.y_q, g.y_q, err_msg=f"{case.name}: layer output y_q")
     if counts is not None:
         np.testing.assert_array_equal(counts, g.dispatch.counts, err_msg="per-expert counts")
+
+
+def load_case(sim: FastSim, case: LayerCase, *, start: bool = True) -> None:
+    """Put `case`'s image in `sim`'s memory (the rest zeroed) and write its register program.
+
+    With `start=False` the final write (`CTRL.start`) is left to the caller.
+    """
+    sim.mem[:] = 0
+    sim.mem[: case.image.mem_bytes] = case.image.mem
+    program = case.image.program if start else case.image.program[:-1]
+    for reg, value in program:
+        sim.write_reg(reg, value)
+
+
+def run_case(sim: FastSim, case: LayerCase, max_cycles: int = 4_000_000) -> int:
+    """Load and start `case`, run it to DONE and check it bit for bit; returns CYCLES_TOTAL.
+
+    Checked: routing, layer output, per-expert counts (the EXPERT_INDEX window) and
+    DROPPED_TOKENS against the golden layer.
+    """
+    from sim.fast import RunStatus
+
+    load_case(sim, case)
+    result = sim.run(max_cycles)
+    assert result.status is RunStatus.DONE, result
+    counts = read_expert_counts(sim.write_reg, sim.read_reg, case.image)
+    check_outputs(case, read_outputs(sim.mem, case.image), counts)
+    assert sim.read_reg("DROPPED_TOKENS") == case.golden.dispatch.dropped
+    return sim.read_reg("CYCLES_TOTAL")

@@ -105,7 +105,6 @@ def test_replace_validates_again() -> None:
         ("max_d_model", 10**9),
         ("max_d_ff", 0),
         ("weight_buffers", 3),
-        ("fifo_depth", 1),
         ("mem_bytes_per_cycle", 12),
         ("clock_mhz", 0.5),
         ("clock_mhz", math.nan),

@@ -1,4 +1,4 @@
-"""Family presets: each family's routing facts (DESIGN §2) and the options it refuses."""
+"""Family presets: each family's routing facts (docs/numerics.md §4.2), options it refuses."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiRam
 
 from pymodel.config import AccelConfig
-from rtl.dma import command_layout, read_beat_layout
+from rtl.dma import dma_command_layout, read_beat_layout
 from rtl.regs import ErrorCause
 from sim.tb import StreamDriver, StreamSink, reset_dut, start_clock
 
@@ -53,8 +53,8 @@ class Bench:
         self.image = bytes(rng.getrandbits(8) for _ in range(MEM))
         self.ram.write(0, self.image)
         clk = dut.clk
-        self.rd_cmd = StreamDriver.from_prefix(dut, "rd_cmd", clk, command_layout(), rng=rng)
-        self.wr_cmd = StreamDriver.from_prefix(dut, "wr_cmd", clk, command_layout(), rng=rng)
+        self.rd_cmd = StreamDriver.from_prefix(dut, "rd_cmd", clk, dma_command_layout(), rng=rng)
+        self.wr_cmd = StreamDriver.from_prefix(dut, "wr_cmd", clk, dma_command_layout(), rng=rng)
         self.wr_data = StreamDriver.from_prefix(
             dut, "wr_data", clk, unsigned(8 * BEAT), idle_prob=0.2, rng=rng
         )

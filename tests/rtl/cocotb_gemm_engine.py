@@ -16,7 +16,7 @@ import numpy as np
 
 from pymodel.config import AccelConfig
 from rtl.postproc import Mode
-from rtl.sequencer import CommandError
+from rtl.tile_sequencer import CommandError
 from sim.tb.gemm_driver import GemmEngineHarness
 from sim.tb.gemm_model import command, random_case
 

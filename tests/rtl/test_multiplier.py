@@ -8,7 +8,7 @@ import pytest
 from amaranth import signed, unsigned
 from amaranth.back import rtlil
 
-from rtl.fpga import DEVICES
+from flow.devices import DEVICES
 from rtl.multiplier import PipelinedMultiplier, targets_ecp5
 from sim.amaranth_sim import run_simulation
 

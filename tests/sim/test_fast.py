@@ -4,8 +4,9 @@
 The same MemCopyTop job list runs under cocotb (AxiLiteMaster, AxiRam with
 random backpressure) and through `FastSim`; final memories and job outcomes
 must agree (and match `expected_copy`). Fast-only checks cover timeouts,
-SLVERR/DECERR, two models in one process, the build cache, waveforms and
-a throughput measurement (printed; run with -s to see it).
+SLVERR/DECERR, random bus stalls and latency, two models in one process,
+the build cache, waveforms and a throughput measurement (printed; run
+with -s to see it).
 """
 
 import json
@@ -178,6 +179,29 @@ def test_random_copies_with_varied_memory_timing(read_latency, write_latency, by
             beats = length // 16
             floor = beats * max(1, 16 // bytes_per_cycle)
             assert length == 0 or sim.read_reg("CYCLES_TOTAL") >= floor
+        np.testing.assert_array_equal(sim.mem, expect)
+
+
+def test_copies_are_exact_under_bus_chaos(seed):
+    """Random READY stalls, R/B gaps and burst latency (from `seed`): same bytes, more cycles."""
+    rng = np.random.default_rng(seed)
+    with FastSim(
+        lambda: MemCopyTop(CFG), CFG, MEM_BYTES, regmap=COPY_MAP, read_latency=12, name="memcopy"
+    ) as sim:
+        sim.set_bus_chaos(seed=seed, stall_probability=0.3, max_extra_latency=30)
+        sim.mem[:] = rng.integers(0, 256, MEM_BYTES, dtype=np.uint8)
+        expect = sim.mem.copy()
+        for _ in range(10):
+            length = int(rng.integers(1, 200)) * 16
+            src = int(rng.integers(0, (MEM_BYTES // 2 - length) // 16 + 1)) * 16
+            dst = MEM_BYTES // 2 + int(rng.integers(0, (MEM_BYTES // 2 - length) // 16 + 1)) * 16
+            sim.write_reg("STATUS", STATUS.pack(done=1, error=1))
+            for name, value in (("SRC_ADDR", src), ("DST_ADDR", dst), ("LENGTH", length)):
+                sim.write_reg(name, value)
+            sim.write_reg("ADD", 1)
+            sim.write_reg("CTRL", START)
+            assert sim.run(400_000).status is RunStatus.DONE
+            expect = expected_copy(expect, src, dst, length, 1)
         np.testing.assert_array_equal(sim.mem, expect)
 
 

@@ -25,9 +25,15 @@ import pytest
 
 from rtl.regs import REGISTER_MAP
 from rtl.top import MoEAccel
-from sim.fast import FastSim, RunStatus
-from sim.tb.layer_cases import SMALL_TOP, LayerCase, check_outputs, make_case, mode_specs
-from sw_driver.compile import read_expert_counts, read_outputs
+from sim.fast import FastSim
+from sim.tb.layer_cases import (
+    SMALL_TOP,
+    LayerCase,
+    load_case,
+    make_case,
+    mode_specs,
+    run_case,
+)
 
 MEM_BYTES = 1 << 18
 STATUS = REGISTER_MAP["STATUS"].register
@@ -38,38 +44,14 @@ MODES = ("mixtral", "deepseek_v3", "switch_drops")
 
 
 @pytest.fixture(scope="module")
-def sim():
-    with FastSim(
-        lambda: MoEAccel(SMALL_TOP), SMALL_TOP, MEM_BYTES, read_latency=12, name="moe_accel"
-    ) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def cases() -> list[LayerCase]:
     specs = mode_specs(32, 64, 8)
     return [make_case(m, specs[m], SMALL_TOP, tokens=16, seed=i) for i, m in enumerate(MODES)]
 
 
-def start(sim: FastSim, case: LayerCase) -> None:
-    sim.mem[:] = 0
-    sim.mem[: case.image.mem_bytes] = case.image.mem
-    for reg, value in case.image.program:
-        sim.write_reg(reg, value)
-
-
-def run_and_check(sim: FastSim, case: LayerCase) -> None:
-    start(sim, case)
-    result = sim.run(2_000_000)
-    assert result.status is RunStatus.DONE, result
-    counts = read_expert_counts(sim.write_reg, sim.read_reg, case.image)
-    check_outputs(case, read_outputs(sim.mem, case.image), counts)
-    assert sim.read_reg("DROPPED_TOKENS") == case.golden.dispatch.dropped
-
-
 def phase_windows(sim: FastSim, case: LayerCase) -> dict[str, tuple[int, int]]:
     """[first, last) cycle after the start write of each phase, from an uninterrupted run."""
-    run_and_check(sim, case)
+    run_case(sim, case)
     windows, first = {}, 0
     for phase in PHASES:
         length = sim.read_reg(f"CYCLES_{phase}")
@@ -99,7 +81,7 @@ def reset_at_random_points(
             first, last = windows[i][phase]
             delay = int(rng.integers(first, last))
             after = cases[int(rng.integers(len(cases)))]
-            start(sim, cases[i])
+            load_case(sim, cases[i])
             sim.step(delay)
             try:
                 if kind == "rst_port":
@@ -107,7 +89,7 @@ def reset_at_random_points(
                 else:
                     sim.write_reg("CTRL", CTRL.pack(soft_reset=1))
                 idle_after_abort(sim)
-                run_and_check(sim, after)
+                run_case(sim, after)
             except AssertionError as e:
                 raise AssertionError(
                     f"{kind} at cycle {delay} of {cases[i].name} ({phase}, point {point}), "
@@ -135,6 +117,6 @@ def test_random_power_up_contents_then_resets(cases, seed):
             name="moe_accel",
             random_init_seed=init_seed,
         ) as sim:
-            run_and_check(sim, cases[int(rng.integers(len(cases)))])
+            run_case(sim, cases[int(rng.integers(len(cases)))])
             for kind in ("rst_port", "soft_reset"):
                 reset_at_random_points(sim, cases, rng, kind, 5)

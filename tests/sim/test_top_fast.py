@@ -17,38 +17,21 @@ from pymodel.families import family_spec
 from rtl.regs import REGISTER_MAP, ErrorCause
 from rtl.top import MoEAccel
 from sim.fast import FastSim, RunStatus
-from sim.tb.layer_cases import SMALL_TOP, LayerCase, check_outputs, make_case, mode_specs
-from sw_driver.compile import read_expert_counts, read_outputs
+from sim.tb.layer_cases import (
+    SMALL_TOP,
+    LayerCase,
+    check_outputs,
+    load_case,
+    make_case,
+    mode_specs,
+    run_case,
+)
+from sw_driver.compile import read_outputs
 
 MEM_BYTES = 1 << 18
 STATUS = REGISTER_MAP["STATUS"].register
 CTRL = REGISTER_MAP["CTRL"].register
 SPECS = mode_specs(32, 64, 8)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with FastSim(
-        lambda: MoEAccel(SMALL_TOP), SMALL_TOP, MEM_BYTES, read_latency=12, name="moe_accel"
-    ) as s:
-        yield s
-
-
-def load(sim: FastSim, case: LayerCase) -> None:
-    sim.mem[:] = 0
-    sim.mem[: case.image.mem_bytes] = case.image.mem
-    for reg, value in case.image.program[:-1]:
-        sim.write_reg(reg, value)
-
-
-def run_case(sim: FastSim, case: LayerCase) -> None:
-    load(sim, case)
-    sim.write_reg(*case.image.program[-1])
-    result = sim.run(2_000_000)
-    assert result.status is RunStatus.DONE, result
-    counts = read_expert_counts(sim.write_reg, sim.read_reg, case.image)
-    check_outputs(case, read_outputs(sim.mem, case.image), counts)
-    assert sim.read_reg("DROPPED_TOKENS") == case.golden.dispatch.dropped
 
 
 @pytest.mark.parametrize("mode", list(SPECS))
@@ -112,7 +95,7 @@ def test_bad_descriptors_are_refused_and_the_next_layer_runs(sim):
         ("ROUTING_MODE", REGISTER_MAP["ROUTING_MODE"].register.pack(n_group=3, topk_group=1)),
     ]
     for reg, value in bad:
-        load(sim, case)
+        load_case(sim, case, start=False)
         sim.write_reg(reg, value)
         sim.write_reg(*case.image.program[-1])
         expect_error(sim, ErrorCause.BAD_DESCRIPTOR, 1000)
@@ -122,7 +105,7 @@ def test_bad_descriptors_are_refused_and_the_next_layer_runs(sim):
 def test_bus_error_aborts_cleanly(sim):
     case = fault_case()
     w1 = case.image.regions["expert0.w1"]
-    load(sim, case)
+    load_case(sim, case, start=False)
     sim.inject_error(w1.addr, w1.addr + w1.size)
     for e in range(1, 8):
         region = case.image.regions[f"expert{e}.w1"]
@@ -137,7 +120,7 @@ def test_bus_error_aborts_cleanly(sim):
 def test_write_error_aborts_cleanly(sim):
     case = fault_case()
     out = case.image.regions["output"]
-    load(sim, case)
+    load_case(sim, case, start=False)
     sim.inject_error(out.addr, out.addr + out.size, write=True)
     sim.write_reg(*case.image.program[-1])
     expect_error(sim, ErrorCause.BUS_WRITE_ERROR)
@@ -147,7 +130,7 @@ def test_write_error_aborts_cleanly(sim):
 
 def test_start_while_busy_is_refused(sim):
     case = fault_case()
-    load(sim, case)
+    load_case(sim, case, start=False)
     sim.write_reg(*case.image.program[-1])
     sim.step(200)
     sim.write_reg(*case.image.program[-1])
@@ -164,7 +147,7 @@ def test_start_while_busy_is_refused(sim):
 def test_soft_reset_mid_layer_then_a_correct_layer(sim):
     case = fault_case()
     for delay in (50, 600, 3000):
-        load(sim, case)
+        load_case(sim, case, start=False)
         sim.write_reg(*case.image.program[-1])
         sim.step(delay)
         assert STATUS.unpack(sim.read_reg("STATUS"))["busy"]
@@ -177,7 +160,7 @@ def test_soft_reset_mid_layer_then_a_correct_layer(sim):
 
 def test_watchdog_expiry_is_reported(sim):
     case = fault_case()
-    load(sim, case)
+    load_case(sim, case, start=False)
     sim.write_reg("WATCHDOG_CYCLES", 500)
     sim.write_reg(*case.image.program[-1])
     expect_error(sim, ErrorCause.WATCHDOG_TIMEOUT, 10_000)

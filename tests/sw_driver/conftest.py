@@ -11,7 +11,7 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> Iterator[None]:
-    """Tiny torch ops on 2 shared cores: extra threads only cost (see DESIGN §2)."""
+    """Tiny torch ops on 2 shared cores: extra threads only cost."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -132,8 +132,9 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the work functions that were called (each one records and fails)."""
-    import rtl.fpga
-    import rtl.verilog_export
+    import flow.reports
+    import flow.runs
+    import flow.verilog_export
 
     calls: list[str] = []
 
@@ -145,9 +146,9 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return record
 
     monkeypatch.setattr(cli, "run_family_layer", recorder("run_family_layer"))
-    monkeypatch.setattr(rtl.fpga, "synth", recorder("synth"))
-    monkeypatch.setattr(rtl.fpga, "update_doc", recorder("update_doc"))
-    monkeypatch.setattr(rtl.verilog_export, "export_verilog", recorder("export_verilog"))
+    monkeypatch.setattr(flow.runs, "synth", recorder("synth"))
+    monkeypatch.setattr(flow.reports, "update_doc", recorder("update_doc"))
+    monkeypatch.setattr(flow.verilog_export, "export_verilog", recorder("export_verilog"))
     return calls
 
 

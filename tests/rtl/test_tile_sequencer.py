@@ -12,7 +12,7 @@ import pytest
 
 from pymodel.config import AccelConfig
 from rtl.postproc import Mode
-from rtl.sequencer import CommandError, TileSequencer
+from rtl.tile_sequencer import CommandError, TileSequencer
 from sim.amaranth_sim import run_simulation
 
 PARAM_ROWS = 7

@@ -41,20 +41,17 @@ from amaranth.utils import ceil_log2
 from pymodel.config import AccelConfig, ConfigError
 
 from .postproc import SHIFT_BITS, Mode
+from .regs import COUNTER_BITS
 
 __all__ = [
-    "COUNTER_BITS",
     "CommandError",
     "TileSequencer",
-    "command_layout",
     "counter_layout",
+    "gemm_command_layout",
     "max_gemm_k",
     "tag_layout",
     "weight_beat_layout",
 ]
-
-COUNTER_BITS = 48
-"""Wide enough never to wrap in practice (2^48 cycles ≈ 32 days at 100 MHz)."""
 
 
 class CommandError(enum.Enum, shape=3):
@@ -73,7 +70,7 @@ def max_gemm_k(cfg: AccelConfig) -> int:
     return max(cfg.max_d_model, cfg.max_d_ff)
 
 
-def command_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
+def gemm_command_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
     """One grouped-GEMM command: `Y[M, N] = post(X[M, K] · W[K, N])`.
 
     `param_a`/`param_b` are the parameter-memory rows of N-tile 0 for W (or W1)
@@ -322,7 +319,7 @@ def _times_const(x, c: int):
 def _decision_copies(name: str, groups: tuple[str, ...]) -> dict[str, Signal]:
     """One register per group of loads, all given the same next value by the caller.
 
-    The `keep` attribute makes `rtl.fpga`'s synthesis script keep the copies apart.
+    The `keep` attribute makes `flow.runs`' synthesis script keep the copies apart.
     """
     return {g: Signal(name=f"{name}_{g}", attrs={"keep": 1}) for g in groups}
 
@@ -347,7 +344,7 @@ class TileSequencer(wiring.Component):
         if not isinstance(cooldown, int) or cooldown < 0:
             raise ConfigError(f"TileSequencer.cooldown must be an int >= 0, got {cooldown!r}")
         self.credits, self.cooldown = credits, cooldown
-        cmd_layout = command_layout(cfg, param_rows)
+        cmd_layout = gemm_command_layout(cfg, param_rows)
         super().__init__(
             {
                 "cmd": In(stream.Signature(cmd_layout)),
