@@ -480,6 +480,22 @@ def build_fast(
         return FastBuild(library, key, False, seconds, beat, trace)
 
 
+def _trace_scopes(build: FastBuild, name: str, scope: str) -> str:
+    """The harness's `dumpvars` lines for `scope`, checked against the built design's modules.
+
+    Amaranth names each Verilog module by its instance path (`<name>.top.core.dispatcher`
+    under `RegisteredPorts`), so an unknown scope is an error here, not an empty trace.
+    """
+    verilog = build.library.parent.parent / f"{name}.v"
+    modules = re.findall(r"^module \\?(\S+)", verilog.read_text(), re.MULTILINE)
+    prefix = f"{name}.top."
+    known = sorted(m[len(prefix) :] for m in modules if m.startswith(prefix))
+    if scope not in known:
+        near = [k for k in known if k.count(".") <= scope.count(".") + 1][:12]
+        raise ConfigError(f"trace scope {scope!r} is not an instance of {name}; e.g. {near}")
+    return f"1 top.{name}\n99 top.{prefix}{scope}"
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, u32, u64, i32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
     signatures: dict[str, tuple[object, list[object]]] = {
@@ -487,7 +503,16 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_has_trace": (i32, []),
         "fastsim_create": (
             vp,
-            [ctypes.POINTER(ctypes.c_uint8), u64, u32, u32, u32, ctypes.c_char_p, u32],
+            [
+                ctypes.POINTER(ctypes.c_uint8),
+                u64,
+                u32,
+                u32,
+                u32,
+                ctypes.c_char_p,
+                u32,
+                ctypes.c_char_p,
+            ],
         ),
         "fastsim_destroy": (None, [vp]),
         "fastsim_flush_trace": (None, [vp]),
@@ -526,6 +551,8 @@ class FastSim:
     `regmap` resolves register names and must have `STATUS` (fields `done`,
     `error`); `trace` writes a waveform of the whole run to that path, VCD or
     (for a `.fst` suffix) FST, from a separate traced build.
+    `trace_scope` (a dotted instance path inside the top, e.g. `core.dispatcher`)
+    limits the trace to the top's ports and everything below that instance.
     `random_init_seed` (a positive int below 2^31) powers the model up with
     random memory contents from that seed, from a separate build
     (`build_fast`'s `random_init`); None: zeros.
@@ -546,8 +573,11 @@ class FastSim:
         reset_cycles: int = 4,
         random_init_seed: int | None = None,
         max_burst_beats: int | None = None,
+        trace_scope: str | None = None,
         build_root: Path = FAST_BUILD_ROOT,
     ) -> None:
+        if trace_scope is not None and trace is None:
+            raise ConfigError("FastSim trace_scope needs a trace path")
         if random_init_seed is not None and (
             isinstance(random_init_seed, bool)
             or not isinstance(random_init_seed, int)
@@ -608,6 +638,7 @@ class FastSim:
         self.mem = np.zeros(mem_bytes, dtype=np.uint8)
         """The memory, shared with the C++ model (writes either side are seen by the other)."""
         trace_arg = str(Path(trace).resolve()).encode() if trace is not None else None
+        scopes = _trace_scopes(self.build, name, trace_scope) if trace_scope is not None else ""
         self._handle = self._lib.fastsim_create(
             self.mem.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
             mem_bytes,
@@ -616,6 +647,7 @@ class FastSim:
             bytes_per_cycle,
             trace_arg,
             random_init_seed or 0,
+            scopes.encode(),
         )
         self._finalizer = weakref.finalize(self, self._lib.fastsim_destroy, self._handle)
         self._lib.fastsim_set_max_burst(self._handle, max_burst_beats or 256)

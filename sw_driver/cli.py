@@ -40,7 +40,7 @@ from pymodel.numerics import NumericsError
 from pymodel.quantize import calibrate, quantize_layer
 from pymodel.reference import moe_forward_float
 
-from .device import Device, DeviceError, GoldenDevice, VerilatorDevice, make_device
+from .device import Device, DeviceError, GoldenDevice, make_device
 from .report import (
     LayerReport,
     add_hardware_metrics,
@@ -56,7 +56,6 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "TraceEstimate",
-    "WindowedVerilatorDevice",
     "estimate_trace",
     "load_accel_config",
     "main",
@@ -264,20 +263,6 @@ def estimate_trace(
     return TraceEstimate(traced, size / 1e6, seconds)
 
 
-class WindowedVerilatorDevice(VerilatorDevice):
-    """`VerilatorDevice` whose trace holds only cycles [start, end) after the model's reset."""
-
-    def __init__(self, cfg: AccelConfig, *, window: tuple[int, int], **options: Any) -> None:
-        super().__init__(cfg, **options)
-        self.window = window
-
-    def _model(self, mem_bytes: int):  # type: ignore[no-untyped-def]
-        sim = super()._model(mem_bytes)
-        now = sim.cycles
-        sim.set_trace_window(now + self.window[0], now + self.window[1])
-        return sim
-
-
 def _parse_window(text: str) -> tuple[int, int]:
     start, sep, end = text.partition(":")
     try:
@@ -325,6 +310,7 @@ def run_family_layer(
     cfg: AccelConfig | None = None,
     trace: Path | None = None,
     trace_window: tuple[int, int] | None = None,
+    trace_scope: str | None = None,
     device: Device | None = None,
     console: Console | None = None,
 ) -> LayerReport:
@@ -333,7 +319,8 @@ def run_family_layer(
     Everything is validated (shapes against the hardware, finite values, a
     routing the gate implements) before any simulation starts. `trace`
     (Verilator only) writes a `.vcd`/`.fst` waveform, `trace_window` limits
-    it to cycles [start, end) after the model's reset. Progress is logged.
+    it to cycles [start, end) after the model's reset and `trace_scope` to one
+    instance (e.g. `core.dispatcher`) and the top's ports. Progress is logged.
     """
     import torch
 
@@ -344,8 +331,8 @@ def run_family_layer(
         raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
     if trace is not None and backend == "golden":
         raise ConfigError("the golden backend has no waveforms; trace needs backend='verilator'")
-    if trace_window is not None and trace is None:
-        raise ConfigError("trace_window needs a trace path")
+    if (trace_window is not None or trace_scope is not None) and trace is None:
+        raise ConfigError("trace_window and trace_scope need a trace path")
     cfg = cfg or AccelConfig()
     console = console or Console(stderr=True)
     options = {"d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k}
@@ -359,10 +346,9 @@ def run_family_layer(
     with progress("calibrating and quantising the layer", console):
         ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
         x_q = quantize_input(ql, x)
-        if device is None and trace_window is not None and trace is not None:
-            device = WindowedVerilatorDevice(cfg, trace=trace, window=trace_window)
-        elif device is None:
-            device = make_device(backend, cfg, **({"trace": trace} if trace else {}))
+        if device is None:
+            traced = {"trace": trace, "trace_window": trace_window, "trace_scope": trace_scope}
+            device = make_device(backend, cfg, **(traced if trace else {}))
     with progress("running the PyTorch reference", console):
         hf_y = run_hf_block(block, x)
         torch_device = default_device()
@@ -470,8 +456,9 @@ def _check_layer(args: argparse.Namespace, cfg: AccelConfig, config_name: str) -
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_output_file("--json", args.json, (".json",))
-    if args.waves_window is not None and args.waves is None:
-        raise CliError("--waves-window needs --waves")
+    for option, value in (("--waves-window", args.waves_window), ("--waves-scope", args.scope)):
+        if value is not None and args.waves is None:
+            raise CliError(f"{option} needs --waves")
     waves = None
     if args.waves is not None:
         if args.backend != "verilator":
@@ -500,6 +487,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg=cfg,
         trace=waves,
         trace_window=args.waves_window,
+        trace_scope=args.scope,
         console=console,
     )
     report.render(Console())
@@ -842,6 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="START:END",
         help="trace only cycles [START, END) after the model's reset (docs/cli.md)",
+    )
+    run.add_argument(
+        "--waves-scope",
+        dest="scope",
+        default=None,
+        metavar="INSTANCE",
+        help="trace only this instance and the top's ports, e.g. core.dispatcher or dma",
     )
     run.set_defaults(handler=_cmd_run)
 

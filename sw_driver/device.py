@@ -101,7 +101,10 @@ class VerilatorDevice:
     needs more memory. Each run resets the accelerator and loads a fresh
     memory image. `read_latency`/`write_latency` are the memory model's
     latencies in cycles; `max_cycles` bounds a run (a timeout is a
-    `DeviceError`, never a hang); `trace` is a `.vcd`/`.fst` waveform path.
+    `DeviceError`, never a hang); `trace` is a `.vcd`/`.fst` waveform path,
+    `trace_window` (start, end) keeps only those cycles of each run (counted
+    from the accelerator's reset, register writes included) and
+    `trace_scope` only one instance's signals (e.g. `core.dispatcher`).
     """
 
     name = "verilator"
@@ -114,8 +117,15 @@ class VerilatorDevice:
         write_latency: int = 4,
         max_cycles: int = 50_000_000,
         trace: Path | str | None = None,
+        trace_window: tuple[int, int] | None = None,
+        trace_scope: str | None = None,
     ) -> None:
         from rtl import layout
+
+        if trace is None and (trace_window is not None or trace_scope is not None):
+            raise ConfigError("trace_window and trace_scope need a trace path")
+        if trace_window is not None and not 0 <= trace_window[0] < trace_window[1]:
+            raise ConfigError(f"trace_window {trace_window} must be (start, end), 0 ≤ start < end")
 
         layout.check_top_config(cfg)
         self.cfg = cfg
@@ -123,6 +133,8 @@ class VerilatorDevice:
         self.write_latency = write_latency
         self.max_cycles = max_cycles
         self.trace = trace
+        self.trace_window = trace_window
+        self.trace_scope = trace_scope
         self._sim: FastSim | None = None
 
     def _model(self, mem_bytes: int) -> FastSim:
@@ -139,10 +151,14 @@ class VerilatorDevice:
                 read_latency=self.read_latency,
                 write_latency=self.write_latency,
                 trace=self.trace,
+                trace_scope=self.trace_scope,
                 name="moe_accel",
             )
         else:
             self._sim.reset()
+        if self.trace_window is not None:
+            now = self._sim.cycles
+            self._sim.set_trace_window(now + self.trace_window[0], now + self.trace_window[1])
         return self._sim
 
     def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:

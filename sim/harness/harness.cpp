@@ -45,6 +45,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -459,9 +460,12 @@ FASTSIM_API int fastsim_has_trace() {
 
 // `rand_seed` 0: variables without an initial value start at zero; otherwise (in a
 // model built with --x-initial unique) they start random, from that seed.
+// `trace_scopes`: empty traces everything; else lines "LEVELS HIERARCHY" (Verilog
+// dotted names), each tracing that scope's signals down to LEVELS levels below it.
 FASTSIM_API void* fastsim_create(uint8_t* mem, uint64_t mem_bytes, uint32_t read_latency,
                                  uint32_t write_latency, uint32_t bytes_per_cycle,
-                                 const char* trace_path, uint32_t rand_seed) {
+                                 const char* trace_path, uint32_t rand_seed,
+                                 const char* trace_scopes) {
     auto* sim = new Sim();
     sim->ctx = std::make_unique<VerilatedContext>();
     sim->ctx->randReset(rand_seed ? 2 : 0);
@@ -470,12 +474,17 @@ FASTSIM_API void* fastsim_create(uint8_t* mem, uint64_t mem_bytes, uint32_t read
     if (trace_path && *trace_path) sim->ctx->traceEverOn(true);
 #else
     (void)trace_path;
+    (void)trace_scopes;
 #endif
     sim->top = std::make_unique<Vtop>(sim->ctx.get(), "top");
 #if VM_TRACE
     if (trace_path && *trace_path) {
         sim->tfp = std::make_unique<TraceFile>();
         sim->top->trace(sim->tfp.get(), 99);
+        std::istringstream scopes(trace_scopes ? trace_scopes : "");
+        int levels;
+        std::string hierarchy;
+        while (scopes >> levels >> hierarchy) sim->tfp->dumpvars(levels, hierarchy);
         sim->tfp->open(trace_path);
     }
 #endif

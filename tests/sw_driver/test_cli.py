@@ -113,6 +113,35 @@ def test_waves_window_limits_the_trace(small_cfg: AccelConfig, tmp_path: Path, c
     assert "tracing ~" in capsys.readouterr().err
 
 
+def test_waves_scope_limits_the_trace(small_cfg: AccelConfig, tmp_path: Path, capsys) -> None:
+    """Only the top's ports and the named instance's subtree are dumped; a wrong name is refused."""
+    cfg = tmp_path / "small.json"
+    cfg.write_text(small_cfg.to_json())
+    waves = tmp_path / "run.vcd"
+    argv = ["run", "--backend", "verilator", "--config", str(cfg), "--tokens", "4"]
+    argv += ["--d-model", "32", "--d-ff", "32", "--waves", str(waves)]
+    assert main([*argv, "--waves-window", "0:400", "--waves-scope", "core.dispatcher"]) == 0
+    stack, traced = [], set()
+    for line in waves.read_text().splitlines():
+        if line.startswith("$enddefinitions"):
+            break
+        words = line.split()
+        if words[:1] == ["$scope"]:
+            stack.append(words[2])
+        elif words[:1] == ["$upscope"]:
+            stack.pop()
+        elif words[:1] == ["$var"]:
+            traced.add(".".join(stack))
+    ports, inside = "top.moe_accel", "top.moe_accel.top.core.dispatcher"
+    assert ports in traced and inside in traced
+    assert all(path == ports or path.startswith(inside) for path in traced), traced
+    capsys.readouterr()
+    assert main([*argv, "--waves-scope", "core.nowhere"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("moe-accel: error")]
+    assert len(errors) == 1 and "core.nowhere" in errors[0] and "Traceback" not in err
+
+
 def test_synth_is_a_group_of_subcommands(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", "--help"])

@@ -74,6 +74,7 @@ CASES: list[tuple[str, int, str]] = [
     ("run --backend verilator --waves {t}/dir", 2, "is a directory"),
     ("run --backend verilator --waves /sys/moe-accel-run.vcd", 2, "cannot be written"),
     ("run --backend verilator --waves-window 0:10", 2, "needs --waves"),
+    ("run --backend verilator --waves-scope core.dispatcher", 2, "needs --waves"),
     ("run --backend verilator --waves {t}/r.vcd --waves-window 5:3", 2, "START < END"),
     ("run --backend verilator --waves {t}/r.vcd --waves-window abc", 2, "START:END"),
     ("run --backend verilator --waves {t}/r.vcd --waves-window 7", 2, "--waves-window"),
