@@ -38,8 +38,9 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# The long randomised runs, among them 10,000 random layers, spread over the cores (pytest-xdist).
 soak: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow -n auto
 
 # Every bounded proof (tests/rtl/test_formal.py), the deep ones included; make test runs the
 # shallow subset.

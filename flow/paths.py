@@ -1,5 +1,7 @@
 """Repository paths and build directories, defined once (no Amaranth: the driver imports it)."""
 
+import subprocess
+from functools import cache
 from pathlib import Path
 
 __all__ = [
@@ -11,6 +13,7 @@ __all__ = [
     "REPO_ROOT",
     "SIM_BUILD_ROOT",
     "VERILOG_BUILD_ROOT",
+    "git_describe",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,3 +29,19 @@ FPGA_BUILD_ROOT = BUILD_ROOT / "fpga"
 """Synthesis and place-and-route runs, one folder per device (`flow.runs`)."""
 VERILOG_BUILD_ROOT = BUILD_ROOT / "verilog"
 """Standalone Verilog for vendor tools (`moe-accel synth verilog`)."""
+
+
+@cache
+def git_describe() -> str | None:
+    """`git describe --always --dirty` of the repository, or None outside a git checkout."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None

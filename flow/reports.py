@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal
 
 from .devices import DEVICES, FpgaDevice
 from .errors import SynthError
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, git_describe
 
 __all__ = [
     "SWEEP_BEGIN",
@@ -290,16 +289,7 @@ def update_doc(doc: Path | str, reports: Sequence[SynthReport], revision: str) -
 
 def rtl_revision() -> str:
     """The git commit (`-dirty` with local edits) and a hash of the RTL sources."""
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        commit = proc.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "no git"
+    commit = git_describe() or "no git"
     h = hashlib.sha256()
     for path in sorted((REPO_ROOT / "rtl").glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())

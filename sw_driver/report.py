@@ -8,9 +8,7 @@ whether the hardware matched the golden model bit for bit.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from flow.paths import REPO_ROOT
+from flow.paths import git_describe
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.perf import roofline
 
@@ -42,20 +40,10 @@ REPORT_SCHEMA_VERSION = 2
 """Version of the `--json` document (docs/cli.md); bumped when a field changes meaning."""
 
 
-@cache
 def revision() -> str:
     """`git describe --always --dirty` of the source tree, or "unknown" outside a git checkout."""
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"git {proc.stdout.strip()}" if proc.stdout.strip() else "unknown"
+    described = git_describe()
+    return f"git {described}" if described else "unknown"
 
 
 def package_version() -> str:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SMALL_TOP",
     "LayerCase",
+    "case_from",
     "check_outputs",
     "load_case",
     "make_case",
@@ -83,7 +84,18 @@ def make_case(
     """Seeded random weights and tokens for `spec`, calibrated on the tokens themselves."""
     weights = MoEWeights.random(spec, seed=seed)
     x = np.random.default_rng(seed + 1000).standard_normal((tokens, spec.d_model))
-    x = x.astype(np.float32)
+    return case_from(name, spec, weights, x.astype(np.float32), cfg, **compile_args)
+
+
+def case_from(
+    name: str,
+    spec: MoESpec,
+    weights: MoEWeights,
+    x: np.ndarray,
+    cfg: AccelConfig,
+    **compile_args: int,
+) -> LayerCase:
+    """The case of float `weights` and tokens `x`: calibrated on `x`, quantised, compiled."""
     ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
     x_q = quantize_input(ql, x)
     golden = golden_layer(ql, x_q, cfg)
