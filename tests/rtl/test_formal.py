@@ -23,8 +23,8 @@ pytestmark = pytest.mark.formal
 
 DISPATCH_DEPTH = 17
 """Cycles: the histogram clear (4), then a one-pair run through scan, scatter and walk (~12)."""
-DISPATCH_DEEP_DEPTH = 22
-"""Longer runs: more pairs, more experts, resets and stalls between them (`make formal`)."""
+DISPATCH_DEEP_DEPTH = 20
+"""Longer runs: more pairs, more experts, resets and stalls (`make formal`; ~5 min loaded)."""
 
 
 def mutant_dispatcher_module() -> types.ModuleType:
