@@ -44,7 +44,7 @@ from rtl.gemm_engine import default_m_block
 from rtl.postproc import PostProc
 from rtl.systolic import SystolicArray
 
-from .config import AccelConfig, ConfigError, MoESpec
+from .config import AccelConfig, ConfigError, MoESpec, _check_int
 from .layer import LayerResult
 
 __all__ = ["COUNTERS", "CycleEstimate", "MemoryTiming", "golden_cycles", "layer_cycles"]
@@ -96,12 +96,9 @@ class MemoryTiming:
 
     def __post_init__(self) -> None:
         for name in ("read_latency", "write_latency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"MemoryTiming.{name} = {value!r} must be an int >= 0")
-        bpc = self.bytes_per_cycle
-        if bpc is not None and (isinstance(bpc, bool) or not isinstance(bpc, int) or bpc < 1):
-            raise ConfigError(f"MemoryTiming.bytes_per_cycle = {bpc!r} must be an int >= 1")
+            _check_int("MemoryTiming", name, getattr(self, name), 0)
+        if self.bytes_per_cycle is not None:
+            _check_int("MemoryTiming", "bytes_per_cycle", self.bytes_per_cycle, 1)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ConfigError, MoESpec
+from .config import MoESpec, _check_int
 from .families import family_spec
 
 __all__ = ["REAL_MODELS", "uniform_routing"]
@@ -58,8 +58,7 @@ def uniform_routing(spec: MoESpec, tokens: int, rng: np.random.Generator) -> np.
     first draws `topk_group` distinct groups, then its k experts among theirs.
     A capacity keeps at most `capacity` pairs per expert. Returns `[E]` int64.
     """
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise ConfigError(f"tokens = {tokens!r} must be an int >= 1")
+    _check_int("uniform_routing", "tokens", tokens, 1)
     e, k = spec.n_experts, spec.top_k
     if spec.n_group > 1:
         per = e // spec.n_group

@@ -310,6 +310,15 @@ def _last_build_seconds(build_root: Path, name: str) -> float | None:
     return None
 
 
+def _cached_build(build_dir: Path, key: str, beat: int, trace: str | None) -> FastBuild | None:
+    """The finished build in `build_dir` (its library and stamp both there), or None."""
+    stamp, library = build_dir / "build.json", build_dir / "obj" / LIBRARY
+    if not (stamp.is_file() and library.is_file()):
+        return None
+    seconds = json.loads(stamp.read_text())["build_seconds"]
+    return FastBuild(library, key, True, seconds, beat, trace)
+
+
 def _write_index(index: Path, key: str) -> None:
     index.parent.mkdir(parents=True, exist_ok=True)
     staging = index.with_name(f"{index.name}.tmp{os.getpid()}")
@@ -376,14 +385,12 @@ def build_fast(
     index = build_root / "index" / f"{name}-{_quick_key(top, cfg, material)}.json"
     if index.is_file():
         key = json.loads(index.read_text())["key"]
-        stamp = build_root / f"{name}-{key}" / "build.json"
-        library = build_root / f"{name}-{key}" / "obj" / LIBRARY
-        if stamp.is_file() and library.is_file():
+        cached = _cached_build(build_root / f"{name}-{key}", key, beat, trace)
+        if cached is not None:
             logger.debug("%s: cached Verilator model %s (sources unchanged)", name, key)
             # The cached build stands for the top's elaboration: no UnusedElaboratable warning.
             top._MustUse__used = True  # type: ignore[attr-defined]
-            info = json.loads(stamp.read_text())
-            return FastBuild(library, key, True, info["build_seconds"], beat, trace)
+            return cached
     logger.info("%s: elaborating the design and emitting Verilog …", name)
     start = time.monotonic()
     verilog_text = strip_zero_memory_init(emit_verilog(RegisteredPorts(top), name))
@@ -399,11 +406,11 @@ def build_fast(
     library = build_dir / "obj" / LIBRARY
     stamp = build_dir / "build.json"
     with file_lock(build_root / f".{name}-{key}.lock"):
-        if stamp.is_file() and library.is_file():
-            info = json.loads(stamp.read_text())
+        cached = _cached_build(build_dir, key, beat, trace)
+        if cached is not None:
             _write_index(index, key)
             logger.info("%s: the Verilog is unchanged; cached Verilator model %s", name, key)
-            return FastBuild(library, key, True, info["build_seconds"], beat, trace)
+            return cached
         last = _last_build_seconds(build_root, name)
         logger.info(
             "%s: Verilator build%s (%s) …",

