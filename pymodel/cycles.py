@@ -195,25 +195,45 @@ def _tile_walk(mm, run: np.ndarray, runs: int):
     tile), double-buffered in two banks (`TileSequencer`): tile j loads after tile
     j−1's load, and not before tile j−2's bank is free (its last row, then the one
     cooldown cycle); its rows go in after its load and after tile j−1's rows, one
-    a cycle. Evaluated once per distinct `mm`; past `SIM_RUNS` runs the steady
-    state (the increment of the last two runs, periodic in the bank parity) repeats.
+    a cycle. Evaluated once per distinct `mm`. The recurrence only takes maxima and
+    sums, so once two tiles' increments repeat (periodic in the bank parity) the
+    rest of a run's equal full tiles repeat them: those are added, not walked (a
+    real layer's K-runs have thousands of tiles). Past `SIM_RUNS` runs the steady
+    state of whole runs (the increment of the last two) repeats the same way.
     """
     mm = np.asarray(mm)
     values, inverse = np.unique(mm, return_inverse=True)
     m = values.astype(np.float64)
     done = min(runs, SIM_RUNS)
-    loads = np.tile(run, done)
-    inj_prev2 = inj_prev = load_end = np.zeros_like(m)
+    kt = len(run)
+    inj_prev2 = inj_prev = load_end = inj = np.zeros_like(m)
     marks = {}
-    for j, load in enumerate(loads):
-        start = load_end + 1 if j else np.zeros_like(m)
-        if j >= 2:
-            start = np.maximum(start, inj_prev2 + m + 1)  # bank of tile j-2 free + cooldown
-        load_end = start + load - 1
-        inj = load_end + 1 if j == 0 else np.maximum(load_end + 1, inj_prev + m)
-        inj_prev2, inj_prev = inj_prev, inj
-        if (j + 1) % len(run) == 0:
-            marks[(j + 1) // len(run)] = inj + m
+    j = 0
+    for r in range(done):
+        p = 0
+        history: list[np.ndarray] = []
+        while p < kt:
+            start = load_end + 1 if j else np.zeros_like(m)
+            if j >= 2:
+                start = np.maximum(start, inj_prev2 + m + 1)  # bank of tile j-2 free + cooldown
+            load_end = start + run[p] - 1
+            inj = load_end + 1 if j == 0 else np.maximum(load_end + 1, inj_prev + m)
+            inj_prev2, inj_prev = inj_prev, inj
+            p += 1
+            j += 1
+            if p >= kt - 1:
+                continue
+            history.append(np.stack([inj_prev2, inj_prev, load_end]))
+            if len(history) < 5:
+                continue
+            step = history[-1] - history[-3]
+            if np.array_equal(step, history[-3] - history[-5]):
+                pairs = (kt - 1 - p) // 2
+                inj_prev2, inj_prev, load_end = history[-1] + pairs * step
+                p += 2 * pairs
+                j += 2 * pairs
+                history = []
+        marks[r + 1] = inj + m
     total = marks[done]
     if runs > done:
         total = total + (runs - done) * (marks[done] - marks[done - 2]) / 2

@@ -4,7 +4,8 @@
 offline (seeded weights), imports it, runs it on the chosen backend and on
 the torch reference, and prints a report table (and writes JSON with
 `--json`). `moe-accel demo` is the README's main job; `moe-accel synth`
-groups the FPGA flow (`synth run`, `synth verilog`, `synth sweep`).
+groups the FPGA flow (`synth run`, `synth verilog`, `synth sweep`);
+`moe-accel explore` runs a design-space study (`explore`, docs/explore.md).
 
 Every argument is checked before any work starts (input files exist and
 parse, output files can be written, shapes fit the configuration); an
@@ -913,6 +914,10 @@ def build_parser() -> argparse.ArgumentParser:
     s_sweep.add_argument("--force", action="store_true", help="ignore cached results")
     s_sweep.add_argument("--dry-run", action="store_true", help="say what would run, and how long")
     s_sweep.set_defaults(handler=_cmd_synth_sweep)
+
+    from explore.cli import add_parser as add_explore_parser
+
+    add_explore_parser(sub, parents=[common], formatter_class=_Formatter)
     return parser
 
 

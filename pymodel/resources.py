@@ -1,0 +1,216 @@
+"""FPGA resources of the GEMM engine on ECP5-85F, fitted to yosys synthesis of real configs.
+
+The engine (`rtl.gemm_engine`: tile sequencer, R × C array, accumulators,
+post-processing lanes) is what `make synth` measures and what bounds which
+array fits a device: its multipliers are the DSP budget. Each resource class
+is a least-squares fit, linear in a few structural quantities of the config
+(`features`): processing elements R·C, lanes C, rows R, the bus width, the
+accumulator and parameter-memory words. The fitting data is
+`pymodel/data/resource_fit.csv`: one row per config of a documented set
+(`bench/resource_sweep.py`, which runs `flow.runs.netlist`: yosys
+`synth_ecp5`, counts with the synthesis harness, as in docs/fpga.md), rows
+marked `holdout` kept out of the fit to measure its error (`holdout_errors`,
+`python -m pymodel.resources`). DSPs come out exact (R·C + 6·C + 1: one
+multiplier a PE, six a post-processing lane, one in the sequencer).
+
+Fmax is not modelled: `known_fmax` returns the place-and-route result of a
+config of docs/fpga.md's sweep (`FMAX_MEASURED`), else None.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtl.gemm_engine import default_m_block, default_param_rows
+
+from .config import AccelConfig, ConfigError
+
+__all__ = [
+    "FIT_TABLE",
+    "FMAX_MEASURED",
+    "RESOURCES",
+    "ResourceEstimate",
+    "estimate",
+    "holdout_errors",
+    "known_fmax",
+]
+
+FIT_TABLE = Path(__file__).with_name("data") / "resource_fit.csv"
+"""The checked-in synthesis results the model is fitted to."""
+
+CONFIG_COLUMNS = (
+    "rows",
+    "cols",
+    "m_tile",
+    "mem_bytes_per_cycle",
+    "weight_buffers",
+    "max_d_ff",
+    "max_d_model",
+    "max_tokens",
+    "max_experts",
+)
+RESOURCES = ("luts", "carry", "ffs", "dsps", "brams")
+"""Resource classes, as `flow.reports.parse_yosys_stat` counts them."""
+TABLE_COLUMNS = {
+    "config": CONFIG_COLUMNS,
+    "all": (*CONFIG_COLUMNS, *RESOURCES, "harness_ffs", "yosys"),
+}
+
+FMAX_MEASURED: tuple[tuple[AccelConfig, float], ...] = (
+    (AccelConfig(rows=4, cols=4, m_tile=4), 99.2),
+    (AccelConfig(), 100.4),
+    (AccelConfig(rows=9, cols=9, m_tile=9), 101.1),
+)
+"""Fmax (MHz) of the ECP5-85F place-and-route runs of docs/fpga.md's sweep
+(configs/4x4.json, default.json, 9x9.json), seed 1, at a 100 MHz target."""
+
+
+def _quantities(cfg: AccelConfig) -> dict[str, float]:
+    r, c = cfg.rows, cfg.cols
+    return {
+        "one": 1.0,
+        "pes": float(r * c),
+        "lanes": float(c),
+        "rows": float(r),
+        "bus": float(cfg.mem_bytes_per_cycle),
+        "acc_words": float(default_m_block(cfg) * c),
+        "param_words": float(default_param_rows(cfg) * c),
+    }
+
+
+FEATURES: dict[str, tuple[str, ...]] = {
+    "luts": ("one", "pes", "lanes", "rows", "bus"),
+    "carry": ("one", "pes", "lanes", "rows"),
+    "ffs": ("one", "pes", "lanes", "rows", "bus"),
+    "dsps": ("one", "pes", "lanes"),
+    "brams": ("one", "lanes", "acc_words", "param_words"),
+}
+"""The quantities each resource class is linear in."""
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """Estimated cell counts of the GEMM engine for one config (ECP5, harness included)."""
+
+    luts: int
+    carry: int
+    ffs: int
+    dsps: int
+    brams: int
+
+    @property
+    def logic_cells(self) -> int:
+        """LUT4 positions: LUT4s plus two per CCU2C carry cell (nextpnr's TRELLIS_COMB)."""
+        return self.luts + 2 * self.carry
+
+
+def _read_table(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the resource table {path}: {exc.strerror}") from None
+    missing = {"name", "role", *CONFIG_COLUMNS, *RESOURCES} - set(rows[0] if rows else {})
+    if missing:
+        raise ConfigError(f"resource table {path} lacks columns {sorted(missing)}")
+    return rows
+
+
+def _config_of(row: dict[str, str]) -> AccelConfig:
+    return AccelConfig(**{k: int(row[k]) for k in CONFIG_COLUMNS})
+
+
+def _design(cfgs: list[AccelConfig], resource: str) -> np.ndarray:
+    return np.array([[_quantities(c)[f] for f in FEATURES[resource]] for c in cfgs])
+
+
+@functools.cache
+def _fit(path: Path = FIT_TABLE) -> dict[str, np.ndarray]:
+    rows = [r for r in _read_table(path) if r["role"] == "fit"]
+    cfgs = [_config_of(r) for r in rows]
+    coef = {}
+    for resource in RESOURCES:
+        a = _design(cfgs, resource)
+        if len(rows) < a.shape[1]:
+            raise ConfigError(
+                f"resource table {path}: {len(rows)} fit rows cannot fit {a.shape[1]} "
+                f"coefficients for {resource}"
+            )
+        y = np.array([float(r[resource]) for r in rows])
+        coef[resource] = np.linalg.lstsq(a, y, rcond=None)[0]
+    return coef
+
+
+def estimate(cfg: AccelConfig) -> ResourceEstimate:
+    """Estimated LUT4, carry, FF, DSP and block-RAM counts of `cfg`'s GEMM engine on ECP5."""
+    if not isinstance(cfg, AccelConfig):
+        raise ConfigError(f"estimate needs an AccelConfig, got {type(cfg).__name__}")
+    coef = _fit()
+    q = _quantities(cfg)
+    values = {
+        r: max(0, round(float(np.dot([q[f] for f in FEATURES[r]], coef[r])))) for r in RESOURCES
+    }
+    return ResourceEstimate(**values)
+
+
+def known_fmax(cfg: AccelConfig) -> float | None:
+    """Measured ECP5-85F Fmax of `cfg` when it is one of docs/fpga.md's sweep configs, else None."""
+    for measured, fmax in FMAX_MEASURED:
+        if dataclasses.replace(cfg, clock_mhz=measured.clock_mhz) == measured:
+            return fmax
+    return None
+
+
+def holdout_errors(path: Path = FIT_TABLE) -> list[dict[str, object]]:
+    """Per held-out config: measured and estimated counts and the relative error of each."""
+    out: list[dict[str, object]] = []
+    for row in _read_table(path):
+        if row["role"] != "holdout":
+            continue
+        est = estimate(_config_of(row))
+        entry: dict[str, object] = {"name": row["name"]}
+        for resource in RESOURCES:
+            measured = int(row[resource])
+            predicted = getattr(est, resource)
+            entry[resource] = (measured, predicted, (predicted - measured) / measured)
+        out.append(entry)
+    return out
+
+
+def markdown(path: Path = FIT_TABLE) -> str:
+    """The held-out error table of docs/explore.md."""
+    lines = [
+        "| held-out config | " + " | ".join(RESOURCES) + " |",
+        "|---|" + "---|" * len(RESOURCES),
+    ]
+    worst = dict.fromkeys(RESOURCES, 0.0)
+    for entry in holdout_errors(path):
+        cells = []
+        for resource in RESOURCES:
+            measured, predicted, err = entry[resource]  # type: ignore[misc]
+            worst[resource] = max(worst[resource], abs(err))
+            cells.append(f"{measured} → {predicted} ({100 * err:+.1f} %)")
+        lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **worst** | " + " | ".join(f"**{100 * worst[r]:.1f} %**" for r in RESOURCES) + " |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, out: Callable[[str], object] = print) -> int:
+    """Print the held-out errors (measured → estimated) as a Markdown table."""
+    del argv
+    out(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,68 @@
+"""The FPGA resource model against the checked-in synthesis table it is fitted to."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pymodel.config import AccelConfig, ConfigError
+from pymodel.resources import FIT_TABLE, estimate, holdout_errors, known_fmax, markdown
+
+
+def _table() -> list[dict[str, str]]:
+    with FIT_TABLE.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_table_has_fit_and_holdout_rows() -> None:
+    roles = [r["role"] for r in _table()]
+    assert roles.count("fit") >= 10
+    assert roles.count("holdout") >= 3
+    assert set(roles) == {"fit", "holdout"}
+
+
+def test_dsps_exact_everywhere() -> None:
+    """One multiplier a PE, six a post-processing lane, one in the sequencer."""
+    for row in _table():
+        r, c = int(row["rows"]), int(row["cols"])
+        cfg = AccelConfig(rows=r, cols=c)
+        assert estimate(cfg).dsps == int(row["dsps"]) == r * c + 6 * c + 1, row["name"]
+
+
+def test_held_out_error_within_documented_bound() -> None:
+    """docs/explore.md: LUT4, carry, FF and DSP within 10 % on configs kept out of the fit."""
+    errors = holdout_errors()
+    assert len(errors) >= 3
+    for entry in errors:
+        for resource in ("luts", "carry", "ffs", "dsps"):
+            measured, predicted, err = entry[resource]
+            assert abs(err) <= 0.10, (entry["name"], resource, measured, predicted)
+    assert "**worst**" in markdown()
+
+
+def test_logic_cells_count_carry_twice() -> None:
+    est = estimate(AccelConfig())
+    assert est.logic_cells == est.luts + 2 * est.carry
+
+
+def test_known_fmax_only_for_measured_configs() -> None:
+    assert known_fmax(AccelConfig()) == 100.4
+    assert known_fmax(AccelConfig(clock_mhz=150.0)) == 100.4
+    assert known_fmax(AccelConfig(rows=4, cols=4, m_tile=4)) == 99.2
+    assert known_fmax(AccelConfig(mem_bytes_per_cycle=32)) is None
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ConfigError, match="needs an AccelConfig"):
+        estimate({"rows": 8})  # type: ignore[arg-type]
+
+
+def test_bad_table(tmp_path: Path) -> None:
+    bad = tmp_path / "t.csv"
+    bad.write_text("name,role,rows\nx,fit,8\n")
+    with pytest.raises(ConfigError, match="lacks columns"):
+        holdout_errors(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        holdout_errors(tmp_path / "missing.csv")
