@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak formal bench notebooks clean synth verilog synth-sweep lz4-headers
+.PHONY: demo test lint soak formal bench notebooks clean synth verilog synth-sweep resource-fit lz4-headers
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory lz4-headers
@@ -47,12 +47,14 @@ soak: $(STAMP)
 formal: $(STAMP)
 	$(BIN)/python -m pytest -m formal tests/rtl/test_formal.py
 
-# Expert-GEMM MAC utilisation, then whole layers vs the roofline and simulation speed:
-# writes bench/results.json, bench/results.md (copied into docs/benchmarks.md) and docs/img/*.png.
+# Expert-GEMM MAC utilisation, whole layers vs the roofline and simulation speed, the cycle
+# model against the RTL, a 5,000-trial design-space study (twice, same seed): writes
+# bench/results.json, bench/results.md (copied into docs/benchmarks.md) and docs/img/*.png.
 bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
 	$(BIN)/python bench/layer_bench.py
 	$(BIN)/python bench/calibrate.py
+	$(BIN)/python bench/explore_bench.py
 	$(BIN)/python bench/plots.py
 
 # Co-design notebooks, executed in place (plots and tables land in the .ipynb files).
@@ -74,6 +76,12 @@ verilog: $(STAMP)
 
 synth-sweep: $(STAMP)
 	$(BIN)/moe-accel synth sweep $(SWEEP_CONFIGS) --top $(TOP) --doc docs/fpga.md
+
+# The resource model's fitting table (pymodel/data/resource_fit.csv): yosys netlists of a
+# documented set of configs (bench/resource_sweep.py), then its held-out errors.
+resource-fit: $(STAMP)
+	$(BIN)/python bench/resource_sweep.py
+	$(BIN)/python -m pymodel.resources
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

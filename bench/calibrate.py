@@ -294,13 +294,13 @@ DOC_BEGIN = "<!-- calibration:begin -->"
 DOC_END = "<!-- calibration:end -->"
 
 
-def update_doc(path: Path, table: str) -> None:
-    """Replace (or append) the calibration section of `docs/benchmarks.md`."""
+def update_doc(path: Path, table: str, begin: str = DOC_BEGIN, end: str = DOC_END) -> None:
+    """Replace (or append) the section between `begin` and `end` of `docs/benchmarks.md`."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{DOC_BEGIN}\n{table}{DOC_END}\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + block + rest.split(DOC_END, 1)[1].lstrip("\n")
+    block = f"{begin}\n{table}{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)

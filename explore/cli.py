@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from flow.paths import BUILD_ROOT
-from pymodel.config import AccelConfig, ConfigError
 
 from .errors import ExploreError
 from .objectives import OBJECTIVES, check_objectives
@@ -23,8 +22,9 @@ EXAMPLES = """examples:
   moe-accel explore --layer Mixtral-8x7B --layer DeepSeek-V3 --trials 5000
   moe-accel explore --objective decode_latency_us --objective prefill_tokens_per_s \\
       --objective dsps --param rows=4,8,16 --param mem_bytes_per_cycle=16,32,64
-  moe-accel explore --layer mixtral:d_model=32,d_ff=64 --decode-tokens 1 \\
-      --prefill-tokens 16 --base-config small.json --verify-top 3
+  moe-accel explore --layer mixtral:d_model=32,d_ff=64 --prefill-tokens 16 \\
+      --base-config small.json --param max_tokens=16 --param rows=4,8 --param cols=4,8 \\
+      --device none --verify-top 3
   moe-accel explore --scheduler tcp://127.0.0.1:8786 --storage sqlite:////tmp/s.db
 """
 
@@ -59,13 +59,19 @@ def add_parser(sub: argparse._SubParsersAction, **parser_args: object) -> None:
     p.add_argument(
         "--param",
         action="append",
-        default=[],
+        default=None,
         metavar="NAME=LOW:HIGH|V1,V2|V",
         help=f"override one dimension of the default space ({', '.join(EXPLORABLE)}: "
         + ", ".join(f"{k}={v}" for k, v in DEFAULT_SPACE.items())
         + ")",
     )
-    p.add_argument("--base-config", type=Path, default=None, help="AccelConfig JSON of the rest")
+    p.add_argument(
+        "--base-config",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="AccelConfig JSON for the fields the space does not vary (default: AccelConfig())",
+    )
     p.add_argument("--trials", type=int, default=1000, help="trials the study should hold")
     p.add_argument("--population", type=int, default=100, help="trials per generation")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="nsga2", help="Optuna sampler")
@@ -96,16 +102,11 @@ def add_parser(sub: argparse._SubParsersAction, **parser_args: object) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
     """The study the arguments describe (every check made before anything is opened)."""
-    base = AccelConfig()
-    if args.base_config is not None:
-        try:
-            base = AccelConfig.from_json(args.base_config.read_text())
-        except OSError as exc:
-            raise ExploreError(f"--base-config {args.base_config}: {exc.strerror}") from None
-        except ConfigError as exc:
-            raise ExploreError(f"--base-config {args.base_config}: {exc}") from None
+    from sw_driver.cli import load_accel_config
+
+    base = load_accel_config(args.base_config, "--base-config")
     domains = dict(DEFAULT_SPACE)
-    for text in args.param:
+    for text in args.param or []:
         name, domain = parse_param(text)
         domains[name] = domain
     objectives = check_objectives(args.objective or ["decode_latency_us", "dsps"])

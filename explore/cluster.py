@@ -1,7 +1,8 @@
 """Where trials run: a Dask `LocalCluster` on this machine, or an existing scheduler.
 
 `open_client(None)` starts a local cluster (worker processes, one thread
-each, bound to loopback, no dashboard) and closes it on exit;
+each, everything bound to loopback, the scheduler's HTTP endpoint on a free
+port) and closes it on exit;
 `open_client("tcp://host:8786")` connects to a running `dask scheduler` and
 leaves it running. An address that does not answer within `timeout_s` is an
 `ExploreError`, not a hang.
@@ -46,7 +47,7 @@ def open_client(
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster, set_as_default=False) as client,

@@ -137,7 +137,7 @@ def summary_markdown(result: StudyResult) -> str:
         f"- space: {', '.join(f'{k}={v}' for k, v in s.space.domains.items())}",
         f"- sampler {s.sampler}, seed {s.seed}, population {s.population}",
         f"- trials stored: {len(result.rows)} ({n_ok} complete, {n_feasible} feasible); "
-        f"front: {len(result.front)} designs",
+        f"front: {len(result.front)} design{'' if len(result.front) == 1 else 's'}",
         "",
     ]
     params = list(s.space.domains)

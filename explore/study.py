@@ -48,7 +48,7 @@ from pymodel.resources import known_fmax
 from .checks import rtl_check, synth_check
 from .cluster import busy_workers, open_client
 from .errors import ExploreError
-from .objectives import OBJECTIVES, Objective, evaluate_batch
+from .objectives import Objective, evaluate_batch
 from .space import SearchSpace, config_hash
 from .workload import Workload
 
@@ -427,5 +427,5 @@ def _attach(row: dict[str, Any], kind: str, check: dict[str, Any], s: StudySetti
     if check.get("status") in ("ok", "timing-fail", "no-fit"):
         for name in ("luts", "ffs", "dsps", "brams"):
             row[name] = check[name]
-            if name in OBJECTIVES and any(o.name == name for o in s.objectives):
+            if any(o.name == name for o in s.objectives):
                 row[f"source_{name}"] = "synthesis"

@@ -4,8 +4,9 @@ The engine (`rtl.gemm_engine`: tile sequencer, R × C array, accumulators,
 post-processing lanes) is what `make synth` measures and what bounds which
 array fits a device: its multipliers are the DSP budget. Each resource class
 is a least-squares fit, linear in a few structural quantities of the config
-(`features`): processing elements R·C, lanes C, rows R, the bus width, the
-accumulator and parameter-memory words. The fitting data is
+(`FEATURES`): processing elements R·C, lanes C, rows R, the bus width, the
+parameter memory's size in block RAMs; block RAMs whose mapping is known
+(accumulators, activation LUTs, output FIFO) are counted, not fitted. The fitting data is
 `pymodel/data/resource_fit.csv`: one row per config of a documented set
 (`bench/resource_sweep.py`, which runs `flow.runs.netlist`: yosys
 `synth_ecp5`, counts with the synthesis harness, as in docs/fpga.md), rows
@@ -28,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from amaranth.hdl import Shape
 
 from rtl.gemm_engine import default_m_block, default_param_rows
+from rtl.postproc import output_layout, param_layout
 
 from .config import AccelConfig, ConfigError
 
@@ -75,15 +78,27 @@ FMAX_MEASURED: tuple[tuple[AccelConfig, float], ...] = (
 
 def _quantities(cfg: AccelConfig) -> dict[str, float]:
     r, c = cfg.rows, cfg.cols
+    m_block = default_m_block(cfg)
+    param_rows = default_param_rows(cfg)
+    # Block RAMs whose mapping is known (yosys `memory_libmap` on ECP5, read off the logs):
+    # each of the two accumulator banks (m_block rows of C·acc_bits) as 512 × 36 blocks once
+    # deeper than 32 rows (shallower ones go to LUT RAM), one block per activation-LUT lane,
+    # the output FIFO (≤ 64 entries of the output row) in 36-bit-wide blocks.
+    acc = 2 * _ceil(c * cfg.acc_bits, 36) * _ceil(m_block, 512) if m_block > 32 else 0
+    fifo = _ceil(Shape.cast(output_layout(cfg)).width, 36)
     return {
         "one": 1.0,
         "pes": float(r * c),
         "lanes": float(c),
         "rows": float(r),
         "bus": float(cfg.mem_bytes_per_cycle),
-        "acc_words": float(default_m_block(cfg) * c),
-        "param_words": float(default_param_rows(cfg) * c),
+        "bram_known": float(acc + c + fifo),
+        "param_blocks": param_rows * c * Shape.cast(param_layout(cfg)).width / 18432,
     }
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -91,9 +106,13 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "carry": ("one", "pes", "lanes", "rows"),
     "ffs": ("one", "pes", "lanes", "rows", "bus"),
     "dsps": ("one", "pes", "lanes"),
-    "brams": ("one", "lanes", "acc_words", "param_words"),
+    "brams": ("one", "param_blocks", "lanes"),
 }
-"""The quantities each resource class is linear in."""
+"""The quantities each resource class is linear in (beyond its `KNOWN` part)."""
+
+KNOWN: dict[str, str] = {"brams": "bram_known"}
+"""A part counted exactly, not fitted: the block RAMs whose mapping is known. The fit covers
+the rest (the requantisation-parameter memory, in DP16KD blocks of 18 Kbit)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,8 @@ def _fit(path: Path = FIT_TABLE) -> dict[str, np.ndarray]:
                 f"coefficients for {resource}"
             )
         y = np.array([float(r[resource]) for r in rows])
+        if resource in KNOWN:
+            y = y - np.array([_quantities(c)[KNOWN[resource]] for c in cfgs])
         coef[resource] = np.linalg.lstsq(a, y, rcond=None)[0]
     return coef
 
@@ -156,7 +177,13 @@ def estimate(cfg: AccelConfig) -> ResourceEstimate:
     coef = _fit()
     q = _quantities(cfg)
     values = {
-        r: max(0, round(float(np.dot([q[f] for f in FEATURES[r]], coef[r])))) for r in RESOURCES
+        r: max(
+            0,
+            round(
+                q.get(KNOWN.get(r, ""), 0.0) + float(np.dot([q[f] for f in FEATURES[r]], coef[r]))
+            ),
+        )
+        for r in RESOURCES
     }
     return ResourceEstimate(**values)
 

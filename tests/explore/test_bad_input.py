@@ -74,3 +74,13 @@ def test_corrupt_storage(explore, tmp_path: Path, content: bytes) -> None:
     assert len(err.strip().splitlines()) == 1, err
     assert "left unchanged" in err
     assert db.read_bytes() == content
+
+
+def test_bad_base_config(explore, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"rows": 8, "speed": 3}')
+    rc, _, err = explore(*SMALL_LAYER, "--base-config", str(cfg))
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"--base-config {cfg}" in err and "speed" in err
+    assert not (tmp_path / "study.db").exists()

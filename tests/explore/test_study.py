@@ -146,3 +146,18 @@ def test_external_scheduler(explore, dask_pair: str, tmp_path: Path) -> None:
                              storage=tmp_path / "local.db", out=tmp_path / "local")  # fmt: skip
     assert local_rc == 0
     assert _front(tmp_path / "out") == _front(tmp_path / "local"), "a cluster changes nothing"
+
+
+@pytest.mark.parametrize(("min_mhz", "feasible"), [("100", "False"), ("99", "True")])
+def test_min_mhz_uses_measured_fmax(explore, tmp_path: Path, min_mhz: str, feasible: str) -> None:
+    """configs/4x4.json reached 99.2 MHz on ECP5-85F (docs/fpga.md): 100 MHz rules it out."""
+    fixed = ["rows=4", "cols=4", "m_tile=4", "mem_bytes_per_cycle=16", "max_tokens=256"]
+    args = [*SMALL_LAYER, "--trials", "2", "--population", "2", "--min-mhz", min_mhz]
+    for p in fixed:
+        args += ["--param", p]
+    rc, out, err = explore(*args)
+    assert rc == 0, err
+    with (tmp_path / "out" / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["feasible"] for r in rows} == {feasible}
+    assert ("front: 1 design\n" in out) == (feasible == "True")

@@ -66,3 +66,9 @@ def test_bad_table(tmp_path: Path) -> None:
         holdout_errors(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         holdout_errors(tmp_path / "missing.csv")
+
+
+def test_docs_table_is_the_models() -> None:
+    """docs/explore.md shows the held-out table this model and table produce."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "explore.md").read_text()
+    assert markdown() in doc, "rerun `python -m pymodel.resources` and paste it into the doc"
