@@ -68,7 +68,7 @@ def study(db: Path, trials: int) -> tuple[dict, list[dict]]:
 
 def markdown(runs: list[dict], same: bool, trials: int) -> str:
     lines = [
-        f"### Design-space exploration: {trials:,} trials on the local Dask cluster",
+        f"## Design-space exploration: {trials:,} trials on the local Dask cluster (issue #18)",
         "",
         "`bench/explore_bench.py`: NSGA-II over the default space (docs/explore.md), one "
         "Mixtral-8x7B and one DeepSeek-V3 layer at full size, objectives decode latency, "

@@ -176,12 +176,12 @@ def estimate(cfg: AccelConfig) -> ResourceEstimate:
         raise ConfigError(f"estimate needs an AccelConfig, got {type(cfg).__name__}")
     coef = _fit()
     q = _quantities(cfg)
+    # The fitted part is never negative (a small parameter memory extrapolated below the
+    # fitting range); the counted part is added to it.
     values = {
-        r: max(
-            0,
-            round(
-                q.get(KNOWN.get(r, ""), 0.0) + float(np.dot([q[f] for f in FEATURES[r]], coef[r]))
-            ),
+        r: round(
+            q.get(KNOWN.get(r, ""), 0.0)
+            + max(0.0, float(np.dot([q[f] for f in FEATURES[r]], coef[r])))
         )
         for r in RESOURCES
     }
