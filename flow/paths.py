@@ -1,5 +1,6 @@
 """Repository paths and build directories, defined once (no Amaranth: the driver imports it)."""
 
+import os
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,23 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.json"
-BUILD_ROOT = REPO_ROOT / "build"
+
+
+def _build_root() -> Path:
+    """Where builds go: `$MOE_ACCEL_BUILD_DIR`; else `build/` of a source checkout (the
+    project's `pyproject.toml` beside the packages); else the user's cache directory
+    (`$XDG_CACHE_HOME/moe-accel`, default `~/.cache/moe-accel`) for an installed package."""
+    chosen = os.environ.get("MOE_ACCEL_BUILD_DIR")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "build"
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "moe-accel"
+
+
+BUILD_ROOT = _build_root()
+"""Root of every build folder below (Verilator models, proofs, FPGA runs), chosen once."""
 SIM_BUILD_ROOT = BUILD_ROOT / "sim"
 """Verilator builds for cocotb (`sim.build`)."""
 FAST_BUILD_ROOT = BUILD_ROOT / "fast"

@@ -314,6 +314,7 @@ def run_family_layer(
     trace_scope: str | None = None,
     device: Device | None = None,
     console: Console | None = None,
+    build_dir: Path | None = None,
 ) -> LayerReport:
     """Build `family`'s HF block, run it on `backend` and on torch, and compare.
 
@@ -321,7 +322,8 @@ def run_family_layer(
     routing the gate implements) before any simulation starts. `trace`
     (Verilator only) writes a `.vcd`/`.fst` waveform, `trace_window` limits
     it to cycles [start, end) after the model's reset and `trace_scope` to one
-    instance (e.g. `core.dispatcher`) and the top's ports. Progress is logged.
+    instance (e.g. `core.dispatcher`) and the top's ports; `build_dir` is where
+    the Verilator model is built and cached. Progress is logged.
     """
     import torch
 
@@ -348,8 +350,16 @@ def run_family_layer(
         ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
         x_q = quantize_input(ql, x)
         if device is None:
-            traced = {"trace": trace, "trace_window": trace_window, "trace_scope": trace_scope}
-            device = make_device(backend, cfg, **(traced if trace else {}))
+            device_options: dict[str, object] = {}
+            if trace:
+                device_options |= {
+                    "trace": trace,
+                    "trace_window": trace_window,
+                    "trace_scope": trace_scope,
+                }
+            if backend == "verilator" and build_dir is not None:
+                device_options["build_dir"] = build_dir
+            device = make_device(backend, cfg, **device_options)
     with progress("running the PyTorch reference", console):
         hf_y = run_hf_block(block, x)
         torch_device = default_device()
@@ -490,6 +500,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trace_window=args.waves_window,
         trace_scope=args.scope,
         console=console,
+        build_dir=args.build_dir,
     )
     report.render(Console())
     if args.json is not None:
@@ -524,7 +535,7 @@ def _write_text(arg: str, path: Path, text: str) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = AccelConfig()
     console = Console(stderr=True)
-    device = make_device("verilator", cfg)
+    device = make_device("verilator", cfg, build_dir=args.build_dir)
     for family in ("mixtral", "deepseek_v3"):
         report = run_family_layer(
             family,
@@ -774,6 +785,18 @@ def _version() -> str:
     return f"moe-accel {package_version()} ({revision()})"
 
 
+def _add_build_dir(parser: argparse.ArgumentParser) -> None:
+    from flow.paths import FAST_BUILD_ROOT
+
+    parser.add_argument(
+        "--build-dir",
+        type=Path,
+        default=FAST_BUILD_ROOT,
+        metavar="DIR",
+        help="folder of cached Verilator models ($MOE_ACCEL_BUILD_DIR/fast when set)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `moe-accel` argument parser (also what `--help` documents)."""
     from flow.devices import DEVICES
@@ -839,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INSTANCE",
         help="trace only this instance and the top's ports, e.g. core.dispatcher or dma",
     )
+    _add_build_dir(run)
     run.set_defaults(handler=_cmd_run)
 
     demo = sub.add_parser(
@@ -850,6 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the first run builds the Verilator model (~1–2 min).",
         epilog="example:\n  moe-accel demo",
     )
+    _add_build_dir(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     synth = sub.add_parser(

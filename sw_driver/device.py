@@ -104,7 +104,12 @@ class VerilatorDevice:
     `DeviceError`, never a hang); `trace` is a `.vcd`/`.fst` waveform path,
     `trace_window` (start, end) keeps only those cycles of each run (counted
     from the accelerator's reset, register writes included) and
-    `trace_scope` only one instance's signals (e.g. `core.dispatcher`).
+    `trace_scope` only one instance's signals (e.g. `core.dispatcher`);
+    `build_dir` is the folder of cached Verilator models (default
+    `flow.paths.FAST_BUILD_ROOT`: `build/fast` of the checkout, or
+    `$MOE_ACCEL_BUILD_DIR/fast`, see docs/simulation.md). A model whose image
+    outgrows the memory gets a larger memory, not a new build: the memory size
+    is an argument of the C++ harness, not of the build.
     """
 
     name = "verilator"
@@ -119,7 +124,9 @@ class VerilatorDevice:
         trace: Path | str | None = None,
         trace_window: tuple[int, int] | None = None,
         trace_scope: str | None = None,
+        build_dir: Path | str | None = None,
     ) -> None:
+        from flow.paths import FAST_BUILD_ROOT
         from rtl import layout
 
         if trace is None and (trace_window is not None or trace_scope is not None):
@@ -135,6 +142,7 @@ class VerilatorDevice:
         self.trace = trace
         self.trace_window = trace_window
         self.trace_scope = trace_scope
+        self.build_dir = Path(FAST_BUILD_ROOT if build_dir is None else build_dir)
         self._sim: FastSim | None = None
 
     def _model(self, mem_bytes: int) -> FastSim:
@@ -153,6 +161,7 @@ class VerilatorDevice:
                 trace=self.trace,
                 trace_scope=self.trace_scope,
                 name="moe_accel",
+                build_root=self.build_dir,
             )
         else:
             self._sim.reset()

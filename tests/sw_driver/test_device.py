@@ -61,3 +61,41 @@ def test_bad_input_is_refused_before_simulation() -> None:
         device.run(case.ql, np.zeros((SMALL_TOP.max_tokens + 1, 32), dtype=np.int64))
     with pytest.raises(ConfigError, match="unknown backend"):
         make_device("fpga", SMALL_TOP)
+
+
+def test_growing_images_never_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers with ever larger memory images on one device: a bigger memory, never a build."""
+    import sim.fast
+
+    device = VerilatorDevice(SMALL_TOP)
+    cases = [
+        make_case(
+            f"grow{i}",
+            family_spec("mixtral", d_model=d, d_ff=f, n_experts=8),
+            SMALL_TOP,
+            tokens=t,
+            seed=i,
+        )
+        for i, (d, f, t) in enumerate(((16, 16, 2), (32, 48, 8), (32, 64, 16)))
+    ]
+    sizes = [c.image.base + c.image.mem_bytes for c in cases]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3, sizes
+    device.run(cases[0].ql, cases[0].x_q)  # builds the model once if no test did before
+    tool_runs: list[str] = []
+    real = sim.fast._run_logged
+    monkeypatch.setattr(
+        sim.fast, "_run_logged", lambda cmd, *a, **k: (tool_runs.append(cmd[0]), real(cmd, *a, **k))
+    )
+    memories = [device._sim.mem.size]
+    for case in cases[1:]:
+        res = device.run(case.ql, case.x_q)
+        assert np.array_equal(res.y_q, case.golden.y_q)
+        memories.append(device._sim.mem.size)
+    assert tool_runs == [], "a layer with a bigger image rebuilt the model"
+    assert memories == sorted(memories) and memories[-1] >= sizes[-1]
+
+
+def test_build_dir_is_a_parameter(tmp_path) -> None:
+    device = VerilatorDevice(SMALL_TOP, build_dir=tmp_path / "models")
+    assert device.build_dir == tmp_path / "models"
+    assert make_device("verilator", SMALL_TOP, build_dir=tmp_path).build_dir == tmp_path
