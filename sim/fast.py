@@ -109,6 +109,10 @@ VERILATOR_ARGS: tuple[str, ...] = (
 MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O3",)
 """`make` variables: -O3 for the model's hot code (Verilator's default is -Os)."""
 
+DEFAULT_THREADS = 1
+"""Threads evaluating a model (`--threads`): one. `make bench` measures two against one on
+the same layer (docs/benchmarks.md); on this 2-core machine two did not win."""
+
 logger = logging.getLogger(__name__)
 
 LITE_TIMEOUT = 1000
@@ -326,12 +330,14 @@ def _write_index(index: Path, key: str) -> None:
     staging.replace(index)
 
 
-def _verilator_args(random_init: bool) -> tuple[str, ...]:
-    """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build."""
-    if not random_init:
-        return VERILATOR_ARGS
-    at = VERILATOR_ARGS.index("--x-initial")
-    return (*VERILATOR_ARGS[: at + 1], "unique", *VERILATOR_ARGS[at + 2 :])
+def _verilator_args(random_init: bool, threads: int = 1) -> tuple[str, ...]:
+    """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build and
+    `--threads N` for a model evaluated by N threads."""
+    args = VERILATOR_ARGS
+    if random_init:
+        at = args.index("--x-initial")
+        args = (*args[: at + 1], "unique", *args[at + 2 :])
+    return (*args, "--threads", str(threads)) if threads > 1 else args
 
 
 def build_fast(
@@ -342,6 +348,7 @@ def build_fast(
     trace: str | None = None,
     random_init: bool = False,
     build_root: Path = FAST_BUILD_ROOT,
+    threads: int = DEFAULT_THREADS,
 ) -> FastBuild:
     """Compile (or reuse) the harness library for `top` (see the module docstring).
 
@@ -349,7 +356,8 @@ def build_fast(
     development headers, Debian `liblz4-dev`); tracing slows the model.
     `random_init` builds with `--x-initial unique`: every variable without an
     initial value (the memories) powers up with the random contents seeded
-    by `FastSim`'s `random_init_seed` instead of zeros.
+    by `FastSim`'s `random_init_seed` instead of zeros. `threads` > 1 builds
+    a model that Verilator evaluates with that many threads (`--threads`).
     A build is found first by a quick key (top class and parameters, `cfg`,
     the hash of every source file, flags, tool versions) that needs no
     Verilog; only when that misses is the top elaborated and its Verilog
@@ -359,6 +367,8 @@ def build_fast(
         raise ConfigError(f"build_fast needs an AccelConfig, got {type(cfg).__name__}")
     if trace not in (None, "vcd", "fst"):
         raise ValueError(f"trace = {trace!r} must be None, 'vcd' or 'fst'")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 16:
+        raise ConfigError(f"threads = {threads!r} must be an int in [1, 16]")
     if trace == "fst" and not _fst_supported():
         raise SimulationError(
             "FST waveforms need the lz4 development headers (Debian: liblz4-dev); "
@@ -375,7 +385,7 @@ def build_fast(
         "name": name,
         "harness": harness,
         "map": version_map,
-        "args": _verilator_args(random_init),
+        "args": _verilator_args(random_init, threads),
         "cflags": cflags,
         "make": MAKE_VARS,
         "trace": trace,
@@ -400,7 +410,9 @@ def build_fast(
         len(verilog_text) / 1e6,
         time.monotonic() - start,
     )
-    runtime_key = _digest({"cflags": cflags[:2], "make": MAKE_VARS, "trace": trace, "v": tools})
+    runtime_key = _digest(
+        {"cflags": cflags[:2], "make": MAKE_VARS, "trace": trace, "v": tools, "threads": threads}
+    )
     key = _digest({**material, "verilog": verilog_text})
     build_dir = build_root / f"{name}-{key}"
     library = build_dir / "obj" / LIBRARY
@@ -434,7 +446,7 @@ def build_fast(
                 "verilator",
                 "--cc",
                 "--exe",
-                *_verilator_args(random_init),
+                *_verilator_args(random_init, threads),
                 *({"vcd": ["--trace"], "fst": ["--trace-fst"]}.get(trace or "", [])),
                 "--top-module",
                 name,
@@ -527,6 +539,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_reset": (None, [vp, u32]),
         "fastsim_cycles": (u64, [vp]),
         "fastsim_step": (None, [vp, u64]),
+        "fastsim_bare_step": (None, [vp, u64]),
         "fastsim_add_error_range": (None, [vp, u64, u64, i32, i32]),
         "fastsim_clear_error_ranges": (None, [vp]),
         "fastsim_set_bus_chaos": (None, [vp, u64, u32, u32]),
@@ -562,7 +575,8 @@ class FastSim:
     limits the trace to the top's ports and everything below that instance.
     `random_init_seed` (a positive int below 2^31) powers the model up with
     random memory contents from that seed, from a separate build
-    (`build_fast`'s `random_init`); None: zeros.
+    (`build_fast`'s `random_init`); None: zeros. `threads` is Verilator's
+    `--threads` for the model (a separate build when not `DEFAULT_THREADS`).
     """
 
     def __init__(
@@ -582,6 +596,7 @@ class FastSim:
         max_burst_beats: int | None = None,
         trace_scope: str | None = None,
         build_root: Path = FAST_BUILD_ROOT,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         if trace_scope is not None and trace is None:
             raise ConfigError("FastSim trace_scope needs a trace path")
@@ -636,6 +651,7 @@ class FastSim:
             trace=trace_format,
             random_init=random_init_seed is not None,
             build_root=build_root,
+            threads=threads,
         )
         self._lib = _bind(ctypes.CDLL(str(self.build.library)))
         if self._lib.fastsim_beat_bytes() != beat or bool(self._lib.fastsim_has_trace()) != (
@@ -689,6 +705,18 @@ class FastSim:
         """Free-run `cycles` cycles."""
         self._lib.fastsim_step(self._h, cycles)
         self._check_protocol()
+
+    def bare_step(self, cycles: int) -> float:
+        """Run the bare Verilator loop `cycles` cycles; return its wall seconds.
+
+        The clock and the model's evaluation only, no memory model or bus
+        checks: what the harness costs is measured against it (`make bench`).
+        The bus stands still meanwhile, so a run is not meaningful after it:
+        reset the model first.
+        """
+        start = time.perf_counter()
+        self._lib.fastsim_bare_step(self._h, cycles)
+        return time.perf_counter() - start
 
     # -- the bus: random behaviour and the protocol checker ---------------------------
     def set_bus_chaos(

@@ -109,7 +109,8 @@ class VerilatorDevice:
     `flow.paths.FAST_BUILD_ROOT`: `build/fast` of the checkout, or
     `$MOE_ACCEL_BUILD_DIR/fast`, see docs/simulation.md). A model whose image
     outgrows the memory gets a larger memory, not a new build: the memory size
-    is an argument of the C++ harness, not of the build.
+    is an argument of the C++ harness, not of the build. `threads` evaluates
+    the model with Verilator's `--threads` (default `sim.fast.DEFAULT_THREADS`).
     """
 
     name = "verilator"
@@ -125,9 +126,11 @@ class VerilatorDevice:
         trace_window: tuple[int, int] | None = None,
         trace_scope: str | None = None,
         build_dir: Path | str | None = None,
+        threads: int | None = None,
     ) -> None:
         from flow.paths import FAST_BUILD_ROOT
         from rtl import layout
+        from sim.fast import DEFAULT_THREADS
 
         if trace is None and (trace_window is not None or trace_scope is not None):
             raise ConfigError("trace_window and trace_scope need a trace path")
@@ -143,6 +146,7 @@ class VerilatorDevice:
         self.trace_window = trace_window
         self.trace_scope = trace_scope
         self.build_dir = Path(FAST_BUILD_ROOT if build_dir is None else build_dir)
+        self.threads = DEFAULT_THREADS if threads is None else threads
         self._sim: FastSim | None = None
 
     def _model(self, mem_bytes: int) -> FastSim:
@@ -162,6 +166,7 @@ class VerilatorDevice:
                 trace_scope=self.trace_scope,
                 name="moe_accel",
                 build_root=self.build_dir,
+                threads=self.threads,
             )
         else:
             self._sim.reset()
