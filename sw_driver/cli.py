@@ -35,19 +35,15 @@ from rich.console import Console
 
 from flow.paths import DEFAULT_CONFIG, FPGA_BUILD_ROOT, VERILOG_BUILD_ROOT
 from pymodel.config import AccelConfig, ConfigError, MoESpec
-from pymodel.families import FAMILIES, REL_L2_BOUND, REL_L2_BOUND_AGREEING, family_spec
-from pymodel.layer import quantize_input, routing_guaranteed
+from pymodel.families import FAMILIES, family_spec
+from pymodel.layer import golden_layer
 from pymodel.numerics import NumericsError
-from pymodel.quantize import calibrate, quantize_layer
-from pymodel.reference import moe_forward_float
 
-from .device import Device, DeviceError, GoldenDevice, make_device
+from .block import BACKENDS
+from .device import Device, DeviceError, make_device
 from .report import (
     LayerReport,
-    add_hardware_metrics,
-    expert_set_agreement,
     package_version,
-    rel_l2,
     revision,
 )
 
@@ -63,7 +59,6 @@ __all__ = [
     "run_family_layer",
 ]
 
-BACKENDS = ("golden", "verilator")
 EXIT_FAILURE = 1
 """Exit status of a run that started and failed (simulation, tool or write error)."""
 EXIT_USAGE = 2
@@ -315,6 +310,7 @@ def run_family_layer(
     device: Device | None = None,
     console: Console | None = None,
     build_dir: Path | None = None,
+    layer_options: dict[str, Any] | None = None,
 ) -> LayerReport:
     """Build `family`'s HF block, run it on `backend` and on torch, and compare.
 
@@ -323,12 +319,12 @@ def run_family_layer(
     (Verilator only) writes a `.vcd`/`.fst` waveform, `trace_window` limits
     it to cycles [start, end) after the model's reset and `trace_scope` to one
     instance (e.g. `core.dispatcher`) and the top's ports; `build_dir` is where
-    the Verilator model is built and cached. Progress is logged.
+    the Verilator model is built and cached; `layer_options` are further
+    `family_spec` keywords (shared_d_ff, capacity, n_group, topk_group,
+    renormalize, routed_scaling_factor). Progress is logged.
     """
-    import torch
-
-    from .hf import build_hf_block, import_hf_block
-    from .reference import default_device, run_hf_block, torch_moe_forward
+    from .block import run_block
+    from .hf import build_hf_block
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
@@ -339,102 +335,82 @@ def run_family_layer(
     cfg = cfg or AccelConfig()
     console = console or Console(stderr=True)
     options = {"d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k}
+    options |= layer_options or {}
     with progress(f"building the {family} HF block (seed {seed})", console):
         block = build_hf_block(family, seed=seed, **options)
-        spec, weights = import_hf_block(block)
-    cfg.check_fits(spec, tokens)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((tokens, spec.d_model)).astype(np.float32)
-
-    with progress("calibrating and quantising the layer", console):
-        ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
-        x_q = quantize_input(ql, x)
-        if device is None:
-            device_options: dict[str, object] = {}
-            if trace:
-                device_options |= {
-                    "trace": trace,
-                    "trace_window": trace_window,
-                    "trace_scope": trace_scope,
-                }
-            if backend == "verilator" and build_dir is not None:
-                device_options["build_dir"] = build_dir
-            device = make_device(backend, cfg, **device_options)
-    with progress("running the PyTorch reference", console):
-        hf_y = run_hf_block(block, x)
-        torch_device = default_device()
-        ref = torch_moe_forward(spec, weights, x, device=torch_device, dtype=torch.float32)
-        if float(np.max(np.abs(ref.y - hf_y))) > 1e-4:
-            raise RuntimeError("torch reference disagrees with the HF block itself")
-    with progress("running the golden model", console):
-        golden = GoldenDevice(cfg).run(ql, x_q)
-    if backend == "golden":
-        result = golden
-    elif trace is not None:
-        fmt = trace.suffix.lower()[1:]
-        est = estimate_trace(spec, cfg, tokens, golden.tokens_per_expert, fmt, trace_window)
-        logger.info(
-            "tracing ~%s cycles to %s: about %.0f MB and %s (m:ss) once the model is built%s",
-            f"{est.cycles:,}",
-            trace,
-            est.megabytes,
-            _clock(est.seconds),
-            "" if trace_window else "; --waves-window START:END keeps it smaller",
+    cfg.check_fits(family_spec(family, **options), tokens)
+    x = np.random.default_rng(seed + 1).standard_normal((tokens, d_model)).astype(np.float32)
+    if device is None and trace is not None:
+        device = make_device(
+            backend,
+            cfg,
+            trace=trace,
+            trace_window=trace_window,
+            trace_scope=trace_scope,
+            **({"build_dir": build_dir} if build_dir is not None else {}),
         )
+    run_device = None
+    if trace is not None:
 
-        def traced(elapsed: float) -> str:
-            if not trace.exists():  # the model is still being built (its own progress)
-                return ""
-            size = trace.stat().st_size / 1e6
-            return f"traced run: {_clock(elapsed)} elapsed, {trace.name} {size:.0f} MB so far"
+        def run_device(dev: Device, ql: Any, x_q: np.ndarray) -> Any:
+            counts = golden_layer(ql, x_q, cfg).dispatch.counts
+            fmt = trace.suffix.lower()[1:]
+            est = estimate_trace(ql.spec, cfg, tokens, counts, fmt, trace_window)
+            logger.info(
+                "tracing ~%s cycles to %s: about %.0f MB and %s (m:ss) once the model is built%s",
+                f"{est.cycles:,}",
+                trace,
+                est.megabytes,
+                _clock(est.seconds),
+                "" if trace_window else "; --waves-window START:END keeps it smaller",
+            )
 
-        with progress(f"running the layer on the {backend} backend, traced", console):
+            def traced(elapsed: float) -> str:
+                if not trace.exists():  # the model is still being built (its own progress)
+                    return ""
+                size = trace.stat().st_size / 1e6
+                return f"traced run: {_clock(elapsed)} elapsed, {trace.name} {size:.0f} MB so far"
+
             with heartbeat(traced):
-                result = device.run(ql, x_q)
-    else:
-        with progress(f"running the layer on the {backend} backend", console):
-            result = device.run(ql, x_q)
+                return dev.run(ql, x_q)
 
-    y = (result.y_q * ql.s_y).astype(np.float32)
-    agree = expert_set_agreement(result.expert_ids, ref.expert_ids)
-    guaranteed = routing_guaranteed(ql, weights, x, moe_forward_float(spec, weights, x), cfg)
-    n_guaranteed = int(guaranteed.sum())
-    report = LayerReport(
-        family=family,
+    run = run_block(
+        block,
+        x,
         backend=backend,
-        tokens=tokens,
-        d_model=spec.d_model,
-        d_ff=spec.d_ff,
-        n_experts=spec.n_experts,
-        top_k=spec.top_k,
-        torch_device=f"{torch_device.type} fp32",
-        max_abs_vs_torch=float(np.max(np.abs(y - ref.y))),
-        rel_l2_vs_torch=rel_l2(y, ref.y),
-        rel_l2_bound=REL_L2_BOUND[family],
-        rel_l2_vs_torch_agreeing=rel_l2(y[agree], ref.y[agree]) if agree.any() else 0.0,
-        rel_l2_bound_agreeing=REL_L2_BOUND_AGREEING,
-        routing_agreement=float(agree.mean()),
-        routing_agreement_guaranteed=float(agree[guaranteed].mean()) if n_guaranteed else 1.0,
-        guaranteed_tokens=n_guaranteed,
-        dropped_pairs=int(result.dropped),
-        tokens_per_expert=[int(c) for c in result.tokens_per_expert],
+        config=cfg,
+        device=device,
         seed=seed,
-        accel_config=cfg.to_dict(),
-        moe_spec=spec.to_dict(),
-        revision=revision(),
-        waves=str(trace) if trace is not None else None,
+        progress=lambda message: progress(message, console),
+        run_device=run_device,
+        build_dir=build_dir,
     )
-    if backend != "golden":
-        report.bit_exact_vs_golden = bool(
-            np.array_equal(result.y_q, golden.y_q)
-            and np.array_equal(result.expert_ids, golden.expert_ids)
-            and np.array_equal(result.gate_weights, golden.gate_weights)
-        )
-        add_hardware_metrics(report, result, spec, cfg)
+    report = run.report
+    report.waves = str(trace) if trace is not None else None
     return report
 
 
-def _check_layer(args: argparse.Namespace, cfg: AccelConfig, config_name: str) -> None:
+def _apply_layer_config(args: argparse.Namespace) -> dict[str, Any]:
+    """`--layer-config`: the file's family and sizes into `args`; its other keywords returned."""
+    from .layer_config import load_layer_config
+
+    if args.layer_config is None:
+        return {}
+    check_input_file("--layer-config", args.layer_config, (".json",))
+    try:
+        args.family, options = load_layer_config(args.layer_config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    for key, attr in (("d_model", "d_model"), ("d_ff", "d_ff"), ("n_experts", "experts")):
+        if key in options:
+            setattr(args, attr, options.pop(key))
+    args.top_k = options.pop("top_k", args.top_k)
+    return options
+
+
+def _check_layer(
+    args: argparse.Namespace, cfg: AccelConfig, config_name: str, extra: dict[str, Any]
+) -> None:
     """The layer options against `cfg`, naming the option (no torch, no HF block yet)."""
     limits = (
         ("--tokens", args.tokens, "max_tokens"),
@@ -458,10 +434,16 @@ def _check_layer(args: argparse.Namespace, cfg: AccelConfig, config_name: str) -
             d_ff=args.d_ff,
             n_experts=args.experts,
             top_k=args.top_k,
+            **extra,
         )
         cfg.check_fits(spec, args.tokens)
     except ConfigError as exc:
-        raise CliError(f"--family {args.family}: {exc}") from None
+        source = (
+            f"--layer-config {args.layer_config}"
+            if extra or args.layer_config
+            else (f"--family {args.family}")
+        )
+        raise CliError(f"{source}: {exc}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -482,7 +464,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_accel_config(args.config)
     if args.backend == "verilator":
         _check_top_config(cfg, config_name)
-    _check_layer(args, cfg, config_name)
+    extra = _apply_layer_config(args)
+    _check_layer(args, cfg, config_name, extra)
     if args.waves is not None:
         waves, _ = _resolve_waves(args.waves)
     console = Console(stderr=True)
@@ -501,6 +484,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trace_scope=args.scope,
         console=console,
         build_dir=args.build_dir,
+        layer_options=extra,
     )
     report.render(Console())
     if args.json is not None:
@@ -827,6 +811,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experts", type=_positive, default=8, help="routed experts E")
     run.add_argument(
         "--top-k", type=_positive, default=None, help="experts per token (default: 2, 1 for switch)"
+    )
+    run.add_argument(
+        "--layer-config",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help='the layer from a file instead of --family and the sizes: {"family": ..., '
+        "family_spec's keywords} or a HuggingFace config.json (docs/cli.md)",
     )
     run.add_argument("--seed", type=_seed, default=0, help="seed of the weights and tokens")
     run.add_argument(
