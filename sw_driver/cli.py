@@ -5,7 +5,9 @@ offline (seeded weights), imports it, runs it on the chosen backend and on
 the torch reference, and prints a report table (and writes JSON with
 `--json`). `moe-accel demo` is the README's main job; `moe-accel synth`
 groups the FPGA flow (`synth run`, `synth verilog`, `synth sweep`);
-`moe-accel explore` runs a design-space study (`explore`, docs/explore.md).
+`moe-accel generate` runs greedy generation with a tiny model's MoE blocks on a
+backend (`sw_driver.accelerate`); `moe-accel explore` runs a design-space study
+(`explore`, docs/explore.md).
 
 Every argument is checked before any work starts (input files exist and
 parse, output files can be written, shapes fit the configuration); an
@@ -934,6 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from explore.cli import add_parser as add_explore_parser
 
+    from .generate_cmd import add_parser as add_generate_parser
+
+    add_generate_parser(sub, parents=[common], formatter_class=_Formatter)
     add_explore_parser(sub, parents=[common], formatter_class=_Formatter)
     return parser
 
