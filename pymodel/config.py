@@ -233,9 +233,9 @@ class AccelConfig(_JSONMixin):
         _check_int("layer", "tokens", tokens, 1)
         for what, value, limit_name, limit in limits:
             if value > limit:
+                owner = "the layer's token count" if what == "tokens" else f"MoESpec.{what}"
                 raise ConfigError(
-                    f"MoESpec.{what} = {value} exceeds the hardware: "
-                    f"AccelConfig.{limit_name} = {limit}"
+                    f"{owner} = {value} exceeds the hardware: AccelConfig.{limit_name} = {limit}"
                 )
 
     def check_model_fits(self, spec: MoESpec, tokens: int) -> None:

@@ -170,7 +170,7 @@ def run_block(
         else:
             with step(f"running the layer on the {backend} backend{label}"):
                 result = (run_device or _run)(device, ql, x_q)
-        y[part] = (result.y_q * ql.s_y).astype(np.float32)
+        y[part] = result.y
         report = _report(family, backend, spec, cfg, ql, weights, xs, y[part], ref, result)
         report.torch_device = f"{torch_device.type} fp32"
         report.seed = seed

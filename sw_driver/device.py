@@ -47,6 +47,8 @@ class DeviceResult:
     dropped: int
     counters: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    y: np.ndarray | None = None
+    """The dequantised output `y_q · s_y` [T, d_model] float32."""
 
     @property
     def cycles(self) -> dict[str, int]:
@@ -89,6 +91,7 @@ class GoldenDevice:
             gate_weights=res.routing.gate_weights,
             tokens_per_expert=res.dispatch.counts,
             dropped=int(res.dispatch.dropped),
+            y=(res.y_q * ql.s_y).astype(np.float32),
         )
 
 
@@ -210,6 +213,7 @@ class VerilatorDevice:
             dropped=counters["dropped_tokens"],
             counters=counters,
             wall_s=result.wall_s,
+            y=(outputs.y_q * ql.s_y).astype(np.float32),
         )
 
 

@@ -99,3 +99,12 @@ def test_build_dir_is_a_parameter(tmp_path) -> None:
     device = VerilatorDevice(SMALL_TOP, build_dir=tmp_path / "models")
     assert device.build_dir == tmp_path / "models"
     assert make_device("verilator", SMALL_TOP, build_dir=tmp_path).build_dir == tmp_path
+
+
+def test_results_carry_the_dequantised_output() -> None:
+    spec = family_spec("olmoe", d_model=32, d_ff=48, n_experts=8)
+    case = make_case("deq", spec, SMALL_TOP, tokens=6, seed=2)
+    for device in (GoldenDevice(SMALL_TOP), VerilatorDevice(SMALL_TOP)):
+        res = device.run(case.ql, case.x_q)
+        assert res.y.dtype == np.float32
+        assert np.array_equal(res.y, (case.golden.y_q * case.ql.s_y).astype(np.float32))
