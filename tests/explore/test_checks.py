@@ -36,23 +36,30 @@ def _check_rows(rows: list[dict[str, str]]) -> None:
             assert abs(measured - predicted) <= 0.01 * measured, (step, measured, predicted)
 
 
-def test_verify_top_one(explore, tmp_path: Path) -> None:
-    """The fastest design of a 2-point front (the RTL tests' own 8×8 top) on the RTL."""
-    args = _small_study(
-        tmp_path, "--param", "rows=8", "--param", "cols=8", "--param", "m_tile=8",
-        "--param", "mem_bytes_per_cycle=8,16",
-    )  # fmt: skip
-    args += ["--objective", "decode_latency_us", "--objective", "luts"]
-    rc, out, err = explore(*args, "--trials", "8", "--population", "4", "--verify-top", "1")
+def _verify(
+    explore, tmp_path: Path, space: list[str], objective: str, n: int, trials: int, population: int
+):
+    """A study over `space` with `--verify-top n`: its checked front rows, checked."""
+    args = _small_study(tmp_path, *(a for p in space for a in ("--param", p)))
+    args += ["--objective", "decode_latency_us", "--objective", objective]
+    args += ["--trials", str(trials), "--population", str(population), "--verify-top", str(n)]
+    rc, out, err = explore(*args)
     assert rc == 0, err
     checked = [r for r in _front(tmp_path / "out") if r["rtl_bit_exact"]]
-    assert len(checked) == 1
+    assert len(checked) == n
     _check_rows(checked)
+    return args, out
+
+
+def test_verify_top_one(explore, tmp_path: Path) -> None:
+    """The fastest design of a 2-point front (the RTL tests' own 8×8 top) on the RTL."""
+    space = ["rows=8", "cols=8", "m_tile=8", "mem_bytes_per_cycle=8,16"]
+    args, out = _verify(explore, tmp_path, space, "luts", 1, 8, 4)
     assert "bit-exact, decode" in out
     study = optuna.load_study(study_name="explore", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert sum(k.startswith("rtl:") for k in study.user_attrs) == 1
     # rerun: the stored check is reused, not rerun
-    rc, out, _ = explore(*args, "--trials", "8", "--population", "4", "--verify-top", "1")
+    rc, out, _ = explore(*args)
     assert rc == 0
     assert "0 configs evaluated, 8 trials resumed" in out
 
@@ -60,16 +67,8 @@ def test_verify_top_one(explore, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_verify_top_three(explore, tmp_path: Path) -> None:
     """`--verify-top 3` on a Mixtral-style study: three RTL builds and runs as Dask tasks."""
-    args = _small_study(
-        tmp_path, "--param", "rows=4,8", "--param", "cols=4,8", "--param", "m_tile=4,8",
-        "--param", "mem_bytes_per_cycle=8,16,32",
-    )  # fmt: skip
-    args += ["--objective", "decode_latency_us", "--objective", "dsps"]
-    rc, _, err = explore(*args, "--trials", "60", "--population", "12", "--verify-top", "3")
-    assert rc == 0, err
-    checked = [r for r in _front(tmp_path / "out") if r["rtl_bit_exact"]]
-    assert len(checked) == 3
-    _check_rows(checked)
+    space = ["rows=4,8", "cols=4,8", "m_tile=4,8", "mem_bytes_per_cycle=8,16,32"]
+    _verify(explore, tmp_path, space, "dsps", 3, 60, 12)
 
 
 @pytest.mark.slow
