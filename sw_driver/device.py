@@ -95,6 +95,38 @@ class GoldenDevice:
         )
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give this process now (`MemAvailable`), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def image_bytes_estimate(ql: QuantizedLayer) -> int:
+    """Bytes of a layer's memory image, from its shapes: one byte a weight, plus tables."""
+    spec = ql.spec
+    passes = 2 if spec.ffn == "swiglu" else 1
+    d, f, fs, e = spec.d_model, spec.d_ff, spec.shared_d_ff, spec.n_experts
+    weights = e * (passes * d * f + f * d) + (2 * d * fs + fs * d) + d * (e + 1)
+    return weights + 64 * (e + 1) * 64
+
+
+def check_host_memory(ql: QuantizedLayer) -> None:
+    """`ConfigError` when the image and the simulated memory (two copies) cannot fit in RAM."""
+    need = 2 * image_bytes_estimate(ql)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"the layer's memory image needs about {need / 2**30:.1f} GiB (the image and the "
+            f"simulated memory), more than the {have / 2**30:.1f} GiB this machine has "
+            "available; shrink the layer (d_model, d_ff, n_experts)"
+        )
+
+
 class VerilatorDevice:
     """The accelerator RTL under Verilator with the C++ memory/clock harness.
 
@@ -183,6 +215,7 @@ class VerilatorDevice:
         from sim.fast import RunStatus, SimulationError
 
         check_tokens(ql, x_q, self.cfg)
+        check_host_memory(ql)
         image = compile_layer(ql, x_q, self.cfg)
         sim = self._model(image.base + image.mem_bytes)
         sim.mem[:] = 0

@@ -108,3 +108,15 @@ def test_results_carry_the_dequantised_output() -> None:
         res = device.run(case.ql, case.x_q)
         assert res.y.dtype == np.float32
         assert np.array_equal(res.y, (case.golden.y_q * case.ql.s_y).astype(np.float32))
+
+
+def test_a_layer_larger_than_the_memory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sw_driver.device as device_module
+
+    spec = family_spec("mixtral", d_model=32, d_ff=48, n_experts=8)
+    case = make_case("big", spec, SMALL_TOP, tokens=4, seed=1)
+    image = case.image.mem_bytes
+    assert device_module.image_bytes_estimate(case.ql) >= 0.5 * image
+    monkeypatch.setattr(device_module, "available_memory_bytes", lambda: image // 2)
+    with pytest.raises(ConfigError, match="GiB this machine has available"):
+        VerilatorDevice(SMALL_TOP).run(case.ql, case.x_q)
