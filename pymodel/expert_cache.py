@@ -1,0 +1,225 @@
+"""An expert cache in device memory, per MoE layer, and what it costs a decode stream.
+
+Model only (the hardware's copy engine and the driver's cache are the rest of
+issue 20): each MoE layer keeps `slots` experts' weights in device memory;
+an expert a token needs that is not there is a miss and its weights come over
+the host link (`HostLink`: bytes a cycle and a latency per expert fetch).
+
+Policies (`POLICIES`):
+- `lru`: a miss evicts the least recently used expert;
+- `lfu`: a miss evicts the least often used one so far (ties: least recent);
+- `pinned`: the `slots` experts the trace uses most in that layer stay, the
+  others are fetched for each use and dropped (an oracle: the popularity is
+  read from the trace itself, the best a static choice can do).
+
+`prefetch` gives, for each step and layer, the experts predicted before the
+layer runs (e.g. by pre-gating); predicted experts are fetched into the cache
+ahead of time, their transfer overlapping the previous layer's compute.
+`decode_cost` turns the cache's misses into cycles per token beside two
+bounds: every expert already in device memory, and every expert over the link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import AccelConfig, ConfigError, MoESpec, _check_int
+from .cycles import layer_cycles
+from .expert_traces import RoutingTrace
+
+__all__ = ["POLICIES", "CacheResult", "DecodeCost", "HostLink", "decode_cost", "simulate_cache"]
+
+POLICIES = ("lru", "lfu", "pinned")
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """The slow tier: host memory behind a link of `bytes_per_cycle`, `latency` cycles a fetch."""
+
+    bytes_per_cycle: float
+    latency: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.bytes_per_cycle <= 4096:
+            raise ConfigError(f"HostLink.bytes_per_cycle = {self.bytes_per_cycle} not in (0, 4096]")
+        _check_int("HostLink", "latency", self.latency, 0)
+
+    def fetch_cycles(self, nbytes: float) -> float:
+        return self.latency + nbytes / self.bytes_per_cycle
+
+
+@dataclass
+class CacheResult:
+    """Per layer: hits, misses (fetched on demand), prefetched experts, and which were used."""
+
+    hits: np.ndarray
+    misses: np.ndarray
+    prefetched: np.ndarray
+    prefetch_used: np.ndarray
+    miss_mask: np.ndarray = field(repr=False)
+    """`[steps, layers, top_k]` True where the pick was a demand miss."""
+    prefetch_counts: np.ndarray = field(repr=False)
+    """`[steps, layers]` experts fetched ahead of the layer at that step."""
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits.sum() + self.misses.sum()
+        return float(self.hits.sum() / total) if total else 1.0
+
+
+class _LayerCache:
+    """One layer's cache under a policy (its state: contents, last use, use counts)."""
+
+    def __init__(self, policy: str, slots: int, picks: np.ndarray, n_experts: int) -> None:
+        self.policy, self.slots = policy, slots
+        self.cache: set[int] = set()
+        self.last_use: dict[int, int] = {}
+        self.uses: dict[int, int] = {}
+        self.clock = 0
+        counts = np.bincount(picks.ravel(), minlength=n_experts)
+        top = np.argsort(-counts, kind="stable")[:slots]
+        self.pinned = set(top.tolist()) if policy == "pinned" else set()
+
+    def present(self, expert: int) -> bool:
+        return expert in (self.pinned if self.policy == "pinned" else self.cache)
+
+    def admit(self, expert: int) -> None:
+        """Bring `expert` in (pinned: nothing moves), evicting by the policy when full."""
+        if self.policy == "pinned" or self.slots == 0 or expert in self.cache:
+            return
+        if len(self.cache) >= self.slots:
+            if self.policy == "lru":
+                victim = min(self.cache, key=lambda e: self.last_use.get(e, -1))
+            else:
+                victim = min(
+                    self.cache, key=lambda e: (self.uses.get(e, 0), self.last_use.get(e, -1))
+                )
+            self.cache.discard(victim)
+        self.cache.add(expert)
+
+    def use(self, expert: int) -> None:
+        self.clock += 1
+        self.last_use[expert] = self.clock
+        self.uses[expert] = self.uses.get(expert, 0) + 1
+
+
+def simulate_cache(
+    trace: RoutingTrace,
+    slots: int,
+    policy: str,
+    *,
+    prefetch: np.ndarray | None = None,
+) -> CacheResult:
+    """Replay `trace` through a per-layer cache of `slots` experts under `policy`.
+
+    `prefetch[step, layer]` lists predicted experts (any count, -1 pads) that are
+    brought in before the layer runs at that step (evicting by the policy).
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"unknown cache policy {policy!r}; allowed: {list(POLICIES)}")
+    _check_int("simulate_cache", "slots", slots, 0, trace.n_experts)
+    steps, layers, _ = trace.experts.shape
+    if prefetch is not None and (prefetch.ndim != 3 or prefetch.shape[:2] != (steps, layers)):
+        raise ConfigError(f"prefetch must be [steps, layers, n] = [{steps}, {layers}, n]")
+    hits = np.zeros(layers, dtype=np.int64)
+    misses = np.zeros(layers, dtype=np.int64)
+    prefetched = np.zeros(layers, dtype=np.int64)
+    used = np.zeros(layers, dtype=np.int64)
+    miss_mask = np.zeros(trace.experts.shape, dtype=bool)
+    ahead = np.zeros((steps, layers), dtype=np.int64)
+    for layer in range(layers):
+        picks = trace.experts[:, layer]
+        state = _LayerCache(policy, slots, picks, trace.n_experts)
+        for step in range(steps):
+            fetched_ahead: set[int] = set()
+            for e in () if prefetch is None else prefetch[step, layer].tolist():
+                if e < 0 or e in fetched_ahead or state.present(e):
+                    continue
+                fetched_ahead.add(e)
+                state.admit(e)
+            prefetched[layer] += len(fetched_ahead)
+            ahead[step, layer] = len(fetched_ahead)
+            for slot, e in enumerate(picks[step].tolist()):
+                if state.present(e) or e in fetched_ahead:
+                    hits[layer] += 1
+                    used[layer] += e in fetched_ahead
+                else:
+                    misses[layer] += 1
+                    miss_mask[step, layer, slot] = True
+                    state.admit(e)
+                state.use(e)
+    return CacheResult(hits, misses, prefetched, used, miss_mask, ahead)
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """Cycles per decode token: with the cache, and the two bounds."""
+
+    cycles_per_token: float
+    all_in_device: float
+    all_over_link: float
+    link_bytes_per_token: float
+
+    @property
+    def hidden_fraction(self) -> float:
+        """Share of the all-over-link penalty the cache (and prefetch) hide."""
+        span = self.all_over_link - self.all_in_device
+        return 1.0 if span <= 0 else (self.all_over_link - self.cycles_per_token) / span
+
+
+def expert_bytes(spec: MoESpec) -> int:
+    """Bytes of one expert's int8 weights (W1, W3 for SwiGLU, W2)."""
+    passes = 2 if spec.ffn == "swiglu" else 1
+    return passes * spec.d_model * spec.d_ff + spec.d_ff * spec.d_model
+
+
+def decode_cost(
+    cfg: AccelConfig,
+    spec: MoESpec,
+    trace: RoutingTrace,
+    cache: CacheResult,
+    link: HostLink,
+    *,
+    layer_compute: Callable[[np.ndarray], int] | None = None,
+) -> DecodeCost:
+    """Cycles per token of the trace's decode stream with `cache`'s misses over `link`.
+
+    Every layer of the trace is `spec` on `cfg` at one token (`layer_cycles` with
+    the trace's experts). A demand miss stalls the layer for its fetch; a
+    prefetched expert's fetch overlaps the previous layer's compute, and only
+    what does not fit under it stalls. The bounds: no fetch at all, and every
+    pick fetched on demand.
+    """
+    if cache.miss_mask.shape != trace.experts.shape:
+        raise ConfigError("the cache result is of another trace")
+    ebytes = expert_bytes(spec)
+    fetch = link.fetch_cycles(ebytes)
+    memo: dict[tuple[int, ...], int] = {}
+
+    def compute(experts: np.ndarray) -> int:
+        key = tuple(sorted(int(e) for e in experts))
+        if key not in memo:
+            if layer_compute is not None:
+                memo[key] = int(layer_compute(experts))
+            else:
+                counts = np.bincount(experts, minlength=spec.n_experts)
+                memo[key] = int(layer_cycles(cfg, spec, 1, counts).cycles_total[0])
+        return memo[key]
+
+    steps, layers, _ = trace.experts.shape
+    total = in_device = over_link = 0.0
+    for step in range(steps):
+        previous = 0.0
+        for layer in range(layers):
+            c = compute(trace.experts[step, layer])
+            in_device += c
+            over_link += c + fetch * trace.top_k
+            demand = cache.miss_mask[step, layer].sum() * fetch
+            ahead = max(0.0, cache.prefetch_counts[step, layer] * fetch - previous)
+            total += c + demand + ahead
+            previous = c
+    link_bytes = (cache.misses.sum() + cache.prefetched.sum()) * ebytes / steps
+    return DecodeCost(total / steps, in_device / steps, over_link / steps, float(link_bytes))
