@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 
@@ -25,6 +26,17 @@ FFN_KINDS: tuple[str, ...] = ("swiglu", "gelu", "relu")
 
 class ConfigError(ValueError):
     """An invalid configuration or layer spec; the message names the field."""
+
+
+def read_json_file(path: str | os.PathLike[str], where: str) -> Any:
+    """The JSON document in `path`; a `ConfigError` starting with `where` if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
 
 
 def _check_int(owner: str, name: str, value: Any, lo: int, hi: int | None = None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, _check_int
+from .config import ConfigError, _check_int, read_json_file
 
 __all__ = ["RoutingTrace", "synthetic_trace"]
 
@@ -91,12 +91,7 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: Path | str) -> RoutingTrace:
         """Read a trace written by `save` (or by hand); `ConfigError` naming what is wrong."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"trace {path}: cannot be read ({exc.strerror})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"trace {path}: not valid JSON ({exc})") from None
+        data = read_json_file(path, f"trace {path}")
         if not isinstance(data, dict) or data.get("kind") != "RoutingTrace":
             raise ConfigError(f"trace {path}: not a RoutingTrace JSON object")
         unknown = sorted(set(data) - {"kind", "n_experts", "source", "experts"})

@@ -11,11 +11,10 @@ layers, attention) is ignored: the layer is one MoE block.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pymodel.config import ConfigError
+from pymodel.config import ConfigError, read_json_file
 from pymodel.families import FAMILIES, family_spec
 
 __all__ = ["HF_FIELDS", "LAYER_KEYS", "load_layer_config"]
@@ -115,12 +114,7 @@ def _from_hf(data: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
 def load_layer_config(path: Path) -> tuple[str, dict[str, Any]]:
     """(family, `family_spec` keywords) from a layer file; `ConfigError` naming what is wrong."""
     where = f"--layer-config {path}"
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+    data = read_json_file(path, where)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the JSON document must be an object")
     if "model_type" in data:
