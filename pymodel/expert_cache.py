@@ -21,7 +21,6 @@ bounds: every expert already in device memory, and every expert over the link.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,8 +181,6 @@ def decode_cost(
     trace: RoutingTrace,
     cache: CacheResult,
     link: HostLink,
-    *,
-    layer_compute: Callable[[np.ndarray], int] | None = None,
 ) -> DecodeCost:
     """Cycles per token of the trace's decode stream with `cache`'s misses over `link`.
 
@@ -202,11 +199,8 @@ def decode_cost(
     def compute(experts: np.ndarray) -> int:
         key = tuple(sorted(int(e) for e in experts))
         if key not in memo:
-            if layer_compute is not None:
-                memo[key] = int(layer_compute(experts))
-            else:
-                counts = np.bincount(experts, minlength=spec.n_experts)
-                memo[key] = int(layer_cycles(cfg, spec, 1, counts).cycles_total[0])
+            counts = np.bincount(experts, minlength=spec.n_experts)
+            memo[key] = int(layer_cycles(cfg, spec, 1, counts).cycles_total[0])
         return memo[key]
 
     steps, layers, _ = trace.experts.shape

@@ -73,9 +73,15 @@ class AcceleratedMoE(nn.Module):
         self.device = device
         self.backend = backend
         self.stats = LayerStats(name)
+        self._returns_tuple: bool | None = None
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        own = self.block(hidden_states, *args, **kwargs)
+        # run_block already runs the block itself (its reference); the block's own call is only
+        # needed for the extra outputs of a block that returns a tuple (e.g. router logits).
+        own = None
+        if self._returns_tuple is not False:
+            own = self.block(hidden_states, *args, **kwargs)
+            self._returns_tuple = isinstance(own, tuple)
         run = run_block(self.block, hidden_states, backend=self.backend, config=self.device.cfg,
                         device=self.device)  # fmt: skip
         s = self.stats

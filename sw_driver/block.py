@@ -14,7 +14,7 @@ torch device.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def run_block(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
     cfg = config or AccelConfig()
-    step = progress or _quiet
+    step = progress or (lambda _: nullcontext())
     family = block_family(block)
     with step(f"importing the {family} block"):
         spec, weights = import_hf_block(block)
@@ -188,15 +188,6 @@ def run_block(
 
 def _run(device: Device, ql: Any, x_q: np.ndarray) -> DeviceResult:
     return device.run(ql, x_q)
-
-
-class _Quiet(AbstractContextManager[None]):
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _quiet(_: str) -> AbstractContextManager[None]:
-    return _Quiet()
 
 
 def _report(

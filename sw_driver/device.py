@@ -108,11 +108,12 @@ def available_memory_bytes() -> int | None:
 
 def image_bytes_estimate(ql: QuantizedLayer) -> int:
     """Bytes of a layer's memory image, from its shapes: one byte a weight, plus tables."""
+    from pymodel.expert_cache import expert_bytes
+
     spec = ql.spec
-    passes = 2 if spec.ffn == "swiglu" else 1
-    d, f, fs, e = spec.d_model, spec.d_ff, spec.shared_d_ff, spec.n_experts
-    weights = e * (passes * d * f + f * d) + (2 * d * fs + fs * d) + d * (e + 1)
-    return weights + 64 * (e + 1) * 64
+    d, e = spec.d_model, spec.n_experts
+    shared = 3 * d * spec.shared_d_ff  # the shared expert is SwiGLU: W1, W3, W2
+    return e * expert_bytes(spec) + shared + d * (e + 1) + 64 * (e + 1) * 64
 
 
 def check_host_memory(ql: QuantizedLayer) -> None:
