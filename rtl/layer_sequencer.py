@@ -50,48 +50,11 @@ from .dma import dma_command_layout, read_beat_layout
 from .gate import Gate, SharedMode
 from .gemm_engine import GemmEngine
 from .postproc import Mode, wide_bits
-from .regs import COUNTER_BITS, FFNKind
+from .regs import COUNTER_BITS, FFNKind, descriptor_layout
 from .resize import Resizer
 from .tile_sequencer import CommandError, counter_layout
 
 __all__ = ["LayerSequencer", "descriptor_layout", "phase_counter_layout"]
-
-
-def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
-    """The layer descriptor the top hands over (validated, from the registers)."""
-    addr = unsigned(ADDR_WIDTH)
-    return data.StructLayout(
-        {
-            "tokens_addr": addr,
-            "router_w_addr": addr,
-            "table_addr": addr,
-            "output_addr": addr,
-            "scratch_addr": addr,
-            "rparam_addr": addr,
-            "lut_addr": addr,
-            "bias_addr": addr,
-            "routing_addr": addr,
-            "shared_scratch_addr": addr,
-            "t": unsigned(ceil_log2(cfg.max_tokens + 1)),
-            "d": unsigned(ceil_log2(cfg.max_d_model + 1)),
-            "f": unsigned(ceil_log2(cfg.max_d_ff + 1)),
-            "fs": unsigned(ceil_log2(cfg.max_d_ff + 1)),
-            "e": unsigned(ceil_log2(cfg.max_experts + 1)),
-            "k": unsigned(ceil_log2(cfg.max_top_k + 1)),
-            "sigmoid": 1,
-            "renorm": 1,
-            "bias_en": 1,
-            "cap_en": 1,
-            "capacity": unsigned(32),
-            "group_size": unsigned(ceil_log2(cfg.max_experts + 1)),
-            "topk_group": unsigned(ceil_log2(cfg.max_groups + 1)),
-            "ffn": unsigned(2),
-            "shared": unsigned(2),
-            "scale": unsigned(20),
-            "out_mult": unsigned(cfg.mult_bits),
-            "out_shift": unsigned(6),
-        }
-    )
 
 
 PHASES = ("total", "route", "dispatch", "experts", "shared", "combine")
