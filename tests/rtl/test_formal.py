@@ -1,11 +1,13 @@
 # amaranth: UnusedElaboratable=no
-"""Bounded proofs of RTL units with SymbiYosys (`sim.formal`), and a mutant they must catch.
+"""Bounded proofs of RTL units with SymbiYosys (`sim.formal`), and mutants they must catch.
 
-`make test` runs the dispatcher's proof to a depth that covers a reset and
-a complete small run; `make formal` runs every check (deeper, marked slow
-as well). The mutant is the dispatcher as it was before the mid-layer reset
-fix — its FSM starting in INGEST, without the histogram clear — built from
-today's source with that one change, so it cannot drift from the real unit.
+`make test` runs each proof to a depth that covers a reset and a complete
+small run (a dispatch run; a register write then its read-back); `make
+formal` runs every check (deeper or on the full register map, marked slow
+as well). A mutant is a unit built from today's source with one change, so
+it cannot drift from the real unit: the dispatcher as it was before the
+mid-layer reset fix (its FSM starting in INGEST, without the histogram
+clear), and a register file that ignores write strobes.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import types
 from pathlib import Path
 
 import pytest
+from formal_csr import SMALL_CSR_CONFIG, SMALL_MAP, CSRHarness, csr_harness
 from formal_dispatch import SMALL_DISPATCH, DispatchHarness, dispatch_harness
 
+import rtl.csr
 import rtl.dispatch
+from pymodel.config import AccelConfig
+from rtl.regs import REGISTER_MAP
 from sim.formal import prove
 
 pytestmark = pytest.mark.formal
@@ -25,17 +31,26 @@ DISPATCH_DEPTH = 17
 """Cycles: the histogram clear (4), then a one-pair run through scan, scatter and walk (~12)."""
 DISPATCH_DEEP_DEPTH = 20
 """Longer runs: more pairs, more experts, resets and stalls (`make formal`; ~5 min loaded)."""
+CSR_DEPTH = 10
+"""Cycles on the small map: AW and W in any order, the write, a read-back, with resets between."""
+CSR_FULL_MAP_DEPTH = 6
+"""The accelerator's map: a write and a read each complete (~3 min loaded at depth 8)."""
+
+
+def mutant_module(unit: types.ModuleType, original: str, replacement: str) -> types.ModuleType:
+    """`unit` rebuilt from its source with the one line `original` replaced."""
+    source = Path(unit.__file__).read_text()
+    assert source.count(original) == 1, "the mutation site moved: update this test"
+    mutant = types.ModuleType(f"{unit.__name__}_mutant")
+    mutant.__package__ = unit.__package__
+    code = source.replace(original, replacement)
+    exec(compile(code, f"{unit.__file__} (mutant)", "exec"), mutant.__dict__)
+    return mutant
 
 
 def mutant_dispatcher_module() -> types.ModuleType:
     """`rtl.dispatch` with its FSM starting in INGEST: no histogram clear after reset."""
-    source = Path(rtl.dispatch.__file__).read_text()
-    original = 'm.FSM(name="phase")'
-    assert source.count(original) == 1, "the mutation site moved: update this test"
-    mutant = types.ModuleType("dispatch_mutant")
-    code = source.replace(original, 'm.FSM(name="phase", init="INGEST")')
-    exec(compile(code, f"{rtl.dispatch.__file__} (mutant)", "exec"), mutant.__dict__)
-    return mutant
+    return mutant_module(rtl.dispatch, 'm.FSM(name="phase")', 'm.FSM(name="phase", init="INGEST")')
 
 
 def test_dispatcher_bounded_proof():
@@ -54,5 +69,30 @@ def test_dispatcher_deep_bounded_proof():
 def test_dispatcher_without_the_reset_clear_is_caught():
     harness = DispatchHarness(mutant_dispatcher_module().Dispatcher(SMALL_DISPATCH))
     result = prove(harness, harness.ports, name="dispatch_mutant", depth=16)
+    assert not result.passed
+    assert result.trace is not None and result.trace.stat().st_size > 0
+
+
+def test_csr_bounded_proof():
+    harness = csr_harness()
+    result = prove(harness, harness.ports, name="csr", depth=CSR_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+@pytest.mark.slow
+def test_csr_full_register_map_bounded_proof():
+    harness = csr_harness(REGISTER_MAP, AccelConfig())
+    result = prove(harness, harness.ports, name="csr_full_map", depth=CSR_FULL_MAP_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+def test_csr_ignoring_write_strobes_is_caught():
+    mutant = mutant_module(
+        rtl.csr,
+        "port.eq((port & ~bitmask[bits]) | masked[bits])",
+        "port.eq(masked[bits])",
+    )
+    harness = CSRHarness(mutant.CSR(SMALL_CSR_CONFIG, SMALL_MAP))
+    result = prove(harness, harness.ports, name="csr_mutant", depth=CSR_DEPTH)
     assert not result.passed
     assert result.trace is not None and result.trace.stat().st_size > 0
