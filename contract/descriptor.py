@@ -245,11 +245,6 @@ RULES: tuple[Rule, ...] = (
         lambda v, c: _grouped(v) & (v.top_k > v.topk_group * v.group_size),
     ),
     Rule(
-        "topk_group_without_groups",
-        "with n_group = 1, topk_group must be 1",
-        lambda v, c: (v.n_group == 1) & (v.topk_group != 1),
-    ),
-    Rule(
         "bias_needs_sigmoid",
         "ROUTING_MODE.correction_bias needs sigmoid scoring",
         lambda v, c: (v.correction_bias == 1) & (v.scoring != RoutingMode.SIGMOID),

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pymodel.config import AccelConfig, ConfigError
+from pymodel.config import AccelConfig, ConfigError, MoESpec
 
 __all__ = [
     "CONTROL_BLOCK",
@@ -121,6 +121,13 @@ class SharedExpert(enum.IntEnum):
     NONE = 0
     UNGATED = 1
     GATED = 2
+
+    @classmethod
+    def of(cls, spec: MoESpec) -> SharedExpert:
+        """The mode of `spec`: sigmoid-gated (Qwen2-MoE), ungated (DeepSeek-V3) or none."""
+        if spec.shared_gate:
+            return cls.GATED
+        return cls.UNGATED if spec.has_shared else cls.NONE
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "postproc_latency",
     "postproc_output_bits",
     "requantizer_latency",
+    "shared_weight_cycles",
     "systolic_latency",
     "wide_bits",
 ]
@@ -136,6 +137,16 @@ def dispatch_cycles(n_pairs: int, n_experts: int, last_expert: int, n_rows: int)
     return 2 * n_pairs + n_experts + 2 * (last_expert + 1) + n_rows + 4
 
 
+def shared_weight_cycles(cfg: AccelConfig, shared: SharedExpert) -> int:
+    """`rtl.gate.Gate`: cycles a token's shared-expert weight takes (1 ungated, g + 6 gated)."""
+    costs = {
+        SharedExpert.NONE: 0,
+        SharedExpert.UNGATED: 1,
+        SharedExpert.GATED: cfg.gate_frac_bits + 6,
+    }
+    return costs[SharedExpert(shared)]
+
+
 def gate_cycles(
     cfg: AccelConfig,
     *,
@@ -171,6 +182,6 @@ def gate_cycles(
     if renormalize:
         per += top_k + 2
     per += top_k + g + 3
-    per += {SharedExpert.NONE: 0, SharedExpert.UNGATED: 1, SharedExpert.GATED: g + 6}[shared]
+    per += shared_weight_cycles(cfg, shared)
     per += 1
     return n_tokens * per - 2

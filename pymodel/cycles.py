@@ -1,6 +1,6 @@
 """Cycle model of one MoE layer on `rtl.top.MoEAccel`: per-phase cycles, bytes and MACs.
 
-Predicts the hardware's own counters (`rtl.regs.COUNTER_BLOCK`: CYCLES_TOTAL,
+Predicts the hardware's own counters (`contract.regs.COUNTER_BLOCK`: CYCLES_TOTAL,
 CYCLES_ROUTE, CYCLES_DISPATCH, CYCLES_EXPERTS, CYCLES_SHARED, CYCLES_COMBINE,
 MAC_CYCLES, BYTES_READ, BYTES_WRITTEN, USEFUL_MACS) from an `AccelConfig`, a
 `MoESpec`, the token count and the routing (kept pairs per expert), by walking
@@ -35,14 +35,18 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from rtl import layout
-from rtl.axi import burst_beats
-from rtl.combine import LATENCY as COMBINE_LATENCY
-from rtl.dispatch import dispatch_cycles
-from rtl.gate import SharedMode, gate_cycles
-from rtl.gemm_engine import default_m_block
-from rtl.postproc import PostProc
-from rtl.systolic import SystolicArray
+from contract import layout
+from contract.regs import SharedExpert
+from contract.timing import (
+    COMBINE_LATENCY,
+    burst_beats,
+    default_m_block,
+    dispatch_cycles,
+    gate_cycles,
+    postproc_latency,
+    shared_weight_cycles,
+    systolic_latency,
+)
 
 from .config import AccelConfig, ConfigError, MoESpec, _check_int
 from .layer import LayerResult
@@ -61,7 +65,7 @@ COUNTERS: tuple[str, ...] = (
     "bytes_written",
     "useful_macs",
 )
-"""The modelled counters, named as `rtl.regs.COUNTER_BLOCK`'s registers (lower case)."""
+"""The modelled counters, named as `contract.regs.COUNTER_BLOCK`'s registers (lower case)."""
 
 MAX_OUTSTANDING = 4
 """Read bursts the DMA keeps in flight (`rtl.dma.DMA`'s default `max_outstanding`)."""
@@ -147,7 +151,7 @@ class _Model:
         # Accumulator rows per M-block; past the RTL's `max_tokens`, buffers grown to the batch.
         self.m_block = default_m_block(cfg.replace(max_tokens=max(cfg.max_tokens, max_tokens)))
         # Last injected row → engine done: array skew, accumulators, post-processing.
-        self.drain = SystolicArray.latency_for(cfg) + ACC_STAGES + PostProc.latency_for(cfg)
+        self.drain = systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg)
         self.ys = layout.row_bytes(cfg, spec.d_model)
 
     # -- DMA ------------------------------------------------------------------------
@@ -414,11 +418,7 @@ def layer_cycles(
     route = route + route_gemms
     read_b = read_b + n_route_cmds * m.aligned(router_rows * C)
     mac, useful = m.gemm_rows(t, d, ncol, 1)
-    shared_mode = (
-        SharedMode.GATED
-        if spec.shared_gate
-        else (SharedMode.UNGATED if spec.has_shared else SharedMode.NONE)
-    )
+    shared_mode = SharedExpert.of(spec)
     gate = gate_cycles(
         cfg,
         n_tokens=t,
@@ -431,14 +431,7 @@ def layer_cycles(
     )
     # The gate's busy run (logits serialised from the logit buffer, one a cycle), up to the
     # last pair: the shared weight and the token's closing cycle follow it.
-    gate_tail = (
-        1
-        + {
-            SharedMode.NONE: 0,
-            SharedMode.UNGATED: 1,
-            SharedMode.GATED: cfg.gate_frac_bits + 6,
-        }[shared_mode]
-    )
+    gate_tail = 1 + shared_weight_cycles(cfg, shared_mode)
     # GATE, the serialiser's fill, the gate's busy run, GATE_RUN seeing the last pair's count.
     route = route + GATE_FILL + 2 * FSM_STEP + gate - gate_tail + _record_stalls(t, k, B)
     routing_bytes = m.aligned(t * k * layout.ROUTING_RECORD_BYTES)

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtl import layout
-from rtl.gemm_engine import default_m_block, default_param_rows
-from rtl.postproc import wide_bits
+from contract import layout
+from contract.timing import default_m_block, default_param_rows, wide_bits
 
 from .config import AccelConfig
 from .cycles import CycleEstimate

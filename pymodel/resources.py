@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Shape
 
-from rtl.gemm_engine import default_m_block, default_param_rows
-from rtl.postproc import output_layout, param_layout
+from contract.timing import SHIFT_BITS, default_m_block, default_param_rows, postproc_output_bits
 
 from .config import AccelConfig, ConfigError
 
@@ -85,7 +83,7 @@ def _quantities(cfg: AccelConfig) -> dict[str, float]:
     # deeper than 32 rows (shallower ones go to LUT RAM), one block per activation-LUT lane,
     # the output FIFO (≤ 64 entries of the output row) in 36-bit-wide blocks.
     acc = 2 * _ceil(c * cfg.acc_bits, 36) * _ceil(m_block, 512) if m_block > 32 else 0
-    fifo = _ceil(Shape.cast(output_layout(cfg)).width, 36)
+    fifo = _ceil(postproc_output_bits(cfg), 36)
     return {
         "one": 1.0,
         "pes": float(r * c),
@@ -93,7 +91,7 @@ def _quantities(cfg: AccelConfig) -> dict[str, float]:
         "rows": float(r),
         "bus": float(cfg.mem_bytes_per_cycle),
         "bram_known": float(acc + c + fifo),
-        "param_blocks": param_rows * c * Shape.cast(param_layout(cfg)).width / 18432,
+        "param_blocks": param_rows * c * (cfg.mult_bits + SHIFT_BITS) / 18432,
     }
 
 

@@ -503,7 +503,7 @@ def _check_top_config(
     cfg: AccelConfig, config_name: str, arg: str = "--config", why: str = "--backend verilator"
 ) -> None:
     """The whole accelerator (`MoEAccel`) can be built from `cfg` (rows, cols powers of two)."""
-    from rtl.layout import check_top_config
+    from contract.layout import check_top_config
 
     try:
         check_top_config(cfg)

@@ -2,17 +2,18 @@
 
 Why: the accelerator (`rtl.top.MoEAccel`) runs a whole layer after one
 `CTRL.start`; everything it needs sits in external memory in the exact order
-its units consume it (`rtl.layout` is the one layout definition) and in the
-descriptor registers (`rtl.regs`). This module builds both, and decodes the
-results the hardware writes back.
+its units consume it (`contract.layout` is the one layout definition) and in
+the descriptor registers (`contract.regs`). This module builds both, and
+decodes the results the hardware writes back.
 
 API (stable; backends and the CLI build on it)::
 
-    image = compile_layer(ql, x_q, cfg, base=0, watchdog_cycles=0)
-    image.mem            # np.uint8 [image.mem_bytes]: the initial memory contents
+    image = compile_layer(ql, x_q, cfg, base=0, watchdog_cycles=0, resident_experts=None)
+    image.write_into(mem)  # write the image into a zeroed memory (addressed from 0)
+    image.mem            # or: np.uint8 [image.mem_bytes], the dense contents from image.base
     image.regions        # {name: Region(addr, size)}, 64-byte aligned
     image.program        # [(register name, value), ...]; the final entry is CTRL.start
-    # ... a backend copies image.mem to address image.base of its memory, runs the writes
+    # ... a backend writes the image into its memory, runs the register writes
     # in order, waits for STATUS.done (or .error), then:
     out = read_outputs(mem, image)        # HwOutputs(y_q, expert_ids, gate_weights)
     counts = read_expert_counts(write_reg, read_reg, image)   # [E] kept pairs per expert
@@ -20,29 +21,42 @@ API (stable; backends and the CLI build on it)::
 `compile_layer` validates before anything runs: `ql` must be built for
 `cfg`'s numerics and fit its limits, `x_q` must be an integer [T, d_model]
 array within the act_bits range, the config must be one the top supports
-(`rtl.layout.check_top_config`) and the routing one the gate implements;
+(`contract.layout.check_top_config`) and the routing one the gate implements;
 any failure raises `pymodel.config.ConfigError` (or `NumericsError` for
-values) naming the problem.
+values) naming the problem. The register program passes
+`contract.descriptor.check_program`, the rules the hardware's own
+BAD_DESCRIPTOR check is generated from.
 
 Regions (`LayerImage.regions`): tokens, router_params, bias, router_weights,
 expert_table, luts, expert<e> (W1/W3 stream, W2 stream, parameter words),
 shared (the same for the shared expert), scratch, shared_scratch, routing,
 output. Only `routing` and `output` are read back.
+
+Full-size layers: expert weight streams are `Chunk`s produced on demand, so
+`write_into` generates one expert at a time into a (lazily zero, page-sparse)
+memory and never holds the layer's weights twice. `resident_experts` writes
+only those experts (the shared one always): every other expert gets no memory
+and a descriptor pointing at `UNMAPPED_ADDR`, so a read of it is a bus error,
+never a silent read of zeros. The 32-bit bus addresses at most 4 GiB
+(`contract` ADDR_WIDTH): a DeepSeek-V3 layer's 11.3 GB of routed experts only
+fits that way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract import layout
+from contract.descriptor import check_program
+from contract.regs import REGISTER_MAP, FFNKind, RoutingMode, SharedExpert
 from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.gate import check_routing, quantize_scaling
 from pymodel.layer import check_tokens
 from pymodel.quantize import FFNParams, QuantizedLayer
-from rtl import layout
-from rtl.regs import REGISTER_MAP, FFNKind, RoutingMode, SharedExpert
 
 __all__ = [
     "HwOutputs",
@@ -56,6 +70,10 @@ __all__ = [
 PAGE = 4096
 """The image size is rounded up to whole 4 KiB pages."""
 
+UNMAPPED_ADDR = 2**32 - PAGE
+"""Where descriptors of non-resident experts point: above every image (images must end
+below it), so no memory model maps it and any read there is a bus error."""
+
 _FFN_CODES = {"swiglu": FFNKind.SWIGLU, "gelu": FFNKind.GELU, "relu": FFNKind.RELU}
 
 
@@ -68,22 +86,86 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """`size` bytes the image writes at bus address `addr`; `produce()` returns them (uint8).
+
+    Expert weight streams are produced when written, not when compiled, so a
+    full-size layer's weights exist in Python one expert at a time.
+    """
+
+    addr: int
+    size: int
+    produce: Callable[[], np.ndarray]
+
+
+HW_WRITTEN = ("scratch", "shared_scratch", "routing", "output")
+"""The regions the hardware writes (everything else is written by `LayerImage.write_into`)."""
+
+
+@dataclass(frozen=True)
 class LayerImage:
-    """What the hardware needs for one layer: memory contents and register writes."""
+    """What the hardware needs for one layer: memory contents and register writes.
+
+    `resident` lists the routed experts whose weights the image writes (all of
+    them unless `compile_layer` was given `resident_experts`).
+    """
 
     cfg: AccelConfig
     spec: MoESpec
     tokens: int
-    mem: np.ndarray
+    size: int
+    chunks: tuple[Chunk, ...]
     regions: dict[str, Region]
     program: list[tuple[str, int]]
+    resident: tuple[int, ...]
     base: int = 0
     meta: dict[str, int] = field(default_factory=dict)
 
     @property
     def mem_bytes(self) -> int:
         """Bytes of memory the image occupies from `base` (whole pages)."""
-        return int(self.mem.size)
+        return self.size
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes `write_into` writes: the only memory pages the image itself touches."""
+        return sum(c.size for c in self.chunks)
+
+    @property
+    def touched_bytes(self) -> int:
+        """Host memory a run needs: written bytes, the hardware-written regions and the
+        largest chunk once more (produced, then copied into the memory)."""
+        hw = sum(self.regions[name].size for name in HW_WRITTEN)
+        return self.written_bytes + hw + max((c.size for c in self.chunks), default=0)
+
+    def write_into(self, mem: np.ndarray) -> None:
+        """Write every chunk into `mem` (uint8, addressed from 0), producing one at a time.
+
+        Bytes the image does not write are left alone: `mem` must hold zeros
+        there (a fresh `np.zeros` memory, whose untouched pages cost nothing).
+        """
+        if not isinstance(mem, np.ndarray) or mem.dtype != np.uint8 or mem.ndim != 1:
+            raise ConfigError("write_into needs the memory as a 1-D numpy uint8 array")
+        if mem.size < self.base + self.size:
+            raise ConfigError(
+                f"memory of {mem.size} bytes does not hold the image (ends at "
+                f"{self.base + self.size})"
+            )
+        for chunk in self.chunks:
+            data = chunk.produce()
+            if data.dtype != np.uint8 or data.size != chunk.size:
+                raise ConfigError(
+                    f"chunk at {chunk.addr:#x} produced {data.size} bytes of {data.dtype}, "
+                    f"expected {chunk.size} uint8"
+                )
+            mem[chunk.addr : chunk.addr + chunk.size] = data
+
+    @functools.cached_property
+    def mem(self) -> np.ndarray:
+        """The dense image, `mem_bytes` from `base` (small layers: tests, saved images)."""
+        mem = np.zeros(self.base + self.size, dtype=np.uint8)
+        self.write_into(mem)
+        return mem[self.base :]
 
 
 @dataclass(frozen=True)
@@ -102,7 +184,7 @@ class _Image:
         self.base = base
         self.at = base
         self.regions: dict[str, Region] = {}
-        self.chunks: list[tuple[int, bytes]] = []
+        self.chunks: list[Chunk] = []
 
     def alloc(self, name: str, size: int) -> int:
         addr = layout.align(self.at, layout.REGION_ALIGN)
@@ -111,14 +193,22 @@ class _Image:
         return addr
 
     def put(self, addr: int, data: np.ndarray) -> None:
-        self.chunks.append((addr, np.ascontiguousarray(data).view(np.uint8).tobytes()))
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1).copy()
+        self.chunks.append(Chunk(addr, raw.size, lambda: raw))
 
-    def build(self) -> np.ndarray:
+    def put_lazy(self, addr: int, size: int, produce: Callable[[], np.ndarray]) -> None:
+        self.chunks.append(Chunk(addr, size, produce))
+
+    def size(self) -> int:
         size = layout.align(max(self.at - self.base, 1), PAGE)
-        mem = np.zeros(size, dtype=np.uint8)
-        for addr, data in self.chunks:
-            mem[addr - self.base : addr - self.base + len(data)] = np.frombuffer(data, np.uint8)
-        return mem
+        if self.base + size > UNMAPPED_ADDR:
+            raise ConfigError(
+                f"the layer's memory image needs {size / 2**30:.2f} GiB of bus address space "
+                f"from {self.base:#x}, beyond the 32-bit bus's {UNMAPPED_ADDR / 2**30:.2f} GiB; "
+                "write only the experts the tokens use (compile_layer's resident_experts, "
+                "VerilatorDevice(experts='routed'))"
+            )
+        return size
 
 
 def _rows_image(cfg: AccelConfig, rows: np.ndarray, stride: int) -> np.ndarray:
@@ -127,30 +217,71 @@ def _rows_image(cfg: AccelConfig, rows: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
+def _stream(cfg: AccelConfig, weights: list[np.ndarray], e: int) -> Callable[[], np.ndarray]:
+    """Producer of expert `e`'s weight stream of the stacked `weights` (read when called)."""
+
+    def produce() -> np.ndarray:
+        stream = layout.weight_stream(cfg, [w[e] for w in weights]).astype(np.int8)
+        return stream.view(np.uint8).reshape(-1)
+
+    return produce
+
+
 def _ffn_block(
-    img: _Image, cfg: AccelConfig, name: str, p: FFNParams, e: int, lut_addr: int
+    img: _Image,
+    cfg: AccelConfig,
+    name: str,
+    p: FFNParams,
+    e: int,
+    lut_addr: int,
+    resident: bool = True,
 ) -> list[int]:
-    """Write expert `e` of `p` (streams, parameters, LUT); return its descriptor words."""
+    """Write expert `e` of `p` (streams, parameters, LUT); return its descriptor words.
+
+    A non-resident expert gets no memory: its descriptor has the right row
+    counts but points at `UNMAPPED_ADDR`.
+    """
     gated = p.gated
-    mats1 = [p.w1_q[e]] + ([p.w3_q[e]] if gated else [])
-    s1 = layout.weight_stream(cfg, mats1)
-    s2 = layout.weight_stream(cfg, [p.w2_q[e]])
+    _, d, f = p.w1_q.shape
+    rows1 = layout.weight_stream_rows(cfg, d, f, 2 if gated else 1)
+    rows2 = layout.weight_stream_rows(cfg, f, d, 1)
+    n_words = layout.align(f, cfg.cols) * (2 if gated else 1) + layout.align(d, cfg.cols)
+    gate_mult = int(p.m_h[e]) if gated else 0
+    gate_shift = int(p.sh_h[e]) if gated else 0
+    if not resident:
+        nowhere = UNMAPPED_ADDR
+        return [nowhere, rows1, nowhere, rows2, nowhere, n_words, gate_mult, gate_shift]
     sections = [(p.m1[e], p.sh1[e])]
     if gated:
         sections.append((p.m3[e], p.sh3[e]))
     sections.append((p.m2[e], p.sh2[e]))
     words = layout.param_words(cfg, sections)
     b = cfg.mem_bytes_per_cycle
-    w1 = img.alloc(f"{name}.w1", layout.align(s1.size, b))
-    img.put(w1, s1.astype(np.int8))
-    w2 = img.alloc(f"{name}.w2", layout.align(s2.size, b))
-    img.put(w2, s2.astype(np.int8))
+    c = cfg.cols
+    w1 = img.alloc(f"{name}.w1", layout.align(rows1 * c, b))
+    img.put_lazy(w1, rows1 * c, _stream(cfg, [p.w1_q] + ([p.w3_q] if gated else []), e))
+    w2 = img.alloc(f"{name}.w2", layout.align(rows2 * c, b))
+    img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e))
     pa = img.alloc(f"{name}.params", layout.align(4 * words.size, b))
     img.put(pa, words.astype("<u4"))
     img.put(lut_addr, p.lut[e].astype(np.int8))
-    gate_mult = int(p.m_h[e]) if gated else 0
-    gate_shift = int(p.sh_h[e]) if gated else 0
-    return [w1, s1.shape[0], w2, s2.shape[0], pa, words.size, gate_mult, gate_shift]
+    return [w1, rows1, w2, rows2, pa, words.size, gate_mult, gate_shift]
+
+
+def _check_resident(resident_experts: object, n_experts: int) -> tuple[int, ...]:
+    """The sorted expert numbers of `resident_experts` (None: all), each in [0, n_experts)."""
+    if resident_experts is None:
+        return tuple(range(n_experts))
+    if isinstance(resident_experts, str | bytes) or not hasattr(resident_experts, "__iter__"):
+        raise ConfigError(f"resident_experts = {resident_experts!r} must be a collection of ints")
+    out = set()
+    for e in resident_experts:
+        if isinstance(e, bool) or not isinstance(e, int | np.integer) or not 0 <= e < n_experts:
+            raise ConfigError(
+                f"resident_experts holds {e!r}; expert numbers are ints in [0, {n_experts})"
+            )
+        out.add(int(e))
+    return tuple(sorted(out))
 
 
 def _check_multipliers(ql: QuantizedLayer, cfg: AccelConfig) -> None:
@@ -173,8 +304,13 @@ def compile_layer(
     *,
     base: int = 0,
     watchdog_cycles: int = 0,
+    resident_experts: Iterable[int] | None = None,
 ) -> LayerImage:
-    """Memory image and register program running layer `ql` on tokens `x_q` [T, d_model]."""
+    """Memory image and register program running layer `ql` on tokens `x_q` [T, d_model].
+
+    `resident_experts` (default: all) are the routed experts whose weights
+    the image holds; the others point at unmapped memory (see the module notes).
+    """
     check_tokens(ql, x_q, cfg)
     layout.check_top_config(cfg)
     spec = ql.spec
@@ -185,6 +321,7 @@ def compile_layer(
     if not isinstance(watchdog_cycles, int) or not 0 <= watchdog_cycles < 2**32:
         raise ConfigError(f"watchdog_cycles = {watchdog_cycles!r} must fit 32 bits")
     t, d, e, k = x_q.shape[0], spec.d_model, spec.n_experts, spec.top_k
+    resident = _check_resident(resident_experts, e)
     b = cfg.mem_bytes_per_cycle
     ys = layout.row_bytes(cfg, d)
     img = _Image(base)
@@ -203,25 +340,22 @@ def compile_layer(
     table = img.alloc("expert_table", (e + 1) * layout.desc_bytes(cfg))
     luts = img.alloc("luts", (e + 1) * layout.lut_bytes(cfg))
     descs = []
+    kept = set(resident)
     for i in range(e):
-        descs.append(
-            _ffn_block(img, cfg, f"expert{i}", ql.experts, i, luts + i * layout.lut_bytes(cfg))
-        )
+        lut = luts + i * layout.lut_bytes(cfg)
+        descs.append(_ffn_block(img, cfg, f"expert{i}", ql.experts, i, lut, i in kept))
     if ql.shared is not None:
         descs.append(_ffn_block(img, cfg, "shared", ql.shared, 0, luts + e * layout.lut_bytes(cfg)))
     for i, words in enumerate(descs):
-        img.put(table + i * layout.desc_bytes(cfg), np.asarray(words, dtype="<u4"))
+        img.put(
+            table + i * layout.desc_bytes(cfg), np.array(tuple(words), layout.EXPERT_DESCRIPTOR)
+        )
     scratch = img.alloc("scratch", layout.max_sorted_rows(cfg, t, k, e) * ys)
     shared_scratch = img.alloc("shared_scratch", t * ys if spec.has_shared else b)
     routing = img.alloc("routing", layout.align(t * k * layout.ROUTING_RECORD_BYTES, b))
     output = img.alloc("output", t * ys)
 
-    if spec.shared_gate:
-        shared = SharedExpert.GATED
-    elif spec.has_shared:
-        shared = SharedExpert.UNGATED
-    else:
-        shared = SharedExpert.NONE
+    shared = SharedExpert.of(spec)
     regs = REGISTER_MAP
     routing_mode = regs["ROUTING_MODE"].register.pack(
         scoring=RoutingMode.SIGMOID if spec.scoring == "sigmoid" else RoutingMode.SOFTMAX,
@@ -260,13 +394,16 @@ def compile_layer(
         ("STATUS", regs["STATUS"].register.pack(done=1, error=1)),
         ("CTRL", regs["CTRL"].register.pack(start=1)),
     ]
+    check_program(program, cfg)
     return LayerImage(
         cfg=cfg,
         spec=spec,
         tokens=t,
-        mem=img.build(),
+        size=img.size(),
+        chunks=tuple(img.chunks),
         regions=dict(img.regions),
         program=program,
+        resident=resident,
         base=base,
         meta={"row_bytes": ys},
     )
@@ -284,11 +421,11 @@ def read_outputs(mem: np.ndarray, image: LayerImage) -> HwOutputs:
     out = image.regions["output"]
     y = mem[out.addr : out.addr + t * ys].view(np.int8).reshape(t, ys)[:, :d]
     rt = image.regions["routing"]
-    rec = mem[rt.addr : rt.addr + t * k * layout.ROUTING_RECORD_BYTES].view("<u4").reshape(t, k, 2)
+    rec = mem[rt.addr : rt.addr + t * k * layout.ROUTING_RECORD_BYTES].view(layout.ROUTING_RECORD)
     return HwOutputs(
         y_q=y.astype(np.int64),
-        expert_ids=rec[:, :, 0].astype(np.int64),
-        gate_weights=rec[:, :, 1].astype(np.int64),
+        expert_ids=rec["expert"].reshape(t, k).astype(np.int64),
+        gate_weights=rec["weight"].reshape(t, k).astype(np.int64),
     )
 
 

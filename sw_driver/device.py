@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.layer import check_tokens, golden_layer
+from pymodel.layer import check_tokens, golden_layer, route
 from pymodel.quantize import QuantizedLayer
 
-from .compile import compile_layer, read_expert_counts, read_outputs
+from .compile import LayerImage, compile_layer, read_expert_counts, read_outputs
 
 if TYPE_CHECKING:
     from sim.fast import FastSim
@@ -106,25 +106,29 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def image_bytes_estimate(ql: QuantizedLayer) -> int:
-    """Bytes of a layer's memory image, from its shapes: one byte a weight, plus tables."""
-    from pymodel.expert_cache import expert_bytes
+def image_bytes_estimate(image: LayerImage) -> int:
+    """Host bytes a run of `image` touches: the pages it writes, not its address span.
 
-    spec = ql.spec
-    d, e = spec.d_model, spec.n_experts
-    shared = 3 * d * spec.shared_d_ff  # the shared expert is SwiGLU: W1, W3, W2
-    return e * expert_bytes(spec) + shared + d * (e + 1) + 64 * (e + 1) * 64
+    The simulated memory is a lazily zero allocation, so only the written
+    chunks, the hardware-written regions and one chunk in flight cost RAM
+    (`LayerImage.touched_bytes`); experts that are not resident cost nothing.
+    """
+    return image.touched_bytes
 
 
-def check_host_memory(ql: QuantizedLayer) -> None:
-    """`ConfigError` when the image and the simulated memory (two copies) cannot fit in RAM."""
-    need = 2 * image_bytes_estimate(ql)
+def check_host_memory(image: LayerImage) -> None:
+    """`ConfigError` when the memory a run of `image` touches cannot fit in available RAM."""
+    need = image_bytes_estimate(image)
     have = available_memory_bytes()
     if have is not None and need > have:
+        resident = len(image.resident)
         raise ConfigError(
-            f"the layer's memory image needs about {need / 2**30:.1f} GiB (the image and the "
-            f"simulated memory), more than the {have / 2**30:.1f} GiB this machine has "
-            "available; shrink the layer (d_model, d_ff, n_experts)"
+            f"the layer's memory image needs about {need / 2**30:.1f} GiB of host memory "
+            f"({resident} of {image.spec.n_experts} routed experts resident, "
+            f"{image.mem_bytes / 2**30:.1f} GiB of address space), more than the "
+            f"{have / 2**30:.1f} GiB this machine has available; shrink the layer "
+            "(d_model, d_ff, n_experts) or keep only the routed experts resident "
+            "(VerilatorDevice(experts='routed'))"
         )
 
 
@@ -147,6 +151,15 @@ class VerilatorDevice:
     outgrows the memory gets a larger memory, not a new build: the memory size
     is an argument of the C++ harness, not of the build. `threads` evaluates
     the model with Verilator's `--threads` (default `sim.fast.DEFAULT_THREADS`).
+
+    `experts` chooses which routed experts' weights a run writes: "all", or
+    "routed" — only those the golden router selects for the tokens (it is
+    cheap: one d × E GEMM), as an expert cache would hold them. The others
+    point at unmapped memory, so a hardware read of one stops the run with a
+    bus error (a `DeviceError`), never a silent read of zeros. Full-size
+    layers need "routed": their experts do not fit the 32-bit address space
+    (docs/simulation.md). The memory is a lazily zero allocation written
+    sparsely: only pages the image or the hardware writes cost host RAM.
     """
 
     name = "verilator"
@@ -163,9 +176,10 @@ class VerilatorDevice:
         trace_scope: str | None = None,
         build_dir: Path | str | None = None,
         threads: int | None = None,
+        experts: str = "all",
     ) -> None:
+        from contract import layout
         from flow.paths import FAST_BUILD_ROOT
-        from rtl import layout
         from sim.fast import DEFAULT_THREADS
 
         if trace is None and (trace_window is not None or trace_scope is not None):
@@ -173,8 +187,11 @@ class VerilatorDevice:
         if trace_window is not None and not 0 <= trace_window[0] < trace_window[1]:
             raise ConfigError(f"trace_window {trace_window} must be (start, end), 0 ≤ start < end")
 
+        if experts not in ("all", "routed"):
+            raise ConfigError(f"experts = {experts!r} is not one of ['all', 'routed']")
         layout.check_top_config(cfg)
         self.cfg = cfg
+        self.experts = experts
         self.read_latency = read_latency
         self.write_latency = write_latency
         self.max_cycles = max_cycles
@@ -184,16 +201,18 @@ class VerilatorDevice:
         self.build_dir = Path(FAST_BUILD_ROOT if build_dir is None else build_dir)
         self.threads = DEFAULT_THREADS if threads is None else threads
         self._sim: FastSim | None = None
+        self._last: LayerImage | None = None
 
     def _model(self, mem_bytes: int) -> FastSim:
-        from rtl.top import MoEAccel
+        from sim.accelerator import accelerator_top
         from sim.fast import FastSim
 
         if self._sim is None or self._sim.mem.size < mem_bytes:
             if self._sim is not None:
                 self._sim.close()
+            self._last = None
             self._sim = FastSim(
-                lambda: MoEAccel(self.cfg),
+                accelerator_top(self.cfg),
                 self.cfg,
                 mem_bytes,
                 read_latency=self.read_latency,
@@ -212,15 +231,22 @@ class VerilatorDevice:
         return self._sim
 
     def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
-        from rtl.regs import COUNTER_BLOCK
+        from contract.regs import COUNTER_BLOCK
         from sim.fast import RunStatus, SimulationError
 
         check_tokens(ql, x_q, self.cfg)
-        check_host_memory(ql)
-        image = compile_layer(ql, x_q, self.cfg)
+        resident = None
+        if self.experts == "routed":
+            resident = np.unique(route(ql, x_q, self.cfg).expert_ids).tolist()
+        image = compile_layer(ql, x_q, self.cfg, resident_experts=resident)
+        check_host_memory(image)
         sim = self._model(image.base + image.mem_bytes)
-        sim.mem[:] = 0
-        sim.mem[image.base : image.base + image.mem_bytes] = image.mem
+        if self._last is not None:
+            # Zero what the last run wrote, leaving untouched pages untouched.
+            for region in self._last.regions.values():
+                sim.mem[region.addr : region.addr + region.size] = 0
+        self._last = image
+        image.write_into(sim.mem)
         for reg, value in image.program:
             sim.write_reg(reg, value)
         try:
@@ -228,8 +254,15 @@ class VerilatorDevice:
         except SimulationError as exc:
             raise DeviceError(f"accelerator run failed: {exc}") from exc
         if result.status is not RunStatus.DONE:
+            partial = ""
+            if len(image.resident) < ql.spec.n_experts:
+                partial = (
+                    f" (only experts {list(image.resident)} were resident; the others point "
+                    "at unmapped memory)"
+                )
             raise DeviceError(
-                f"accelerator stopped with status {result.status.name}, cause {result.cause.name}"
+                f"accelerator stopped with status {result.status.name}, cause "
+                f"{result.cause.name}{partial}"
             )
         outputs = read_outputs(sim.mem, image)
         counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
