@@ -28,12 +28,18 @@ with tracing and writes `dump.fst` into the test directory; FST needs the lz4
 development headers (Debian `liblz4-dev`); without them the build falls back
 to VCD (`dump.vcd`) and says so in a `UserWarning`. Builds log their progress
 to the `sim.build` logger.
+
+Coverage: with `MOE_ACCEL_COVERAGE_DIR` set (`make coverage`, `sim.coverage`),
+builds add `COVERAGE_FLAGS` (so they get their own cache key; without it the
+flags and keys are exactly those of a normal build) and `run_cocotb` has the
+simulator write its counts into that directory, one `.dat` file per run.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -57,6 +63,8 @@ from amaranth.lib import wiring
 from flow.paths import SIM_BUILD_ROOT
 
 __all__ = [
+    "COVERAGE_ENV",
+    "COVERAGE_FLAGS",
     "LINT_WAIVERS",
     "VERILATOR_FLAGS",
     "WAIVED_WARNINGS",
@@ -64,6 +72,8 @@ __all__ = [
     "SimulationError",
     "build_component",
     "build_verilog",
+    "coverage_dir",
+    "coverage_flags",
     "emit_verilog",
     "lint_verilog",
     "run_cocotb",
@@ -98,6 +108,12 @@ VERILATOR_FLAGS: tuple[str, ...] = (
 
 WAVES_ENV = "MOE_ACCEL_WAVES"
 
+COVERAGE_ENV = "MOE_ACCEL_COVERAGE_DIR"
+"""Set to a directory: builds are coverage builds and runs write their counts there."""
+
+COVERAGE_FLAGS: tuple[str, ...] = ("--coverage-line", "--coverage-toggle")
+"""Verilator's line (block and branch) and toggle coverage; docs/verification.md."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -118,6 +134,8 @@ class SimBuild:
     cached: bool
     """True when this call reused an existing build (no Verilator run)."""
     build_seconds: float
+    coverage: bool = False
+    """True for a build with `COVERAGE_FLAGS` compiled in."""
 
     @property
     def binary(self) -> Path:
@@ -160,6 +178,21 @@ def waves_requested(waves: bool | None) -> bool:
     if waves is not None:
         return waves
     return os.environ.get(WAVES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def coverage_dir() -> Path | None:
+    """The directory named by `MOE_ACCEL_COVERAGE_DIR` (created), or None: no coverage."""
+    chosen = os.environ.get(COVERAGE_ENV, "").strip()
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def coverage_flags() -> tuple[str, ...]:
+    """`COVERAGE_FLAGS` when `MOE_ACCEL_COVERAGE_DIR` is set, else none."""
+    return COVERAGE_FLAGS if coverage_dir() is not None else ()
 
 
 @cache
@@ -246,7 +279,8 @@ def build_verilog(
 
     setup_environment()
     trace = _trace_format(waves_requested(waves))
-    flags = [*VERILATOR_FLAGS, *extra_args]
+    flags = [*VERILATOR_FLAGS, *extra_args, *coverage_flags()]
+    covered = bool(coverage_flags())
     if trace == "fst":
         flags.append("--trace-fst")
     key_material = json.dumps(
@@ -267,7 +301,7 @@ def build_verilog(
         if stamp.is_file() and (build_dir / toplevel).is_file():
             info = json.loads(stamp.read_text())
             return SimBuild(
-                toplevel, build_dir, verilog_path, key, trace, True, info["build_seconds"]
+                toplevel, build_dir, verilog_path, key, trace, True, info["build_seconds"], covered
             )
         if build_dir.exists():
             shutil.rmtree(build_dir)
@@ -302,7 +336,7 @@ def build_verilog(
             json.dumps({"toplevel": toplevel, "flags": flags, "build_seconds": seconds}, indent=1)
         )
         logger.info("%s: Verilator build done in %.0f s", toplevel, seconds)
-        return SimBuild(toplevel, build_dir, verilog_path, key, trace, False, seconds)
+        return SimBuild(toplevel, build_dir, verilog_path, key, trace, False, seconds, covered)
 
 
 def _runtime_cache(build_root: Path, flags: Sequence[str], trace: str | None) -> Path:
@@ -383,6 +417,10 @@ def _failures(results: Path) -> list[str]:
     return failed
 
 
+_runs = itertools.count()
+"""Numbers the coverage files of this process's cocotb runs."""
+
+
 def run_cocotb(
     build: SimBuild,
     test_module: Path | str,
@@ -423,6 +461,11 @@ def run_cocotb(
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.xml"
     log = test_dir / "sim.log"
+    counts = coverage_dir() if build.coverage else None
+    plusargs = []
+    if counts is not None:
+        dat = counts / f"cocotb-{build.toplevel}-{os.getpid()}-{next(_runs)}.dat"
+        plusargs.append(f"+verilator+coverage+file+{dat}")
     runner = get_runner("verilator")
     try:
         runner.test(
@@ -434,6 +477,7 @@ def run_cocotb(
             testcase=testcase,
             seed=seed,
             extra_env=dict(extra_env or {}),
+            plusargs=plusargs,
             waves=want_waves,
             results_xml=str(results),
             log_file=log,

@@ -72,6 +72,7 @@ from .build import (
     WAIVED_WARNINGS,
     SimulationError,
     _fst_supported,
+    coverage_flags,
     emit_verilog,
     file_lock,
     setup_environment,
@@ -331,9 +332,9 @@ def _write_index(index: Path, key: str) -> None:
 
 
 def _verilator_args(random_init: bool, threads: int = 1) -> tuple[str, ...]:
-    """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build and
-    `--threads N` for a model evaluated by N threads."""
-    args = VERILATOR_ARGS
+    """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build,
+    `--threads N` for a model evaluated by N threads and `sim.build.coverage_flags()`."""
+    args = (*VERILATOR_ARGS, *coverage_flags())
     if random_init:
         at = args.index("--x-initial")
         args = (*args[: at + 1], "unique", *args[at + 2 :])

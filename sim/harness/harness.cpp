@@ -38,11 +38,25 @@
 // crossing; W beats belong to an accepted AW with WLAST on exactly its last beat;
 // the model's queues never overflow. The first violation is latched (cycle and
 // text, fastsim_protocol_error) and fastsim_run stops on it.
+//
+// Coverage (only in a model built with Verilator's --coverage, sim/coverage.py): when
+// MOE_ACCEL_COVERAGE_DIR is set, fastsim_destroy writes the instance's coverage counts
+// there as fastsim-<pid>-<n>.dat, for verilator_coverage to merge, and beside it
+// fastsim-<pid>-<n>.dat.lib, this library's path, which ties the counts to their model's
+// Verilog.
 
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#if VM_COVERAGE
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#endif
 #include <deque>
 #include <memory>
 #include <sstream>
@@ -513,6 +527,18 @@ FASTSIM_API void fastsim_destroy(void* handle) {
     sim->top->final();
 #if VM_TRACE
     if (sim->tfp) sim->tfp->close();
+#endif
+#if VM_COVERAGE
+    if (const char* dir = std::getenv("MOE_ACCEL_COVERAGE_DIR"); dir && *dir) {
+        static std::atomic<unsigned> written{0};
+        const std::string path = std::string(dir) + "/fastsim-" + std::to_string(getpid()) + "-" +
+                                 std::to_string(written++) + ".dat";
+        sim->ctx->coveragep()->write(path.c_str());
+        Dl_info self{};
+        if (dladdr(reinterpret_cast<void*>(&fastsim_destroy), &self) && self.dli_fname) {
+            std::ofstream(path + ".lib") << self.dli_fname << "\n";
+        }
+    }
 #endif
     delete sim;
 }
