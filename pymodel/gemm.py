@@ -1,8 +1,10 @@
 """Golden integer GEMM: what the systolic array computes for one weight tile stream.
 
-Exact int64 arithmetic, with the contract's guarantee checked: the reduction
+Exact integer arithmetic, with the contract's guarantee checked: the reduction
 length may not exceed `AccelConfig.max_k`, so the int32 accumulator can never
-overflow (no wrapping, no saturation inside the array).
+overflow (no wrapping, no saturation inside the array). The product runs in
+float64 BLAS, ~30× faster than NumPy's int64 matmul on full-size experts and
+exact: every product and partial sum is an integer below 2^31 < 2^53.
 """
 
 from __future__ import annotations
@@ -23,4 +25,4 @@ def matmul_int(x: np.ndarray, w: np.ndarray, cfg: AccelConfig) -> np.ndarray:
         raise ConfigError(
             f"GEMM reduction length {x.shape[1]} exceeds AccelConfig.max_k = {cfg.max_k}"
         )
-    return x.astype(np.int64) @ w.astype(np.int64)
+    return (x.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
