@@ -16,11 +16,20 @@ import types
 from pathlib import Path
 
 import pytest
+from formal_credits import (
+    SMALL_ENGINE,
+    PostProcHarness,
+    TileCreditHarness,
+    postproc_harness,
+    tile_credit_harness,
+)
 from formal_csr import SMALL_CSR_CONFIG, SMALL_MAP, CSRHarness, csr_harness
 from formal_dispatch import SMALL_DISPATCH, DispatchHarness, dispatch_harness
 
 import rtl.csr
 import rtl.dispatch
+import rtl.postproc
+import rtl.tile_sequencer
 from pymodel.config import AccelConfig
 from rtl.regs import REGISTER_MAP
 from sim.formal import prove
@@ -35,6 +44,12 @@ CSR_DEPTH = 10
 """Cycles on the small map: AW and W in any order, the write, a read-back, with resets between."""
 CSR_FULL_MAP_DEPTH = 6
 """The accelerator's map: a write and a read each complete (~3 min loaded at depth 8)."""
+POSTPROC_DEPTH = 32
+"""Enough cycles to fill the small engine's 27-beat buffer with `out` stalled and push once more."""
+TILE_CREDIT_DEPTH = 16
+"""A command checked, its tiles loaded and both credits spent, then returns and more rows."""
+TILE_CREDIT_DEEP_DEPTH = 24
+"""Two commands back to back (`make formal`)."""
 
 
 def mutant_module(unit: types.ModuleType, original: str, replacement: str) -> types.ModuleType:
@@ -96,3 +111,42 @@ def test_csr_ignoring_write_strobes_is_caught():
     result = prove(harness, harness.ports, name="csr_mutant", depth=CSR_DEPTH)
     assert not result.passed
     assert result.trace is not None and result.trace.stat().st_size > 0
+
+
+def test_postproc_admission_bounded_proof():
+    harness = postproc_harness()
+    result = prove(harness, harness.ports, name="postproc", depth=POSTPROC_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+def test_postproc_admitting_past_its_buffer_is_caught():
+    mutant = mutant_module(rtl.postproc, "room.eq(inside + 1 != self.buffer_depth)", "room.eq(1)")
+    harness = PostProcHarness(mutant.PostProc(SMALL_ENGINE, param_rows=2))
+    result = prove(harness, harness.ports, name="postproc_mutant", depth=POSTPROC_DEPTH)
+    assert not result.passed
+
+
+def test_tile_sequencer_credits_bounded_proof():
+    harness = tile_credit_harness()
+    result = prove(harness, harness.ports, name="tile_credits", depth=TILE_CREDIT_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+@pytest.mark.slow
+def test_tile_sequencer_credits_deep_bounded_proof():
+    harness = tile_credit_harness()
+    result = prove(harness, harness.ports, name="tile_credits_deep", depth=TILE_CREDIT_DEEP_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+def test_tile_sequencer_issuing_without_credit_is_caught():
+    mutant = mutant_module(
+        rtl.tile_sequencer,
+        "issuing_next & full_next.bit_select(bank_next, 1) & (~final_next | has_credit_next)",
+        "issuing_next & full_next.bit_select(bank_next, 1)",
+    )
+    harness = TileCreditHarness(
+        mutant.TileSequencer(SMALL_ENGINE, m_block=2, param_rows=2, credits=2, cooldown=1)
+    )
+    result = prove(harness, harness.ports, name="tile_credits_mutant", depth=TILE_CREDIT_DEPTH)
+    assert not result.passed
