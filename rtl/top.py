@@ -8,11 +8,11 @@ set), and the `sync` domain.
 Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
 
 - `CTRL.start` while idle validates the descriptor registers in hardware
-  (shapes against the `AccelConfig` limits, zero sizes, k > E, groups that
-  do not divide E or that need softmax scoring, a bias without sigmoid
-  scoring, a zero capacity, unknown FFN/shared codes, addresses not 64-byte
-  aligned). A bad descriptor ends the job at once with
-  `ERROR_CAUSE.BAD_DESCRIPTOR`; the gate never sees settings it could hang on.
+  against every rule of `contract.descriptor.RULES` (the check is generated
+  from those predicates, the ones the driver runs before it starts a
+  layer). A bad descriptor ends the job at once with
+  `ERROR_CAUSE.BAD_DESCRIPTOR` and `ERROR_DETAIL` naming the first failing
+  rule (`rule_code`); the gate never sees settings it could hang on.
 - `CTRL.start` while busy sets `START_WHILE_BUSY`; the running layer goes on.
 - A bus error (DMA), an engine rejecting a command, or the watchdog
   (`WATCHDOG_CYCLES`, 0 = off) aborts: the DMA drains its bursts (no AXI
@@ -29,34 +29,28 @@ Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract import layout
+from contract.descriptor import DESCRIPTOR_FIELDS, INPUTS, RULES, DescriptorValues, rule_code
 from pymodel.config import AccelConfig, ConfigError
 
-from . import layout
 from .axi import AXI4Signature, AXILiteSignature
 from .csr import CSR
 from .dma import DMA
 from .layer_sequencer import LayerSequencer
-from .regs import REGISTER_MAP, ErrorCause, FFNKind, RoutingMode, SharedExpert
+from .regs import REGISTER_MAP, ErrorCause
 
 __all__ = ["MoEAccel"]
 
-ADDRESS_REGS = (
-    "TOKENS_ADDR",
-    "ROUTER_W_ADDR",
-    "EXPERT_TABLE_ADDR",
-    "OUTPUT_ADDR",
-    "SCRATCH_ADDR",
-    "REQUANT_TABLE_ADDR",
-    "LUT_TABLE_ADDR",
-    "BIAS_ADDR",
-    "ROUTING_ADDR",
-    "SHARED_SCRATCH_ADDR",
-)
+
+def _register_field(regs, source: str):
+    """The CSR output for "REG" (its `value`) or "REG.field"."""
+    reg, _, name = source.partition(".")
+    return getattr(getattr(regs, reg.lower()), name or "value")
 
 
 class MoEAccel(wiring.Component):
@@ -94,87 +88,41 @@ class MoEAccel(wiring.Component):
 
         # ---------------- descriptor ----------------
         d = core.desc
-        mode = regs.routing_mode
-        lm = regs.layer_mode
+        for f in DESCRIPTOR_FIELDS:
+            if f.source is not None:
+                m.d.comb += getattr(d, f.name).eq(_register_field(regs, f.source))
         m.d.comb += [
-            d.tokens_addr.eq(regs.tokens_addr.value),
-            d.router_w_addr.eq(regs.router_w_addr.value),
-            d.table_addr.eq(regs.expert_table_addr.value),
-            d.output_addr.eq(regs.output_addr.value),
-            d.scratch_addr.eq(regs.scratch_addr.value),
-            d.rparam_addr.eq(regs.requant_table_addr.value),
-            d.lut_addr.eq(regs.lut_table_addr.value),
-            d.bias_addr.eq(regs.bias_addr.value),
-            d.routing_addr.eq(regs.routing_addr.value),
-            d.shared_scratch_addr.eq(regs.shared_scratch_addr.value),
-            d.t.eq(regs.num_tokens.value),
-            d.d.eq(regs.d_model.value),
-            d.f.eq(regs.d_ff.value),
-            d.fs.eq(regs.d_ff_shared.value),
-            d.e.eq(regs.n_experts.value),
-            d.k.eq(regs.top_k.value),
-            d.sigmoid.eq(mode.scoring == RoutingMode.SIGMOID),
-            d.renorm.eq(mode.renormalize),
-            d.bias_en.eq(mode.correction_bias),
-            d.cap_en.eq(mode.use_capacity),
-            d.capacity.eq(regs.capacity.value),
-            d.topk_group.eq(mode.topk_group),
-            d.ffn.eq(lm.ffn),
-            d.shared.eq(lm.shared),
-            d.scale.eq(regs.routed_scaling.value),
-            d.out_mult.eq(regs.output_requant.mult),
-            d.out_shift.eq(regs.output_requant.shift),
             core.expert_index.eq(regs.expert_index.value),
             regs.expert_tokens.value.eq(core.expert_tokens),
         ]
 
         # Group size = E / n_group by repeated subtraction (E <= max_experts steps).
+        e, ng = regs.n_experts.value, regs.routing_mode.n_group
         group_size = Signal.like(d.group_size)
         group_rem = Signal(16)
         m.d.comb += d.group_size.eq(group_size)
 
-        t, dm, f = regs.num_tokens.value, regs.d_model.value, regs.d_ff.value
-        fs = regs.d_ff_shared.value
-        e, k = regs.n_experts.value, regs.top_k.value
-        ng, tg = mode.n_group, mode.topk_group
-        sigmoid = mode.scoring == RoutingMode.SIGMOID
-        shared = lm.shared
-        misaligned = 0
-        for name in ADDRESS_REGS:
-            misaligned |= getattr(regs, name.lower()).value[:6].any()
-        bad = Signal()
-        m.d.comb += bad.eq(
-            (t == 0)
-            | (t > cfg.max_tokens)
-            | (dm == 0)
-            | (dm > cfg.max_d_model)
-            | (f == 0)
-            | (f > cfg.max_d_ff)
-            | (e == 0)
-            | (e > cfg.max_experts)
-            | (k == 0)
-            | (k > cfg.max_top_k)
-            | (k > e)
-            | (lm.ffn > FFNKind.RELU)
-            | (shared > SharedExpert.GATED)
-            | ((shared != SharedExpert.NONE) & ((fs == 0) | (fs > cfg.max_d_ff)))
-            | (ng == 0)
-            | (ng > cfg.max_groups)
-            | (ng > e)
-            | (tg == 0)
-            | (tg > ng)
-            | (group_rem != 0)
-            | ((ng > 1) & (~sigmoid | (group_size < 2) | (k > tg * group_size)))
-            | ((ng == 1) & (tg != 1))
-            | (mode.correction_bias & ~sigmoid)
-            | (mode.use_capacity & (regs.capacity.value == 0))
-            | (regs.routed_scaling.value >= 2**20)
-            | misaligned
+        # The descriptor rules, generated from contract.descriptor; `detail` is the first failure.
+        values = DescriptorValues(
+            {key: _register_field(regs, f"{r}.{f}") for key, (r, f) in INPUTS.items()},
+            group_size=group_size,
+            group_rem=group_rem,
         )
+        failing = [Signal(name=f"rule_{rule.name}") for rule in RULES]
+        m.d.comb += [
+            sig.eq(rule.fails(values, cfg)) for sig, rule in zip(failing, RULES, strict=True)
+        ]
+        bad = Signal()
+        m.d.comb += bad.eq(Cat(*failing).any())
+        first_rule = Signal(8)
+        for sig, rule in reversed(list(zip(failing, RULES, strict=True))):
+            with m.If(sig):
+                m.d.comb += first_rule.eq(rule_code(rule))
 
         # ---------------- control ----------------
         busy = Signal()
         cause = Signal(8)
+        detail = Signal(8)
         err_addr = Signal(32)
         watchdog = Signal(32)
         fault = Signal(8)  # why the running layer is being aborted (NONE: soft reset)
@@ -185,6 +133,7 @@ class MoEAccel(wiring.Component):
             regs.status.busy.eq(busy),
             regs.error_cause.value.eq(cause),
             regs.error_addr.value.eq(err_addr),
+            regs.error_detail.value.eq(detail),
             regs.cycles_total.value.eq(pc.total),
             regs.cycles_route.value.eq(pc.route),
             regs.cycles_dispatch.value.eq(pc.dispatch),
@@ -203,13 +152,13 @@ class MoEAccel(wiring.Component):
             self.irq.eq(regs.status.done | regs.status.error),
         ]
 
-        def raise_error(code, addr=0):
+        def raise_error(code, addr=0, why=0):
             m.d.comb += regs.status.error_set.eq(1)
             with m.If(~regs.status.error):
-                m.d.sync += [cause.eq(code), err_addr.eq(addr)]
+                m.d.sync += [cause.eq(code), err_addr.eq(addr), detail.eq(why)]
 
         with m.If(~regs.status.error & ~regs.status.error_set):
-            m.d.sync += [cause.eq(ErrorCause.NONE), err_addr.eq(0)]
+            m.d.sync += [cause.eq(ErrorCause.NONE), err_addr.eq(0), detail.eq(0)]
 
         with m.If(regs.ctrl.start & busy):
             raise_error(ErrorCause.START_WHILE_BUSY)
@@ -230,7 +179,7 @@ class MoEAccel(wiring.Component):
                 with m.Elif((ng != 0) & (group_rem >= ng)):
                     m.d.sync += [group_rem.eq(group_rem - ng), group_size.eq(group_size + 1)]
                 with m.Elif(bad):
-                    raise_error(ErrorCause.BAD_DESCRIPTOR)
+                    raise_error(ErrorCause.BAD_DESCRIPTOR, why=first_rule)
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
                 with m.Else():
