@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 
 import pytest
+from amaranth import signed
 from formal_credits import (
     SMALL_ENGINE,
     PostProcHarness,
@@ -25,13 +26,20 @@ from formal_credits import (
 )
 from formal_csr import SMALL_CSR_CONFIG, SMALL_MAP, CSRHarness, csr_harness
 from formal_dispatch import SMALL_DISPATCH, DispatchHarness, dispatch_harness
+from formal_streams import StreamRulesHarness, dma_environment, resizer_environment
 
 import rtl.csr
 import rtl.dispatch
 import rtl.postproc
 import rtl.tile_sequencer
 from pymodel.config import AccelConfig
+from rtl.combine import Combiner
+from rtl.dma import DMA
+from rtl.gate import Gate
+from rtl.gemm_engine import GemmEngine
 from rtl.regs import REGISTER_MAP
+from rtl.resize import Resizer
+from rtl.topk import TopK
 from sim.formal import prove
 
 pytestmark = pytest.mark.formal
@@ -50,6 +58,19 @@ TILE_CREDIT_DEPTH = 16
 """A command checked, its tiles loaded and both credits spent, then returns and more rows."""
 TILE_CREDIT_DEEP_DEPTH = 24
 """Two commands back to back (`make formal`)."""
+STREAM_DEPTH = 12
+"""Cycles of the generic stream-rule check in `make test` (`make formal`: `STREAM_DEEP_DEPTH`)."""
+STREAM_DEEP_DEPTH = 20
+
+STREAM_UNITS = {
+    "resizer_gather": lambda: StreamRulesHarness(Resizer(4, 16), resizer_environment),
+    "resizer_split": lambda: StreamRulesHarness(Resizer(16, 4), resizer_environment),
+    "combiner": lambda: StreamRulesHarness(Combiner(SMALL_ENGINE)),
+    "gate": lambda: StreamRulesHarness(Gate(SMALL_ENGINE)),
+    "dma": lambda: StreamRulesHarness(DMA(SMALL_ENGINE, max_outstanding=2), dma_environment),
+    "gemm_engine": lambda: StreamRulesHarness(GemmEngine(SMALL_ENGINE)),
+}
+"""Units whose output streams keep valid and payload until ready, with their environments."""
 
 
 def mutant_module(unit: types.ModuleType, original: str, replacement: str) -> types.ModuleType:
@@ -150,3 +171,23 @@ def test_tile_sequencer_issuing_without_credit_is_caught():
     )
     result = prove(harness, harness.ports, name="tile_credits_mutant", depth=TILE_CREDIT_DEPTH)
     assert not result.passed
+
+
+@pytest.mark.parametrize("unit", sorted(STREAM_UNITS))
+def test_stream_rules_bounded_proof(unit):
+    harness = STREAM_UNITS[unit]()
+    result = prove(harness, harness.ports, name=f"streams_{unit}", depth=STREAM_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", sorted(STREAM_UNITS))
+def test_stream_rules_deep_bounded_proof(unit):
+    harness = STREAM_UNITS[unit]()
+    result = prove(harness, harness.ports, name=f"streams_{unit}_deep", depth=STREAM_DEEP_DEPTH)
+    assert result.passed, f"counterexample: {result.trace}"
+
+
+def test_a_unit_without_output_streams_is_refused():
+    with pytest.raises(ValueError, match="sends no stream"):
+        StreamRulesHarness(TopK(2, signed(4), 2))
