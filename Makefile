@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak formal bench notebooks clean synth verilog synth-sweep resource-fit lz4-headers
+.PHONY: demo test lint soak coverage formal bench notebooks clean synth verilog synth-sweep resource-fit lz4-headers
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory lz4-headers
@@ -38,9 +38,18 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
-# The long randomised runs, among them 10,000 random layers, spread over the cores (pytest-xdist).
+# The long randomised runs, among them 10,000 random layers, spread over the cores (pytest-xdist);
+# every declared functional bin must be hit (sim/tb/functional_coverage.py, summed over workers).
 soak: $(STAMP)
-	$(BIN)/python -m pytest -m slow -n auto
+	$(BIN)/python -m pytest -m slow -n auto -p sim.tb.functional_coverage
+
+# The RTL tests on Verilator coverage builds (own cache under build/coverage/): line, branch and
+# toggle coverage per module, before and after sim/coverage_waivers.toml, with the functional
+# bins, in build/coverage/report.md (annotated Verilog, lcov .info beside it); tables into
+# docs/verification.md. COVERAGE_ARGS go to pytest (e.g. COVERAGE_ARGS="-n 2").
+COVERAGE_ARGS ?=
+coverage: $(STAMP)
+	$(BIN)/python -m sim.coverage --write-doc docs/verification.md -- $(COVERAGE_ARGS)
 
 # Every bounded proof (tests/rtl/test_formal.py), the deep ones included; make test runs the
 # shallow subset.

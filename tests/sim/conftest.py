@@ -1,4 +1,5 @@
-"""Shared fixture of the whole-accelerator tests on the fast backend."""
+"""Shared fixture of the whole-accelerator tests on the fast backend; the functional bins'
+report (`sim.tb.functional_coverage`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from rtl.top import MoEAccel
 from sim.fast import FastSim
+from sim.tb import functional_coverage
 from sim.tb.layer_cases import SMALL_TOP
 
 MEM_BYTES = 1 << 18
@@ -21,3 +23,7 @@ def sim() -> Iterator[FastSim]:
         lambda: MoEAccel(SMALL_TOP), SMALL_TOP, MEM_BYTES, read_latency=12, name="moe_accel"
     ) as s:
         yield s
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    functional_coverage.pytest_configure(config)
