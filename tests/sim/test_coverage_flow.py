@@ -67,7 +67,7 @@ def test_points_are_read_and_numbered_copies_folded(dat):
         "toggle"
     ] * 2
     assert {p.module for p in points} == {"top.core", "top.pe_*_*", "top"}
-    assert points[4].text == "acc[31]:0->1 @ top.v:9"
+    assert points[4].text == "acc[31]:0->1 @ top.v:9: "  # no Verilog file: no line text
 
 
 def test_waivers_apply_in_order_and_report_their_points(dat, tmp_path):
@@ -86,7 +86,7 @@ def test_waivers_apply_in_order_and_report_their_points(dat, tmp_path):
     toggle = summary.modules["top.pe_*_*"]["toggle"]
     assert (toggle.hit, toggle.total, toggle.waived) == (1, 2, 1)
     assert toggle.percent(False) == 50.0 and toggle.percent(True) == 100.0
-    assert [p.text for p in missed(points, waivers)] == ["block @ top.v:4", "else @ top.v:5"]
+    assert [p.text for p in missed(points, waivers)] == ["block @ top.v:4: ", "else @ top.v:5: "]
     text = report(points, waivers)
     assert "| `top.core` | 50.0 (2) | 50.0 (2) | – |" in text
     assert "| `toggle /pe_/ /\\[31\\]/` | 1 | the sign bit cannot toggle at T <= 16 |" in text
