@@ -34,7 +34,7 @@ loads run at the bus rate.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -43,26 +43,25 @@ from amaranth.utils import ceil_log2, exact_log2
 from pymodel.config import AccelConfig, ConfigError
 
 from . import layout
-from .axi import ADDR_WIDTH
+from .activation_feeder import ActivationFeeder, ActSource, max_sorted_rows, sorted_row_layout
 from .combine import Combiner
 from .dispatch import Dispatcher
+from .dispatch_tables import DispatchTables, inverse_layout
 from .dma import dma_command_layout, read_beat_layout
-from .gate import Gate, SharedMode
+from .gate import Gate
 from .gemm_engine import GemmEngine
+from .loaders import LutLoader, ParamLoader, RowLoader, WordDest, WordLoader
+from .output_sink import OutputSink, SinkKind
+from .phase_counters import Phase, PhaseCounters, phase_counter_layout
 from .postproc import Mode, wide_bits
-from .regs import COUNTER_BITS, FFNKind, descriptor_layout
+from .regs import FFNKind, descriptor_layout
+from .regs import SharedExpert as SharedMode
 from .resize import Resizer
+from .routing_recorder import RoutingRecorder
+from .streams import CommandRegister, MemoryReader, StreamDemux, StreamMux
 from .tile_sequencer import CommandError, counter_layout
 
 __all__ = ["LayerSequencer", "descriptor_layout", "phase_counter_layout"]
-
-
-PHASES = ("total", "route", "dispatch", "experts", "shared", "combine")
-
-
-def phase_counter_layout() -> data.StructLayout:
-    """Cycle counters per phase (`shared` lies within `experts`)."""
-    return data.StructLayout({name: unsigned(COUNTER_BITS) for name in PHASES})
 
 
 class _ReadSel(enum.Enum, shape=3):
@@ -76,27 +75,10 @@ class _ReadSel(enum.Enum, shape=3):
     PARAMS = 5
 
 
-class _WordDest(enum.Enum, shape=1):
-    BIAS = 0
-    DESC = 1
-
-
 class _WriteSel(enum.Enum, shape=2):
     ROUTING = 0
     YBUF = 1
     COMBINE = 2
-
-
-class _ActSrc(enum.Enum, shape=2):
-    TOKENS = 0
-    SORTED = 1
-    HBUF = 2
-
-
-class _Sink(enum.Enum, shape=2):
-    LOGIT = 0
-    HBUF = 1
-    YBUF = 2
 
 
 class LayerSequencer(wiring.Component):
@@ -191,11 +173,9 @@ class LayerSequencer(wiring.Component):
         tok_bits = ceil_log2(cfg.max_tokens) or 1
         slot_tok = mem("slot_tok", unsigned(tok_bits), pairs_max)
         weight_mem = mem("weight_mem", unsigned(cfg.gate_weight_bits), pairs_max)
-        inv_layout = data.StructLayout({"row": dshape.rows, "valid": 1})
-        inv_mem = mem("inv_mem", inv_layout, pairs_max)
-        sorted_layout = data.StructLayout({"token": unsigned(tok_bits), "pad": 1})
-        max_rows = pairs_max + cfg.max_experts * (cfg.m_tile - 1)
-        sorted_mem = mem("sorted_mem", sorted_layout, max_rows)
+        inv_mem = mem("inv_mem", inverse_layout(cfg), pairs_max)
+        max_rows = max_sorted_rows(cfg)
+        sorted_mem = mem("sorted_mem", sorted_row_layout(cfg), max_rows)
         shw_mem = mem("shw_mem", unsigned(cfg.gate_weight_bits), cfg.max_tokens)
         count_mem = mem("count_mem", dshape.count, cfg.max_experts)
         tiles_mem = mem("tiles_mem", dshape.count, cfg.max_experts)
@@ -219,21 +199,10 @@ class LayerSequencer(wiring.Component):
         ]
 
         # ---------------- DMA command registers ----------------
-        rd_pending, wr_pending = Signal(), Signal()
-        rd_addr, rd_len = Signal(ADDR_WIDTH), Signal(32)
-        wr_addr, wr_len = Signal(ADDR_WIDTH), Signal(32)
-        m.d.comb += [
-            self.rd_cmd.valid.eq(rd_pending),
-            self.rd_cmd.payload.addr.eq(rd_addr),
-            self.rd_cmd.payload.length.eq(rd_len),
-            self.wr_cmd.valid.eq(wr_pending),
-            self.wr_cmd.payload.addr.eq(wr_addr),
-            self.wr_cmd.payload.length.eq(wr_len),
-        ]
-        with m.If(self.rd_cmd.ready):
-            m.d.sync += rd_pending.eq(0)
-        with m.If(self.wr_cmd.ready):
-            m.d.sync += wr_pending.eq(0)
+        rd_cmd = m.submodules.rd_cmd = CommandRegister(dma_command_layout())
+        wr_cmd = m.submodules.wr_cmd = CommandRegister(dma_command_layout())
+        wiring.connect(m, rd_cmd.o, wiring.flipped(self.rd_cmd))
+        wiring.connect(m, wr_cmd.o, wiring.flipped(self.wr_cmd))
 
         # ---------------- read-side resizers ----------------
         rsel = Signal(_ReadSel)
@@ -253,96 +222,49 @@ class LayerSequencer(wiring.Component):
             _ReadSel.TERM: rz_term,
             _ReadSel.PARAMS: rz_params,
         }
-        for name, rz in zip(
-            ("rz_words", "rz_x", "rz_w", "rz_lut", "rz_term", "rz_params"),
-            readers.values(),
-            strict=True,
-        ):
-            m.submodules[name] = rz
+        rd_demux = m.submodules.rd_demux = StreamDemux(unsigned(8 * B), _ReadSel)
+        m.d.comb += [
+            rd_demux.sel.eq(rsel),
+            rd_demux.i.valid.eq(self.rd_data.valid),
+            rd_demux.i.payload.eq(self.rd_data.payload.data),
+            self.rd_data.ready.eq(rd_demux.i.ready),
+        ]
         for sel, rz in readers.items():
-            m.d.comb += [
-                rz.i.valid.eq(self.rd_data.valid & (rsel == sel)),
-                rz.i.payload.eq(self.rd_data.payload.data),
-            ]
-            with m.If(rsel == sel):
-                m.d.comb += self.rd_data.ready.eq(rz.i.ready)
+            m.submodules[f"rz_{sel.name.lower()}"] = rz
+            wiring.connect(m, getattr(rd_demux, sel.name.lower()), rz.i)
 
         def read(addr, length, sel, rz, count):
-            m.d.sync += [
-                rd_pending.eq(1),
-                rd_addr.eq(addr),
-                rd_len.eq(length),
-                rsel.eq(sel),
+            m.d.comb += [
+                rd_cmd.load.eq(1),
+                rd_cmd.data.addr.eq(addr),
+                rd_cmd.data.length.eq(length),
             ]
+            m.d.sync += rsel.eq(sel)
             m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
-        # Parameter words: PW channels' (m, s) a cycle into one parameter row.
-        p_row = Signal(range(engine.param_rows + 1))
-        p_group = Signal(range(C // PW))
+        # Loaders: parameter rows, bias or descriptor words, LUT rows, token rows.
+        params = m.submodules.param_loader = ParamLoader(cfg, engine.param_rows)
+        wiring.connect(m, rz_params.o, params.i)
+        wiring.connect(m, params.o, engine.param_w)
+        words = m.submodules.word_loader = WordLoader(cfg)
+        wiring.connect(m, rz_words.o, words.i)
         m.d.comb += [
-            rz_params.o.ready.eq(1),
-            engine.param_w.valid.eq(rz_params.o.valid),
-            engine.param_w.payload.row.eq(p_row),
-            engine.param_w.payload.group.eq(p_group),
+            gate.bias_addr.eq(words.bias_addr),
+            gate.bias_data.eq(words.bias_data),
+            gate.bias_we.eq(words.bias_we),
         ]
-        for j in range(PW):
-            pword = rz_params.o.payload.word_select(j, 32)
-            m.d.comb += [
-                engine.param_w.payload.words[j].mult.eq(pword[: cfg.mult_bits]),
-                engine.param_w.payload.words[j].shift.eq(
-                    pword[layout.PARAM_SHIFT_LSB : layout.PARAM_SHIFT_LSB + 6]
-                ),
-            ]
-        with m.If(rz_params.o.valid):
-            m.d.sync += p_group.eq(p_group + 1)
-            with m.If(p_group == C // PW - 1):
-                m.d.sync += [p_group.eq(0), p_row.eq(p_row + 1)]
-
-        # Words: bias writes, descriptor capture.
-        wdest = Signal(_WordDest)
-        w_idx = Signal(range(cfg.max_experts + len(layout.DESC_FIELDS) + 1))
-        desc_words = Array(Signal(32, name=f"dw_{n}") for n in layout.DESC_FIELDS)
-        dw = {n: desc_words[i] for i, n in enumerate(layout.DESC_FIELDS)}
-        word = rz_words.o.payload
-        m.d.comb += rz_words.o.ready.eq(1)
-        m.d.comb += [
-            gate.bias_addr.eq(w_idx),
-            gate.bias_data.eq(word),
-        ]
-        with m.If(rz_words.o.valid):
-            with m.Switch(wdest):
-                with m.Case(_WordDest.BIAS):
-                    m.d.comb += gate.bias_we.eq(1)
-                with m.Case(_WordDest.DESC):
-                    m.d.sync += desc_words[w_idx].eq(word)
-            m.d.sync += w_idx.eq(w_idx + 1)
-
-        # LUT bytes, LV entries a cycle.
-        lut_row = Signal(range(2**A // LV + 1))
-        m.d.comb += [
-            rz_lut.o.ready.eq(1),
-            engine.lut_w.valid.eq(rz_lut.o.valid),
-            engine.lut_w.payload.row.eq(lut_row),
-            engine.lut_w.payload.values.eq(rz_lut.o.payload),
-        ]
-        with m.If(rz_lut.o.valid):
-            m.d.sync += lut_row.eq(lut_row + 1)
-
-        # Token rows into the X buffer.
-        xl_tok = Signal(range(cfg.max_tokens + 1))
-        xl_word = Signal(range(XROW + 1))
+        dw = words.desc
+        lut = m.submodules.lut_loader = LutLoader(cfg)
+        wiring.connect(m, rz_lut.o, lut.i)
+        wiring.connect(m, lut.o, engine.lut_w)
         x_words = Signal(range(XROW + 1))
         m.d.comb += x_words.eq(ys >> exact_log2(WX))
-        m.d.comb += [
-            rz_x.o.ready.eq(1),
-            x_wr.en.eq(rz_x.o.valid),
-            x_wr.addr.eq(xl_tok * XROW + xl_word),
-            x_wr.data.eq(rz_x.o.payload),
-        ]
-        with m.If(rz_x.o.valid):
-            m.d.sync += xl_word.eq(xl_word + 1)
-            with m.If(xl_word == x_words - 1):
-                m.d.sync += [xl_word.eq(0), xl_tok.eq(xl_tok + 1)]
+        x_load = m.submodules.x_loader = RowLoader(
+            len(x_wr.addr), x_mem.shape, cfg.max_tokens, XROW
+        )
+        wiring.connect(m, rz_x.o, x_load.i)
+        wiring.connect(m, x_load.wr, x_wr)
+        m.d.comb += x_load.words.eq(x_words)
 
         # Weights into the engine.
         m.d.comb += [
@@ -352,36 +274,28 @@ class LayerSequencer(wiring.Component):
         ]
 
         # Expert-output rows into the term buffer.
-        tm_base = Signal(range((cfg.max_top_k + 1) * TROW + 1))
-        tm_idx = Signal(range(TROW + 1))
-        m.d.comb += [
-            rz_term.o.ready.eq(1),
-            tm_wr.en.eq(rz_term.o.valid),
-            tm_wr.addr.eq(tm_base + tm_idx),
-            tm_wr.data.eq(rz_term.o.payload),
-        ]
-        with m.If(rz_term.o.valid):
-            m.d.sync += tm_idx.eq(tm_idx + 1)
+        term_load = m.submodules.term_loader = RowLoader(
+            len(tm_wr.addr), term_mem.shape, cfg.max_top_k + 1, TROW
+        )
+        wiring.connect(m, rz_term.o, term_load.i)
+        wiring.connect(m, term_load.wr, tm_wr)
+        m.d.comb += term_load.words.eq(ys >> exact_log2(C))
 
         # ---------------- write-side resizers ----------------
         wsel = Signal(_WriteSel)
         rz_route = Resizer(layout.ROUTING_RECORD_BYTES, B)
         rz_y = Resizer(WY, B)
         rz_comb = Resizer(C, B)
-        m.submodules.rz_route = rz_route
-        m.submodules.rz_y = rz_y
-        m.submodules.rz_comb = rz_comb
+        wr_mux = m.submodules.wr_mux = StreamMux(unsigned(8 * B), _WriteSel)
+        m.d.comb += wr_mux.sel.eq(wsel)
+        wiring.connect(m, wr_mux.o, wiring.flipped(self.wr_data))
         for sel, rz in (
             (_WriteSel.ROUTING, rz_route),
             (_WriteSel.YBUF, rz_y),
             (_WriteSel.COMBINE, rz_comb),
         ):
-            m.d.comb += rz.o.ready.eq(self.wr_data.ready & (wsel == sel))
-            with m.If(wsel == sel):
-                m.d.comb += [
-                    self.wr_data.valid.eq(rz.o.valid),
-                    self.wr_data.payload.eq(rz.o.payload),
-                ]
+            m.submodules[f"rz_{sel.name.lower()}"] = rz
+            wiring.connect(m, rz.o, getattr(wr_mux, sel.name.lower()))
 
         # No write command outstanding once wb_busy is low (cleared by wr_done; set below
         # by `write`, which comes later in the file and so wins in the same cycle).
@@ -390,140 +304,52 @@ class LayerSequencer(wiring.Component):
             m.d.sync += wb_busy.eq(0)
 
         def write(addr, length, sel, rz, count):
-            m.d.sync += [
-                wr_pending.eq(1),
-                wr_addr.eq(addr),
-                wr_len.eq(length),
-                wsel.eq(sel),
-                wb_busy.eq(1),
+            m.d.comb += [
+                wr_cmd.load.eq(1),
+                wr_cmd.data.addr.eq(addr),
+                wr_cmd.data.length.eq(length),
             ]
+            m.d.sync += [wsel.eq(sel), wb_busy.eq(1)]
             m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
         # ---------------- engine activation feeder ----------------
-        f_run = Signal()
-        f_src = Signal(_ActSrc)
-        f_row0 = Signal(range(max_rows + 1))
-        f_m = Signal(range(MB + 1))
-        f_nt = Signal(range(engine.param_rows + 1))
-        f_passes = Signal(range(3))
-        f_kt_n = Signal(range(layout.n_tiles(max(cfg.max_d_model, cfg.max_d_ff), R) + 1))
-        f_n, f_p, f_kt, f_i = (
-            Signal.like(f_nt, name="f_n"),
-            Signal(range(2), name="f_p"),
-            Signal.like(f_kt_n, name="f_kt"),
-            Signal(range(MB), name="f_i"),
-        )
-        adv = Signal()
-        a_valid, b_valid = Signal(), Signal()
-        a_i = Signal.like(f_i)
-        a_kt = Signal.like(f_kt)
-        b_pad = Signal()
-        b_sub = Signal(range(max(WX, WH) // R + 1))
-        b_src = Signal(_ActSrc)
-        m.d.comb += adv.eq(~b_valid | engine.act.ready)
-        fire0 = f_run & adv
-        m.d.comb += [
-            so_rd.en.eq(adv),
-            so_rd.addr.eq(f_row0 + f_i),
-            x_rd.en.eq(adv),
-            h_rd.en.eq(adv),
-        ]
-        with m.If(fire0):
-            m.d.sync += f_i.eq(f_i + 1)
-            with m.If(f_i == f_m - 1):
-                m.d.sync += [f_i.eq(0), f_kt.eq(f_kt + 1)]
-                with m.If(f_kt == f_kt_n - 1):
-                    m.d.sync += [f_kt.eq(0), f_p.eq(f_p + 1)]
-                    with m.If(f_p == f_passes - 1):
-                        m.d.sync += [f_p.eq(0), f_n.eq(f_n + 1)]
-                        with m.If(f_n == f_nt - 1):
-                            m.d.sync += f_run.eq(0)
-        with m.If(adv):
-            m.d.sync += [a_valid.eq(fire0), a_i.eq(f_i), a_kt.eq(f_kt)]
-        token_a = Signal(tok_bits + 1)
-        pad_a = Signal()
-        row_tok = f_row0 + a_i
-        with m.If(f_src == _ActSrc.SORTED):
-            m.d.comb += [token_a.eq(so_rd.data.token), pad_a.eq(so_rd.data.pad)]
-        with m.Else():
-            m.d.comb += [token_a.eq(row_tok), pad_a.eq(row_tok >= desc.t)]
-        x_sub_bits = exact_log2(WX // R)
-        h_sub_bits = exact_log2(WH // R)
-        m.d.comb += [
-            x_rd.addr.eq(token_a * XROW + (a_kt >> x_sub_bits)),
-            h_rd.addr.eq(a_i * HROW + (a_kt >> h_sub_bits)),
-        ]
-        with m.If(adv):
-            m.d.sync += [
-                b_valid.eq(a_valid),
-                b_pad.eq(pad_a & (f_src != _ActSrc.HBUF)),
-                b_sub.eq(Mux(f_src == _ActSrc.HBUF, a_kt[:h_sub_bits], a_kt[:x_sub_bits])),
-                b_src.eq(f_src),
-            ]
-        x_slice = x_rd.data.as_value().word_select(b_sub[:x_sub_bits] if x_sub_bits else 0, 8 * R)
-        h_slice = h_rd.data.as_value().word_select(b_sub[:h_sub_bits] if h_sub_bits else 0, 8 * R)
-        m.d.comb += [
-            engine.act.valid.eq(b_valid),
-            engine.act.payload.eq(Mux(b_pad, 0, Mux(b_src == _ActSrc.HBUF, h_slice, x_slice))),
-        ]
+        feeder = m.submodules.feeder = ActivationFeeder(cfg, MB, engine.param_rows)
+        wiring.connect(m, feeder.sorted_rd, so_rd)
+        wiring.connect(m, feeder.x_rd, x_rd)
+        wiring.connect(m, feeder.h_rd, h_rd)
+        wiring.connect(m, feeder.act, engine.act)
+        m.d.comb += feeder.tokens.eq(desc.t)
 
         def feed(src, row0, mm, nt, passes, kt_n):
-            m.d.sync += [
-                f_run.eq(1),
-                f_src.eq(src),
-                f_row0.eq(row0),
-                f_m.eq(mm),
-                f_nt.eq(nt),
-                f_passes.eq(passes),
-                f_kt_n.eq(kt_n),
-                f_n.eq(0),
-                f_p.eq(0),
-                f_kt.eq(0),
-                f_i.eq(0),
+            m.d.comb += [
+                feeder.start.eq(1),
+                feeder.cmd.src.eq(src),
+                feeder.cmd.row0.eq(row0),
+                feeder.cmd.m.eq(mm),
+                feeder.cmd.nt.eq(nt),
+                feeder.cmd.passes.eq(passes),
+                feeder.cmd.kt_n.eq(kt_n),
             ]
 
         # ---------------- engine output sink ----------------
-        s_kind = Signal(_Sink)
-        s_row0 = Signal(range(cfg.max_tokens + 1))
-        s_m = Signal(range(MB + 1))
-        s_n = Signal(range(engine.param_rows + 1))
-        s_i = Signal(range(MB))
-        out = engine.out
-        m.d.comb += out.ready.eq(1)
-        hw_sub, yw_sub = exact_log2(WH // C), exact_log2(WY // C)
-        m.d.comb += [
-            lg_wr.addr.eq((s_row0 + s_i) * LT + s_n),
-            lg_wr.data.eq(out.payload.wide),
-            h_wr.addr.eq(s_i * HROW + (s_n >> hw_sub)),
-            y_wr.addr.eq(s_i * YROW + (s_n >> yw_sub)),
-        ]
-        for lane in range(WH):
-            m.d.comb += h_wr.data[lane].eq(out.payload.data[lane % C])
-        for lane in range(WY):
-            m.d.comb += y_wr.data[lane].eq(out.payload.data[lane % C])
-        h_group = s_n[:hw_sub] if hw_sub else Const(0, 1)
-        y_group = s_n[:yw_sub] if yw_sub else Const(0, 1)
-        with m.If(out.valid):
-            with m.Switch(s_kind):
-                with m.Case(_Sink.LOGIT):
-                    m.d.comb += lg_wr.en.eq(1)
-                with m.Case(_Sink.HBUF):
-                    m.d.comb += h_wr.en.eq(Const(1, WH // C) << h_group)
-                with m.Case(_Sink.YBUF):
-                    m.d.comb += y_wr.en.eq(Const(1, WY // C) << y_group)
-            m.d.sync += s_i.eq(s_i + 1)
-            with m.If(s_i == s_m - 1):
-                m.d.sync += [s_i.eq(0), s_n.eq(s_n + 1)]
+        sink_unit = m.submodules.sink = OutputSink(cfg, MB, engine.param_rows)
+        wiring.connect(m, engine.out, sink_unit.i)
+        wiring.connect(m, sink_unit.logit_wr, lg_wr)
+        wiring.connect(m, sink_unit.h_wr, h_wr)
+        wiring.connect(m, sink_unit.y_wr, y_wr)
 
         def sink(kind, row0, mm):
-            m.d.sync += [s_kind.eq(kind), s_row0.eq(row0), s_m.eq(mm), s_n.eq(0), s_i.eq(0)]
+            m.d.comb += [
+                sink_unit.start.eq(1),
+                sink_unit.cmd.kind.eq(kind),
+                sink_unit.cmd.row0.eq(row0),
+                sink_unit.cmd.m.eq(mm),
+            ]
 
         # ---------------- engine command ----------------
-        cmd_pending = Signal()
-        cmd = engine.cmd.payload
-        m.d.comb += engine.cmd.valid.eq(cmd_pending)
-        with m.If(engine.cmd.ready):
-            m.d.sync += cmd_pending.eq(0)
+        eng_cmd = m.submodules.eng_cmd = CommandRegister(engine.cmd.payload.shape())
+        wiring.connect(m, eng_cmd.o, engine.cmd)
+        cmd = eng_cmd.data
         eng_error = Signal()
         with m.If(engine.done & (engine.error != CommandError.NONE)):
             m.d.sync += eng_error.eq(1)
@@ -551,8 +377,8 @@ class LayerSequencer(wiring.Component):
         ):
             passes = Mux(mode == Mode.SWIGLU, 2, 1)
             nt = ceil_div_pow2(n, C)
-            m.d.sync += [
-                cmd_pending.eq(1),
+            m.d.comb += [
+                eng_cmd.load.eq(1),
                 cmd.m.eq(mm),
                 cmd.k.eq(k),
                 cmd.n.eq(n),
@@ -573,32 +399,25 @@ class LayerSequencer(wiring.Component):
             sink(sink_kind, sink_row0, mm)
 
         # ---------------- logit serialiser → gate ----------------
-        z_run = Signal()
-        z_t = Signal(range(cfg.max_tokens + 1))
-        z_c = Signal(range(cfg.max_experts + 2))
-        z_valid = Signal()
-        z_lane = Signal(range(C))
-        z_last = Signal()
-        z_adv = ~z_valid | gate.logits.ready
+        z = m.submodules.logit_reader = MemoryReader(
+            len(lg_rd.addr),
+            logit_mem.shape,
+            outer=cfg.max_tokens,
+            inner=cfg.max_experts + 1,
+            side=data.StructLayout({"lane": range(C), "last": 1}),
+        )
+        wiring.connect(m, z.rd, lg_rd)
         m.d.comb += [
-            lg_rd.en.eq(z_adv),
-            lg_rd.addr.eq(z_t * LT + (z_c >> exact_log2(C))),
-            gate.logits.valid.eq(z_valid),
-            gate.logits.payload.logit.eq(lg_rd.data[z_lane]),
-            gate.logits.payload.last.eq(z_last),
+            z.outer_count.eq(desc.t),
+            z.inner_count.eq(ncol),
+            z.addr.eq(z.outer * LT + (z.inner >> exact_log2(C))),
+            z.side_in.lane.eq(z.inner[: exact_log2(C)] if C > 1 else 0),
+            z.side_in.last.eq(z.last_outer & z.last_inner),
+            gate.logits.valid.eq(z.o.valid),
+            gate.logits.payload.logit.eq(z.o.payload.data[z.o.payload.side.lane]),
+            gate.logits.payload.last.eq(z.o.payload.side.last),
+            z.o.ready.eq(gate.logits.ready),
         ]
-        with m.If(z_adv):
-            m.d.sync += [
-                z_valid.eq(z_run),
-                z_lane.eq(z_c[: exact_log2(C)] if C > 1 else 0),
-                z_last.eq((z_t == desc.t - 1) & (z_c == ncol - 1)),
-            ]
-            with m.If(z_run):
-                m.d.sync += z_c.eq(z_c + 1)
-                with m.If(z_c == ncol - 1):
-                    m.d.sync += [z_c.eq(0), z_t.eq(z_t + 1)]
-                    with m.If(z_t == desc.t - 1):
-                        m.d.sync += z_run.eq(0)
 
         # Gate configuration.
         m.d.comb += [
@@ -618,163 +437,74 @@ class LayerSequencer(wiring.Component):
             comb.out_shift.eq(desc.out_shift),
         ]
 
-        # Gate pairs → dispatcher, slot tables, routing records.
-        pairs = gate.pairs
-        g_slot = Signal(range(pairs_max + 1))
+        # Gate pairs → dispatcher, slot tables, routing records; shared weights.
         g_pad = Signal()  # feed zero records until the routing write is complete
-        pair_fire = pairs.valid & disp.pairs.ready & rz_route.i.ready
-        m.d.comb += [
-            pairs.ready.eq(disp.pairs.ready & rz_route.i.ready),
-            disp.pairs.valid.eq(pairs.valid & rz_route.i.ready),
-            disp.pairs.payload.expert.eq(pairs.payload.expert),
-            disp.pairs.payload.last.eq(pairs.payload.last),
-            rz_route.i.valid.eq((pairs.valid & disp.pairs.ready) | g_pad),
-            rz_route.i.payload.eq(
-                Mux(
-                    g_pad,
-                    0,
-                    Cat(
-                        pairs.payload.expert,
-                        Const(0, 32 - len(pairs.payload.expert)),
-                        pairs.payload.weight,
-                        Const(0, 32 - cfg.gate_weight_bits),
-                    ),
-                )
-            ),
-            st_wr.addr.eq(g_slot),
-            st_wr.data.eq(pairs.payload.token),
-            wm_wr.addr.eq(g_slot),
-            wm_wr.data.eq(pairs.payload.weight),
-            st_wr.en.eq(pair_fire),
-            wm_wr.en.eq(pair_fire),
-        ]
-        with m.If(pair_fire):
-            m.d.sync += g_slot.eq(g_slot + 1)
-        # Shared weights.
-        sh_tok = Signal(range(cfg.max_tokens + 1))
-        m.d.comb += [
-            gate.shared.ready.eq(1),
-            sh_wr.en.eq(gate.shared.valid),
-            sh_wr.addr.eq(sh_tok),
-            sh_wr.data.eq(gate.shared.payload.weight),
-        ]
-        with m.If(gate.shared.valid):
-            m.d.sync += sh_tok.eq(sh_tok + 1)
+        recorder = m.submodules.routing_recorder = RoutingRecorder(cfg)
+        wiring.connect(m, gate.pairs, recorder.pairs)
+        wiring.connect(m, gate.shared, recorder.shared)
+        wiring.connect(m, recorder.disp_pairs, disp.pairs)
+        wiring.connect(m, recorder.records, rz_route.i)
+        wiring.connect(m, recorder.slot_token_wr, st_wr)
+        wiring.connect(m, recorder.slot_weight_wr, wm_wr)
+        wiring.connect(m, recorder.shared_weight_wr, sh_wr)
+        m.d.comb += recorder.pad.eq(g_pad)
 
         # Dispatcher outputs → count/tile tables, sorted rows, inverse positions.
-        cn_idx = Signal(range(cfg.max_experts + 1))
+        tables = m.submodules.dispatch_tables = DispatchTables(cfg)
+        wiring.connect(m, disp.counts, tables.counts)
+        wiring.connect(m, disp.tiles, tables.tiles)
+        wiring.connect(m, disp.rows, tables.rows)
+        wiring.connect(m, tables.count_wr, cn_wr)
+        wiring.connect(m, tables.tile_wr, ti_wr)
+        wiring.connect(m, tables.sorted_wr, so_wr)
+        wiring.connect(m, tables.inverse_wr, inv_wr)
+        wiring.connect(m, tables.slot_token_rd, st_rd)
         m.d.comb += [
-            disp.counts.ready.eq(1),
-            cn_wr.en.eq(disp.counts.valid),
-            cn_wr.addr.eq(cn_idx),
-            cn_wr.data.eq(disp.counts.payload.count),
+            tables.pairs.eq(tk),
+            tables.clear_en.eq(recorder.fire),
+            tables.clear_slot.eq(recorder.slot),
         ]
-        with m.If(disp.counts.valid):
-            m.d.sync += cn_idx.eq(cn_idx + 1)
-        ti_prev = Signal(dshape.expert)
-        ti_run = Signal(dshape.count)
-        ti_first = Signal()
-        ti_next = Mux(~ti_first & (disp.tiles.payload.expert == ti_prev), ti_run + 1, 1)
-        m.d.comb += [
-            disp.tiles.ready.eq(1),
-            ti_wr.en.eq(disp.tiles.valid),
-            ti_wr.addr.eq(disp.tiles.payload.expert),
-            ti_wr.data.eq(ti_next),
-        ]
-        with m.If(disp.tiles.valid):
-            m.d.sync += [ti_prev.eq(disp.tiles.payload.expert), ti_run.eq(ti_next), ti_first.eq(0)]
-        r_row = Signal(dshape.rows)
-        r1_valid, r1_pad = Signal(), Signal()
-        r1_slot = Signal(dshape.slot)
-        r1_row = Signal(dshape.rows)
-        disp_done = Signal()
-        rows = disp.rows
-        m.d.comb += [rows.ready.eq(1), st_rd.en.eq(1), st_rd.addr.eq(rows.payload.slot)]
-        m.d.sync += [
-            r1_valid.eq(rows.valid),
-            r1_pad.eq(rows.payload.slot >= tk),
-            r1_slot.eq(rows.payload.slot),
-            r1_row.eq(r_row),
-        ]
-        with m.If(rows.valid):
-            m.d.sync += r_row.eq(r_row + 1)
-            with m.If(rows.payload.last):
-                m.d.sync += disp_done.eq(1)
-        m.d.comb += [
-            so_wr.en.eq(r1_valid),
-            so_wr.addr.eq(r1_row),
-            so_wr.data.token.eq(st_rd.data),
-            so_wr.data.pad.eq(r1_pad),
-        ]
-        # inv_mem: invalidated per slot as the gate emits it, then set by dispatch.
-        with m.If(r1_valid):
-            m.d.comb += [
-                inv_wr.en.eq(~r1_pad),
-                inv_wr.addr.eq(r1_slot),
-                inv_wr.data.row.eq(r1_row),
-                inv_wr.data.valid.eq(1),
-            ]
-        with m.Else():
-            m.d.comb += [inv_wr.en.eq(pair_fire), inv_wr.addr.eq(g_slot), inv_wr.data.valid.eq(0)]
 
         # ---------------- Y buffer write-back ----------------
-        yb_run = Signal()
-        yb_i = Signal(range(MB + 1))
-        yb_w = Signal(range(YROW + 1))
-        yb_m = Signal(range(MB + 1))
-        yb_valid = Signal()
-        y_words = Signal(range(YROW + 1))
-        m.d.comb += y_words.eq(ys >> exact_log2(WY))
-        yb_adv = ~yb_valid | rz_y.i.ready
+        yb = m.submodules.y_reader = MemoryReader(
+            len(y_rd.addr), y_mem.shape, outer=MB, inner=YROW, side=unsigned(0)
+        )
+        wiring.connect(m, yb.rd, y_rd)
         m.d.comb += [
-            y_rd.en.eq(yb_adv),
-            y_rd.addr.eq(yb_i * YROW + yb_w),
-            rz_y.i.valid.eq(yb_valid),
-            rz_y.i.payload.eq(y_rd.data),
+            yb.inner_count.eq(ys >> exact_log2(WY)),
+            yb.addr.eq(yb.outer * YROW + yb.inner),
+            rz_y.i.valid.eq(yb.o.valid),
+            rz_y.i.payload.eq(yb.o.payload.data),
+            yb.o.ready.eq(rz_y.i.ready),
         ]
-        with m.If(yb_adv):
-            m.d.sync += yb_valid.eq(yb_run)
-            with m.If(yb_run):
-                m.d.sync += yb_w.eq(yb_w + 1)
-                with m.If(yb_w == y_words - 1):
-                    m.d.sync += [yb_w.eq(0), yb_i.eq(yb_i + 1)]
-                    with m.If(yb_i == yb_m - 1):
-                        m.d.sync += yb_run.eq(0)
         # ---------------- combine feeder ----------------
-        c_run = Signal()
-        c_c = Signal(range(TROW + 1))
-        c_j = Signal(range(cfg.max_top_k + 2))
-        c_chunks = Signal(range(TROW + 1))
-        m.d.comb += c_chunks.eq(ys >> exact_log2(C))
         n_terms = Signal(range(cfg.max_top_k + 2))
         m.d.comb += n_terms.eq(desc.k + has_shared)
         kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
         wts = Array(Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k))
         sh_weight = Signal(cfg.gate_weight_bits)
-        ct_valid, ct_last = Signal(), Signal()
-        ct_w = Signal(cfg.gate_weight_bits)
-        ct_adv = ~ct_valid | comb.terms.ready
+        ct = m.submodules.term_reader = MemoryReader(
+            len(tm_rd.addr),
+            term_mem.shape,
+            outer=TROW,
+            inner=cfg.max_top_k + 1,
+            side=data.StructLayout({"weight": unsigned(cfg.gate_weight_bits), "last": 1}),
+        )
+        wiring.connect(m, ct.rd, tm_rd)
+        c_j = ct.inner
         m.d.comb += [
-            tm_rd.en.eq(ct_adv),
-            tm_rd.addr.eq(c_j * TROW + c_c),
-            comb.terms.valid.eq(ct_valid),
-            comb.terms.payload.weight.eq(ct_w),
-            comb.terms.payload.last.eq(ct_last),
+            ct.outer_count.eq(ys >> exact_log2(C)),
+            ct.inner_count.eq(n_terms),
+            ct.addr.eq(c_j * TROW + ct.outer),
+            ct.side_in.last.eq(ct.last_inner),
+            ct.side_in.weight.eq(Mux(c_j == desc.k, sh_weight, Mux(kept[c_j], wts[c_j], 0))),
+            comb.terms.valid.eq(ct.o.valid),
+            comb.terms.payload.weight.eq(ct.o.payload.side.weight),
+            comb.terms.payload.last.eq(ct.o.payload.side.last),
+            ct.o.ready.eq(comb.terms.ready),
         ]
         for lane in range(C):
-            m.d.comb += comb.terms.payload.values[lane].eq(tm_rd.data[lane])
-        with m.If(ct_adv):
-            m.d.sync += [
-                ct_valid.eq(c_run),
-                ct_last.eq(c_j == n_terms - 1),
-                ct_w.eq(Mux(c_j == desc.k, sh_weight, Mux(kept[c_j], wts[c_j], 0))),
-            ]
-            with m.If(c_run):
-                m.d.sync += c_j.eq(c_j + 1)
-                with m.If(c_j == n_terms - 1):
-                    m.d.sync += [c_j.eq(0), c_c.eq(c_c + 1)]
-                    with m.If(c_c == c_chunks - 1):
-                        m.d.sync += c_run.eq(0)
+            m.d.comb += comb.terms.payload.values[lane].eq(ct.o.payload.data[lane])
         m.d.comb += [
             rz_comb.i.valid.eq(comb.out.valid),
             rz_comb.i.payload.eq(comb.out.payload.as_value()),
@@ -782,19 +512,15 @@ class LayerSequencer(wiring.Component):
         ]
 
         # ---------------- phase counters ----------------
-        phase = Signal(range(len(PHASES)))  # 0: none, else index into PHASES
+        phase = Signal(Phase)
         busy = Signal()
-        pc = self.phase_counters
-        with m.If(self.counters_clear):
-            m.d.sync += pc.eq(0)
-        with m.Else():
-            with m.If(busy):
-                m.d.sync += pc.total.eq(pc.total + 1)
-            for i, name in enumerate(PHASES[1:], start=1):
-                with m.If(busy & (phase == i)):
-                    m.d.sync += pc[name].eq(pc[name] + 1)
-            with m.If(busy & (phase == PHASES.index("shared"))):
-                m.d.sync += pc.experts.eq(pc.experts + 1)
+        phases = m.submodules.phase_counters = PhaseCounters()
+        m.d.comb += [
+            phases.busy.eq(busy),
+            phases.phase.eq(phase),
+            phases.clear.eq(self.counters_clear),
+            self.phase_counters.eq(phases.counters),
+        ]
 
         # ---------------- the layer FSM ----------------
         e_cur = Signal(range(cfg.max_experts + 1))
@@ -824,11 +550,10 @@ class LayerSequencer(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [
                         busy.eq(1),
-                        phase.eq(1),
+                        phase.eq(Phase.ROUTE),
                         eng_error.eq(0),
-                        p_row.eq(0),
-                        p_group.eq(0),
                     ]
+                    m.d.comb += params.clear.eq(1)
                     read(
                         desc.rparam_addr,
                         ((ncol * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
@@ -840,7 +565,7 @@ class LayerSequencer(wiring.Component):
             with m.State("LOAD_PARAMS"):
                 with m.If(self.rd_done):
                     with m.If(desc.bias_en):
-                        m.d.sync += [wdest.eq(_WordDest.BIAS), w_idx.eq(0)]
+                        m.d.comb += [words.start.eq(1), words.dest.eq(WordDest.BIAS)]
                         read(
                             desc.bias_addr,
                             ((desc.e * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
@@ -855,7 +580,7 @@ class LayerSequencer(wiring.Component):
                 with m.If(self.rd_done):
                     m.next = "LOAD_X"
             with m.State("LOAD_X"):
-                m.d.sync += [xl_tok.eq(0), xl_word.eq(0)]
+                m.d.comb += x_load.start.eq(1)
                 read(desc.tokens_addr, desc.t * ys, _ReadSel.X, rz_x, desc.t * x_words)
                 m.next = "WAIT_X"
             with m.State("WAIT_X"):
@@ -876,9 +601,9 @@ class LayerSequencer(wiring.Component):
                     gate_shift=0,
                     w_addr=desc.router_w_addr,
                     w_rows=ceil_div_pow2(ncol, C) * (ceil_div_pow2(desc.d, L) << exact_log2(L)),
-                    src=_ActSrc.TOKENS,
+                    src=ActSource.TOKENS,
                     row0=m0,
-                    sink_kind=_Sink.LOGIT,
+                    sink_kind=SinkKind.LOGIT,
                     sink_row0=m0,
                 )
                 m.next = "ROUTE_WAIT"
@@ -892,29 +617,28 @@ class LayerSequencer(wiring.Component):
                     with m.Else():
                         m.next = "GATE"
             with m.State("GATE"):
-                m.d.sync += [
-                    z_run.eq(1),
-                    z_t.eq(0),
-                    z_c.eq(0),
-                    g_slot.eq(0),
-                    sh_tok.eq(0),
-                    g_pad.eq(0),
-                ]
-                m.d.sync += [cn_idx.eq(0), ti_first.eq(1), r_row.eq(0), disp_done.eq(0)]
+                m.d.comb += z.start.eq(1)
+                m.d.sync += g_pad.eq(0)
+                m.d.comb += [recorder.start.eq(1), tables.start.eq(1)]
                 rlen = (
                     (tk * layout.ROUTING_RECORD_BYTES + (B - 1)) >> exact_log2(B)
                 ) << exact_log2(B)
                 write(desc.routing_addr, rlen, _WriteSel.ROUTING, rz_route, rlen >> exact_log2(B))
                 m.next = "GATE_RUN"
             with m.State("GATE_RUN"):
-                with m.If(g_slot == tk):
-                    m.d.sync += [g_pad.eq(1), phase.eq(2)]
+                with m.If(recorder.slot == tk):
+                    m.d.sync += [g_pad.eq(1), phase.eq(Phase.DISPATCH)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(rz_route.idle):
                     m.d.sync += g_pad.eq(0)
-                with m.If(disp_done & ~disp.busy & ~gate.busy & ~wb_busy):
-                    m.d.sync += [phase.eq(3), e_cur.eq(0), base_e.eq(0), is_shared.eq(0)]
+                with m.If(tables.done & ~disp.busy & ~gate.busy & ~wb_busy):
+                    m.d.sync += [
+                        phase.eq(Phase.EXPERTS),
+                        e_cur.eq(0),
+                        base_e.eq(0),
+                        is_shared.eq(0),
+                    ]
                     m.next = "E_NEXT"
             with m.State("E_NEXT"):
                 m.d.comb += [cn_rd.addr.eq(e_cur), ti_rd.addr.eq(e_cur)]
@@ -925,7 +649,7 @@ class LayerSequencer(wiring.Component):
                             rows_e.eq(desc.t),
                             f_cur.eq(desc.fs),
                             gated.eq(1),
-                            phase.eq(4),
+                            phase.eq(Phase.SHARED),
                         ]
                         m.next = "DESC"
                     with m.Else():
@@ -946,7 +670,8 @@ class LayerSequencer(wiring.Component):
                     ]
                     m.next = "DESC"
             with m.State("DESC"):
-                m.d.sync += [wdest.eq(_WordDest.DESC), w_idx.eq(0), m0.eq(0)]
+                m.d.sync += m0.eq(0)
+                m.d.comb += [words.start.eq(1), words.dest.eq(WordDest.DESC)]
                 read(
                     desc.table_addr + e_cur * desc_stride,
                     desc_stride,
@@ -959,7 +684,7 @@ class LayerSequencer(wiring.Component):
                 with m.If(self.rd_done):
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                m.d.sync += [p_row.eq(0), p_group.eq(0)]
+                m.d.comb += params.clear.eq(1)
                 pc_words = dw["param_count"]
                 read(
                     dw["param_addr"],
@@ -971,7 +696,7 @@ class LayerSequencer(wiring.Component):
                 m.next = "PARAMS_WAIT"
             with m.State("PARAMS_WAIT"):
                 with m.If(self.rd_done):
-                    m.d.sync += lut_row.eq(0)
+                    m.d.comb += lut.clear.eq(1)
                     read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, rz_lut, nlut)
                     m.next = "LUT_WAIT"
             with m.State("LUT_WAIT"):
@@ -993,9 +718,9 @@ class LayerSequencer(wiring.Component):
                     gate_shift=dw["gate_shift"],
                     w_addr=dw["w1_addr"],
                     w_rows=dw["w1_rows"],
-                    src=Mux(is_shared, _ActSrc.TOKENS, _ActSrc.SORTED),
+                    src=Mux(is_shared, ActSource.TOKENS, ActSource.SORTED),
                     row0=Mux(is_shared, m0, base_e + m0),
-                    sink_kind=_Sink.HBUF,
+                    sink_kind=SinkKind.HBUF,
                     sink_row0=0,
                 )
                 m.next = "GEMM1_WAIT"
@@ -1018,9 +743,9 @@ class LayerSequencer(wiring.Component):
                         gate_shift=0,
                         w_addr=dw["w2_addr"],
                         w_rows=dw["w2_rows"],
-                        src=_ActSrc.HBUF,
+                        src=ActSource.HBUF,
                         row0=0,
-                        sink_kind=_Sink.YBUF,
+                        sink_kind=SinkKind.YBUF,
                         sink_row0=0,
                     )
                     m.next = "GEMM2_WAIT"
@@ -1038,7 +763,7 @@ class LayerSequencer(wiring.Component):
                             rz_y,
                             (mm * ys) >> exact_log2(B),
                         )
-                        m.d.sync += [yb_run.eq(1), yb_i.eq(0), yb_w.eq(0), yb_m.eq(mm)]
+                        m.d.comb += [yb.start.eq(1), yb.outer_count.eq(mm)]
                         m.d.sync += m0.eq(m0 + mm)
                         with m.If(m0 + mm < rows_e):
                             m.next = "GEMM1"
@@ -1049,7 +774,7 @@ class LayerSequencer(wiring.Component):
                             m.next = "E_NEXT"
             with m.State("COMBINE"):
                 with m.If(~wb_busy):
-                    m.d.sync += [phase.eq(5), t_cur.eq(0), s_cur.eq(0), j_cur.eq(0)]
+                    m.d.sync += [phase.eq(Phase.COMBINE), t_cur.eq(0), s_cur.eq(0), j_cur.eq(0)]
                     write(
                         desc.output_addr,
                         desc.t * ys,
@@ -1076,7 +801,7 @@ class LayerSequencer(wiring.Component):
                     wts[j_cur].eq(wm_rd.data),
                     sh_weight.eq(sh_rd.data),
                 ]
-                m.d.sync += [tm_base.eq(j_cur * TROW), tm_idx.eq(0)]
+                m.d.comb += [term_load.start.eq(1), term_load.first_row.eq(j_cur)]
                 with m.If(inv_rd.data.valid):
                     read(
                         desc.scratch_addr + inv_rd.data.row * ys,
@@ -1095,7 +820,7 @@ class LayerSequencer(wiring.Component):
                 m.d.sync += j_cur.eq(j_cur + 1)
                 with m.If(j_cur == desc.k - 1):
                     with m.If(has_shared):
-                        m.d.sync += [tm_base.eq(desc.k * TROW), tm_idx.eq(0)]
+                        m.d.comb += [term_load.start.eq(1), term_load.first_row.eq(desc.k)]
                         read(
                             desc.shared_scratch_addr + t_cur * ys,
                             ys,
@@ -1112,10 +837,10 @@ class LayerSequencer(wiring.Component):
                 with m.If(self.rd_done):
                     m.next = "C_FEED"
             with m.State("C_FEED"):
-                m.d.sync += [c_run.eq(1), c_c.eq(0), c_j.eq(0)]
+                m.d.comb += ct.start.eq(1)
                 m.next = "C_FEEDING"
             with m.State("C_FEEDING"):
-                with m.If(~c_run & ~ct_valid):
+                with m.If(~ct.running & ~ct.o.valid):
                     m.d.sync += [t_cur.eq(t_cur + 1), s_cur.eq(s_cur + desc.k), j_cur.eq(0)]
                     with m.If(t_cur == desc.t - 1):
                         m.next = "C_DRAIN"
@@ -1123,7 +848,7 @@ class LayerSequencer(wiring.Component):
                         m.next = "C_SLOT"
             with m.State("C_DRAIN"):
                 with m.If(~wb_busy):
-                    m.d.sync += [busy.eq(0), phase.eq(0), self.done.eq(1)]
+                    m.d.sync += [busy.eq(0), phase.eq(Phase.NONE), self.done.eq(1)]
                     m.next = "IDLE"
             with m.State("FAIL"):
                 m.d.comb += self.error.eq(1)

@@ -1,0 +1,78 @@
+"""The layer's phases and their cycle counters.
+
+Why: the driver reports where a layer's cycles go (route, dispatch, experts,
+the shared expert within experts, combine); the layer FSM names its phase
+and this counts it, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, unsigned
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.wiring import In, Out
+
+from .regs import COUNTER_BITS
+
+__all__ = ["PHASES", "Phase", "PhaseCounters", "phase_counter_layout"]
+
+
+class Phase(enum.Enum, shape=3):
+    """The phase the layer FSM is in (`NONE` while idle)."""
+
+    NONE = 0
+    ROUTE = 1
+    DISPATCH = 2
+    EXPERTS = 3
+    SHARED = 4
+    COMBINE = 5
+
+
+PHASES = ("total", "route", "dispatch", "experts", "shared", "combine")
+"""The counters, in layout order: `total`, then one per phase but `NONE`."""
+
+
+def phase_counter_layout() -> data.StructLayout:
+    """Cycle counters per phase (`shared` lies within `experts`)."""
+    return data.StructLayout({name: unsigned(COUNTER_BITS) for name in PHASES})
+
+
+class PhaseCounters(wiring.Component):
+    """Counts the cycles of a busy layer, in total and per phase.
+
+    Ports
+    -----
+    busy : In(1)
+        A layer is running: `total` counts.
+    phase : In(Phase)
+        The phase the counter of that name counts; `SHARED` counts in `experts` too.
+    clear : In(1)
+        Zero every counter (it wins over counting).
+    counters : Out(phase_counter_layout())
+        The counters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            {
+                "busy": In(1),
+                "phase": In(Phase),
+                "clear": In(1),
+                "counters": Out(phase_counter_layout()),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        pc = self.counters
+        with m.If(self.clear):
+            m.d.sync += pc.eq(0)
+        with m.Elif(self.busy):
+            m.d.sync += pc.total.eq(pc.total + 1)
+            for phase in Phase:
+                if phase is not Phase.NONE:
+                    name = phase.name.lower()
+                    with m.If(self.phase == phase):
+                        m.d.sync += pc[name].eq(pc[name] + 1)
+            with m.If(self.phase == Phase.SHARED):
+                m.d.sync += pc.experts.eq(pc.experts + 1)
+        return m
