@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint soak coverage formal bench notebooks clean synth verilog synth-sweep resource-fit lz4-headers
+.PHONY: demo test lint soak coverage formal bench fullsize notebooks clean synth verilog synth-sweep resource-fit lz4-headers
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory lz4-headers
@@ -65,6 +65,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/calibrate.py
 	$(BIN)/python bench/explore_bench.py
 	$(BIN)/python bench/plots.py
+
+# One Mixtral-8x7B and one DeepSeek-V3 layer decode step (T = 1) on the Verilator backend
+# (configs/fullsize.json), bit-exact against the golden model, each in its own process: wall
+# time, peak RSS, cycles beside the cycle model and the roofline (docs/simulation.md).
+fullsize: $(STAMP)
+	$(BIN)/python bench/fullsize.py mixtral_8x7b
+	$(BIN)/python bench/fullsize.py deepseek_v3
 
 # Co-design notebooks, executed in place (plots and tables land in the .ipynb files).
 notebooks: $(STAMP)

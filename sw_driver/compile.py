@@ -188,6 +188,13 @@ class _Image:
 
     def alloc(self, name: str, size: int) -> int:
         addr = layout.align(self.at, layout.REGION_ALIGN)
+        if addr + size > UNMAPPED_ADDR:
+            raise ConfigError(
+                f"the layer's memory image does not fit the 32-bit bus: region {name!r} would "
+                f"end at {(addr + size) / 2**30:.2f} GiB, beyond {UNMAPPED_ADDR / 2**30:.2f} GiB; "
+                "write only the experts the tokens use (compile_layer's resident_experts, "
+                "VerilatorDevice(experts='routed'))"
+            )
         self.regions[name] = Region(addr, size)
         self.at = addr + size
         return addr
@@ -200,15 +207,7 @@ class _Image:
         self.chunks.append(Chunk(addr, size, produce))
 
     def size(self) -> int:
-        size = layout.align(max(self.at - self.base, 1), PAGE)
-        if self.base + size > UNMAPPED_ADDR:
-            raise ConfigError(
-                f"the layer's memory image needs {size / 2**30:.2f} GiB of bus address space "
-                f"from {self.base:#x}, beyond the 32-bit bus's {UNMAPPED_ADDR / 2**30:.2f} GiB; "
-                "write only the experts the tokens use (compile_layer's resident_experts, "
-                "VerilatorDevice(experts='routed'))"
-            )
-        return size
+        return layout.align(max(self.at - self.base, 1), PAGE)
 
 
 def _rows_image(cfg: AccelConfig, rows: np.ndarray, stride: int) -> np.ndarray:

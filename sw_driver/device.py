@@ -201,7 +201,8 @@ class VerilatorDevice:
         self.build_dir = Path(FAST_BUILD_ROOT if build_dir is None else build_dir)
         self.threads = DEFAULT_THREADS if threads is None else threads
         self._sim: FastSim | None = None
-        self._last: LayerImage | None = None
+        self.last_image: LayerImage | None = None
+        """The image of the last run (its regions and resident experts explain the counters)."""
 
     def _model(self, mem_bytes: int) -> FastSim:
         from sim.accelerator import accelerator_top
@@ -210,7 +211,7 @@ class VerilatorDevice:
         if self._sim is None or self._sim.mem.size < mem_bytes:
             if self._sim is not None:
                 self._sim.close()
-            self._last = None
+            self.last_image = None
             self._sim = FastSim(
                 accelerator_top(self.cfg),
                 self.cfg,
@@ -241,11 +242,11 @@ class VerilatorDevice:
         image = compile_layer(ql, x_q, self.cfg, resident_experts=resident)
         check_host_memory(image)
         sim = self._model(image.base + image.mem_bytes)
-        if self._last is not None:
+        if self.last_image is not None:
             # Zero what the last run wrote, leaving untouched pages untouched.
-            for region in self._last.regions.values():
+            for region in self.last_image.regions.values():
                 sim.mem[region.addr : region.addr + region.size] = 0
-        self._last = image
+        self.last_image = image
         image.write_into(sim.mem)
         for reg, value in image.program:
             sim.write_reg(reg, value)

@@ -6,18 +6,26 @@ layout rules and the errors raised before any simulation.
 """
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.families import family_spec
 from pymodel.numerics import NumericsError
+from pymodel.synthetic import synthetic_layer, synthetic_tokens
 from rtl import layout
 from rtl.regs import REGISTER_MAP
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
-from sw_driver.compile import compile_layer, read_outputs
+from sw_driver.compile import UNMAPPED_ADDR, compile_layer, read_outputs
 
 SPECS = mode_specs(24, 40, 8)
+
+
+def layout_root() -> Path:
+    """The checkout (configs/ lives there)."""
+    return Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("mode", ["mixtral", "qwen2_moe", "deepseek_v3", "switch"])
@@ -110,3 +118,47 @@ def test_bad_inputs_raise_before_any_simulation():
         read_outputs(np.zeros(10, np.int8), case.image)
     with pytest.raises(ConfigError, match="does not hold"):
         read_outputs(np.zeros(64, np.uint8), case.image)
+
+
+def test_resident_experts_are_the_only_ones_written() -> None:
+    case = make_case("m", SPECS["mixtral"], SMALL_TOP, tokens=3, seed=5)
+    some = compile_layer(case.ql, case.x_q, SMALL_TOP, resident_experts=[6, 1])
+    assert some.resident == (1, 6) and case.image.resident == tuple(range(8))
+    assert {"expert1.w1", "expert6.params"} <= set(some.regions)
+    assert "expert0.w1" not in some.regions
+    assert some.written_bytes < case.image.written_bytes
+    table = some.regions["expert_table"].addr
+    desc = some.mem[table : table + 8 * layout.desc_bytes(SMALL_TOP)].view("<u4")
+    stride = layout.desc_bytes(SMALL_TOP) // 4
+    assert desc[0] == UNMAPPED_ADDR and desc[2] == UNMAPPED_ADDR and desc[4] == UNMAPPED_ADDR
+    assert desc[stride] == some.regions["expert1.w1"].addr
+    # the resident experts' bytes are the ones a full image holds at its own addresses
+    for part in ("w1", "w2", "params"):
+        a, b = some.regions[f"expert6.{part}"], case.image.regions[f"expert6.{part}"]
+        assert np.array_equal(
+            some.mem[a.addr : a.addr + a.size], case.image.mem[b.addr : b.addr + b.size]
+        )
+    mem = np.zeros(some.mem_bytes, np.uint8)
+    some.write_into(mem)
+    assert np.array_equal(mem, some.mem)
+    with pytest.raises(ConfigError, match="resident_experts holds 8"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP, resident_experts=[8])
+    with pytest.raises(ConfigError, match="collection of ints"):
+        compile_layer(case.ql, case.x_q, SMALL_TOP, resident_experts=3)
+    with pytest.raises(ConfigError, match="does not hold"):
+        some.write_into(np.zeros(64, np.uint8))
+
+
+def test_a_full_size_layer_compiles_without_generating_weights_and_needs_residency() -> None:
+    cfg = AccelConfig.from_json((layout_root() / "configs" / "fullsize.json").read_text())
+    spec = family_spec(
+        "deepseek_v3", d_model=7168, d_ff=2048, n_experts=256, top_k=8, n_group=8, topk_group=4
+    )
+    ql = synthetic_layer(spec, cfg, seed=1)
+    x_q = synthetic_tokens(spec, cfg, 1, seed=1)
+    with pytest.raises(ConfigError, match="32-bit bus"):
+        compile_layer(ql, x_q, cfg)
+    image = compile_layer(ql, x_q, cfg, resident_experts=range(8))
+    expert = 3 * 7168 * 2048
+    assert 9 * expert < image.written_bytes < 9 * expert + 2**22  # + router, tables
+    assert image.mem_bytes < 10 * expert + 2**24
