@@ -34,6 +34,8 @@ loads run at the bus rate.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
@@ -43,7 +45,13 @@ from amaranth.utils import ceil_log2, exact_log2
 from pymodel.config import AccelConfig, ConfigError
 
 from . import layout
-from .activation_feeder import ActivationFeeder, ActSource, max_sorted_rows, sorted_row_layout
+from .activation_feeder import (
+    ActivationFeeder,
+    ActSource,
+    max_sorted_rows,
+    sorted_row_layout,
+    token_bits,
+)
 from .combine import Combiner
 from .dispatch import Dispatcher
 from .dispatch_tables import DispatchTables, inverse_layout
@@ -51,6 +59,7 @@ from .dma import dma_command_layout, read_beat_layout
 from .gate import Gate
 from .gemm_engine import GemmEngine
 from .loaders import LutLoader, ParamLoader, RowLoader, WordDest, WordLoader
+from .logit_serialiser import LogitSerialiser
 from .output_sink import OutputSink, SinkKind
 from .phase_counters import Phase, PhaseCounters, phase_counter_layout
 from .postproc import Mode, wide_bits
@@ -118,109 +127,127 @@ class LayerSequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.cfg
+        p = self._units(m)
+        self._buffers(m, p)
+        self._reads(m, p)
+        self._writes(m, p)
+        self._engine_io(m, p)
+        self._routing(m, p)
+        self._combine_path(m, p)
+        self._fsm_signals(m, p)
+        with m.FSM(name="layer"):
+            self._load_and_route_states(m, p)
+            self._expert_states(m, p)
+            self._combine_states(m, p)
+        return m
+
+    def _units(self, m: Module) -> SimpleNamespace:
+        """The units, the buffer geometry and the per-layer sizes derived from `desc`."""
+        cfg, desc = self.cfg, self.desc
+        p = SimpleNamespace(cfg=cfg, desc=desc)
+        p.engine = m.submodules.engine = GemmEngine(cfg)
+        p.gate = gate = m.submodules.gate = Gate(cfg)
+        p.disp = disp = m.submodules.dispatcher = Dispatcher(cfg)
+        p.comb = comb = m.submodules.combiner = Combiner(cfg)
+        p.mb = p.engine.m_block
         R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
-        L = cfg.weight_rows_per_beat
-        A = cfg.act_bits
-        desc = self.desc
+        p.wx, p.wh, p.wy = max(R, B), max(R, C), max(C, B)
+        p.xrow = layout.row_bytes(cfg, cfg.max_d_model) // p.wx
+        p.hrow = layout.align(cfg.max_d_ff, p.wh) // p.wh
+        p.yrow = layout.row_bytes(cfg, cfg.max_d_model) // p.wy
+        p.trow = layout.row_bytes(cfg, cfg.max_d_model) // C
+        p.lt = layout.n_tiles(cfg.max_experts + 1, C)
+        p.pairs_max = cfg.max_tokens * cfg.max_top_k
+        p.max_rows = max_sorted_rows(cfg)
 
-        engine = GemmEngine(cfg)
-        gate = Gate(cfg)
-        disp = Dispatcher(cfg)
-        comb = Combiner(cfg)
-        m.submodules.engine = engine
-        m.submodules.gate = gate
-        m.submodules.dispatcher = disp
-        m.submodules.combiner = comb
-        MB = engine.m_block
-
-        # ---------------- geometry ----------------
         unit = layout.row_unit(cfg)
-        WX, WH, WY = max(R, B), max(R, C), max(C, B)
-        XROW = layout.row_bytes(cfg, cfg.max_d_model) // WX
-        HROW = layout.align(cfg.max_d_ff, WH) // WH
-        YROW = layout.row_bytes(cfg, cfg.max_d_model) // WY
-        TROW = layout.row_bytes(cfg, cfg.max_d_model) // C
-        LT = layout.n_tiles(cfg.max_experts + 1, C)
-        pairs_max = cfg.max_tokens * cfg.max_top_k
-        dshape = disp.shapes
-
-        def ceil_div_pow2(value, width):
-            return (value + (width - 1)) >> exact_log2(width)
-
-        ys = Signal(range(layout.row_bytes(cfg, cfg.max_d_model) + 1))
-        m.d.comb += ys.eq(((desc.d + (unit - 1)) >> exact_log2(unit)) << exact_log2(unit))
-        gated_shared = desc.shared == SharedMode.GATED
-        has_shared = desc.shared != SharedMode.NONE
-        ncol = Signal(range(cfg.max_experts + 2))
-        m.d.comb += ncol.eq(desc.e + gated_shared)
-        tk = Signal(range(pairs_max + 1))
-        m.d.comb += tk.eq(desc.t * desc.k)
-
-        # ---------------- memories ----------------
-        def mem(name, shape, depth):
-            mm = Memory(shape=shape, depth=depth, init=[])
-            m.submodules[name] = mm
-            return mm
-
-        x_mem = mem("x_mem", data.ArrayLayout(unsigned(8), WX), cfg.max_tokens * XROW)
-        h_mem = mem("h_mem", data.ArrayLayout(unsigned(8), WH), MB * HROW)
-        y_mem = mem("y_mem", data.ArrayLayout(unsigned(8), WY), MB * YROW)
-        logit_mem = mem(
-            "logit_mem", data.ArrayLayout(unsigned(wide_bits(cfg)), C), cfg.max_tokens * LT
-        )
-        term_mem = mem("term_mem", data.ArrayLayout(unsigned(8), C), (cfg.max_top_k + 1) * TROW)
-        tok_bits = ceil_log2(cfg.max_tokens) or 1
-        slot_tok = mem("slot_tok", unsigned(tok_bits), pairs_max)
-        weight_mem = mem("weight_mem", unsigned(cfg.gate_weight_bits), pairs_max)
-        inv_mem = mem("inv_mem", inverse_layout(cfg), pairs_max)
-        max_rows = max_sorted_rows(cfg)
-        sorted_mem = mem("sorted_mem", sorted_row_layout(cfg), max_rows)
-        shw_mem = mem("shw_mem", unsigned(cfg.gate_weight_bits), cfg.max_tokens)
-        count_mem = mem("count_mem", dshape.count, cfg.max_experts)
-        tiles_mem = mem("tiles_mem", dshape.count, cfg.max_experts)
-
-        x_wr, x_rd = x_mem.write_port(), x_mem.read_port()
-        h_wr, h_rd = h_mem.write_port(granularity=C), h_mem.read_port()
-        y_wr, y_rd = y_mem.write_port(granularity=C), y_mem.read_port()
-        lg_wr, lg_rd = logit_mem.write_port(), logit_mem.read_port()
-        tm_wr, tm_rd = term_mem.write_port(), term_mem.read_port()
-        st_wr, st_rd = slot_tok.write_port(), slot_tok.read_port()
-        wm_wr, wm_rd = weight_mem.write_port(), weight_mem.read_port()
-        inv_wr, inv_rd = inv_mem.write_port(), inv_mem.read_port()
-        so_wr, so_rd = sorted_mem.write_port(), sorted_mem.read_port()
-        sh_wr, sh_rd = shw_mem.write_port(), shw_mem.read_port()
-        cn_wr, cn_rd, cn_win = count_mem.write_port(), count_mem.read_port(), count_mem.read_port()
-        ti_wr, ti_rd = tiles_mem.write_port(), tiles_mem.read_port()
+        p.ys = Signal(range(layout.row_bytes(cfg, cfg.max_d_model) + 1))
+        m.d.comb += p.ys.eq(((desc.d + (unit - 1)) >> exact_log2(unit)) << exact_log2(unit))
+        p.has_shared = desc.shared != SharedMode.NONE
+        p.ncol = Signal(range(cfg.max_experts + 2))
+        m.d.comb += p.ncol.eq(desc.e + (desc.shared == SharedMode.GATED))
+        p.tk = Signal(range(p.pairs_max + 1))
+        m.d.comb += p.tk.eq(desc.t * desc.k)
         m.d.comb += [
-            cn_win.addr.eq(self.expert_index),
-            self.expert_tokens.eq(Mux(self.expert_index < desc.e, cn_win.data, 0)),
+            gate.n_experts.eq(desc.e),
+            gate.top_k.eq(desc.k),
+            gate.sigmoid.eq(desc.sigmoid),
+            gate.renormalize.eq(desc.renorm),
+            gate.group_size.eq(desc.group_size),
+            gate.topk_group.eq(desc.topk_group),
+            gate.bias_en.eq(desc.bias_en),
+            gate.scale.eq(desc.scale),
+            gate.shared_mode.eq(desc.shared),
+            disp.n_experts.eq(desc.e),
+            disp.capacity.eq(desc.capacity),
+            disp.cap_en.eq(desc.cap_en),
+            comb.out_mult.eq(desc.out_mult),
+            comb.out_shift.eq(desc.out_shift),
             self.dropped.eq(disp.dropped),
+            self.engine_counters.eq(p.engine.counters),
+            p.engine.counters_clear.eq(self.counters_clear),
+        ]
+        return p
+
+    def _buffers(self, m: Module, p: SimpleNamespace) -> None:
+        """The on-chip buffers and tables, and their ports (`p.<name>_wr`, `p.<name>_rd`)."""
+        cfg, C = self.cfg, self.cfg.cols
+        dshape = p.disp.shapes
+        weight = unsigned(cfg.gate_weight_bits)
+        buffers = {
+            "x": (data.ArrayLayout(unsigned(8), p.wx), cfg.max_tokens * p.xrow, None),
+            "h": (data.ArrayLayout(unsigned(8), p.wh), p.mb * p.hrow, C),
+            "y": (data.ArrayLayout(unsigned(8), p.wy), p.mb * p.yrow, C),
+            "logit": (
+                data.ArrayLayout(unsigned(wide_bits(cfg)), C),
+                cfg.max_tokens * p.lt,
+                None,
+            ),
+            "term": (data.ArrayLayout(unsigned(8), C), (cfg.max_top_k + 1) * p.trow, None),
+            "slot_tok": (unsigned(token_bits(cfg)), p.pairs_max, None),
+            "weight": (weight, p.pairs_max, None),
+            "inv": (inverse_layout(cfg), p.pairs_max, None),
+            "sorted": (sorted_row_layout(cfg), p.max_rows, None),
+            "shw": (weight, cfg.max_tokens, None),
+            "count": (dshape.count, cfg.max_experts, None),
+            "tiles": (dshape.count, cfg.max_experts, None),
+        }
+        p.mems = {}
+        for name, (shape, depth, granularity) in buffers.items():
+            mem = m.submodules[f"{name}_mem"] = Memory(shape=shape, depth=depth, init=[])
+            p.mems[name] = mem
+            setattr(p, f"{name}_wr", mem.write_port(granularity=granularity))
+            setattr(p, f"{name}_rd", mem.read_port())
+        count_window = p.mems["count"].read_port()
+        m.d.comb += [
+            count_window.addr.eq(self.expert_index),
+            self.expert_tokens.eq(Mux(self.expert_index < p.desc.e, count_window.data, 0)),
         ]
 
-        # ---------------- DMA command registers ----------------
-        rd_cmd = m.submodules.rd_cmd = CommandRegister(dma_command_layout())
-        wr_cmd = m.submodules.wr_cmd = CommandRegister(dma_command_layout())
-        wiring.connect(m, rd_cmd.o, wiring.flipped(self.rd_cmd))
-        wiring.connect(m, wr_cmd.o, wiring.flipped(self.wr_cmd))
+    def _reads(self, m: Module, p: SimpleNamespace) -> None:
+        """DMA reads: the command register, the demux to the resizers and the loaders.
 
-        # ---------------- read-side resizers ----------------
+        `p.read(addr, length, sel, rz, count)` issues a read into resizer `rz` from an
+        FSM state.
+        """
+        cfg, engine = self.cfg, p.engine
+        C, B = cfg.cols, cfg.mem_bytes_per_cycle
+        rd_cmd = m.submodules.rd_cmd = CommandRegister(dma_command_layout())
+        wiring.connect(m, rd_cmd.o, wiring.flipped(self.rd_cmd))
         rsel = Signal(_ReadSel)
-        PW = cfg.param_words_per_beat
-        LV = cfg.lut_entries_per_beat
-        rz_words = Resizer(B, 4)
-        rz_x = Resizer(B, WX)
-        rz_w = Resizer(B, L * C)
-        rz_lut = Resizer(B, LV)
-        rz_term = Resizer(B, C)
-        rz_params = Resizer(B, 4 * PW)
+        p.rz_words = Resizer(B, 4)
+        p.rz_x = Resizer(B, p.wx)
+        p.rz_w = Resizer(B, cfg.weight_rows_per_beat * C)
+        p.rz_lut = Resizer(B, cfg.lut_entries_per_beat)
+        p.rz_term = Resizer(B, C)
+        p.rz_params = Resizer(B, 4 * cfg.param_words_per_beat)
         readers = {
-            _ReadSel.WORDS: rz_words,
-            _ReadSel.X: rz_x,
-            _ReadSel.WEIGHT: rz_w,
-            _ReadSel.LUT: rz_lut,
-            _ReadSel.TERM: rz_term,
-            _ReadSel.PARAMS: rz_params,
+            _ReadSel.WORDS: p.rz_words,
+            _ReadSel.X: p.rz_x,
+            _ReadSel.WEIGHT: p.rz_w,
+            _ReadSel.LUT: p.rz_lut,
+            _ReadSel.TERM: p.rz_term,
+            _ReadSel.PARAMS: p.rz_params,
         }
         rd_demux = m.submodules.rd_demux = StreamDemux(unsigned(8 * B), _ReadSel)
         m.d.comb += [
@@ -242,121 +269,107 @@ class LayerSequencer(wiring.Component):
             m.d.sync += rsel.eq(sel)
             m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
-        # Loaders: parameter rows, bias or descriptor words, LUT rows, token rows.
-        params = m.submodules.param_loader = ParamLoader(cfg, engine.param_rows)
-        wiring.connect(m, rz_params.o, params.i)
-        wiring.connect(m, params.o, engine.param_w)
-        words = m.submodules.word_loader = WordLoader(cfg)
-        wiring.connect(m, rz_words.o, words.i)
+        p.read = read
+
+        p.params = m.submodules.param_loader = ParamLoader(cfg, engine.param_rows)
+        wiring.connect(m, p.rz_params.o, p.params.i)
+        wiring.connect(m, p.params.o, engine.param_w)
+        p.words = m.submodules.word_loader = WordLoader(cfg)
+        wiring.connect(m, p.rz_words.o, p.words.i)
         m.d.comb += [
-            gate.bias_addr.eq(words.bias_addr),
-            gate.bias_data.eq(words.bias_data),
-            gate.bias_we.eq(words.bias_we),
+            p.gate.bias_addr.eq(p.words.bias_addr),
+            p.gate.bias_data.eq(p.words.bias_data),
+            p.gate.bias_we.eq(p.words.bias_we),
         ]
-        dw = words.desc
-        lut = m.submodules.lut_loader = LutLoader(cfg)
-        wiring.connect(m, rz_lut.o, lut.i)
-        wiring.connect(m, lut.o, engine.lut_w)
-        x_words = Signal(range(XROW + 1))
-        m.d.comb += x_words.eq(ys >> exact_log2(WX))
-        x_load = m.submodules.x_loader = RowLoader(
-            len(x_wr.addr), x_mem.shape, cfg.max_tokens, XROW
+        p.lut = m.submodules.lut_loader = LutLoader(cfg)
+        wiring.connect(m, p.rz_lut.o, p.lut.i)
+        wiring.connect(m, p.lut.o, engine.lut_w)
+        p.x_words = Signal(range(p.xrow + 1))
+        m.d.comb += p.x_words.eq(p.ys >> exact_log2(p.wx))
+        p.x_load = m.submodules.x_loader = RowLoader(
+            len(p.x_wr.addr), p.mems["x"].shape, cfg.max_tokens, p.xrow
         )
-        wiring.connect(m, rz_x.o, x_load.i)
-        wiring.connect(m, x_load.wr, x_wr)
-        m.d.comb += x_load.words.eq(x_words)
-
-        # Weights into the engine.
+        wiring.connect(m, p.rz_x.o, p.x_load.i)
+        wiring.connect(m, p.x_load.wr, p.x_wr)
+        m.d.comb += p.x_load.words.eq(p.x_words)
         m.d.comb += [
-            engine.weight.valid.eq(rz_w.o.valid),
-            engine.weight.payload.eq(rz_w.o.payload),
-            rz_w.o.ready.eq(engine.weight.ready),
+            engine.weight.valid.eq(p.rz_w.o.valid),
+            engine.weight.payload.eq(p.rz_w.o.payload),
+            p.rz_w.o.ready.eq(engine.weight.ready),
         ]
-
-        # Expert-output rows into the term buffer.
-        term_load = m.submodules.term_loader = RowLoader(
-            len(tm_wr.addr), term_mem.shape, cfg.max_top_k + 1, TROW
+        p.term_load = m.submodules.term_loader = RowLoader(
+            len(p.term_wr.addr), p.mems["term"].shape, cfg.max_top_k + 1, p.trow
         )
-        wiring.connect(m, rz_term.o, term_load.i)
-        wiring.connect(m, term_load.wr, tm_wr)
-        m.d.comb += term_load.words.eq(ys >> exact_log2(C))
+        wiring.connect(m, p.rz_term.o, p.term_load.i)
+        wiring.connect(m, p.term_load.wr, p.term_wr)
+        m.d.comb += p.term_load.words.eq(p.ys >> exact_log2(C))
 
-        # ---------------- write-side resizers ----------------
+    def _writes(self, m: Module, p: SimpleNamespace) -> None:
+        """DMA writes: the command register and the mux from the resizers.
+
+        `p.write(addr, length, sel, rz, count)` issues a write from resizer `rz`;
+        `p.wb_busy` is high from then until the DMA reports it done.
+        """
+        cfg, B = self.cfg, self.cfg.mem_bytes_per_cycle
+        wr_cmd = m.submodules.wr_cmd = CommandRegister(dma_command_layout())
+        wiring.connect(m, wr_cmd.o, wiring.flipped(self.wr_cmd))
         wsel = Signal(_WriteSel)
-        rz_route = Resizer(layout.ROUTING_RECORD_BYTES, B)
-        rz_y = Resizer(WY, B)
-        rz_comb = Resizer(C, B)
+        p.rz_route = Resizer(layout.ROUTING_RECORD_BYTES, B)
+        p.rz_y = Resizer(p.wy, B)
+        p.rz_comb = Resizer(cfg.cols, B)
         wr_mux = m.submodules.wr_mux = StreamMux(unsigned(8 * B), _WriteSel)
         m.d.comb += wr_mux.sel.eq(wsel)
         wiring.connect(m, wr_mux.o, wiring.flipped(self.wr_data))
         for sel, rz in (
-            (_WriteSel.ROUTING, rz_route),
-            (_WriteSel.YBUF, rz_y),
-            (_WriteSel.COMBINE, rz_comb),
+            (_WriteSel.ROUTING, p.rz_route),
+            (_WriteSel.YBUF, p.rz_y),
+            (_WriteSel.COMBINE, p.rz_comb),
         ):
             m.submodules[f"rz_{sel.name.lower()}"] = rz
             wiring.connect(m, rz.o, getattr(wr_mux, sel.name.lower()))
 
-        # No write command outstanding once wb_busy is low (cleared by wr_done; set below
-        # by `write`, which comes later in the file and so wins in the same cycle).
-        wb_busy = Signal()
-        with m.If(self.wr_done):
-            m.d.sync += wb_busy.eq(0)
+        p.wb_busy = Signal()
+        issued = Signal()
+        with m.If(issued):
+            m.d.sync += p.wb_busy.eq(1)
+        with m.Elif(self.wr_done):
+            m.d.sync += p.wb_busy.eq(0)
 
         def write(addr, length, sel, rz, count):
             m.d.comb += [
                 wr_cmd.load.eq(1),
                 wr_cmd.data.addr.eq(addr),
                 wr_cmd.data.length.eq(length),
+                issued.eq(1),
             ]
-            m.d.sync += [wsel.eq(sel), wb_busy.eq(1)]
+            m.d.sync += wsel.eq(sel)
             m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
-        # ---------------- engine activation feeder ----------------
-        feeder = m.submodules.feeder = ActivationFeeder(cfg, MB, engine.param_rows)
-        wiring.connect(m, feeder.sorted_rd, so_rd)
-        wiring.connect(m, feeder.x_rd, x_rd)
-        wiring.connect(m, feeder.h_rd, h_rd)
+        p.write = write
+
+    def _engine_io(self, m: Module, p: SimpleNamespace) -> None:
+        """The engine's command register, activation feeder and output sink.
+
+        `p.gemm(...)` issues one command from an FSM state: the command, its weight
+        read, its activation feed and its sink.
+        """
+        cfg, engine = self.cfg, p.engine
+        R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
+        L = cfg.weight_rows_per_beat
+        feeder = m.submodules.feeder = ActivationFeeder(cfg, p.mb, engine.param_rows)
+        wiring.connect(m, feeder.sorted_rd, p.sorted_rd)
+        wiring.connect(m, feeder.x_rd, p.x_rd)
+        wiring.connect(m, feeder.h_rd, p.h_rd)
         wiring.connect(m, feeder.act, engine.act)
-        m.d.comb += feeder.tokens.eq(desc.t)
-
-        def feed(src, row0, mm, nt, passes, kt_n):
-            m.d.comb += [
-                feeder.start.eq(1),
-                feeder.cmd.src.eq(src),
-                feeder.cmd.row0.eq(row0),
-                feeder.cmd.m.eq(mm),
-                feeder.cmd.nt.eq(nt),
-                feeder.cmd.passes.eq(passes),
-                feeder.cmd.kt_n.eq(kt_n),
-            ]
-
-        # ---------------- engine output sink ----------------
-        sink_unit = m.submodules.sink = OutputSink(cfg, MB, engine.param_rows)
-        wiring.connect(m, engine.out, sink_unit.i)
-        wiring.connect(m, sink_unit.logit_wr, lg_wr)
-        wiring.connect(m, sink_unit.h_wr, h_wr)
-        wiring.connect(m, sink_unit.y_wr, y_wr)
-
-        def sink(kind, row0, mm):
-            m.d.comb += [
-                sink_unit.start.eq(1),
-                sink_unit.cmd.kind.eq(kind),
-                sink_unit.cmd.row0.eq(row0),
-                sink_unit.cmd.m.eq(mm),
-            ]
-
-        # ---------------- engine command ----------------
+        m.d.comb += feeder.tokens.eq(p.desc.t)
+        sink = m.submodules.sink = OutputSink(cfg, p.mb, engine.param_rows)
+        wiring.connect(m, engine.out, sink.i)
+        wiring.connect(m, sink.logit_wr, p.logit_wr)
+        wiring.connect(m, sink.h_wr, p.h_wr)
+        wiring.connect(m, sink.y_wr, p.y_wr)
         eng_cmd = m.submodules.eng_cmd = CommandRegister(engine.cmd.payload.shape())
         wiring.connect(m, eng_cmd.o, engine.cmd)
         cmd = eng_cmd.data
-        eng_error = Signal()
-        with m.If(engine.done & (engine.error != CommandError.NONE)):
-            m.d.sync += eng_error.eq(1)
-        m.d.comb += [
-            self.engine_counters.eq(engine.counters),
-            engine.counters_clear.eq(self.counters_clear),
-        ]
 
         def gemm(
             *,
@@ -375,8 +388,6 @@ class LayerSequencer(wiring.Component):
             sink_kind,
             sink_row0,
         ):
-            passes = Mux(mode == Mode.SWIGLU, 2, 1)
-            nt = ceil_div_pow2(n, C)
             m.d.comb += [
                 eng_cmd.load.eq(1),
                 cmd.m.eq(mm),
@@ -388,116 +399,101 @@ class LayerSequencer(wiring.Component):
                 cmd.gate_mult.eq(gate_mult),
                 cmd.gate_shift.eq(gate_shift),
             ]
-            read(
+            p.read(
                 w_addr,
                 ((w_rows * C + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                 _ReadSel.WEIGHT,
-                rz_w,
+                p.rz_w,
                 w_rows >> exact_log2(L),
             )
-            feed(src, row0, mm, nt, passes, ceil_div_pow2(k, R))
-            sink(sink_kind, sink_row0, mm)
+            m.d.comb += [
+                feeder.start.eq(1),
+                feeder.cmd.src.eq(src),
+                feeder.cmd.row0.eq(row0),
+                feeder.cmd.m.eq(mm),
+                feeder.cmd.nt.eq(_ceil_div_pow2(n, C)),
+                feeder.cmd.passes.eq(Mux(mode == Mode.SWIGLU, 2, 1)),
+                feeder.cmd.kt_n.eq(_ceil_div_pow2(k, R)),
+                sink.start.eq(1),
+                sink.cmd.kind.eq(sink_kind),
+                sink.cmd.row0.eq(sink_row0),
+                sink.cmd.m.eq(mm),
+            ]
 
-        # ---------------- logit serialiser → gate ----------------
-        z = m.submodules.logit_reader = MemoryReader(
-            len(lg_rd.addr),
-            logit_mem.shape,
-            outer=cfg.max_tokens,
-            inner=cfg.max_experts + 1,
-            side=data.StructLayout({"lane": range(C), "last": 1}),
-        )
-        wiring.connect(m, z.rd, lg_rd)
-        m.d.comb += [
-            z.outer_count.eq(desc.t),
-            z.inner_count.eq(ncol),
-            z.addr.eq(z.outer * LT + (z.inner >> exact_log2(C))),
-            z.side_in.lane.eq(z.inner[: exact_log2(C)] if C > 1 else 0),
-            z.side_in.last.eq(z.last_outer & z.last_inner),
-            gate.logits.valid.eq(z.o.valid),
-            gate.logits.payload.logit.eq(z.o.payload.data[z.o.payload.side.lane]),
-            gate.logits.payload.last.eq(z.o.payload.side.last),
-            z.o.ready.eq(gate.logits.ready),
-        ]
+        p.gemm = gemm
 
-        # Gate configuration.
-        m.d.comb += [
-            gate.n_experts.eq(desc.e),
-            gate.top_k.eq(desc.k),
-            gate.sigmoid.eq(desc.sigmoid),
-            gate.renormalize.eq(desc.renorm),
-            gate.group_size.eq(desc.group_size),
-            gate.topk_group.eq(desc.topk_group),
-            gate.bias_en.eq(desc.bias_en),
-            gate.scale.eq(desc.scale),
-            gate.shared_mode.eq(desc.shared),
-            disp.n_experts.eq(desc.e),
-            disp.capacity.eq(desc.capacity),
-            disp.cap_en.eq(desc.cap_en),
-            comb.out_mult.eq(desc.out_mult),
-            comb.out_shift.eq(desc.out_shift),
-        ]
+    def _routing(self, m: Module, p: SimpleNamespace) -> None:
+        """Logits into the gate; its pairs into the dispatcher, records and tables."""
+        cfg, desc, gate, disp = self.cfg, p.desc, p.gate, p.disp
+        p.logits = m.submodules.logit_serialiser = LogitSerialiser(cfg)
+        wiring.connect(m, p.logits.rd, p.logit_rd)
+        wiring.connect(m, p.logits.o, gate.logits)
+        m.d.comb += [p.logits.tokens.eq(desc.t), p.logits.columns.eq(p.ncol)]
 
-        # Gate pairs → dispatcher, slot tables, routing records; shared weights.
-        g_pad = Signal()  # feed zero records until the routing write is complete
-        recorder = m.submodules.routing_recorder = RoutingRecorder(cfg)
-        wiring.connect(m, gate.pairs, recorder.pairs)
-        wiring.connect(m, gate.shared, recorder.shared)
-        wiring.connect(m, recorder.disp_pairs, disp.pairs)
-        wiring.connect(m, recorder.records, rz_route.i)
-        wiring.connect(m, recorder.slot_token_wr, st_wr)
-        wiring.connect(m, recorder.slot_weight_wr, wm_wr)
-        wiring.connect(m, recorder.shared_weight_wr, sh_wr)
-        m.d.comb += recorder.pad.eq(g_pad)
+        p.g_pad = Signal()  # feed zero records until the routing write is complete
+        p.recorder = rec = m.submodules.routing_recorder = RoutingRecorder(cfg)
+        wiring.connect(m, gate.pairs, rec.pairs)
+        wiring.connect(m, gate.shared, rec.shared)
+        wiring.connect(m, rec.disp_pairs, disp.pairs)
+        wiring.connect(m, rec.records, p.rz_route.i)
+        wiring.connect(m, rec.slot_token_wr, p.slot_tok_wr)
+        wiring.connect(m, rec.slot_weight_wr, p.weight_wr)
+        wiring.connect(m, rec.shared_weight_wr, p.shw_wr)
+        m.d.comb += rec.pad.eq(p.g_pad)
 
-        # Dispatcher outputs → count/tile tables, sorted rows, inverse positions.
-        tables = m.submodules.dispatch_tables = DispatchTables(cfg)
+        p.tables = tables = m.submodules.dispatch_tables = DispatchTables(cfg)
         wiring.connect(m, disp.counts, tables.counts)
         wiring.connect(m, disp.tiles, tables.tiles)
         wiring.connect(m, disp.rows, tables.rows)
-        wiring.connect(m, tables.count_wr, cn_wr)
-        wiring.connect(m, tables.tile_wr, ti_wr)
-        wiring.connect(m, tables.sorted_wr, so_wr)
-        wiring.connect(m, tables.inverse_wr, inv_wr)
-        wiring.connect(m, tables.slot_token_rd, st_rd)
+        wiring.connect(m, tables.count_wr, p.count_wr)
+        wiring.connect(m, tables.tile_wr, p.tiles_wr)
+        wiring.connect(m, tables.sorted_wr, p.sorted_wr)
+        wiring.connect(m, tables.inverse_wr, p.inv_wr)
+        wiring.connect(m, tables.slot_token_rd, p.slot_tok_rd)
         m.d.comb += [
-            tables.pairs.eq(tk),
-            tables.clear_en.eq(recorder.fire),
-            tables.clear_slot.eq(recorder.slot),
+            tables.pairs.eq(p.tk),
+            tables.clear_en.eq(rec.fire),
+            tables.clear_slot.eq(rec.slot),
         ]
 
-        # ---------------- Y buffer write-back ----------------
-        yb = m.submodules.y_reader = MemoryReader(
-            len(y_rd.addr), y_mem.shape, outer=MB, inner=YROW, side=unsigned(0)
+    def _combine_path(self, m: Module, p: SimpleNamespace) -> None:
+        """The Y write-back, the combine feeder (terms from the term buffer), the output."""
+        cfg, desc, comb = self.cfg, p.desc, p.comb
+        C = cfg.cols
+        p.yb = yb = m.submodules.y_reader = MemoryReader(
+            len(p.y_rd.addr), p.mems["y"].shape, outer=p.mb, inner=p.yrow, side=unsigned(0)
         )
-        wiring.connect(m, yb.rd, y_rd)
+        wiring.connect(m, yb.rd, p.y_rd)
         m.d.comb += [
-            yb.inner_count.eq(ys >> exact_log2(WY)),
-            yb.addr.eq(yb.outer * YROW + yb.inner),
-            rz_y.i.valid.eq(yb.o.valid),
-            rz_y.i.payload.eq(yb.o.payload.data),
-            yb.o.ready.eq(rz_y.i.ready),
+            yb.inner_count.eq(p.ys >> exact_log2(p.wy)),
+            yb.addr.eq(yb.outer * p.yrow + yb.inner),
+            p.rz_y.i.valid.eq(yb.o.valid),
+            p.rz_y.i.payload.eq(yb.o.payload.data),
+            yb.o.ready.eq(p.rz_y.i.ready),
         ]
-        # ---------------- combine feeder ----------------
+
         n_terms = Signal(range(cfg.max_top_k + 2))
-        m.d.comb += n_terms.eq(desc.k + has_shared)
-        kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
-        wts = Array(Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k))
-        sh_weight = Signal(cfg.gate_weight_bits)
-        ct = m.submodules.term_reader = MemoryReader(
-            len(tm_rd.addr),
-            term_mem.shape,
-            outer=TROW,
+        m.d.comb += n_terms.eq(desc.k + p.has_shared)
+        p.kept = kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
+        p.wts = wts = Array(
+            Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k)
+        )
+        p.sh_weight = Signal(cfg.gate_weight_bits)
+        p.terms = ct = m.submodules.term_reader = MemoryReader(
+            len(p.term_rd.addr),
+            p.mems["term"].shape,
+            outer=p.trow,
             inner=cfg.max_top_k + 1,
             side=data.StructLayout({"weight": unsigned(cfg.gate_weight_bits), "last": 1}),
         )
-        wiring.connect(m, ct.rd, tm_rd)
-        c_j = ct.inner
+        wiring.connect(m, ct.rd, p.term_rd)
+        j = ct.inner
         m.d.comb += [
-            ct.outer_count.eq(ys >> exact_log2(C)),
+            ct.outer_count.eq(p.ys >> exact_log2(C)),
             ct.inner_count.eq(n_terms),
-            ct.addr.eq(c_j * TROW + ct.outer),
+            ct.addr.eq(j * p.trow + ct.outer),
             ct.side_in.last.eq(ct.last_inner),
-            ct.side_in.weight.eq(Mux(c_j == desc.k, sh_weight, Mux(kept[c_j], wts[c_j], 0))),
+            ct.side_in.weight.eq(Mux(j == desc.k, p.sh_weight, Mux(kept[j], wts[j], 0))),
             comb.terms.valid.eq(ct.o.valid),
             comb.terms.payload.weight.eq(ct.o.payload.side.weight),
             comb.terms.payload.last.eq(ct.o.payload.side.last),
@@ -506,350 +502,376 @@ class LayerSequencer(wiring.Component):
         for lane in range(C):
             m.d.comb += comb.terms.payload.values[lane].eq(ct.o.payload.data[lane])
         m.d.comb += [
-            rz_comb.i.valid.eq(comb.out.valid),
-            rz_comb.i.payload.eq(comb.out.payload.as_value()),
-            comb.out.ready.eq(rz_comb.i.ready),
+            p.rz_comb.i.valid.eq(comb.out.valid),
+            p.rz_comb.i.payload.eq(comb.out.payload.as_value()),
+            comb.out.ready.eq(p.rz_comb.i.ready),
         ]
 
-        # ---------------- phase counters ----------------
-        phase = Signal(Phase)
-        busy = Signal()
+    def _fsm_signals(self, m: Module, p: SimpleNamespace) -> None:
+        """The FSM's registers, the phase counters, and `done`/`error` defaults."""
+        cfg, desc = self.cfg, p.desc
+        p.phase = Signal(Phase)
+        p.busy = Signal()
         phases = m.submodules.phase_counters = PhaseCounters()
         m.d.comb += [
-            phases.busy.eq(busy),
-            phases.phase.eq(phase),
+            phases.busy.eq(p.busy),
+            phases.phase.eq(p.phase),
             phases.clear.eq(self.counters_clear),
             self.phase_counters.eq(phases.counters),
         ]
-
-        # ---------------- the layer FSM ----------------
-        e_cur = Signal(range(cfg.max_experts + 1))
-        is_shared = Signal()
-        rows_e = Signal(range(max_rows + 1))  # real rows of the expert (pads are skipped)
-        span_e = Signal(range(max_rows + 1))  # its padded group in the sorted list
-        base_e = Signal(range(max_rows + 1))
-        m0 = Signal(range(max(max_rows, cfg.max_tokens) + 1))
-        mm = Signal(range(MB + 1))
-        t_cur = Signal(range(cfg.max_tokens + 1))
-        s_cur = Signal(range(pairs_max + 1))
-        j_cur = Signal(range(cfg.max_top_k + 1))
-        f_cur = Signal.like(desc.f)
-        gated = Signal()
-        nt_f = Signal(range(engine.param_rows + 1))
-        m.d.comb += nt_f.eq(ceil_div_pow2(f_cur, C))
-        left = Signal.like(m0)
-        m.d.comb += left.eq(rows_e - m0)
+        p.e_cur = Signal(range(cfg.max_experts + 1))
+        p.is_shared = Signal()
+        p.rows_e = Signal(range(p.max_rows + 1))  # real rows of the expert (pads are skipped)
+        p.span_e = Signal(range(p.max_rows + 1))  # its padded group in the sorted list
+        p.base_e = Signal(range(p.max_rows + 1))
+        p.m0 = Signal(range(max(p.max_rows, cfg.max_tokens) + 1))
+        p.mm = Signal(range(p.mb + 1))
+        p.t_cur = Signal(range(cfg.max_tokens + 1))
+        p.s_cur = Signal(range(p.pairs_max + 1))
+        p.j_cur = Signal(range(cfg.max_top_k + 1))
+        p.f_cur = Signal.like(desc.f)
+        p.gated = Signal()
+        p.nt_f = Signal(range(p.engine.param_rows + 1))
+        m.d.comb += p.nt_f.eq(_ceil_div_pow2(p.f_cur, cfg.cols))
+        p.left = Signal.like(p.m0)
+        m.d.comb += p.left.eq(p.rows_e - p.m0)
+        # defaults; FAIL and C_DRAIN override them
         m.d.comb += self.error.eq(0)
         m.d.sync += self.done.eq(0)
+
+    def _load_and_route_states(self, m: Module, p: SimpleNamespace) -> None:
+        """IDLE → load router parameters, bias and tokens → router GEMMs → gate → dispatch."""
+        cfg, desc, engine, read = self.cfg, p.desc, p.engine, p.read
+        B, C, L = cfg.mem_bytes_per_cycle, cfg.cols, cfg.weight_rows_per_beat
+        PW = cfg.param_words_per_beat
+        m0, mm, ncol, tk = p.m0, p.mm, p.ncol, p.tk
+        with m.State("IDLE"):
+            with m.If(self.start):
+                m.d.sync += [p.busy.eq(1), p.phase.eq(Phase.ROUTE)]
+                m.d.comb += p.params.clear.eq(1)
+                read(
+                    desc.rparam_addr,
+                    ((ncol * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
+                    _ReadSel.PARAMS,
+                    p.rz_params,
+                    (ncol + (PW - 1)) >> exact_log2(PW),
+                )
+                m.next = "LOAD_PARAMS"
+        with m.State("LOAD_PARAMS"):
+            with m.If(self.rd_done):
+                with m.If(desc.bias_en):
+                    m.d.comb += [p.words.start.eq(1), p.words.dest.eq(WordDest.BIAS)]
+                    read(
+                        desc.bias_addr,
+                        ((desc.e * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
+                        _ReadSel.WORDS,
+                        p.rz_words,
+                        desc.e,
+                    )
+                    m.next = "LOAD_BIAS"
+                with m.Else():
+                    m.next = "LOAD_X"
+        with m.State("LOAD_BIAS"):
+            with m.If(self.rd_done):
+                m.next = "LOAD_X"
+        with m.State("LOAD_X"):
+            m.d.comb += p.x_load.start.eq(1)
+            read(desc.tokens_addr, desc.t * p.ys, _ReadSel.X, p.rz_x, desc.t * p.x_words)
+            m.next = "WAIT_X"
+        with m.State("WAIT_X"):
+            with m.If(self.rd_done):
+                m.d.sync += m0.eq(0)
+                m.next = "ROUTE"
+        with m.State("ROUTE"):
+            blk = Mux(desc.t - m0 < p.mb, desc.t - m0, p.mb)
+            m.d.sync += mm.eq(blk)
+            p.gemm(
+                mm=blk,
+                k=desc.d,
+                n=ncol,
+                mode=Mode.WIDE,
+                param_a=0,
+                param_b=0,
+                gate_mult=0,
+                gate_shift=0,
+                w_addr=desc.router_w_addr,
+                w_rows=_ceil_div_pow2(ncol, C) * (_ceil_div_pow2(desc.d, L) << exact_log2(L)),
+                src=ActSource.TOKENS,
+                row0=m0,
+                sink_kind=SinkKind.LOGIT,
+                sink_row0=m0,
+            )
+            m.next = "ROUTE_WAIT"
+        with m.State("ROUTE_WAIT"):
+            with m.If(engine.done):
+                m.d.sync += m0.eq(m0 + mm)
+                with m.If(engine.error != CommandError.NONE):
+                    m.next = "FAIL"
+                with m.Elif(m0 + mm < desc.t):
+                    m.next = "ROUTE"
+                with m.Else():
+                    m.next = "GATE"
+        with m.State("GATE"):
+            m.d.sync += p.g_pad.eq(0)
+            m.d.comb += [p.logits.start.eq(1), p.recorder.start.eq(1), p.tables.start.eq(1)]
+            rlen = ((tk * layout.ROUTING_RECORD_BYTES + (B - 1)) >> exact_log2(B)) << exact_log2(B)
+            p.write(desc.routing_addr, rlen, _WriteSel.ROUTING, p.rz_route, rlen >> exact_log2(B))
+            m.next = "GATE_RUN"
+        with m.State("GATE_RUN"):
+            with m.If(p.recorder.slot == tk):
+                m.d.sync += [p.g_pad.eq(1), p.phase.eq(Phase.DISPATCH)]
+                m.next = "DISPATCH"
+        with m.State("DISPATCH"):
+            with m.If(p.rz_route.idle):
+                m.d.sync += p.g_pad.eq(0)
+            with m.If(p.tables.done & ~p.disp.busy & ~p.gate.busy & ~p.wb_busy):
+                m.d.sync += [
+                    p.phase.eq(Phase.EXPERTS),
+                    p.e_cur.eq(0),
+                    p.base_e.eq(0),
+                    p.is_shared.eq(0),
+                ]
+                m.next = "E_NEXT"
+
+    def _expert_states(self, m: Module, p: SimpleNamespace) -> None:
+        """Per expert with tokens, then the shared expert: descriptor, parameters, LUT,
+        then per M-block GEMM1, GEMM2 and the Y write-back."""
+        cfg, desc, read = self.cfg, p.desc, p.read
+        B, PW = cfg.mem_bytes_per_cycle, cfg.param_words_per_beat
+        e_cur, is_shared, m0 = p.e_cur, p.is_shared, p.m0
+        cn_rd, ti_rd, dw = p.count_rd, p.tiles_rd, p.words.desc
         desc_stride = layout.desc_bytes(cfg)
         lut_stride = layout.lut_bytes(cfg)
-        nlut = 2**A // LV
-
-        with m.FSM(name="layer"):
-            with m.State("IDLE"):
-                with m.If(self.start):
+        with m.State("E_NEXT"):
+            m.d.comb += [cn_rd.addr.eq(e_cur), ti_rd.addr.eq(e_cur)]
+            with m.If(e_cur == desc.e):
+                with m.If(p.has_shared):
                     m.d.sync += [
-                        busy.eq(1),
-                        phase.eq(Phase.ROUTE),
-                        eng_error.eq(0),
+                        is_shared.eq(1),
+                        p.rows_e.eq(desc.t),
+                        p.f_cur.eq(desc.fs),
+                        p.gated.eq(1),
+                        p.phase.eq(Phase.SHARED),
                     ]
-                    m.d.comb += params.clear.eq(1)
-                    read(
-                        desc.rparam_addr,
-                        ((ncol * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
-                        _ReadSel.PARAMS,
-                        rz_params,
-                        (ncol + (PW - 1)) >> exact_log2(PW),
-                    )
-                    m.next = "LOAD_PARAMS"
-            with m.State("LOAD_PARAMS"):
-                with m.If(self.rd_done):
-                    with m.If(desc.bias_en):
-                        m.d.comb += [words.start.eq(1), words.dest.eq(WordDest.BIAS)]
-                        read(
-                            desc.bias_addr,
-                            ((desc.e * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
-                            _ReadSel.WORDS,
-                            rz_words,
-                            desc.e,
-                        )
-                        m.next = "LOAD_BIAS"
-                    with m.Else():
-                        m.next = "LOAD_X"
-            with m.State("LOAD_BIAS"):
-                with m.If(self.rd_done):
-                    m.next = "LOAD_X"
-            with m.State("LOAD_X"):
-                m.d.comb += x_load.start.eq(1)
-                read(desc.tokens_addr, desc.t * ys, _ReadSel.X, rz_x, desc.t * x_words)
-                m.next = "WAIT_X"
-            with m.State("WAIT_X"):
-                with m.If(self.rd_done):
-                    m.d.sync += m0.eq(0)
-                    m.next = "ROUTE"
-            with m.State("ROUTE"):
-                blk = Mux(desc.t - m0 < MB, desc.t - m0, MB)
-                m.d.sync += mm.eq(blk)
-                gemm(
-                    mm=blk,
-                    k=desc.d,
-                    n=ncol,
-                    mode=Mode.WIDE,
-                    param_a=0,
+                    m.next = "DESC"
+                with m.Else():
+                    m.next = "COMBINE"
+            with m.Else():
+                m.next = "E_CHECK"
+        with m.State("E_CHECK"):
+            m.d.comb += [cn_rd.addr.eq(e_cur), ti_rd.addr.eq(e_cur)]
+            with m.If(cn_rd.data == 0):
+                m.d.sync += e_cur.eq(e_cur + 1)
+                m.next = "E_NEXT"
+            with m.Else():
+                m.d.sync += [
+                    p.rows_e.eq(cn_rd.data),
+                    p.span_e.eq(ti_rd.data * cfg.m_tile),
+                    p.f_cur.eq(desc.f),
+                    p.gated.eq(desc.ffn == FFNKind.SWIGLU),
+                ]
+                m.next = "DESC"
+        with m.State("DESC"):
+            m.d.sync += m0.eq(0)
+            m.d.comb += [p.words.start.eq(1), p.words.dest.eq(WordDest.DESC)]
+            read(
+                desc.table_addr + e_cur * desc_stride,
+                desc_stride,
+                _ReadSel.WORDS,
+                p.rz_words,
+                len(layout.DESC_FIELDS),
+            )
+            m.next = "DESC_WAIT"
+        with m.State("DESC_WAIT"):
+            with m.If(self.rd_done):
+                m.next = "PARAMS"
+        with m.State("PARAMS"):
+            m.d.comb += p.params.clear.eq(1)
+            pc_words = dw["param_count"]
+            read(
+                dw["param_addr"],
+                ((pc_words * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
+                _ReadSel.PARAMS,
+                p.rz_params,
+                (pc_words + (PW - 1)) >> exact_log2(PW),
+            )
+            m.next = "PARAMS_WAIT"
+        with m.State("PARAMS_WAIT"):
+            with m.If(self.rd_done):
+                m.d.comb += p.lut.clear.eq(1)
+                nlut = 2**cfg.act_bits // cfg.lut_entries_per_beat
+                read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, p.rz_lut, nlut)
+                m.next = "LUT_WAIT"
+        with m.State("LUT_WAIT"):
+            with m.If(self.rd_done):
+                m.next = "GEMM1"
+        self._gemm_states(m, p)
+
+    def _gemm_states(self, m: Module, p: SimpleNamespace) -> None:
+        """One M-block of an expert: GEMM1 into H, GEMM2 into Y, Y written back."""
+        desc, engine, dw = p.desc, p.engine, p.words.desc
+        B, MB = self.cfg.mem_bytes_per_cycle, p.mb
+        is_shared, m0, mm, left, ys = p.is_shared, p.m0, p.mm, p.left, p.ys
+        with m.State("GEMM1"):
+            # Blocks of MB rows; a remainder between MB and 2·MB is split in halves,
+            # so no block is much shorter than MB/2 (short blocks are weight-bound).
+            blk = Mux(left <= MB, left, Mux(left < 2 * MB, (left + 1) >> 1, MB))
+            m.d.sync += mm.eq(blk)
+            p.gemm(
+                mm=blk,
+                k=desc.d,
+                n=p.f_cur,
+                mode=Mux(p.gated, Mode.SWIGLU, Mode.REQUANT_LUT),
+                param_a=0,
+                param_b=p.nt_f,
+                gate_mult=dw["gate_mult"],
+                gate_shift=dw["gate_shift"],
+                w_addr=dw["w1_addr"],
+                w_rows=dw["w1_rows"],
+                src=Mux(is_shared, ActSource.TOKENS, ActSource.SORTED),
+                row0=Mux(is_shared, m0, p.base_e + m0),
+                sink_kind=SinkKind.HBUF,
+                sink_row0=0,
+            )
+            m.next = "GEMM1_WAIT"
+        with m.State("GEMM1_WAIT"):
+            with m.If(engine.done):
+                with m.If(engine.error != CommandError.NONE):
+                    m.next = "FAIL"
+                with m.Else():
+                    m.next = "GEMM2_READY"
+        with m.State("GEMM2_READY"):
+            with m.If(~p.wb_busy):
+                p.gemm(
+                    mm=mm,
+                    k=p.f_cur,
+                    n=desc.d,
+                    mode=Mode.REQUANT,
+                    param_a=Mux(p.gated, 2 * p.nt_f, p.nt_f),
                     param_b=0,
                     gate_mult=0,
                     gate_shift=0,
-                    w_addr=desc.router_w_addr,
-                    w_rows=ceil_div_pow2(ncol, C) * (ceil_div_pow2(desc.d, L) << exact_log2(L)),
-                    src=ActSource.TOKENS,
-                    row0=m0,
-                    sink_kind=SinkKind.LOGIT,
-                    sink_row0=m0,
-                )
-                m.next = "ROUTE_WAIT"
-            with m.State("ROUTE_WAIT"):
-                with m.If(engine.done):
-                    m.d.sync += m0.eq(m0 + mm)
-                    with m.If(engine.error != CommandError.NONE):
-                        m.next = "FAIL"
-                    with m.Elif(m0 + mm < desc.t):
-                        m.next = "ROUTE"
-                    with m.Else():
-                        m.next = "GATE"
-            with m.State("GATE"):
-                m.d.comb += z.start.eq(1)
-                m.d.sync += g_pad.eq(0)
-                m.d.comb += [recorder.start.eq(1), tables.start.eq(1)]
-                rlen = (
-                    (tk * layout.ROUTING_RECORD_BYTES + (B - 1)) >> exact_log2(B)
-                ) << exact_log2(B)
-                write(desc.routing_addr, rlen, _WriteSel.ROUTING, rz_route, rlen >> exact_log2(B))
-                m.next = "GATE_RUN"
-            with m.State("GATE_RUN"):
-                with m.If(recorder.slot == tk):
-                    m.d.sync += [g_pad.eq(1), phase.eq(Phase.DISPATCH)]
-                    m.next = "DISPATCH"
-            with m.State("DISPATCH"):
-                with m.If(rz_route.idle):
-                    m.d.sync += g_pad.eq(0)
-                with m.If(tables.done & ~disp.busy & ~gate.busy & ~wb_busy):
-                    m.d.sync += [
-                        phase.eq(Phase.EXPERTS),
-                        e_cur.eq(0),
-                        base_e.eq(0),
-                        is_shared.eq(0),
-                    ]
-                    m.next = "E_NEXT"
-            with m.State("E_NEXT"):
-                m.d.comb += [cn_rd.addr.eq(e_cur), ti_rd.addr.eq(e_cur)]
-                with m.If(e_cur == desc.e):
-                    with m.If(has_shared):
-                        m.d.sync += [
-                            is_shared.eq(1),
-                            rows_e.eq(desc.t),
-                            f_cur.eq(desc.fs),
-                            gated.eq(1),
-                            phase.eq(Phase.SHARED),
-                        ]
-                        m.next = "DESC"
-                    with m.Else():
-                        m.next = "COMBINE"
-                with m.Else():
-                    m.next = "E_CHECK"
-            with m.State("E_CHECK"):
-                m.d.comb += [cn_rd.addr.eq(e_cur), ti_rd.addr.eq(e_cur)]
-                with m.If(cn_rd.data == 0):
-                    m.d.sync += e_cur.eq(e_cur + 1)
-                    m.next = "E_NEXT"
-                with m.Else():
-                    m.d.sync += [
-                        rows_e.eq(cn_rd.data),
-                        span_e.eq(ti_rd.data * cfg.m_tile),
-                        f_cur.eq(desc.f),
-                        gated.eq(desc.ffn == FFNKind.SWIGLU),
-                    ]
-                    m.next = "DESC"
-            with m.State("DESC"):
-                m.d.sync += m0.eq(0)
-                m.d.comb += [words.start.eq(1), words.dest.eq(WordDest.DESC)]
-                read(
-                    desc.table_addr + e_cur * desc_stride,
-                    desc_stride,
-                    _ReadSel.WORDS,
-                    rz_words,
-                    len(layout.DESC_FIELDS),
-                )
-                m.next = "DESC_WAIT"
-            with m.State("DESC_WAIT"):
-                with m.If(self.rd_done):
-                    m.next = "PARAMS"
-            with m.State("PARAMS"):
-                m.d.comb += params.clear.eq(1)
-                pc_words = dw["param_count"]
-                read(
-                    dw["param_addr"],
-                    ((pc_words * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
-                    _ReadSel.PARAMS,
-                    rz_params,
-                    (pc_words + (PW - 1)) >> exact_log2(PW),
-                )
-                m.next = "PARAMS_WAIT"
-            with m.State("PARAMS_WAIT"):
-                with m.If(self.rd_done):
-                    m.d.comb += lut.clear.eq(1)
-                    read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, rz_lut, nlut)
-                    m.next = "LUT_WAIT"
-            with m.State("LUT_WAIT"):
-                with m.If(self.rd_done):
-                    m.next = "GEMM1"
-            with m.State("GEMM1"):
-                # Blocks of MB rows; a remainder between MB and 2·MB is split in halves,
-                # so no block is much shorter than MB/2 (short blocks are weight-bound).
-                blk = Mux(left <= MB, left, Mux(left < 2 * MB, (left + 1) >> 1, MB))
-                m.d.sync += mm.eq(blk)
-                gemm(
-                    mm=blk,
-                    k=desc.d,
-                    n=f_cur,
-                    mode=Mux(gated, Mode.SWIGLU, Mode.REQUANT_LUT),
-                    param_a=0,
-                    param_b=nt_f,
-                    gate_mult=dw["gate_mult"],
-                    gate_shift=dw["gate_shift"],
-                    w_addr=dw["w1_addr"],
-                    w_rows=dw["w1_rows"],
-                    src=Mux(is_shared, ActSource.TOKENS, ActSource.SORTED),
-                    row0=Mux(is_shared, m0, base_e + m0),
-                    sink_kind=SinkKind.HBUF,
+                    w_addr=dw["w2_addr"],
+                    w_rows=dw["w2_rows"],
+                    src=ActSource.HBUF,
+                    row0=0,
+                    sink_kind=SinkKind.YBUF,
                     sink_row0=0,
                 )
-                m.next = "GEMM1_WAIT"
-            with m.State("GEMM1_WAIT"):
-                with m.If(engine.done):
-                    with m.If(engine.error != CommandError.NONE):
-                        m.next = "FAIL"
-                    with m.Else():
-                        m.next = "GEMM2_READY"
-            with m.State("GEMM2_READY"):
-                with m.If(~wb_busy):
-                    gemm(
-                        mm=mm,
-                        k=f_cur,
-                        n=desc.d,
-                        mode=Mode.REQUANT,
-                        param_a=Mux(gated, 2 * nt_f, nt_f),
-                        param_b=0,
-                        gate_mult=0,
-                        gate_shift=0,
-                        w_addr=dw["w2_addr"],
-                        w_rows=dw["w2_rows"],
-                        src=ActSource.HBUF,
-                        row0=0,
-                        sink_kind=SinkKind.YBUF,
-                        sink_row0=0,
+                m.next = "GEMM2_WAIT"
+        with m.State("GEMM2_WAIT"):
+            with m.If(engine.done):
+                with m.If(engine.error != CommandError.NONE):
+                    m.next = "FAIL"
+                with m.Else():
+                    row = Mux(is_shared, m0, p.base_e + m0)
+                    base = Mux(is_shared, desc.shared_scratch_addr, desc.scratch_addr)
+                    p.write(
+                        base + row * ys,
+                        mm * ys,
+                        _WriteSel.YBUF,
+                        p.rz_y,
+                        (mm * ys) >> exact_log2(B),
                     )
-                    m.next = "GEMM2_WAIT"
-            with m.State("GEMM2_WAIT"):
-                with m.If(engine.done):
-                    with m.If(engine.error != CommandError.NONE):
-                        m.next = "FAIL"
+                    m.d.comb += [p.yb.start.eq(1), p.yb.outer_count.eq(mm)]
+                    m.d.sync += m0.eq(m0 + mm)
+                    with m.If(m0 + mm < p.rows_e):
+                        m.next = "GEMM1"
+                    with m.Elif(is_shared):
+                        m.next = "COMBINE"
                     with m.Else():
-                        row = Mux(is_shared, m0, base_e + m0)
-                        base = Mux(is_shared, desc.shared_scratch_addr, desc.scratch_addr)
-                        write(
-                            base + row * ys,
-                            mm * ys,
-                            _WriteSel.YBUF,
-                            rz_y,
-                            (mm * ys) >> exact_log2(B),
-                        )
-                        m.d.comb += [yb.start.eq(1), yb.outer_count.eq(mm)]
-                        m.d.sync += m0.eq(m0 + mm)
-                        with m.If(m0 + mm < rows_e):
-                            m.next = "GEMM1"
-                        with m.Elif(is_shared):
-                            m.next = "COMBINE"
-                        with m.Else():
-                            m.d.sync += [base_e.eq(base_e + span_e), e_cur.eq(e_cur + 1)]
-                            m.next = "E_NEXT"
-            with m.State("COMBINE"):
-                with m.If(~wb_busy):
-                    m.d.sync += [phase.eq(Phase.COMBINE), t_cur.eq(0), s_cur.eq(0), j_cur.eq(0)]
-                    write(
-                        desc.output_addr,
-                        desc.t * ys,
-                        _WriteSel.COMBINE,
-                        rz_comb,
-                        (desc.t * ys) >> exact_log2(B),
-                    )
-                    m.next = "C_SLOT"
-            with m.State("C_SLOT"):
-                m.d.comb += [
-                    inv_rd.addr.eq(s_cur + j_cur),
-                    wm_rd.addr.eq(s_cur + j_cur),
-                    sh_rd.addr.eq(t_cur),
-                ]
-                m.next = "C_GOT"
-            with m.State("C_GOT"):
-                m.d.comb += [
-                    inv_rd.addr.eq(s_cur + j_cur),
-                    wm_rd.addr.eq(s_cur + j_cur),
-                    sh_rd.addr.eq(t_cur),
-                ]
-                m.d.sync += [
-                    kept[j_cur].eq(inv_rd.data.valid),
-                    wts[j_cur].eq(wm_rd.data),
-                    sh_weight.eq(sh_rd.data),
-                ]
-                m.d.comb += [term_load.start.eq(1), term_load.first_row.eq(j_cur)]
-                with m.If(inv_rd.data.valid):
+                        m.d.sync += [p.base_e.eq(p.base_e + p.span_e), p.e_cur.eq(p.e_cur + 1)]
+                        m.next = "E_NEXT"
+
+    def _combine_states(self, m: Module, p: SimpleNamespace) -> None:
+        """Per token: its kept slots' rows (and the shared row) into the term buffer,
+        then fed to the combiner; the outputs stream to memory. FAIL holds `error`."""
+        cfg, desc, read = self.cfg, p.desc, p.read
+        B, C = cfg.mem_bytes_per_cycle, cfg.cols
+        t_cur, s_cur, j_cur, ys = p.t_cur, p.s_cur, p.j_cur, p.ys
+        inv_rd, wm_rd, sh_rd = p.inv_rd, p.weight_rd, p.shw_rd
+        with m.State("COMBINE"):
+            with m.If(~p.wb_busy):
+                m.d.sync += [p.phase.eq(Phase.COMBINE), t_cur.eq(0), s_cur.eq(0), j_cur.eq(0)]
+                p.write(
+                    desc.output_addr,
+                    desc.t * ys,
+                    _WriteSel.COMBINE,
+                    p.rz_comb,
+                    (desc.t * ys) >> exact_log2(B),
+                )
+                m.next = "C_SLOT"
+        with m.State("C_SLOT"):
+            m.d.comb += [
+                inv_rd.addr.eq(s_cur + j_cur),
+                wm_rd.addr.eq(s_cur + j_cur),
+                sh_rd.addr.eq(t_cur),
+            ]
+            m.next = "C_GOT"
+        with m.State("C_GOT"):
+            m.d.comb += [
+                inv_rd.addr.eq(s_cur + j_cur),
+                wm_rd.addr.eq(s_cur + j_cur),
+                sh_rd.addr.eq(t_cur),
+            ]
+            m.d.sync += [
+                p.kept[j_cur].eq(inv_rd.data.valid),
+                p.wts[j_cur].eq(wm_rd.data),
+                p.sh_weight.eq(sh_rd.data),
+            ]
+            m.d.comb += [p.term_load.start.eq(1), p.term_load.first_row.eq(j_cur)]
+            with m.If(inv_rd.data.valid):
+                read(
+                    desc.scratch_addr + inv_rd.data.row * ys,
+                    ys,
+                    _ReadSel.TERM,
+                    p.rz_term,
+                    ys >> exact_log2(C),
+                )
+                m.next = "C_FETCH"
+            with m.Else():
+                m.next = "C_STEP"
+        with m.State("C_FETCH"):
+            with m.If(self.rd_done):
+                m.next = "C_STEP"
+        with m.State("C_STEP"):
+            m.d.sync += j_cur.eq(j_cur + 1)
+            with m.If(j_cur == desc.k - 1):
+                with m.If(p.has_shared):
+                    m.d.comb += [p.term_load.start.eq(1), p.term_load.first_row.eq(desc.k)]
                     read(
-                        desc.scratch_addr + inv_rd.data.row * ys,
+                        desc.shared_scratch_addr + t_cur * ys,
                         ys,
                         _ReadSel.TERM,
-                        rz_term,
+                        p.rz_term,
                         ys >> exact_log2(C),
                     )
-                    m.next = "C_FETCH"
+                    m.next = "C_SHARED"
                 with m.Else():
-                    m.next = "C_STEP"
-            with m.State("C_FETCH"):
-                with m.If(self.rd_done):
-                    m.next = "C_STEP"
-            with m.State("C_STEP"):
-                m.d.sync += j_cur.eq(j_cur + 1)
-                with m.If(j_cur == desc.k - 1):
-                    with m.If(has_shared):
-                        m.d.comb += [term_load.start.eq(1), term_load.first_row.eq(desc.k)]
-                        read(
-                            desc.shared_scratch_addr + t_cur * ys,
-                            ys,
-                            _ReadSel.TERM,
-                            rz_term,
-                            ys >> exact_log2(C),
-                        )
-                        m.next = "C_SHARED"
-                    with m.Else():
-                        m.next = "C_FEED"
+                    m.next = "C_FEED"
+            with m.Else():
+                m.next = "C_SLOT"
+        with m.State("C_SHARED"):
+            with m.If(self.rd_done):
+                m.next = "C_FEED"
+        with m.State("C_FEED"):
+            m.d.comb += p.terms.start.eq(1)
+            m.next = "C_FEEDING"
+        with m.State("C_FEEDING"):
+            with m.If(~p.terms.running & ~p.terms.o.valid):
+                m.d.sync += [t_cur.eq(t_cur + 1), s_cur.eq(s_cur + desc.k), j_cur.eq(0)]
+                with m.If(t_cur == desc.t - 1):
+                    m.next = "C_DRAIN"
                 with m.Else():
                     m.next = "C_SLOT"
-            with m.State("C_SHARED"):
-                with m.If(self.rd_done):
-                    m.next = "C_FEED"
-            with m.State("C_FEED"):
-                m.d.comb += ct.start.eq(1)
-                m.next = "C_FEEDING"
-            with m.State("C_FEEDING"):
-                with m.If(~ct.running & ~ct.o.valid):
-                    m.d.sync += [t_cur.eq(t_cur + 1), s_cur.eq(s_cur + desc.k), j_cur.eq(0)]
-                    with m.If(t_cur == desc.t - 1):
-                        m.next = "C_DRAIN"
-                    with m.Else():
-                        m.next = "C_SLOT"
-            with m.State("C_DRAIN"):
-                with m.If(~wb_busy):
-                    m.d.sync += [busy.eq(0), phase.eq(Phase.NONE), self.done.eq(1)]
-                    m.next = "IDLE"
-            with m.State("FAIL"):
-                m.d.comb += self.error.eq(1)
-        return m
+        with m.State("C_DRAIN"):
+            with m.If(~p.wb_busy):
+                m.d.sync += [p.busy.eq(0), p.phase.eq(Phase.NONE), self.done.eq(1)]
+                m.next = "IDLE"
+        with m.State("FAIL"):
+            m.d.comb += self.error.eq(1)
+
+
+def _ceil_div_pow2(value, width: int):
+    """`ceil(value / width)` for a power-of-two `width`."""
+    return (value + (width - 1)) >> exact_log2(width)
