@@ -226,6 +226,18 @@ def _stream(cfg: AccelConfig, weights: list[np.ndarray], e: int) -> Callable[[],
     return produce
 
 
+def _param_words(
+    cfg: AccelConfig, sections: list[tuple[np.ndarray, np.ndarray]]
+) -> Callable[[], np.ndarray]:
+    """Producer of the parameter words of `sections` (a Python loop per channel: deferred,
+    so compiling a layer costs nothing per expert it does not write)."""
+
+    def produce() -> np.ndarray:
+        return layout.param_words(cfg, sections).astype("<u4").view(np.uint8)
+
+    return produce
+
+
 def _ffn_block(
     img: _Image,
     cfg: AccelConfig,
@@ -254,17 +266,16 @@ def _ffn_block(
     if gated:
         sections.append((p.m3[e], p.sh3[e]))
     sections.append((p.m2[e], p.sh2[e]))
-    words = layout.param_words(cfg, sections)
     b = cfg.mem_bytes_per_cycle
     c = cfg.cols
     w1 = img.alloc(f"{name}.w1", layout.align(rows1 * c, b))
     img.put_lazy(w1, rows1 * c, _stream(cfg, [p.w1_q] + ([p.w3_q] if gated else []), e))
     w2 = img.alloc(f"{name}.w2", layout.align(rows2 * c, b))
     img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e))
-    pa = img.alloc(f"{name}.params", layout.align(4 * words.size, b))
-    img.put(pa, words.astype("<u4"))
+    pa = img.alloc(f"{name}.params", layout.align(4 * n_words, b))
+    img.put_lazy(pa, 4 * n_words, _param_words(cfg, sections))
     img.put(lut_addr, p.lut[e].astype(np.int8))
-    return [w1, rows1, w2, rows2, pa, words.size, gate_mult, gate_shift]
+    return [w1, rows1, w2, rows2, pa, n_words, gate_mult, gate_shift]
 
 
 def _check_resident(resident_experts: object, n_experts: int) -> tuple[int, ...]:
