@@ -2,7 +2,8 @@
 
 Runs the jobs listed in `$TOP_JOBS/jobs.json` (written by the pytest side:
 each a memory image, a register program and an optional fault), with random
-pauses on every AXI channel of the memory, and saves, per job, the final
+pauses on every AXI channel of the memory and the AXI4 protocol checker on
+the accelerator's master port (`sim.tb.axi_checker`), and saves, per job, the final
 memory (`<name>.npy`) and the outcome (`outcomes.json`). The pytest side
 decodes and compares them with the golden layer.
 """
@@ -19,11 +20,15 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from rtl.regs import REGISTER_MAP
 from sim.tb import reset_dut, start_clock
+from sim.tb.axi_checker import AxiProtocolChecker
 from sim.tb.axil import RegisterClient, paused_ram
 
 JOBS_DIR = Path(os.environ["TOP_JOBS"])
 MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
 SEED = int(os.environ.get("SEED", "1"))
+BEAT_BYTES = int(os.environ["TOP_BEAT_BYTES"])
+MAX_BURST = int(os.environ["TOP_MAX_BURST"])
+MAX_OUTSTANDING = int(os.environ["TOP_MAX_OUTSTANDING"])
 PAUSE = float(os.environ.get("TOP_PAUSE", "0.2"))
 """Probability of a pause cycle on each AXI channel of the memory (0: never stalls)."""
 STATUS = REGISTER_MAP["STATUS"].register
@@ -48,6 +53,9 @@ async def layers_match_the_golden_model(dut):
     rng = random.Random(SEED)
     start_clock(dut.clk)
     ram = paused_ram(dut, rng, PAUSE, MEM_BYTES)
+    axi = AxiProtocolChecker(
+        dut, beat_bytes=BEAT_BYTES, max_burst=MAX_BURST, max_outstanding=MAX_OUTSTANDING
+    ).start()
     regs = Regs(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk))
     await reset_dut(dut, dut.clk)
     healthy_read, healthy_write = ram.read_if._read, ram.write_if._write
@@ -96,3 +104,4 @@ async def layers_match_the_golden_model(dut):
             JOBS_DIR / f"{job['name']}_mem.npy", np.frombuffer(ram.read(0, MEM_BYTES), np.uint8)
         )
     (JOBS_DIR / "outcomes.json").write_text(json.dumps(outcomes))
+    axi.check()

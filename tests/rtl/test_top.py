@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtl.dma import DMA
 from rtl.regs import ErrorCause
 from rtl.top import MoEAccel
 from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
@@ -68,13 +69,21 @@ def test_top_layers_and_faults(tmp_path):
         job["program"] = [[name, int(value)] for name, value in case.image.program]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
 
+    dma = DMA(SMALL_TOP)  # the top's DMA: its burst and outstanding limits for the checker
     start = time.perf_counter()
     build = build_component(MoEAccel(SMALL_TOP), "moe_accel_small")
     print(f"\nMoEAccel(SMALL_TOP) cocotb build: {time.perf_counter() - start:.1f} s")
     run_cocotb(
         build,
         TB,
-        extra_env={"TOP_JOBS": str(tmp_path), "TOP_MEM_BYTES": str(MEM_BYTES), "SEED": "5"},
+        extra_env={
+            "TOP_JOBS": str(tmp_path),
+            "TOP_MEM_BYTES": str(MEM_BYTES),
+            "TOP_BEAT_BYTES": str(SMALL_TOP.mem_bytes_per_cycle),
+            "TOP_MAX_BURST": str(dma.burst),
+            "TOP_MAX_OUTSTANDING": str(dma.max_outstanding),
+            "SEED": "5",
+        },
     )
     outcomes = json.loads((tmp_path / "outcomes.json").read_text())
     expected_error = {
