@@ -5,6 +5,7 @@ Bit-exactness of the image is checked by running it on the RTL
 layout rules and the errors raised before any simulation.
 """
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import family_spec
+from pymodel.layer import golden_layer
 from pymodel.numerics import NumericsError
 from pymodel.synthetic import synthetic_layer, synthetic_tokens
 from rtl import layout
@@ -162,3 +164,24 @@ def test_a_full_size_layer_compiles_without_generating_weights_and_needs_residen
     expert = 3 * 7168 * 2048
     assert 9 * expert < image.written_bytes < 9 * expert + 2**22  # + router, tables
     assert image.mem_bytes < 10 * expert + 2**24
+
+
+def test_memory_mapped_expert_weights_compile_and_compute_like_generated_ones(tmp_path) -> None:
+    spec = family_spec("mixtral", d_model=24, d_ff=40, n_experts=4)
+    ql = synthetic_layer(spec, SMALL_TOP, seed=3)
+    x_q = synthetic_tokens(spec, SMALL_TOP, 2, seed=3)
+    mapped = {}
+    for name in ("w1_q", "w3_q", "w2_q"):
+        lazy = getattr(ql.experts, name)
+        path = tmp_path / f"{name}.npy"
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int8, shape=lazy.shape)
+        for e in range(len(lazy)):
+            out[e] = lazy[e]
+        out.flush()
+        mapped[name] = np.load(path, mmap_mode="r")
+    on_file = dataclasses.replace(ql, experts=dataclasses.replace(ql.experts, **mapped))
+    assert np.array_equal(
+        compile_layer(on_file, x_q, SMALL_TOP).mem, compile_layer(ql, x_q, SMALL_TOP).mem
+    )
+    expected = golden_layer(ql, x_q, SMALL_TOP).y_q
+    assert np.array_equal(golden_layer(on_file, x_q, SMALL_TOP).y_q, expected)
