@@ -53,9 +53,11 @@ from .activation_feeder import (
     token_bits,
 )
 from .combine import Combiner
+from .combine_feeder import CombineFeeder
 from .dispatch import Dispatcher
 from .dispatch_tables import DispatchTables, inverse_layout
 from .dma import dma_command_layout, read_beat_layout
+from .dma_channels import ReadChannel, WriteChannel
 from .gate import Gate
 from .gemm_engine import GemmEngine
 from .loaders import LutLoader, ParamLoader, RowLoader, WordDest, WordLoader
@@ -65,10 +67,10 @@ from .phase_counters import Phase, PhaseCounters, phase_counter_layout
 from .postproc import Mode, wide_bits
 from .regs import FFNKind, descriptor_layout
 from .regs import SharedExpert as SharedMode
-from .resize import Resizer
 from .routing_recorder import RoutingRecorder
-from .streams import CommandRegister, MemoryReader, StreamDemux, StreamMux
+from .streams import CommandRegister
 from .tile_sequencer import CommandError, counter_layout
+from .y_writeback import YWriteBack
 
 __all__ = ["LayerSequencer", "descriptor_layout", "phase_counter_layout"]
 
@@ -225,125 +227,98 @@ class LayerSequencer(wiring.Component):
         ]
 
     def _reads(self, m: Module, p: SimpleNamespace) -> None:
-        """DMA reads: the command register, the demux to the resizers and the loaders.
-
-        `p.read(addr, length, sel, rz, count)` issues a read into resizer `rz` from an
-        FSM state.
-        """
+        """DMA reads (`p.read(addr, length, sel, count)` from an FSM state) into the loaders."""
         cfg, engine = self.cfg, p.engine
-        C, B = cfg.cols, cfg.mem_bytes_per_cycle
-        rd_cmd = m.submodules.rd_cmd = CommandRegister(dma_command_layout())
-        wiring.connect(m, rd_cmd.o, wiring.flipped(self.rd_cmd))
-        rsel = Signal(_ReadSel)
-        p.rz_words = Resizer(B, 4)
-        p.rz_x = Resizer(B, p.wx)
-        p.rz_w = Resizer(B, cfg.weight_rows_per_beat * C)
-        p.rz_lut = Resizer(B, cfg.lut_entries_per_beat)
-        p.rz_term = Resizer(B, C)
-        p.rz_params = Resizer(B, 4 * cfg.param_words_per_beat)
-        readers = {
-            _ReadSel.WORDS: p.rz_words,
-            _ReadSel.X: p.rz_x,
-            _ReadSel.WEIGHT: p.rz_w,
-            _ReadSel.LUT: p.rz_lut,
-            _ReadSel.TERM: p.rz_term,
-            _ReadSel.PARAMS: p.rz_params,
-        }
-        rd_demux = m.submodules.rd_demux = StreamDemux(unsigned(8 * B), _ReadSel)
+        C = cfg.cols
+        p.rch = rch = m.submodules.read_channel = ReadChannel(
+            cfg.mem_bytes_per_cycle,
+            _ReadSel,
+            {
+                _ReadSel.WORDS: 4,
+                _ReadSel.X: p.wx,
+                _ReadSel.WEIGHT: cfg.weight_rows_per_beat * C,
+                _ReadSel.LUT: cfg.lut_entries_per_beat,
+                _ReadSel.TERM: C,
+                _ReadSel.PARAMS: 4 * cfg.param_words_per_beat,
+            },
+        )
+        wiring.connect(m, rch.cmd, wiring.flipped(self.rd_cmd))
         m.d.comb += [
-            rd_demux.sel.eq(rsel),
-            rd_demux.i.valid.eq(self.rd_data.valid),
-            rd_demux.i.payload.eq(self.rd_data.payload.data),
-            self.rd_data.ready.eq(rd_demux.i.ready),
+            rch.data.valid.eq(self.rd_data.valid),
+            rch.data.payload.eq(self.rd_data.payload.data),
+            self.rd_data.ready.eq(rch.data.ready),
         ]
-        for sel, rz in readers.items():
-            m.submodules[f"rz_{sel.name.lower()}"] = rz
-            wiring.connect(m, getattr(rd_demux, sel.name.lower()), rz.i)
 
-        def read(addr, length, sel, rz, count):
+        def read(addr, length, sel, count):
             m.d.comb += [
-                rd_cmd.load.eq(1),
-                rd_cmd.data.addr.eq(addr),
-                rd_cmd.data.length.eq(length),
+                rch.issue.eq(1),
+                rch.addr.eq(addr),
+                rch.length.eq(length),
+                rch.sel.eq(sel),
+                rch.count.eq(count),
             ]
-            m.d.sync += rsel.eq(sel)
-            m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
         p.read = read
 
         p.params = m.submodules.param_loader = ParamLoader(cfg, engine.param_rows)
-        wiring.connect(m, p.rz_params.o, p.params.i)
+        wiring.connect(m, rch.params, p.params.i)
         wiring.connect(m, p.params.o, engine.param_w)
         p.words = m.submodules.word_loader = WordLoader(cfg)
-        wiring.connect(m, p.rz_words.o, p.words.i)
+        wiring.connect(m, rch.words, p.words.i)
         m.d.comb += [
             p.gate.bias_addr.eq(p.words.bias_addr),
             p.gate.bias_data.eq(p.words.bias_data),
             p.gate.bias_we.eq(p.words.bias_we),
         ]
         p.lut = m.submodules.lut_loader = LutLoader(cfg)
-        wiring.connect(m, p.rz_lut.o, p.lut.i)
+        wiring.connect(m, rch.lut, p.lut.i)
         wiring.connect(m, p.lut.o, engine.lut_w)
         p.x_words = Signal(range(p.xrow + 1))
         m.d.comb += p.x_words.eq(p.ys >> exact_log2(p.wx))
         p.x_load = m.submodules.x_loader = RowLoader(
             len(p.x_wr.addr), p.mems["x"].shape, cfg.max_tokens, p.xrow
         )
-        wiring.connect(m, p.rz_x.o, p.x_load.i)
+        wiring.connect(m, rch.x, p.x_load.i)
         wiring.connect(m, p.x_load.wr, p.x_wr)
         m.d.comb += p.x_load.words.eq(p.x_words)
         m.d.comb += [
-            engine.weight.valid.eq(p.rz_w.o.valid),
-            engine.weight.payload.eq(p.rz_w.o.payload),
-            p.rz_w.o.ready.eq(engine.weight.ready),
+            engine.weight.valid.eq(rch.weight.valid),
+            engine.weight.payload.eq(rch.weight.payload),
+            rch.weight.ready.eq(engine.weight.ready),
         ]
         p.term_load = m.submodules.term_loader = RowLoader(
             len(p.term_wr.addr), p.mems["term"].shape, cfg.max_top_k + 1, p.trow
         )
-        wiring.connect(m, p.rz_term.o, p.term_load.i)
+        wiring.connect(m, rch.term, p.term_load.i)
         wiring.connect(m, p.term_load.wr, p.term_wr)
         m.d.comb += p.term_load.words.eq(p.ys >> exact_log2(C))
 
     def _writes(self, m: Module, p: SimpleNamespace) -> None:
-        """DMA writes: the command register and the mux from the resizers.
+        """DMA writes: `p.write(addr, length, sel, count)` from an FSM state; `p.wb_busy`
+        is high from then until the DMA reports the write done."""
+        cfg = self.cfg
+        p.wch = wch = m.submodules.write_channel = WriteChannel(
+            cfg.mem_bytes_per_cycle,
+            _WriteSel,
+            {
+                _WriteSel.ROUTING: layout.ROUTING_RECORD_BYTES,
+                _WriteSel.YBUF: p.wy,
+                _WriteSel.COMBINE: cfg.cols,
+            },
+        )
+        wiring.connect(m, wch.cmd, wiring.flipped(self.wr_cmd))
+        wiring.connect(m, wch.data, wiring.flipped(self.wr_data))
+        m.d.comb += wch.done.eq(self.wr_done)
+        p.wb_busy = wch.busy
 
-        `p.write(addr, length, sel, rz, count)` issues a write from resizer `rz`;
-        `p.wb_busy` is high from then until the DMA reports it done.
-        """
-        cfg, B = self.cfg, self.cfg.mem_bytes_per_cycle
-        wr_cmd = m.submodules.wr_cmd = CommandRegister(dma_command_layout())
-        wiring.connect(m, wr_cmd.o, wiring.flipped(self.wr_cmd))
-        wsel = Signal(_WriteSel)
-        p.rz_route = Resizer(layout.ROUTING_RECORD_BYTES, B)
-        p.rz_y = Resizer(p.wy, B)
-        p.rz_comb = Resizer(cfg.cols, B)
-        wr_mux = m.submodules.wr_mux = StreamMux(unsigned(8 * B), _WriteSel)
-        m.d.comb += wr_mux.sel.eq(wsel)
-        wiring.connect(m, wr_mux.o, wiring.flipped(self.wr_data))
-        for sel, rz in (
-            (_WriteSel.ROUTING, p.rz_route),
-            (_WriteSel.YBUF, p.rz_y),
-            (_WriteSel.COMBINE, p.rz_comb),
-        ):
-            m.submodules[f"rz_{sel.name.lower()}"] = rz
-            wiring.connect(m, rz.o, getattr(wr_mux, sel.name.lower()))
-
-        p.wb_busy = Signal()
-        issued = Signal()
-        with m.If(issued):
-            m.d.sync += p.wb_busy.eq(1)
-        with m.Elif(self.wr_done):
-            m.d.sync += p.wb_busy.eq(0)
-
-        def write(addr, length, sel, rz, count):
+        def write(addr, length, sel, count):
             m.d.comb += [
-                wr_cmd.load.eq(1),
-                wr_cmd.data.addr.eq(addr),
-                wr_cmd.data.length.eq(length),
-                issued.eq(1),
+                wch.issue.eq(1),
+                wch.addr.eq(addr),
+                wch.length.eq(length),
+                wch.sel.eq(sel),
+                wch.count.eq(count),
             ]
-            m.d.sync += wsel.eq(sel)
-            m.d.comb += [rz.start.eq(1), rz.count.eq(count)]
 
         p.write = write
 
@@ -403,7 +378,6 @@ class LayerSequencer(wiring.Component):
                 w_addr,
                 ((w_rows * C + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                 _ReadSel.WEIGHT,
-                p.rz_w,
                 w_rows >> exact_log2(L),
             )
             m.d.comb += [
@@ -435,7 +409,7 @@ class LayerSequencer(wiring.Component):
         wiring.connect(m, gate.pairs, rec.pairs)
         wiring.connect(m, gate.shared, rec.shared)
         wiring.connect(m, rec.disp_pairs, disp.pairs)
-        wiring.connect(m, rec.records, p.rz_route.i)
+        wiring.connect(m, rec.records, p.wch.routing)
         wiring.connect(m, rec.slot_token_wr, p.slot_tok_wr)
         wiring.connect(m, rec.slot_weight_wr, p.weight_wr)
         wiring.connect(m, rec.shared_weight_wr, p.shw_wr)
@@ -459,52 +433,29 @@ class LayerSequencer(wiring.Component):
     def _combine_path(self, m: Module, p: SimpleNamespace) -> None:
         """The Y write-back, the combine feeder (terms from the term buffer), the output."""
         cfg, desc, comb = self.cfg, p.desc, p.comb
-        C = cfg.cols
-        p.yb = yb = m.submodules.y_reader = MemoryReader(
-            len(p.y_rd.addr), p.mems["y"].shape, outer=p.mb, inner=p.yrow, side=unsigned(0)
-        )
-        wiring.connect(m, yb.rd, p.y_rd)
-        m.d.comb += [
-            yb.inner_count.eq(p.ys >> exact_log2(p.wy)),
-            yb.addr.eq(yb.outer * p.yrow + yb.inner),
-            p.rz_y.i.valid.eq(yb.o.valid),
-            p.rz_y.i.payload.eq(yb.o.payload.data),
-            yb.o.ready.eq(p.rz_y.i.ready),
-        ]
+        p.yb = m.submodules.y_writeback = YWriteBack(cfg, p.mb)
+        wiring.connect(m, p.yb.rd, p.y_rd)
+        wiring.connect(m, p.yb.o, p.wch.ybuf)
+        m.d.comb += p.yb.words.eq(p.ys >> exact_log2(p.wy))
 
-        n_terms = Signal(range(cfg.max_top_k + 2))
-        m.d.comb += n_terms.eq(desc.k + p.has_shared)
-        p.kept = kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
-        p.wts = wts = Array(
-            Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k)
-        )
+        p.kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
+        p.wts = Array(Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k))
         p.sh_weight = Signal(cfg.gate_weight_bits)
-        p.terms = ct = m.submodules.term_reader = MemoryReader(
-            len(p.term_rd.addr),
-            p.mems["term"].shape,
-            outer=p.trow,
-            inner=cfg.max_top_k + 1,
-            side=data.StructLayout({"weight": unsigned(cfg.gate_weight_bits), "last": 1}),
-        )
-        wiring.connect(m, ct.rd, p.term_rd)
-        j = ct.inner
+        p.terms = terms = m.submodules.combine_feeder = CombineFeeder(cfg)
+        wiring.connect(m, terms.rd, p.term_rd)
+        wiring.connect(m, terms.o, comb.terms)
         m.d.comb += [
-            ct.outer_count.eq(p.ys >> exact_log2(C)),
-            ct.inner_count.eq(n_terms),
-            ct.addr.eq(j * p.trow + ct.outer),
-            ct.side_in.last.eq(ct.last_inner),
-            ct.side_in.weight.eq(Mux(j == desc.k, p.sh_weight, Mux(kept[j], wts[j], 0))),
-            comb.terms.valid.eq(ct.o.valid),
-            comb.terms.payload.weight.eq(ct.o.payload.side.weight),
-            comb.terms.payload.last.eq(ct.o.payload.side.last),
-            ct.o.ready.eq(comb.terms.ready),
+            terms.chunks.eq(p.ys >> exact_log2(cfg.cols)),
+            terms.terms.eq(desc.k + p.has_shared),
+            terms.k.eq(desc.k),
+            terms.shared_weight.eq(p.sh_weight),
         ]
-        for lane in range(C):
-            m.d.comb += comb.terms.payload.values[lane].eq(ct.o.payload.data[lane])
+        for j in range(cfg.max_top_k):
+            m.d.comb += [terms.kept[j].eq(p.kept[j]), terms.weights[j].eq(p.wts[j])]
         m.d.comb += [
-            p.rz_comb.i.valid.eq(comb.out.valid),
-            p.rz_comb.i.payload.eq(comb.out.payload.as_value()),
-            comb.out.ready.eq(p.rz_comb.i.ready),
+            p.wch.combine.valid.eq(comb.out.valid),
+            p.wch.combine.payload.eq(comb.out.payload.as_value()),
+            comb.out.ready.eq(p.wch.combine.ready),
         ]
 
     def _fsm_signals(self, m: Module, p: SimpleNamespace) -> None:
@@ -553,7 +504,6 @@ class LayerSequencer(wiring.Component):
                     desc.rparam_addr,
                     ((ncol * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                     _ReadSel.PARAMS,
-                    p.rz_params,
                     (ncol + (PW - 1)) >> exact_log2(PW),
                 )
                 m.next = "LOAD_PARAMS"
@@ -565,7 +515,6 @@ class LayerSequencer(wiring.Component):
                         desc.bias_addr,
                         ((desc.e * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                         _ReadSel.WORDS,
-                        p.rz_words,
                         desc.e,
                     )
                     m.next = "LOAD_BIAS"
@@ -576,7 +525,7 @@ class LayerSequencer(wiring.Component):
                 m.next = "LOAD_X"
         with m.State("LOAD_X"):
             m.d.comb += p.x_load.start.eq(1)
-            read(desc.tokens_addr, desc.t * p.ys, _ReadSel.X, p.rz_x, desc.t * p.x_words)
+            read(desc.tokens_addr, desc.t * p.ys, _ReadSel.X, desc.t * p.x_words)
             m.next = "WAIT_X"
         with m.State("WAIT_X"):
             with m.If(self.rd_done):
@@ -615,14 +564,14 @@ class LayerSequencer(wiring.Component):
             m.d.sync += p.g_pad.eq(0)
             m.d.comb += [p.logits.start.eq(1), p.recorder.start.eq(1), p.tables.start.eq(1)]
             rlen = ((tk * layout.ROUTING_RECORD_BYTES + (B - 1)) >> exact_log2(B)) << exact_log2(B)
-            p.write(desc.routing_addr, rlen, _WriteSel.ROUTING, p.rz_route, rlen >> exact_log2(B))
+            p.write(desc.routing_addr, rlen, _WriteSel.ROUTING, rlen >> exact_log2(B))
             m.next = "GATE_RUN"
         with m.State("GATE_RUN"):
             with m.If(p.recorder.slot == tk):
                 m.d.sync += [p.g_pad.eq(1), p.phase.eq(Phase.DISPATCH)]
                 m.next = "DISPATCH"
         with m.State("DISPATCH"):
-            with m.If(p.rz_route.idle):
+            with m.If(p.wch.idle[_WriteSel.ROUTING.value]):
                 m.d.sync += p.g_pad.eq(0)
             with m.If(p.tables.done & ~p.disp.busy & ~p.gate.busy & ~p.wb_busy):
                 m.d.sync += [
@@ -678,7 +627,6 @@ class LayerSequencer(wiring.Component):
                 desc.table_addr + e_cur * desc_stride,
                 desc_stride,
                 _ReadSel.WORDS,
-                p.rz_words,
                 len(layout.DESC_FIELDS),
             )
             m.next = "DESC_WAIT"
@@ -692,7 +640,6 @@ class LayerSequencer(wiring.Component):
                 dw["param_addr"],
                 ((pc_words * 4 + (B - 1)) >> exact_log2(B)) << exact_log2(B),
                 _ReadSel.PARAMS,
-                p.rz_params,
                 (pc_words + (PW - 1)) >> exact_log2(PW),
             )
             m.next = "PARAMS_WAIT"
@@ -700,7 +647,7 @@ class LayerSequencer(wiring.Component):
             with m.If(self.rd_done):
                 m.d.comb += p.lut.clear.eq(1)
                 nlut = 2**cfg.act_bits // cfg.lut_entries_per_beat
-                read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, p.rz_lut, nlut)
+                read(desc.lut_addr + e_cur * lut_stride, lut_stride, _ReadSel.LUT, nlut)
                 m.next = "LUT_WAIT"
         with m.State("LUT_WAIT"):
             with m.If(self.rd_done):
@@ -770,10 +717,9 @@ class LayerSequencer(wiring.Component):
                         base + row * ys,
                         mm * ys,
                         _WriteSel.YBUF,
-                        p.rz_y,
                         (mm * ys) >> exact_log2(B),
                     )
-                    m.d.comb += [p.yb.start.eq(1), p.yb.outer_count.eq(mm)]
+                    m.d.comb += [p.yb.start.eq(1), p.yb.rows.eq(mm)]
                     m.d.sync += m0.eq(m0 + mm)
                     with m.If(m0 + mm < p.rows_e):
                         m.next = "GEMM1"
@@ -797,7 +743,6 @@ class LayerSequencer(wiring.Component):
                     desc.output_addr,
                     desc.t * ys,
                     _WriteSel.COMBINE,
-                    p.rz_comb,
                     (desc.t * ys) >> exact_log2(B),
                 )
                 m.next = "C_SLOT"
@@ -825,7 +770,6 @@ class LayerSequencer(wiring.Component):
                     desc.scratch_addr + inv_rd.data.row * ys,
                     ys,
                     _ReadSel.TERM,
-                    p.rz_term,
                     ys >> exact_log2(C),
                 )
                 m.next = "C_FETCH"
@@ -843,7 +787,6 @@ class LayerSequencer(wiring.Component):
                         desc.shared_scratch_addr + t_cur * ys,
                         ys,
                         _ReadSel.TERM,
-                        p.rz_term,
                         ys >> exact_log2(C),
                     )
                     m.next = "C_SHARED"

@@ -1,0 +1,170 @@
+"""The layer sequencer's DMA channels: one read and one write transfer at a time, resized.
+
+Why: the sequencer moves many kinds of data over one DMA read and one DMA
+write engine, one transfer at a time per direction: a command names the
+transfer (address, length) and the unit it serves (`sel`); the channel
+registers the command for the DMA, resizes the beats to or from that unit's
+item size (`rtl.resize.Resizer`, which also drops a transfer's padding past
+`count` items) and steers them by `sel` (`rtl.streams` demux and mux).
+"""
+
+from __future__ import annotations
+
+import enum as py_enum
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi import ADDR_WIDTH
+from .dma import dma_command_layout
+from .resize import COUNT_BITS, Resizer
+from .streams import CommandRegister, StreamDemux, StreamMux
+
+__all__ = ["ReadChannel", "WriteChannel"]
+
+
+def _issue_ports(sel: type[py_enum.Enum]) -> dict:
+    return {
+        "issue": In(1),
+        "addr": In(ADDR_WIDTH),
+        "length": In(32),
+        "sel": In(sel),
+        "count": In(COUNT_BITS),
+        "cmd": Out(stream.Signature(dma_command_layout())),
+    }
+
+
+class ReadChannel(wiring.Component):
+    """DMA reads into the unit each transfer serves, as items of that unit's size.
+
+    Parameters
+    ----------
+    beat_bytes : int
+        The DMA's beat.
+    sel : enum class
+        The units; `items[member]` is the item size of the unit `member`.
+    items : dict
+        Item bytes per unit (powers of two).
+
+    Ports
+    -----
+    issue : In(1)
+        Issue a read: `addr`, `length` bytes, for unit `sel`, `count` items.
+    cmd : Out(stream)
+        To the DMA's read command.
+    data : In(stream)
+        The DMA's read beats.
+    <member> : Out(stream)
+        One item stream per unit, named after its member in lower case.
+    """
+
+    def __init__(
+        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
+    ) -> None:
+        self._sel, self._items, self._beat = sel, items, beat_bytes
+        members = _issue_ports(sel)
+        members["data"] = In(stream.Signature(unsigned(8 * beat_bytes)))
+        for member, size in items.items():
+            members[member.name.lower()] = Out(stream.Signature(unsigned(8 * size)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        command = m.submodules.command = CommandRegister(dma_command_layout())
+        wiring.connect(m, command.o, wiring.flipped(self.cmd))
+        sel = Signal(self._sel)
+        demux = m.submodules.demux = StreamDemux(unsigned(8 * self._beat), self._sel)
+        m.d.comb += [
+            command.load.eq(self.issue),
+            command.data.addr.eq(self.addr),
+            command.data.length.eq(self.length),
+            demux.sel.eq(sel),
+        ]
+        wiring.connect(m, wiring.flipped(self.data), demux.i)
+        with m.If(self.issue):
+            m.d.sync += sel.eq(self.sel)
+        for member, size in self._items.items():
+            name = member.name.lower()
+            rz = m.submodules[f"rz_{name}"] = Resizer(self._beat, size)
+            m.d.comb += [rz.start.eq(self.issue & (self.sel == member)), rz.count.eq(self.count)]
+            wiring.connect(m, getattr(demux, name), rz.i)
+            wiring.connect(m, rz.o, wiring.flipped(getattr(self, name)))
+        return m
+
+
+class WriteChannel(wiring.Component):
+    """DMA writes from the unit each transfer serves, resized to beats.
+
+    Parameters
+    ----------
+    beat_bytes : int
+        The DMA's beat.
+    sel : enum class
+        The units.
+    items : dict
+        Item bytes per unit (powers of two).
+
+    Ports
+    -----
+    issue : In(1)
+        Issue a write: `addr`, `length` bytes, from unit `sel`, `count` beats.
+    cmd : Out(stream)
+        To the DMA's write command.
+    data : Out(stream)
+        The DMA's write beats.
+    done : In(1)
+        The DMA finished the write.
+    busy : Out(1)
+        A write is outstanding: from `issue` (which wins) until `done`.
+    idle : Out(len(sel))
+        Per unit (bit `member.value`): its resizer has no beats left to send.
+    <member> : In(stream)
+        One item stream per unit, named after its member in lower case.
+    """
+
+    def __init__(
+        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
+    ) -> None:
+        self._sel, self._items, self._beat = sel, items, beat_bytes
+        members = _issue_ports(sel)
+        members.update(
+            {
+                "data": Out(stream.Signature(unsigned(8 * beat_bytes))),
+                "done": In(1),
+                "busy": Out(1),
+                "idle": Out(max(m.value for m in sel) + 1),
+            }
+        )
+        for member, size in items.items():
+            members[member.name.lower()] = In(stream.Signature(unsigned(8 * size)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        command = m.submodules.command = CommandRegister(dma_command_layout())
+        wiring.connect(m, command.o, wiring.flipped(self.cmd))
+        sel = Signal(self._sel)
+        mux = m.submodules.mux = StreamMux(unsigned(8 * self._beat), self._sel)
+        m.d.comb += [
+            command.load.eq(self.issue),
+            command.data.addr.eq(self.addr),
+            command.data.length.eq(self.length),
+            mux.sel.eq(sel),
+        ]
+        wiring.connect(m, mux.o, wiring.flipped(self.data))
+        with m.If(self.issue):
+            m.d.sync += [sel.eq(self.sel), self.busy.eq(1)]
+        with m.Elif(self.done):
+            m.d.sync += self.busy.eq(0)
+        for member, size in self._items.items():
+            name = member.name.lower()
+            rz = m.submodules[f"rz_{name}"] = Resizer(size, self._beat)
+            m.d.comb += [
+                rz.start.eq(self.issue & (self.sel == member)),
+                rz.count.eq(self.count),
+                self.idle[member.value].eq(rz.idle),
+            ]
+            wiring.connect(m, wiring.flipped(getattr(self, name)), rz.i)
+            wiring.connect(m, rz.o, getattr(mux, name))
+        return m
