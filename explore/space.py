@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import optuna
 
+from contract.layout import check_top_config
 from pymodel.config import AccelConfig, ConfigError
-from rtl.layout import check_top_config
 
 from .errors import ExploreError
 

@@ -15,10 +15,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Self
-
-Scoring = Literal["softmax", "sigmoid"]
-FFNKind = Literal["swiglu", "gelu", "relu"]
+from typing import Any, ClassVar, Self
 
 SCORINGS: tuple[str, ...] = ("softmax", "sigmoid")
 FFN_KINDS: tuple[str, ...] = ("swiglu", "gelu", "relu")

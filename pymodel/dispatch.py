@@ -34,6 +34,27 @@ class Dispatch:
         return int(self.kept.size)
 
 
+def capacity_kept(expert_ids: np.ndarray, n_experts: int, capacity: int | None) -> np.ndarray:
+    """[T, k] bool: False for pairs beyond their expert's first `capacity` (Switch semantics).
+
+    Pairs count in sequence order, slot id `t·k + j`; None keeps every pair.
+    The one capacity rule: the dispatcher, the float and the torch references
+    all call it.
+    """
+    ids = np.asarray(expert_ids)
+    if capacity is None:
+        return np.ones(ids.shape, dtype=bool)
+    if capacity < 1:
+        raise ConfigError(f"capacity = {capacity} must be >= 1 or None")
+    flat = ids.reshape(-1).astype(np.int64)
+    order = np.argsort(flat, kind="stable")
+    hist = np.bincount(flat, minlength=n_experts).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(hist)[:-1]])
+    rank = np.empty(flat.size, dtype=np.int64)
+    rank[order] = np.arange(flat.size) - np.repeat(starts, hist)
+    return (rank < capacity).reshape(ids.shape)
+
+
 def dispatch(
     expert_ids: np.ndarray, n_experts: int, m_tile: int, capacity: int | None = None
 ) -> Dispatch:
@@ -51,13 +72,8 @@ def dispatch(
         raise ConfigError(f"capacity = {capacity} must be >= 1 or None")
     flat = ids.reshape(-1).astype(np.int64)
     n_pairs = flat.size
-    # Position of each pair inside its expert's group, in sequence (slot id) order.
-    order = np.argsort(flat, kind="stable")
-    rank = np.empty(n_pairs, dtype=np.int64)
-    hist = np.bincount(flat, minlength=n_experts).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(hist)[:-1]])
-    rank[order] = np.arange(n_pairs) - np.repeat(starts, hist)
-    kept_flat = rank < capacity if capacity is not None else np.ones(n_pairs, dtype=bool)
+    order = np.argsort(flat, kind="stable")  # by expert, sequence order inside one
+    kept_flat = capacity_kept(ids, n_experts, capacity).reshape(-1)
     counts = np.bincount(flat[kept_flat], minlength=n_experts).astype(np.int64)
     padded = -(-counts // m_tile) * m_tile
     offsets = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)

@@ -4,7 +4,8 @@ For one expert and its gathered int8 rows `xe`:
 SwiGLU `a = rq(xe·W1)`, `g = LUT(a)`, `u = rq(xe·W3)`, `h = rq(g·u)`;
 GELU/ReLU `a = rq(xe·W1)`, `h = LUT(a)`; then `ye = rq(h·W2)` into the
 layer-wide expert output scale. All GEMMs are `gemm.matmul_int` (exact int32
-accumulation), every `rq` is `numerics.requantize`. Dispatch pads each
+accumulation); each GEMM's outputs go through `numerics.postprocess` (the
+engine's post-processing lanes). Dispatch pads each
 expert's group with zero rows; all LUTs map 0 to 0, so padded rows yield 0.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 from .config import AccelConfig, ConfigError
 from .dispatch import Dispatch
 from .gemm import matmul_int
-from .numerics import apply_lut, check_int_array, gated_multiply, requantize
+from .numerics import PostMode, check_int_array, postprocess
 from .quantize import FFNParams, QuantizedLayer
 
 
@@ -45,18 +46,27 @@ class ExpertOutputs:
 
 
 def ffn_int(p: FFNParams, e: int, xe_q: np.ndarray, cfg: AccelConfig) -> FFNTrace:
-    """Expert `e` of `p` on int rows `xe_q` [rows, d]."""
-    bits = cfg.act_bits
-    a = requantize(matmul_int(xe_q, p.w1_q[e], cfg), p.m1[e], p.sh1[e], bits)
-    g = apply_lut(p.lut[e], a, bits)
-    u = None
+    """Expert `e` of `p` on int rows `xe_q` [rows, d]: the engine's two GEMM commands."""
+    acc1 = matmul_int(xe_q, p.w1_q[e], cfg)
     if p.gated:
-        u = requantize(matmul_int(xe_q, p.w3_q[e], cfg), p.m3[e], p.sh3[e], bits)
-        h = gated_multiply(g, u, p.m_h[e], p.sh_h[e], bits)
+        first = postprocess(
+            PostMode.SWIGLU,
+            cfg,
+            acc1,
+            p.m1[e],
+            p.sh1[e],
+            lut=p.lut[e],
+            acc_b=matmul_int(xe_q, p.w3_q[e], cfg),
+            mult_b=p.m3[e],
+            shift_b=p.sh3[e],
+            gate_mult=p.m_h[e],
+            gate_shift=p.sh_h[e],
+        )
     else:
-        h = g
-    y = requantize(matmul_int(h, p.w2_q[e], cfg), p.m2[e], p.sh2[e], bits)
-    return FFNTrace(a=a, g=g, h=h, y=y, u=u)
+        first = postprocess(PostMode.REQUANT_LUT, cfg, acc1, p.m1[e], p.sh1[e], lut=p.lut[e])
+    h = first.y
+    y = postprocess(PostMode.REQUANT, cfg, matmul_int(h, p.w2_q[e], cfg), p.m2[e], p.sh2[e]).y
+    return FFNTrace(a=first.a, g=first.g, h=h, y=y, u=first.u)
 
 
 def gather_rows(x_q: np.ndarray, disp: Dispatch) -> np.ndarray:

@@ -20,7 +20,7 @@ from .dispatch import Dispatch, dispatch
 from .experts import ExpertOutputs, run_experts
 from .gate import Routing, gate, group_scores, sigmoid_fx
 from .gemm import matmul_int
-from .numerics import check_int_array, quantize, requantize
+from .numerics import PostMode, check_int_array, postprocess, quantize
 from .quantize import NUMERIC_FIELDS, QuantizedLayer, calibrate, quantize_layer
 from .reference import FloatResult, check_float_input, sigmoid
 from .weights import MoEWeights
@@ -60,7 +60,7 @@ def route(ql: QuantizedLayer, x_q: np.ndarray, cfg: AccelConfig) -> Routing:
     check_tokens(ql, x_q, cfg)
     spec = ql.spec
     acc = matmul_int(x_q, ql.router_q, cfg)
-    logits = requantize(acc, ql.router_mult, ql.router_shift, cfg.logit_bits)
+    logits = postprocess(PostMode.WIDE, cfg, acc, ql.router_mult, ql.router_shift).y
     n = spec.n_experts
     shared_logit = logits[:, n] if spec.shared_gate else None
     return gate(spec, logits[:, :n], cfg, bias_q=ql.bias_q, shared_logit=shared_logit)

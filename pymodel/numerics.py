@@ -7,12 +7,14 @@ One rounding rule is used everywhere: round half away from zero.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ConfigError
+from .config import AccelConfig, ConfigError
 
 
 class NumericsError(ValueError):
@@ -153,6 +155,75 @@ def gated_multiply(
     return requantize(
         np.asarray(g, dtype=np.int64) * np.asarray(u, dtype=np.int64), mult, shift, bits
     )
+
+
+class PostMode(enum.IntEnum):
+    """What a post-processing lane computes from its accumulators (the GEMM command's `mode`).
+
+    The RTL's `rtl.postproc.Mode` is generated from this enum; `postprocess`
+    gives each mode's meaning.
+    """
+
+    REQUANT = 0
+    """`requantize(acc_a)` to act_bits."""
+    REQUANT_LUT = 1
+    """`LUT(requantize(acc_a))`: GELU / ReLU experts."""
+    SWIGLU = 2
+    """`requantize(LUT(requantize(acc_a)) · requantize(acc_b))`: SwiGLU's gated product."""
+    WIDE = 3
+    """`requantize(acc_a)` to logit_bits: the router's logits."""
+
+
+@dataclass(frozen=True)
+class PostProcessed:
+    """A post-processing chain's result `y` and its intermediates (int64 arrays).
+
+    `a` is `requantize(acc_a)`, `g` the activated `LUT(a)` (None without a
+    LUT), `u` the requantised second accumulator (SwiGLU only).
+    """
+
+    a: np.ndarray
+    y: np.ndarray
+    g: np.ndarray | None = None
+    u: np.ndarray | None = None
+
+
+def postprocess(
+    mode: PostMode,
+    cfg: AccelConfig,
+    acc_a: np.ndarray,
+    mult_a: np.ndarray | int,
+    shift_a: np.ndarray | int,
+    *,
+    lut: np.ndarray | None = None,
+    acc_b: np.ndarray | None = None,
+    mult_b: np.ndarray | int = 0,
+    shift_b: np.ndarray | int = 0,
+    gate_mult: np.ndarray | int = 0,
+    gate_shift: np.ndarray | int = 0,
+) -> PostProcessed:
+    """The post-processing chain requantise → LUT → gated multiply, as `mode` selects.
+
+    The one definition the golden expert FFN, the router and the GEMM
+    engine's model share (the RTL lanes of `rtl.postproc.PostProc` match it).
+    """
+    mode = PostMode(mode)
+    if mode == PostMode.WIDE:
+        wide = requantize(acc_a, mult_a, shift_a, cfg.logit_bits)
+        return PostProcessed(a=wide, y=wide)
+    bits = cfg.act_bits
+    a = requantize(acc_a, mult_a, shift_a, bits)
+    if mode == PostMode.REQUANT:
+        return PostProcessed(a=a, y=a)
+    if lut is None:
+        raise ConfigError(f"post-processing mode {mode.name} needs a LUT")
+    g = apply_lut(lut, a, bits)
+    if mode == PostMode.REQUANT_LUT:
+        return PostProcessed(a=a, y=g, g=g)
+    if acc_b is None:
+        raise ConfigError("post-processing mode SWIGLU needs the second accumulator acc_b")
+    u = requantize(acc_b, mult_b, shift_b, bits)
+    return PostProcessed(a=a, y=gated_multiply(g, u, gate_mult, gate_shift, bits), g=g, u=u)
 
 
 def div_round(n: np.ndarray, d: np.ndarray, frac_bits: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ConfigError, MoESpec
-from .dispatch import dispatch
+from .dispatch import capacity_kept
 from .gate import check_routing, group_limited_topk, topk_lower_index
 from .numerics import NumericsError, check_finite
 from .weights import MoEWeights
@@ -158,10 +158,7 @@ def moe_forward_float(spec: MoESpec, w: MoEWeights, x: np.ndarray) -> FloatResul
     x32 = check_float_input(spec, x)
     n_tokens, n_experts = x32.shape[0], spec.n_experts
     logits, scores, ids, weights = route_float(spec, w, x32)
-    if spec.capacity is not None:
-        kept = dispatch(ids, n_experts, 1, spec.capacity).kept
-    else:
-        kept = np.ones(ids.shape, dtype=bool)
+    kept = capacity_kept(ids, n_experts, spec.capacity)
 
     y = np.zeros((n_tokens, spec.d_model), dtype=np.float32)
     absmax = {name: np.zeros(n_experts) for name in FFN_TENSORS}

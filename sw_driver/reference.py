@@ -13,10 +13,11 @@ Switch routers. bf16 on the CPU raises `ConfigError`: it is slow there and no
 HF checkpoint is run that way in this project, so a silent fallback would only
 hide a misconfigured run.
 
-Selection semantics follow the hardware's (docs/numerics.md §4.2): ties in top-k go to the
-lower expert index (a stable descending sort), group-limited selection ranks
-groups by the sum of their two best biased scores, and a capacity keeps each
-expert's first pairs in slot order `t·k + j` (Switch's per-sequence order).
+Selection semantics are the hardware's (docs/numerics.md §4.2), taken from
+`pymodel` on the float scores: `pymodel.gate.group_limited_topk` (ties to the
+lower expert index; groups ranked by the sum of their two best biased
+scores) and `pymodel.dispatch.capacity_kept` (each expert's first pairs in
+slot order `t·k + j`, Switch's per-sequence order).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pymodel.config import ConfigError, MoESpec
+from pymodel.dispatch import capacity_kept
+from pymodel.gate import check_routing, group_limited_topk
 from pymodel.numerics import NumericsError, check_finite
 from pymodel.weights import MoEWeights
 
@@ -116,35 +119,6 @@ def _check_x(x: np.ndarray | torch.Tensor, d_model: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _topk_lower_index(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[T, k] indices of the largest scores, descending, ties to the lower index."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
-
-
-def _select(spec: MoESpec, choice: torch.Tensor) -> torch.Tensor:
-    """Top-k of the selection scores, limited to the best groups when `n_group > 1`."""
-    if spec.n_group == 1:
-        return _topk_lower_index(choice, spec.top_k)
-    t, e = choice.shape
-    per_group = e // spec.n_group
-    best2 = torch.topk(choice.view(t, spec.n_group, per_group), 2, dim=-1).values
-    group_score = best2[..., 0] + best2[..., 1]
-    groups = _topk_lower_index(group_score, spec.topk_group)
-    group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, groups, True)
-    allowed = group_mask.repeat_interleave(per_group, dim=1)
-    return _topk_lower_index(choice.masked_fill(~allowed, float("-inf")), spec.top_k)
-
-
-def _kept(ids: torch.Tensor, n_experts: int, capacity: int | None) -> torch.Tensor:
-    """False for pairs beyond an expert's first `capacity`, counted in slot order."""
-    if capacity is None:
-        return torch.ones_like(ids, dtype=torch.bool)
-    flat = ids.reshape(-1)
-    one_hot = F.one_hot(flat, n_experts)
-    rank = (torch.cumsum(one_hot, dim=0) * one_hot).sum(dim=1) - 1
-    return (rank < capacity).reshape(ids.shape)
-
-
 def _ffn(
     ffn: str, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor | None
 ) -> torch.Tensor:
@@ -179,8 +153,7 @@ def torch_moe_forward(
     dev = _resolve_device(device)
     if dtype == torch.bfloat16 and dev.type != "cuda":
         raise ConfigError("bf16 reference runs need CUDA; on the CPU use torch.float32")
-    if spec.n_group > 1 and spec.scoring != "sigmoid":
-        raise ConfigError("MoESpec.n_group > 1 (group-limited selection) needs scoring 'sigmoid'")
+    check_routing(spec)
     weights.validate(spec)
     x32 = _check_x(x, spec.d_model)
     t, k = x32.shape[0], spec.top_k
@@ -202,13 +175,15 @@ def torch_moe_forward(
                 if spec.correction_bias
                 else probs
             )
-        ids = _select(spec, choice)
+        # The selection and capacity rules are pymodel's, on the float scores.
+        ids_np = group_limited_topk(choice.cpu().numpy(), k, spec.n_group, spec.topk_group)
+        ids = torch.from_numpy(ids_np).to(dev)
         gate = probs.gather(1, ids)
         if spec.renormalize:
             eps = 1e-20 if spec.scoring == "sigmoid" else 0.0
             gate = gate / (gate.sum(dim=-1, keepdim=True) + eps)
         gate = gate * spec.routed_scaling_factor
-        kept = _kept(ids, spec.n_experts, spec.capacity)
+        kept = torch.from_numpy(capacity_kept(ids_np, spec.n_experts, spec.capacity)).to(dev)
 
         xc = xt.to(dtype)
         w1, w2 = put(weights.w1), put(weights.w2)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymodel.config import ConfigError
-from pymodel.dispatch import dispatch
+from pymodel.dispatch import capacity_kept, dispatch
 
 PROPS = settings(max_examples=200, deadline=None)
 
@@ -93,3 +93,13 @@ def test_switch_capacity_drops_in_sequence_order() -> None:
 def test_dispatch_rejects(ids, n_experts, m_tile, capacity, match) -> None:
     with pytest.raises(ConfigError, match=match):
         dispatch(ids, n_experts, m_tile, capacity)
+
+
+def test_capacity_kept_is_the_dispatchers_rule():
+    ids = np.array([[0, 1], [0, 1], [0, 2], [1, 0]])
+    kept = capacity_kept(ids, 3, 2)
+    np.testing.assert_array_equal(kept, [[1, 1], [1, 1], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(dispatch(ids, 3, 1, 2).kept, kept)
+    assert capacity_kept(ids, 3, None).all()
+    with pytest.raises(ConfigError, match="capacity"):
+        capacity_kept(ids, 3, 0)

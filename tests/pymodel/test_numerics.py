@@ -10,15 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pymodel.config import ConfigError
+from pymodel.config import AccelConfig, ConfigError
 from pymodel.numerics import (
     NumericsError,
+    PostMode,
     apply_lut,
     check_finite,
     check_int_array,
     div_round,
     gated_multiply,
     make_lut,
+    postprocess,
     quantize,
     quantize_multiplier,
     requantize,
@@ -170,3 +172,16 @@ def test_checks_name_the_tensor() -> None:
         quantize(np.ones(2), 0.0)
     with pytest.raises(NumericsError, match="NaN"):
         quantize(np.array([np.nan]), 1.0)
+
+
+def test_postprocess_modes_and_their_missing_operands():
+    cfg = AccelConfig()
+    acc = np.array([[1000, -70000, 5]])
+    wide = postprocess(PostMode.WIDE, cfg, acc, 1, 4)
+    np.testing.assert_array_equal(wide.y, requantize(acc, 1, 4, cfg.logit_bits))
+    assert postprocess(PostMode.REQUANT, cfg, acc, 1, 4).g is None
+    with pytest.raises(ConfigError, match="needs a LUT"):
+        postprocess(PostMode.REQUANT_LUT, cfg, acc, 1, 4)
+    lut = np.arange(256, dtype=np.int64) - 128
+    with pytest.raises(ConfigError, match="acc_b"):
+        postprocess(PostMode.SWIGLU, cfg, acc, 1, 4, lut=lut)
