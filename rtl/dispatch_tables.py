@@ -30,6 +30,7 @@ from pymodel.config import AccelConfig
 
 from .activation_feeder import max_sorted_rows, sorted_row_layout, token_bits
 from .dispatch import DispatchShapes
+from .streams import delayed
 
 __all__ = ["DispatchTables", "inverse_layout"]
 
@@ -129,15 +130,17 @@ class DispatchTables(wiring.Component):
 
         # rows: the slot-token lookup takes a cycle, so the row is written one cycle later
         row = Signal(s.rows)
-        r1_valid, r1_pad = Signal(), Signal()
-        r1_slot, r1_row = Signal(s.slot), Signal(s.rows)
-        m.d.comb += [self.slot_token_rd.en.eq(1), self.slot_token_rd.addr.eq(rows.payload.slot)]
-        m.d.sync += [
-            r1_valid.eq(rows.valid),
-            r1_pad.eq(rows.payload.slot >= self.pairs),
-            r1_slot.eq(rows.payload.slot),
-            r1_row.eq(row),
+        now = Signal(data.StructLayout({"valid": 1, "pad": 1, "slot": s.slot, "row": s.rows}))
+        m.d.comb += [
+            self.slot_token_rd.en.eq(1),
+            self.slot_token_rd.addr.eq(rows.payload.slot),
+            now.valid.eq(rows.valid),
+            now.pad.eq(rows.payload.slot >= self.pairs),
+            now.slot.eq(rows.payload.slot),
+            now.row.eq(row),
         ]
+        r1 = delayed(m, now, name="row")
+        r1_valid, r1_pad, r1_slot, r1_row = r1.valid, r1.pad, r1.slot, r1.row
         with m.If(self.start):
             m.d.sync += [row.eq(0), self.done.eq(0)]
         with m.Elif(rows.valid):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from amaranth import Array, Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.utils import exact_log2
@@ -27,7 +27,7 @@ from .activation_feeder import (
     token_bits,
 )
 from .combine import Combiner
-from .combine_feeder import CombineFeeder
+from .combine_phase import CombinePhase
 from .dispatch import Dispatcher
 from .dispatch_tables import DispatchTables, inverse_layout
 from .dma_channels import ReadChannel, WriteChannel
@@ -378,27 +378,30 @@ def _routing(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
 
 
 def _combine_path(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
-    """The Y write-back, the combine feeder (terms from the term buffer), the output."""
+    """The Y write-back, the combine phase (terms into the combiner), the output."""
     cfg, desc, comb = seq.cfg, p.desc, p.comb
     p.yb = m.submodules.y_writeback = YWriteBack(cfg, p.mb)
     wiring.connect(m, p.yb.rd, p.y_rd)
     wiring.connect(m, p.yb.o, p.wch.ybuf)
     m.d.comb += p.yb.words.eq(p.ys >> exact_log2(p.wy))
 
-    p.kept = Array(Signal(name=f"kept_{j}") for j in range(cfg.max_top_k))
-    p.wts = Array(Signal(cfg.gate_weight_bits, name=f"w_{j}") for j in range(cfg.max_top_k))
-    p.sh_weight = Signal(cfg.gate_weight_bits)
-    p.terms = terms = m.submodules.combine_feeder = CombineFeeder(cfg)
-    wiring.connect(m, terms.rd, p.term_rd)
-    wiring.connect(m, terms.o, comb.terms)
+    p.combine = phase = m.submodules.combine_phase = CombinePhase(cfg)
+    wiring.connect(m, phase.inverse_rd, p.inv_rd)
+    wiring.connect(m, phase.weight_rd, p.weight_rd)
+    wiring.connect(m, phase.shared_weight_rd, p.shw_rd)
+    wiring.connect(m, phase.term_rd, p.term_rd)
+    wiring.connect(m, phase.terms, comb.terms)
     m.d.comb += [
-        terms.chunks.eq(p.ys >> exact_log2(cfg.cols)),
-        terms.terms.eq(desc.k + p.has_shared),
-        terms.k.eq(desc.k),
-        terms.shared_weight.eq(p.sh_weight),
+        phase.tokens.eq(desc.t),
+        phase.k.eq(desc.k),
+        phase.shared.eq(p.has_shared),
+        phase.row_bytes.eq(p.ys),
+        phase.scratch_addr.eq(desc.scratch_addr),
+        phase.shared_scratch_addr.eq(desc.shared_scratch_addr),
+        phase.rd_done.eq(seq.rd_done),
+        p.term_load.start.eq(phase.term_start),
+        p.term_load.first_row.eq(phase.term_row),
     ]
-    for j in range(cfg.max_top_k):
-        m.d.comb += [terms.kept[j].eq(p.kept[j]), terms.weights[j].eq(p.wts[j])]
     m.d.comb += [
         p.wch.combine.valid.eq(comb.out.valid),
         p.wch.combine.payload.eq(comb.out.payload.as_value()),

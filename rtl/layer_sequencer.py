@@ -34,11 +34,12 @@ loads run at the bus rate.
 Structure: every part of the datapath is a component with its own test
 (`rtl.dma_channels`, `rtl.loaders`, `rtl.activation_feeder`,
 `rtl.output_sink`, `rtl.logit_serialiser`, `rtl.routing_recorder`,
-`rtl.dispatch_tables`, `rtl.y_writeback`, `rtl.combine_feeder`,
-`rtl.phase_counters`, on the blocks of `rtl.streams`); `rtl.layer_datapath`
-builds the buffers and connects the parts; this module holds the FSM, one
-method per group of states, each state issuing DMA transfers and engine
-commands through the datapath's `read`, `write` and `gemm` helpers.
+`rtl.dispatch_tables`, `rtl.y_writeback`, `rtl.combine_phase` with
+`rtl.combine_feeder`, `rtl.phase_counters`, on the blocks of
+`rtl.streams`); `rtl.layer_datapath` builds the buffers and connects the
+parts; this module holds the FSM, one method per group of states, each
+state issuing DMA transfers and engine commands through the datapath's
+`read`, `write` and `gemm` helpers.
 """
 
 from __future__ import annotations
@@ -152,9 +153,6 @@ class LayerSequencer(wiring.Component):
         p.base_e = Signal(range(p.max_rows + 1))
         p.m0 = Signal(range(max(p.max_rows, cfg.max_tokens) + 1))
         p.mm = Signal(range(p.mb + 1))
-        p.t_cur = Signal(range(cfg.max_tokens + 1))
-        p.s_cur = Signal(range(p.pairs_max + 1))
-        p.j_cur = Signal(range(cfg.max_top_k + 1))
         p.f_cur = Signal.like(desc.f)
         p.gated = Signal()
         p.nt_f = Signal(range(p.engine.param_rows + 1))
@@ -405,83 +403,26 @@ class LayerSequencer(wiring.Component):
                         m.next = "E_NEXT"
 
     def _combine_states(self, m: Module, p: SimpleNamespace) -> None:
-        """Per token: its kept slots' rows (and the shared row) into the term buffer,
-        then fed to the combiner; the outputs stream to memory. FAIL holds `error`."""
-        cfg, desc, read = self.cfg, p.desc, p.read
-        B, C = cfg.mem_bytes_per_cycle, cfg.cols
-        t_cur, s_cur, j_cur, ys = p.t_cur, p.s_cur, p.j_cur, p.ys
-        inv_rd, wm_rd, sh_rd = p.inv_rd, p.weight_rd, p.shw_rd
+        """The combine phase (`rtl.combine_phase`) with the outputs' write to memory, then
+        done; FAIL holds `error`."""
+        desc, ys, phase = p.desc, p.ys, p.combine
+        B, C = self.cfg.mem_bytes_per_cycle, self.cfg.cols
         with m.State("COMBINE"):
             with m.If(~p.wb_busy):
-                m.d.sync += [p.phase.eq(Phase.COMBINE), t_cur.eq(0), s_cur.eq(0), j_cur.eq(0)]
+                m.d.sync += p.phase.eq(Phase.COMBINE)
+                m.d.comb += phase.start.eq(1)
                 p.write(
                     desc.output_addr,
                     desc.t * ys,
                     WriteSel.COMBINE,
                     (desc.t * ys) >> exact_log2(B),
                 )
-                m.next = "C_SLOT"
-        with m.State("C_SLOT"):
-            m.d.comb += [
-                inv_rd.addr.eq(s_cur + j_cur),
-                wm_rd.addr.eq(s_cur + j_cur),
-                sh_rd.addr.eq(t_cur),
-            ]
-            m.next = "C_GOT"
-        with m.State("C_GOT"):
-            m.d.comb += [
-                inv_rd.addr.eq(s_cur + j_cur),
-                wm_rd.addr.eq(s_cur + j_cur),
-                sh_rd.addr.eq(t_cur),
-            ]
-            m.d.sync += [
-                p.kept[j_cur].eq(inv_rd.data.valid),
-                p.wts[j_cur].eq(wm_rd.data),
-                p.sh_weight.eq(sh_rd.data),
-            ]
-            m.d.comb += [p.term_load.start.eq(1), p.term_load.first_row.eq(j_cur)]
-            with m.If(inv_rd.data.valid):
-                read(
-                    desc.scratch_addr + inv_rd.data.row * ys,
-                    ys,
-                    ReadSel.TERM,
-                    ys >> exact_log2(C),
-                )
-                m.next = "C_FETCH"
-            with m.Else():
-                m.next = "C_STEP"
-        with m.State("C_FETCH"):
-            with m.If(self.rd_done):
-                m.next = "C_STEP"
-        with m.State("C_STEP"):
-            m.d.sync += j_cur.eq(j_cur + 1)
-            with m.If(j_cur == desc.k - 1):
-                with m.If(p.has_shared):
-                    m.d.comb += [p.term_load.start.eq(1), p.term_load.first_row.eq(desc.k)]
-                    read(
-                        desc.shared_scratch_addr + t_cur * ys,
-                        ys,
-                        ReadSel.TERM,
-                        ys >> exact_log2(C),
-                    )
-                    m.next = "C_SHARED"
-                with m.Else():
-                    m.next = "C_FEED"
-            with m.Else():
-                m.next = "C_SLOT"
-        with m.State("C_SHARED"):
-            with m.If(self.rd_done):
-                m.next = "C_FEED"
-        with m.State("C_FEED"):
-            m.d.comb += p.terms.start.eq(1)
-            m.next = "C_FEEDING"
-        with m.State("C_FEEDING"):
-            with m.If(~p.terms.running & ~p.terms.o.valid):
-                m.d.sync += [t_cur.eq(t_cur + 1), s_cur.eq(s_cur + desc.k), j_cur.eq(0)]
-                with m.If(t_cur == desc.t - 1):
-                    m.next = "C_DRAIN"
-                with m.Else():
-                    m.next = "C_SLOT"
+                m.next = "C_RUN"
+        with m.State("C_RUN"):
+            with m.If(phase.read):
+                p.read(phase.read_addr, ys, ReadSel.TERM, ys >> exact_log2(C))
+            with m.If(phase.done):
+                m.next = "C_DRAIN"
         with m.State("C_DRAIN"):
             with m.If(~p.wb_busy):
                 m.d.sync += [p.busy.eq(0), p.phase.eq(Phase.NONE), self.done.eq(1)]

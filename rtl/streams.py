@@ -2,9 +2,10 @@
 
 Why: `rtl.layer_sequencer` issues commands to the DMA and the GEMM engine
 one at a time, steers the DMA's read beats to one of several consumers and
-its write beats from one of several producers, and streams on-chip buffers
-out through a synchronous read port in several places. Each of those is one
-small, separately tested component here instead of a hand-written copy.
+its write beats from one of several producers, streams on-chip buffers out
+through a synchronous read port in several places, and lines values up with
+a memory read's latency. Each of those is one small, separately tested
+block here instead of a hand-written copy.
 """
 
 from __future__ import annotations
@@ -12,14 +13,28 @@ from __future__ import annotations
 import enum as py_enum
 
 from amaranth import Module, Signal
-from amaranth.hdl import ShapeLike
+from amaranth.hdl import ShapeLike, ValueLike
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from pymodel.config import ConfigError
 
-__all__ = ["CommandRegister", "MemoryReader", "StreamDemux", "StreamMux"]
+__all__ = ["CommandRegister", "MemoryReader", "StreamDemux", "StreamMux", "delayed"]
+
+
+def delayed(m: Module, value: ValueLike, cycles: int = 1, *, name: str = "delayed") -> Signal:
+    """`value` as it was `cycles` clock cycles ago (a chain of registers, reset to 0).
+
+    Why: a value used beside a synchronous memory read must wait for the read.
+    """
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+        raise ConfigError(f"delayed: cycles = {cycles!r} must be an int >= 1")
+    for stage in range(cycles):
+        register = Signal.like(value, name=f"{name}_{stage + 1}")
+        m.d.sync += register.eq(value)
+        value = register
+    return value
 
 
 def _port_names(sel: type[py_enum.Enum]) -> dict[py_enum.Enum, str]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import enum
 
 import pytest
-from amaranth import Module
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from pymodel.config import ConfigError
-from rtl.streams import CommandRegister, MemoryReader, StreamDemux, StreamMux
+from rtl.streams import CommandRegister, MemoryReader, StreamDemux, StreamMux, delayed
 
 
 class Sel(enum.Enum):
@@ -135,3 +135,21 @@ def test_memory_reader_scans_outer_by_inner_under_backpressure():
         for i in range(5)
     ]
     assert got == want
+
+
+def test_delayed_lags_by_the_given_cycles():
+    m = Module()
+    value = Signal(8)
+    late = delayed(m, value, 3)
+    seen = []
+
+    async def bench(ctx):
+        for cycle in range(8):
+            ctx.set(value, cycle + 1)
+            seen.append(ctx.get(late))
+            await ctx.tick()
+
+    simulate(m, bench)
+    assert seen == [0, 0, 0, 1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="cycles"):
+        delayed(Module(), value, 0)
