@@ -218,8 +218,14 @@ def load_waivers(path: Path = WAIVERS) -> list[Waiver]:
     return waivers
 
 
-def summarise(points: Iterable[Point], waivers: Sequence[Waiver]) -> Summary:
-    """Tally `points` per module and kind; the first matching waiver takes each point."""
+def summarise(
+    points: Iterable[Point], waivers: Sequence[Waiver], depth: int | None = None
+) -> Summary:
+    """Tally `points` per module and kind; the first matching waiver takes each point.
+
+    `depth` folds every module deeper than that many levels (`a.b.c.d` is four)
+    into its ancestor at that depth.
+    """
     summary = Summary(waiver_points=[0] * len(waivers))
     for p in points:
         taken = next((i for i, w in enumerate(waivers) if w.matches(p)), None)
@@ -227,7 +233,8 @@ def summarise(points: Iterable[Point], waivers: Sequence[Waiver]) -> Summary:
             summary.waiver_points[taken] += 1
             summary.outside += 1
             continue
-        tally = summary.modules.setdefault(p.module, {k: Tally() for k in KINDS})[p.kind]
+        module = ".".join(p.module.split(".")[:depth]) if depth else p.module
+        tally = summary.modules.setdefault(module, {k: Tally() for k in KINDS})[p.kind]
         tally.total += 1
         tally.hit += p.count > 0
         if taken is not None:
@@ -254,12 +261,13 @@ def _cell(t: Tally, after: bool) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def report(points: Sequence[Point], waivers: Sequence[Waiver], *, source: str = "") -> str:
-    """The Markdown report: totals against the goals, per module, the waivers, the misses."""
-    summary = summarise(points, waivers)
+def report(points: Sequence[Point], waivers: Sequence[Waiver], *, depth: int | None = None) -> str:
+    """The Markdown report: totals against the goals, per module (folded to `depth` levels
+    when given), the waivers with their point counts."""
+    summary = summarise(points, waivers, depth)
     totals = _totals(summary)
     lines = [
-        f"Coverage of the Verilog generated from `rtl/`{source}: "
+        "Coverage of the Verilog generated from `rtl/`: "
         f"{sum(t.total for t in totals.values()):,} points in {len(summary.modules)} modules "
         f"({summary.outside:,} points of test-only tops and harness glue left out).",
         "",
@@ -274,7 +282,8 @@ def report(points: Sequence[Point], waivers: Sequence[Waiver], *, source: str = 
         )
     lines += [
         "",
-        "Per module (% before → after waivers; points in brackets):",
+        "Per module (% before → after waivers; points after waivers in brackets"
+        + (f"; modules below {depth} levels folded into their parent):" if depth else "):"),
         "",
         "| module | line | branch | toggle |",
         "|---|---:|---:|---:|",
@@ -449,6 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--waivers", type=Path, default=WAIVERS)
     parser.add_argument("--write-doc", type=Path, help="put the tables into this Markdown file")
     parser.add_argument("--check", action="store_true", help="exit 1 below the goals")
+    parser.add_argument(
+        "--doc-depth",
+        type=int,
+        default=3,
+        help="module levels kept in the --write-doc table (report.md keeps all)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     from .tb.functional_coverage import bin_table, read_results
@@ -462,12 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         merge(root)
         print(f"coverage run and merge: {time.monotonic() - start:.0f} s", flush=True)
     points = read_points(root / "merged.dat")
-    text = report(points, waivers)
     bins_file = root / "functional_bins.json"
-    if bins_file.is_file():
-        text += "\n\nFunctional bins hit by the random layers of this run:\n\n" + bin_table(
-            read_results(bins_file)
-        )
+    bins = (
+        "\n\nFunctional bins hit by the random layers of this run (`make test`'s draws):\n\n"
+        + bin_table(read_results(bins_file))
+        if bins_file.is_file()
+        else ""
+    )
+    text = report(points, waivers) + bins
     (root / "report.md").write_text(text + "\n")
     holes = missed(points, waivers)
     with open(root / "missed.txt", "w") as out:
@@ -479,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"annotated Verilog: {root / 'annotated'}; lcov: {root / 'merged.info'}"
     )
     if args.write_doc:
-        write_doc(args.write_doc, text)
+        write_doc(args.write_doc, report(points, waivers, depth=args.doc_depth) + bins)
     totals = _totals(summarise(points, waivers))
     short = [k for k in KINDS if (totals[k].percent(True) or 0.0) < 100 * GOALS[k]]
     if short:
