@@ -13,9 +13,9 @@ import cocotb
 import numpy as np
 
 from pymodel.config import AccelConfig
-from rtl.postproc import Mode
+from pymodel.gemm_engine import random_case
+from pymodel.numerics import PostMode
 from sim.tb.gemm_driver import GemmEngineHarness
-from sim.tb.gemm_model import random_case
 
 
 @cocotb.test()
@@ -27,7 +27,7 @@ async def dense_gemm_utilisation(dut):
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n, mode in json.loads(os.environ["POINTS"]):
-        case = random_case(rng, cfg, m, k, n, Mode[mode])
+        case = random_case(rng, cfg, m, k, n, PostMode[mode])
         counters = await harness.run(case, garbage=False)
         rows.append({"m": m, "k": k, "n": n, "mode": mode, "counters": counters})
         dut._log.info("M=%d K=%d N=%d %s: %s", m, k, n, mode, counters)

@@ -15,9 +15,10 @@ Regions (each `REGION_ALIGN`-aligned, addresses in the descriptor registers):
 - router parameters: one `param_word` per router column (E, +1 with a
   Qwen2-MoE shared gate), zero-padded to a whole beat;
 - correction bias: one signed 32-bit word per expert (sigmoid routing);
-- router weights: the weight stream of the router GEMM (`weight_stream`:
-  rows of C bytes, `weight_rows_per_beat` rows a beat, each K run padded
-  to whole beats by `padded_k`);
+- router weights: the weight stream of the router GEMM (`weight_stream`,
+  the engine's order defined by `pymodel.gemm_engine`: rows of C bytes,
+  `weight_rows_per_beat` rows a beat, each K-tile padded to whole beats by
+  `padded_k`);
 - expert table: `n_experts + 1` descriptors of `desc_bytes(cfg)` bytes;
   entry E is the shared expert's (`EXPERT_DESCRIPTOR` gives the words);
 - per expert: its GEMM1 weight stream (W1, or W1/W3 interleaved per N-tile
@@ -36,6 +37,9 @@ from __future__ import annotations
 import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.gemm_engine import padded_k, weight_stream, weight_stream_rows
+
+from .timing import SHIFT_BITS
 
 __all__ = [
     "DESC_FIELDS",
@@ -141,7 +145,7 @@ def max_sorted_rows(cfg: AccelConfig, tokens: int, top_k: int, n_experts: int) -
 
 def param_word(mult: int, shift: int) -> int:
     """One channel's requantisation parameters as the top reads them."""
-    if not 0 <= mult < 2**PARAM_SHIFT_LSB or not 0 <= shift < 64:
+    if not 0 <= mult < 2**PARAM_SHIFT_LSB or not 0 <= shift < 2**SHIFT_BITS:
         raise ConfigError(f"requantisation parameters ({mult}, {shift}) do not fit a param word")
     return int(mult) | (int(shift) << PARAM_SHIFT_LSB)
 
@@ -154,41 +158,3 @@ def param_words(cfg: AccelConfig, sections: list[tuple[np.ndarray, np.ndarray]])
         words += [param_word(int(m), int(s)) for m, s in zip(mult, shift, strict=True)]
         words += [0] * (align(n, cfg.cols) - n)
     return np.asarray(words, dtype=np.uint32)
-
-
-def padded_k(cfg: AccelConfig, k: int) -> int:
-    """Weight rows one (N-tile, pass) run of K rows occupies: K rounded up to whole beats.
-
-    The engine takes `L = cfg.weight_rows_per_beat` rows a beat and a tile's
-    rows never share a beat with the next tile's, so the last K-tile of a run
-    is zero-padded to a multiple of L rows (R is a multiple of L in the top,
-    both powers of two). The pad rows are read like any other (they cost
-    `(padded_k − K)·C` bytes a run, nothing when L divides K).
-    """
-    return align(k, cfg.weight_rows_per_beat)
-
-
-def weight_stream_rows(cfg: AccelConfig, k: int, n: int, passes: int) -> int:
-    """Rows (of C bytes) the engine takes for one GEMM command: ⌈N/C⌉ · passes · `padded_k`."""
-    return n_tiles(n, cfg.cols) * passes * padded_k(cfg, k)
-
-
-def weight_stream(cfg: AccelConfig, mats: list[np.ndarray]) -> np.ndarray:
-    """The engine's weight order for `mats` ([K, N] each; two for SwiGLU's W1, W3).
-
-    For each N-tile, for each matrix (pass), for each K row: the row's C
-    output channels of that tile, lanes beyond N zero, then zero rows up to
-    `padded_k` — consecutive groups of `weight_rows_per_beat` rows are
-    exactly the beats `rtl.gemm_engine.GemmEngine`'s `weight` stream takes.
-    Returns int8 [rows, C].
-    """
-    k, n = mats[0].shape
-    c = cfg.cols
-    nt = n_tiles(n, c)
-    padded = [np.zeros((padded_k(cfg, k), nt * c), dtype=np.int8) for _ in mats]
-    for p, w in zip(padded, mats, strict=True):
-        if w.shape != (k, n):
-            raise ConfigError(f"weight stream matrices differ in shape: {w.shape} vs {(k, n)}")
-        p[:k, :n] = w
-    tiles = [np.stack([p[:, j * c : (j + 1) * c] for p in padded]) for j in range(nt)]
-    return np.concatenate([t.reshape(-1, c) for t in tiles]) if tiles else np.zeros((0, c))

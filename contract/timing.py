@@ -16,8 +16,10 @@ from pymodel.config import AccelConfig, ConfigError
 from .regs import SharedExpert
 
 __all__ = [
+    "ACC_STAGES",
     "BOUNDARY_BYTES",
     "COMBINE_LATENCY",
+    "DMA_MAX_OUTSTANDING",
     "GATED_STAGES",
     "LUT_STAGES",
     "MAX_BURST_BEATS",
@@ -46,6 +48,13 @@ BOUNDARY_BYTES = 4096
 
 MAX_BURST_BEATS = 16
 """Longest burst our masters issue: the AXI3-compatible limit most interconnects handle well."""
+
+DMA_MAX_OUTSTANDING = 4
+"""Read (and write) bursts `rtl.dma.DMA` keeps in flight by default."""
+
+ACC_STAGES = 5
+"""`rtl.gemm_engine.GemmEngine`: array input register, three accumulate stages and the
+PostProc input register, between the array's sums and the post-processor."""
 
 MULTIPLIER_LATENCY = 2
 """`rtl.multiplier.PipelinedMultiplier`: cycles from an operand pair to its product."""

@@ -38,7 +38,9 @@ import numpy as np
 from contract import layout
 from contract.regs import SharedExpert
 from contract.timing import (
+    ACC_STAGES,
     COMBINE_LATENCY,
+    DMA_MAX_OUTSTANDING,
     burst_beats,
     default_m_block,
     dispatch_cycles,
@@ -67,15 +69,10 @@ COUNTERS: tuple[str, ...] = (
 )
 """The modelled counters, named as `contract.regs.COUNTER_BLOCK`'s registers (lower case)."""
 
-MAX_OUTSTANDING = 4
-"""Read bursts the DMA keeps in flight (`rtl.dma.DMA`'s default `max_outstanding`)."""
-
 READ_TURNAROUND = 4
 """FSM read() → command register → DMA accept → AR register → first beat, beyond latency."""
 CMD_INTAKE = 3
 """Engine command register, range check and decision registers before it is busy."""
-ACC_STAGES = 5
-"""Array input register, three accumulate stages, PostProc input register."""
 FSM_STEP = 1
 """One cycle in each FSM state that only issues a command or advances a counter."""
 GATE_FILL = 3
@@ -323,9 +320,9 @@ def _check_inputs(cfg, spec, tokens, counts, memory):
     if cfg.weight_buffers != 2:
         raise ConfigError("the cycle model covers the double-buffered engine (weight_buffers = 2)")
     burst = burst_beats(cfg)
-    if memory.read_latency + READ_TURNAROUND > MAX_OUTSTANDING * burst:
+    if memory.read_latency + READ_TURNAROUND > DMA_MAX_OUTSTANDING * burst:
         raise ConfigError(
-            f"read_latency = {memory.read_latency} exceeds what {MAX_OUTSTANDING} outstanding "
+            f"read_latency = {memory.read_latency} exceeds what {DMA_MAX_OUTSTANDING} outstanding "
             f"{burst}-beat bursts hide; the model assumes streaming reads"
         )
     t = np.asarray(tokens)

@@ -26,6 +26,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from contract.timing import BOUNDARY_BYTES, MAX_BURST_BEATS, burst_beats
 from pymodel.config import AccelConfig, ConfigError
 
 __all__ = [
@@ -46,12 +47,6 @@ ADDR_WIDTH = 32
 LITE_DATA_WIDTH = 32
 """AXI4-Lite data width: one register word."""
 
-BOUNDARY_BYTES = 4096
-"""AXI forbids an INCR burst from crossing a 4 KiB boundary."""
-
-MAX_BURST_BEATS = 16
-"""Longest burst our masters issue: the AXI3-compatible limit most interconnects handle well."""
-
 
 class Resp(enum.IntEnum):
     """`xRESP` codes."""
@@ -68,13 +63,6 @@ class Burst(enum.IntEnum):
     FIXED = 0
     INCR = 1
     WRAP = 2
-
-
-def burst_beats(cfg: AccelConfig) -> int:
-    """Beats per DMA burst for `cfg`: 16, or fewer if 16 beats would exceed 4 KiB."""
-    if not isinstance(cfg, AccelConfig):
-        raise ConfigError(f"burst_beats needs an AccelConfig, got {type(cfg).__name__}")
-    return min(MAX_BURST_BEATS, BOUNDARY_BYTES // cfg.mem_bytes_per_cycle)
 
 
 class AXILiteSignature(wiring.Signature):

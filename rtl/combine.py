@@ -25,16 +25,14 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.timing import COMBINE_LATENCY, SHIFT_BITS
 from pymodel.combine import combine_acc_bits
 from pymodel.config import AccelConfig, ConfigError
 
 __all__ = ["LATENCY", "CombineShapes", "Combiner", "combine_cycles"]
 
-LATENCY = 4
+LATENCY = COMBINE_LATENCY
 """Cycles from a chunk's last term being accepted to its output being valid."""
-
-SHIFT_BITS = 6
-"""Width of `out_shift` (shifts 0 … 63, as `quantize_multiplier` allows)."""
 
 
 class CombineShapes:

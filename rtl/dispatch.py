@@ -363,15 +363,3 @@ class Dispatcher(wiring.Component):
                     m.next = "INGEST"
 
         return m
-
-
-def dispatch_cycles(n_pairs: int, n_experts: int, last_expert: int, n_rows: int) -> int:
-    """Cycles `busy` is high for one run when pairs arrive and outputs leave without gaps.
-
-    Ingest and scatter take one cycle per pair each, the scan one per expert,
-    the walk 2 cycles per expert up to the last non-empty one (`last_expert`)
-    plus one per emitted row (`n_rows`, pads included), and pipeline fill and
-    drain 4 more. `docs/units.md` tabulates it; the RTL tests check it against
-    the simulation.
-    """
-    return 2 * n_pairs + n_experts + 2 * (last_expert + 1) + n_rows + 4

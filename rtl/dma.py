@@ -50,6 +50,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from contract.timing import DMA_MAX_OUTSTANDING
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import ADDR_WIDTH, BOUNDARY_BYTES, AXI4Signature, Burst, burst_beats
@@ -77,7 +78,7 @@ class DMA(wiring.Component):
         self,
         cfg: AccelConfig,
         *,
-        max_outstanding: int = 4,
+        max_outstanding: int = DMA_MAX_OUTSTANDING,
         burst: int | None = None,
         axi_id: int = 0,
     ) -> None:

@@ -29,10 +29,12 @@ the dispatcher takes them in.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from contract.descriptor import ROUTED_SCALING_BITS
+from contract.regs import SharedExpert
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gate import RSF_FRAC_BITS
 
@@ -40,20 +42,12 @@ from .divider import PipelinedDivider
 from .exp_fx import ExpFx
 from .topk import TopK
 
-__all__ = ["Gate", "GateShapes", "SharedMode", "gate_cycles"]
+__all__ = ["Gate", "GateShapes"]
 
 
 def _bits(n: int) -> int:
     """Width of an index 0 … n-1 (at least 1)."""
     return max(1, (n - 1).bit_length())
-
-
-class SharedMode(enum.Enum, shape=2):
-    """What the gate emits on `shared` for each token."""
-
-    NONE = 0  # no shared expert: no beat
-    UNGATED = 1  # weight exactly 2^gate_frac_bits (DeepSeek-V3)
-    GATED = 2  # sigmoid_fx of one extra logit per token (Qwen2-MoE)
 
 
 class GateShapes:
@@ -76,7 +70,7 @@ class GateShapes:
         self.select = signed(max(cfg.logit_bits, gwb + 2))  # logit, or score + bias
         self.group_score = signed(self.select.width + 1)
         self.weight = unsigned(gwb)
-        self.scale = unsigned(RSF_FRAC_BITS + 4)  # routed scaling factor < 16
+        self.scale = unsigned(ROUTED_SCALING_BITS)  # routed scaling factor < 16
         self.sum = unsigned(g + 1 + cfg.max_experts.bit_length())  # Σ of scores
         self.logit_beat = data.StructLayout({"logit": self.logit, "last": 1})
         self.pair = data.StructLayout(
@@ -118,7 +112,7 @@ class Gate(wiring.Component):
         Add the correction bias (sigmoid scoring).
     scale : In
         Routed scaling factor, unsigned with `RSF_FRAC_BITS` fraction bits.
-    shared_mode : In(SharedMode)
+    shared_mode : In(SharedExpert)
     bias_we, bias_addr, bias_data : In
         Write port of the correction-bias memory (signed Q.gate_frac_bits).
     pairs : Out(stream)
@@ -145,7 +139,7 @@ class Gate(wiring.Component):
                 "topk_group": In(s.n_groups),
                 "bias_en": In(1),
                 "scale": In(s.scale),
-                "shared_mode": In(SharedMode),
+                "shared_mode": In(SharedExpert),
                 "bias_we": In(1),
                 "bias_addr": In(s.expert),
                 "bias_data": In(s.bias),
@@ -184,7 +178,7 @@ class Gate(wiring.Component):
         m.submodules.top2 = top2 = TopK(2, s.select, s.expert.width)
         m.submodules.topg = topg = TopK(cfg.max_groups, s.group_score, s.group.width)
 
-        gated = self.shared_mode == SharedMode.GATED
+        gated = self.shared_mode == SharedExpert.GATED
         grouped = self.group_size < self.n_experts
 
         # ---- per-token state ----
@@ -284,9 +278,9 @@ class Gate(wiring.Component):
 
         def after_weights():
             """Where a token goes once its k pairs are out."""
-            with m.If(self.shared_mode == SharedMode.GATED):
+            with m.If(self.shared_mode == SharedExpert.GATED):
                 m.next = "SHARED_SIG"
-            with m.Elif(self.shared_mode == SharedMode.UNGATED):
+            with m.Elif(self.shared_mode == SharedExpert.UNGATED):
                 m.d.sync += shared_w.eq(one)
                 m.next = "SHARED_OUT"
             with m.Else():
@@ -489,42 +483,3 @@ class Gate(wiring.Component):
                     m.next = "INGEST"
 
         return m
-
-
-def gate_cycles(
-    cfg: AccelConfig,
-    *,
-    n_tokens: int,
-    n_experts: int,
-    top_k: int,
-    sigmoid: bool,
-    renormalize: bool,
-    grouped: bool,
-    shared: SharedMode,
-) -> int:
-    """Cycles `busy` is high for a run of `n_tokens`, logits arriving and outputs leaving
-    without gaps.
-
-    Per token: the logit beats (`n_experts`, +1 for a gated shared expert);
-    softmax: one pass over the logits (`n_experts + 3`); sigmoid: the sigmoid
-    pass (`n_experts + gate_frac_bits + 5`: one expert per cycle through ExpFx
-    and the divider pipeline), the group pass (`n_experts + 3`, when grouped)
-    and the selection pass (`n_experts + 2`); the renormalisation sum
-    (`top_k + 2`); the weights (`top_k + gate_frac_bits + 3`: one per cycle
-    through the divider); the shared weight (1 ungated, `gate_frac_bits + 6`
-    gated) and 1 to close the token. `busy` rises a cycle after the first
-    logit is accepted and falls with the last token's closing cycle, hence
-    the 2 less.
-    """
-    g = cfg.gate_frac_bits
-    per = n_experts + (shared == SharedMode.GATED)
-    if sigmoid:
-        per += (n_experts + g + 5) + (n_experts + 3) * grouped + (n_experts + 2)
-    else:
-        per += n_experts + 3
-    if renormalize:
-        per += top_k + 2
-    per += top_k + g + 3
-    per += {SharedMode.NONE: 0, SharedMode.UNGATED: 1, SharedMode.GATED: g + 6}[shared]
-    per += 1
-    return n_tokens * per - 2

@@ -38,13 +38,12 @@ memory access (docs/fpga.md).
 
 from __future__ import annotations
 
-import math
-
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from contract.timing import ACC_STAGES, default_m_block, default_param_rows
 from pymodel.config import AccelConfig, ConfigError
 
 from .postproc import (
@@ -68,23 +67,6 @@ __all__ = ["GemmEngine", "default_m_block", "default_param_rows"]
 
 _SELECT_BITS = 8
 """Sum bits behind one copy of an accumulator select register (see stage B)."""
-
-
-def default_m_block(cfg: AccelConfig) -> int:
-    """Accumulator rows: one block per group up to 8·R rows, and never below R + C + 2.
-
-    A tile hides the next tile's load once it has ⌈R/L⌉ + 1 rows or so (L
-    weight rows a beat, see `TileSequencer`); 8·R rows keep that true with
-    margin and amortise the per-block drain, and the R + C + 2 floor only
-    matters for arrays of one or two rows.
-    """
-    return min(max(8 * cfg.rows, cfg.rows + cfg.cols + 2), cfg.max_tokens)
-
-
-def default_param_rows(cfg: AccelConfig) -> int:
-    """Parameter rows for one SwiGLU expert resident at once: W1 + W3 + W2 channels."""
-    per = math.ceil(cfg.max_d_ff / cfg.cols)
-    return 2 * per + math.ceil(max(cfg.max_d_model, cfg.max_experts + 1) / cfg.cols)
 
 
 class GemmEngine(wiring.Component):
@@ -118,7 +100,7 @@ class GemmEngine(wiring.Component):
         # accumulate (3) → PostProc input register → PostProc → `out` handshake →
         # credit (1), with 2 to spare, so the array runs at one row per cycle when
         # the output is never backpressured.
-        self.credits = self.array_latency + 5 + PostProc.latency_for(cfg) + 2
+        self.credits = self.array_latency + ACC_STAGES + PostProc.latency_for(cfg) + 2
         super().__init__(
             {
                 "cmd": In(stream.Signature(gemm_command_layout(cfg, self.param_rows))),

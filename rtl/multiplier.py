@@ -37,6 +37,8 @@ from amaranth.hdl import ShapeCastable
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.timing import MULTIPLIER_LATENCY
+
 __all__ = ["DSP_OPERAND_BITS", "PipelinedMultiplier", "targets_ecp5"]
 
 DSP_OPERAND_BITS = 18
@@ -56,7 +58,7 @@ class PipelinedMultiplier(wiring.Component):
     DSP input (signed ≤ 18 bits, unsigned ≤ 17).
     """
 
-    LATENCY = 2
+    LATENCY = MULTIPLIER_LATENCY
     """Cycles from an operand pair on `a`/`b` (with `en`) to its product on `p`."""
 
     def __init__(self, a_shape: ShapeCastable, b_shape: ShapeCastable) -> None:

@@ -33,13 +33,26 @@ MULT18X18D with its operand and product registers inside the block).
 
 from __future__ import annotations
 
+import types
+
 from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from contract.timing import (
+    GATED_STAGES,
+    LUT_STAGES,
+    REQUANT_SPLIT_BITS,
+    SHIFT_BITS,
+    postproc_depth,
+    postproc_latency,
+    requantizer_latency,
+    wide_bits,
+)
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.numerics import PostMode
 
 from .multiplier import PipelinedMultiplier
 
@@ -56,18 +69,11 @@ __all__ = [
     "wide_bits",
 ]
 
-SHIFT_BITS = 6
-"""Requantisation shifts are 0…63, as `numerics.quantize_multiplier` produces."""
 
-
-class Mode(enum.Enum, shape=3):
-    """What a post-processing lane outputs (see the module docstring)."""
-
-    REQUANT = 0
-    REQUANT_LUT = 1
-    SWIGLU = 2
-    WIDE = 3
-    """`requantize(acc_a)` to `logit_bits` on the `wide` lanes (the router's logits)."""
+Mode = types.new_class(
+    "Mode", (enum.Enum,), {"shape": 3}, lambda ns: ns.update({m.name: m.value for m in PostMode})
+)
+"""What a post-processing lane outputs: `pymodel.numerics.PostMode` as a 3-bit Amaranth enum."""
 
 
 class Requantizer(wiring.Component):
@@ -100,7 +106,7 @@ class Requantizer(wiring.Component):
     barrel shifter only spans that range.
     """
 
-    SPLIT_BITS = 17
+    SPLIT_BITS = REQUANT_SPLIT_BITS
     """Low-part width of a split product: unsigned 17 bits fit an 18 × 18 signed multiplier."""
 
     def __init__(
@@ -125,7 +131,7 @@ class Requantizer(wiring.Component):
     @classmethod
     def latency_for(cls, in_bits: int) -> int:
         """Latency of a requantiser of `in_bits`-wide values (without building one)."""
-        return 8 if in_bits > cls.SPLIT_BITS + 1 else 7
+        return requantizer_latency(in_bits)
 
     @property
     def split(self) -> bool:
@@ -260,11 +266,6 @@ def postproc_input_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayou
     )
 
 
-def wide_bits(cfg: AccelConfig) -> int:
-    """Width of the `wide` output lanes: WIDE mode's `logit_bits` (never below act_bits)."""
-    return max(cfg.act_bits, cfg.logit_bits)
-
-
 def output_layout(cfg: AccelConfig) -> data.StructLayout:
     """One output row: C int8 lanes (lanes ≥ the valid channel count are 0), C `wide`
     lanes (WIDE mode's result; don't-care otherwise) and `last`."""
@@ -275,15 +276,6 @@ def output_layout(cfg: AccelConfig) -> data.StructLayout:
             "last": 1,
         }
     )
-
-
-_LUT_STAGES = 3
-"""From a requantised value to its activated value: LUT read, LUT data register, activated
-register. The LUT data is registered in the fabric before the entry select: a block RAM's
-read data arrives late in the cycle (~5.8 ns after the clock on ECP5)."""
-
-_GATED_STAGES = _LUT_STAGES + PipelinedMultiplier.LATENCY
-"""From a requantised value to its gated product: the LUT stages, then the multiplier."""
 
 
 def _delay(m: Module, value, cycles: int, name: str):
@@ -353,13 +345,12 @@ class PostProc(wiring.Component):
         requantised value), the gated product's multiplier (operands, product),
         the gate requantiser, output register.
         """
-        req = Requantizer.latency_for(cfg.acc_bits)
-        return 2 + req + _GATED_STAGES + Requantizer.latency_for(2 * cfg.act_bits) + 1
+        return postproc_depth(cfg)
 
     @classmethod
     def latency_for(cls, cfg: AccelConfig) -> int:
         """Cycles from an accepted input beat to its output beat (no backpressure)."""
-        return cls.pipeline_depth_for(cfg) + 2
+        return postproc_latency(cfg)
 
     @property
     def pipeline_depth(self) -> int:
@@ -452,17 +443,17 @@ class PostProc(wiring.Component):
         gate_lat = Requantizer.latency_for(2 * bits)
         # Stage q = 2 + req_lat: requantised W/W1 and W3 values; LUT read.
         mode_q = _delay(m, s2.mode, req_lat, "mode_q")
-        # Stage q + `_LUT_STAGES`: the activated value (LUT data or the requantised value)
+        # Stage q + `LUT_STAGES`: the activated value (LUT data or the requantised value)
         # registered.
-        mode_lut = _delay(m, mode_q, _LUT_STAGES - 1, "mode_lut")
+        mode_lut = _delay(m, mode_q, LUT_STAGES - 1, "mode_lut")
         mode_l = _delay(m, mode_lut, 1, "mode_l")
-        # Stage q + `_GATED_STAGES`: the gated product registered (its operands the stage
+        # Stage q + `GATED_STAGES`: the gated product registered (its operands the stage
         # before); the gate requantiser starts.
-        gate_mult = _delay(m, s2.gate_mult, req_lat + _GATED_STAGES, "gate_mult")
-        gate_shift = _delay(m, s2.gate_shift, req_lat + _GATED_STAGES, "gate_shift")
-        # Stage q + `_GATED_STAGES` + gate_lat: results, then the output register.
-        to_end = req_lat + _GATED_STAGES + gate_lat
-        mode_e = _delay(m, mode_l, _GATED_STAGES - _LUT_STAGES + gate_lat, "mode_e")
+        gate_mult = _delay(m, s2.gate_mult, req_lat + GATED_STAGES, "gate_mult")
+        gate_shift = _delay(m, s2.gate_shift, req_lat + GATED_STAGES, "gate_shift")
+        # Stage q + `GATED_STAGES` + gate_lat: results, then the output register.
+        to_end = req_lat + GATED_STAGES + gate_lat
+        mode_e = _delay(m, mode_l, GATED_STAGES - LUT_STAGES + gate_lat, "mode_e")
         n_valid_e = _delay(m, s2.n_valid, to_end, "n_valid_e")
         last_e = _delay(m, s2.last, to_end, "last_e")
         valid_e = _delay(m, s2_valid, to_end, "valid_e")
@@ -490,11 +481,11 @@ class PostProc(wiring.Component):
             # read and then beside the registered read data.
             entry = Signal(range(per_row), name=f"lut_entry_{c}")
             m.d.sync += entry.eq(narrow.as_unsigned()[:entry_bits])
-            entry = _delay(m, entry, _LUT_STAGES - 2, f"lut_entry_{c}")
-            lut_row = _delay(m, luts[c].data, _LUT_STAGES - 2, f"lut_row_{c}")
+            entry = _delay(m, entry, LUT_STAGES - 2, f"lut_entry_{c}")
+            lut_row = _delay(m, luts[c].data, LUT_STAGES - 2, f"lut_row_{c}")
             # The activated value is a register of its own next to the DSP block.
-            q_a = _delay(m, narrow, _LUT_STAGES - 1, f"q_a_{c}")
-            q_b = _delay(m, req_b.result, _LUT_STAGES, f"q_b_{c}")
+            q_a = _delay(m, narrow, LUT_STAGES - 1, f"q_a_{c}")
+            q_b = _delay(m, req_b.result, LUT_STAGES, f"q_b_{c}")
             activated = Signal(signed(bits), name=f"activated_{c}")
             m.d.sync += activated.eq(Mux(mode_lut == Mode.REQUANT, q_a, lut_row[entry]))
             gated = PipelinedMultiplier(signed(bits), signed(bits))
@@ -507,9 +498,9 @@ class PostProc(wiring.Component):
                 gate.shift.eq(gate_shift),
             ]
             activated_e = _delay(
-                m, activated, _GATED_STAGES - _LUT_STAGES + gate_lat, f"activated_e_{c}"
+                m, activated, GATED_STAGES - LUT_STAGES + gate_lat, f"activated_e_{c}"
             )
-            wide_e = _delay(m, req_a.result, _GATED_STAGES + gate_lat, f"wide_e_{c}")
+            wide_e = _delay(m, req_a.result, GATED_STAGES + gate_lat, f"wide_e_{c}")
             lane_valid = c < n_valid_e
             m.d.sync += [
                 result.data[c].eq(

@@ -60,6 +60,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.timing import systolic_latency
 from pymodel.config import AccelConfig
 
 from .multiplier import PipelinedMultiplier
@@ -167,7 +168,7 @@ class SystolicArray(wiring.Component):
     @staticmethod
     def latency_for(cfg: AccelConfig) -> int:
         """Cycles from a row on `a_in` to its sums on `psum_out`, without building an array."""
-        return cfg.rows + cfg.cols + PipelinedMultiplier.LATENCY - 1
+        return systolic_latency(cfg)
 
     @property
     def latency(self) -> int:

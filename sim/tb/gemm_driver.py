@@ -2,7 +2,7 @@
 
 Shared by the engine's tests and `bench/gemm_bench.py`, so both drive the
 engine the same way. Everything the engine sees comes from
-`sim.tb.gemm_model` (golden outputs and stream orders).
+`pymodel.gemm_engine` (golden outputs and stream orders).
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ from amaranth.lib import data
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from pymodel.config import AccelConfig
-from rtl.postproc import lut_write_layout, output_layout, param_write_layout
-from rtl.tile_sequencer import (
-    CommandError,
-    counter_layout,
-    gemm_command_layout,
-    weight_beat_layout,
-)
-
-from .gemm_model import (
+from pymodel.gemm_engine import (
     GemmCase,
     activation_beats,
     command,
@@ -33,6 +25,14 @@ from .gemm_model import (
     reference_output,
     weight_beats,
 )
+from rtl.postproc import lut_write_layout, output_layout, param_write_layout
+from rtl.tile_sequencer import (
+    CommandError,
+    counter_layout,
+    gemm_command_layout,
+    weight_beat_layout,
+)
+
 from .payload import unpack
 from .scoreboard import Scoreboard
 from .stream import StreamDriver, StreamSink, reset_dut, start_clock

@@ -15,10 +15,10 @@ import cocotb
 import numpy as np
 
 from pymodel.config import AccelConfig
-from rtl.postproc import Mode
+from pymodel.gemm_engine import command, random_case
+from pymodel.numerics import PostMode
 from rtl.tile_sequencer import CommandError
 from sim.tb.gemm_driver import GemmEngineHarness
-from sim.tb.gemm_model import command, random_case
 
 
 def _setup(dut):
@@ -38,7 +38,9 @@ async def random_gemms_bit_exact(dut):
     for m, k, n, mode, extreme, idle, ready in json.loads(os.environ["CASES"]):
         harness.set_backpressure(idle, ready)
         param_a = int(rng.integers(0, 2))
-        case = random_case(rng, cfg, m, k, n, Mode[mode], extreme=bool(extreme), param_a=param_a)
+        case = random_case(
+            rng, cfg, m, k, n, PostMode[mode], extreme=bool(extreme), param_a=param_a
+        )
         if extreme == "min":
             case = dataclasses.replace(
                 case,
@@ -59,7 +61,7 @@ async def bad_commands_rejected_then_recovery(dut):
     cfg, harness, rng = _setup(dut)
     param_rows = int(os.environ["PARAM_ROWS"])
     await harness.start()
-    good = random_case(rng, cfg, 3, cfg.rows + 1, cfg.cols + 1, Mode.SWIGLU)
+    good = random_case(rng, cfg, 3, cfg.rows + 1, cfg.cols + 1, PostMode.SWIGLU)
     base = command(good)
     bad = [
         ({**base, "m": 0}, CommandError.ZERO_DIM),

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from units_table import documented_rows
 
+from contract.timing import dispatch_cycles
 from pymodel.config import AccelConfig
 from pymodel.dispatch import dispatch
 from pymodel.families import family_spec
 from pymodel.gate import gate
-from rtl.dispatch import Dispatcher, dispatch_cycles
+from rtl.dispatch import Dispatcher
 from sim.amaranth_sim import run_simulation, stream_put
 from sim.build import build_component, run_cocotb
 

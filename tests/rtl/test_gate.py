@@ -24,13 +24,15 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from units_table import documented_rows
 
+from contract.regs import SharedExpert
+from contract.timing import gate_cycles
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.dispatch import dispatch
 from pymodel.families import family_spec
 from pymodel.gate import exp_fx, gate, quantize_scaling
 from rtl.dispatch import Dispatcher
 from rtl.exp_fx import ExpFx
-from rtl.gate import Gate, SharedMode, gate_cycles
+from rtl.gate import Gate
 from sim.amaranth_sim import run_simulation, stream_put
 from sim.build import build_component, run_cocotb
 
@@ -52,12 +54,6 @@ CONFIGS = {
 }
 
 
-def shared_mode(spec: MoESpec) -> SharedMode:
-    if spec.shared_gate:
-        return SharedMode.GATED
-    return SharedMode.UNGATED if spec.has_shared else SharedMode.NONE
-
-
 def make_case(
     name: str,
     cfg: AccelConfig,
@@ -76,7 +72,7 @@ def make_case(
     if spec.correction_bias and bias is None:
         bias = rng.integers(-(2 ** (cfg.gate_frac_bits - 2)), 2 ** (cfg.gate_frac_bits - 2), e)
     gold = gate(spec, logits, cfg, bias_q=bias, shared_logit=shared_logit)
-    mode = shared_mode(spec)
+    mode = SharedExpert.of(spec)
     beats = []
     for tok in range(t):
         row = list(logits[tok]) + ([shared_logit[tok]] if spec.shared_gate else [])
@@ -369,7 +365,7 @@ def test_switch_gate_into_dispatcher_amaranth_sim() -> None:
             (g.top_k, 1),
             (g.group_size, 4),
             (g.topk_group, 1),
-            (g.shared_mode, SharedMode.NONE),
+            (g.shared_mode, SharedExpert.NONE),
             (d.n_experts, 4),
             (d.capacity, spec.capacity),
             (d.cap_en, 1),

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.numerics import requantize
-from rtl.postproc import SHIFT_BITS, PostProc, Requantizer
+from pymodel.numerics import PostMode, requantize
+from rtl.postproc import SHIFT_BITS, Mode, PostProc, Requantizer
 from sim.amaranth_sim import run_simulation
 from sim.build import build_component, run_cocotb
 
@@ -75,6 +75,10 @@ def test_requantizer_matches_numerics(in_bits, mult_bits, out_bits, narrow_bits)
         want = np.array([requantize(v, mu, s, bits) for v, mu, s in vectors])
         bad = np.nonzero(np.array(got[port]) != want)[0]
         assert bad.size == 0, [(port, vectors[i], got[port][i], int(want[i])) for i in bad[:5]]
+
+
+def test_the_hardware_mode_enum_is_pymodels():
+    assert [(m.name, m.value) for m in Mode] == [(m.name, m.value) for m in PostMode]
 
 
 def test_requantizer_rejects_a_narrow_width_past_the_output():

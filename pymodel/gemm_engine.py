@@ -1,11 +1,12 @@
-"""Golden model and stream schedules for `rtl.gemm_engine.GemmEngine` tests and benchmarks.
+"""Golden model of the grouped-GEMM engine (`rtl.gemm_engine.GemmEngine`) and its streams.
 
-The numbers come only from `pymodel` (`gemm.matmul_int`, `numerics.requantize`,
-`apply_lut`, `gated_multiply`); this module adds what the engine's streams
-look like: the command, parameter/LUT writes, weight and activation beats in
-the engine's loop order, and the expected output beats. Anything feeding the
-engine follows `tile_schedule`: these testbenches, and in the accelerator the
-weight image `rtl.layout.weight_stream` lays out for the layer sequencer.
+Why in `pymodel`: the engine's loop order is a rule the memory layout
+(`contract.layout` re-exports `weight_stream`), the layer compiler and the
+engine's testbenches all follow; it is written here once. The numbers come
+from `gemm.matmul_int` and `numerics.postprocess`; this module adds the
+engine's order (`tile_schedule`, `weight_stream`) and what its streams look
+like: the command, parameter/LUT writes, weight and activation beats and the
+expected output beats (the RTL tests and benchmarks drive the engine with them).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pymodel.config import AccelConfig, ConfigError
-from pymodel.gemm import matmul_int
-from pymodel.numerics import apply_lut, gated_multiply, requantize
-from rtl.postproc import SHIFT_BITS, Mode
+from contract.timing import SHIFT_BITS
+
+from .config import AccelConfig, ConfigError
+from .gemm import matmul_int
+from .numerics import PostMode, postprocess
 
 __all__ = [
     "GemmCase",
@@ -29,12 +31,15 @@ __all__ = [
     "command",
     "lut_writes",
     "output_beats",
+    "padded_k",
     "param_row_writes",
     "param_writes",
     "random_case",
     "reference_output",
     "tile_schedule",
     "weight_beats",
+    "weight_stream",
+    "weight_stream_rows",
 ]
 
 
@@ -44,7 +49,7 @@ class GemmCase:
 
     x: np.ndarray  # [M, K] activations
     w_a: np.ndarray  # [K, N] W (or W1 for SwiGLU)
-    mode: Mode
+    mode: PostMode
     mult_a: np.ndarray  # [N] per-channel multipliers for w_a's outputs
     shift_a: np.ndarray  # [N]
     w_b: np.ndarray | None = None  # [K, N] W3 for SwiGLU
@@ -70,7 +75,7 @@ class GemmCase:
 
     @property
     def passes(self) -> int:
-        return 2 if self.mode == Mode.SWIGLU else 1
+        return 2 if self.mode == PostMode.SWIGLU else 1
 
     def weights(self, second_pass: bool) -> np.ndarray:
         if second_pass:
@@ -102,19 +107,79 @@ def tile_schedule(
                     yield Tile(m0, min(m_block, m - m0), n0, bool(p), k0)
 
 
+def padded_k(cfg: AccelConfig, k: int) -> int:
+    """Weight rows one (N-tile, pass) run of K rows occupies in the engine's stream.
+
+    The engine takes `L = cfg.weight_rows_per_beat` rows a beat and a K-tile's
+    (R rows) never share a beat with the next tile's, so each K-tile is
+    zero-padded to whole beats: K rounded up to a multiple of L when L divides
+    R (always in the top). The pad rows are read like any other.
+    """
+    full, rest = divmod(k, cfg.rows)
+    beat = cfg.weight_rows_per_beat
+    return full * _ceil_to(cfg.rows, beat) + _ceil_to(rest, beat)
+
+
+def _ceil_to(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def weight_stream_rows(cfg: AccelConfig, k: int, n: int, passes: int) -> int:
+    """Rows (of C bytes) the engine takes for one GEMM command: ⌈N/C⌉ · passes · `padded_k`."""
+    return -(-n // cfg.cols) * passes * padded_k(cfg, k)
+
+
+def _padded_run(cfg: AccelConfig, w: np.ndarray) -> np.ndarray:
+    """`w` [K, X] with each K-tile of R rows zero-padded to whole beats: [padded_k, X]."""
+    k, r = w.shape[0], cfg.rows
+    full, rest = divmod(k, r)
+    tile = _ceil_to(r, cfg.weight_rows_per_beat)
+    out = np.zeros((padded_k(cfg, k), w.shape[1]), dtype=w.dtype)
+    width = w.shape[1]
+    out[: full * tile].reshape(full, tile, width)[:, :r] = w[: full * r].reshape(full, r, width)
+    out[full * tile : full * tile + rest] = w[full * r :]
+    return out
+
+
+def weight_stream(cfg: AccelConfig, mats: list[np.ndarray]) -> np.ndarray:
+    """The engine's weight order for one M-block of `mats` ([K, N] each; W1, W3 for SwiGLU).
+
+    For each N-tile, for each matrix (pass), for each K row (`padded_k`): the
+    row's C output channels of that tile, lanes beyond N zero — the order of
+    `tile_schedule`; consecutive groups of `weight_rows_per_beat` rows are
+    exactly the engine's `weight` beats. Returns int8 [rows, C] (weights are
+    stored one byte each, whatever `weight_bits`).
+    """
+    k, n = mats[0].shape
+    c = cfg.cols
+    nt = -(-n // c)
+    padded = []
+    for w in mats:
+        if w.shape != (k, n):
+            raise ConfigError(f"weight stream matrices differ in shape: {w.shape} vs {(k, n)}")
+        p = np.zeros((k, nt * c), dtype=np.int8)
+        p[:, :n] = w
+        padded.append(_padded_run(cfg, p))
+    tiles = [np.stack([p[:, j * c : (j + 1) * c] for p in padded]) for j in range(nt)]
+    return np.concatenate([t.reshape(-1, c) for t in tiles]) if tiles else np.zeros((0, c), np.int8)
+
+
 def reference_output(case: GemmCase, cfg: AccelConfig) -> np.ndarray:
-    """The golden `Y[M, N]` for `case`, composed from `pymodel` only."""
-    bits = cfg.act_bits
-    q_a = requantize(matmul_int(case.x, case.w_a, cfg), case.mult_a, case.shift_a, bits)
-    if case.mode == Mode.REQUANT:
-        return q_a
-    if case.lut is None:
-        raise ConfigError(f"mode {case.mode.name} needs a LUT")
-    act = apply_lut(case.lut, q_a, bits)
-    if case.mode == Mode.REQUANT_LUT:
-        return act
-    q_b = requantize(matmul_int(case.x, case.weights(True), cfg), case.mult_b, case.shift_b, bits)
-    return gated_multiply(act, q_b, case.gate_mult, case.gate_shift, bits)
+    """The golden `Y[M, N]` for `case`: the GEMM(s), then `numerics.postprocess`."""
+    second = case.mode == PostMode.SWIGLU
+    return postprocess(
+        case.mode,
+        cfg,
+        matmul_int(case.x, case.w_a, cfg),
+        case.mult_a,
+        case.shift_a,
+        lut=case.lut,
+        acc_b=matmul_int(case.x, case.weights(True), cfg) if second else None,
+        mult_b=case.mult_b if second else 0,
+        shift_b=case.shift_b if second else 0,
+        gate_mult=case.gate_mult,
+        gate_shift=case.gate_shift,
+    ).y
 
 
 def command(case: GemmCase) -> dict:
@@ -162,7 +227,7 @@ def param_row_writes(
 def param_writes(case: GemmCase, cfg: AccelConfig) -> list[dict]:
     """`param_w` beats loading the per-channel (m, s) of `case` at its parameter rows."""
     sets = [(case.param_a, case.mult_a, case.shift_a)]
-    if case.mode == Mode.SWIGLU:
+    if case.mode == PostMode.SWIGLU:
         sets.append((case.param_b, case.mult_b, case.shift_b))
     beats = []
     for base, mult, shift in sets:
@@ -189,25 +254,21 @@ def _pad(values: np.ndarray, width: int, rng: random.Random | None, bits: int) -
 def weight_beats(
     case: GemmCase, cfg: AccelConfig, m_block: int, rng: random.Random | None = None
 ) -> list[list[list[int]]]:
-    """`weight` beats in engine order, `cfg.weight_rows_per_beat` rows of C lanes each.
+    """`weight` beats in engine order: `weight_stream` once per M-block, L rows a beat.
 
-    A tile of `min(R, K−k0)` rows takes ⌈rows/L⌉ beats; the rows of its last
-    beat past the tile and lanes past N are don't-care: with `rng` they hold
-    random values, else zeros.
+    The pad rows of a K-tile's last beat and the lanes past N are don't-care:
+    with `rng` they hold random values, else zeros.
     """
-    lanes, cols, bits = cfg.weight_rows_per_beat, cfg.cols, cfg.weight_bits
-    beats = []
-    for t in tile_schedule(case.m, case.k, case.n, case.passes, cfg, m_block):
-        w = case.weights(t.second_pass)
-        end = min(t.k0 + cfg.rows, case.k)
-        for r0 in range(t.k0, end, lanes):
-            beats.append(
-                [
-                    _pad(w[r, t.n0 : t.n0 + cols] if r < end else w[0, :0], cols, rng, bits)
-                    for r in range(r0, r0 + lanes)
-                ]
-            )
-    return beats
+    mats = [case.weights(p == 1) for p in range(case.passes)]
+    stream = weight_stream(cfg, mats)
+    if rng is not None:
+        real = weight_stream(cfg, [np.ones(w.shape, dtype=np.int8) for w in mats]) != 0
+        lo, hi = -(2 ** (cfg.weight_bits - 1)), 2 ** (cfg.weight_bits - 1) - 1
+        stream = stream.copy()
+        for r, c in zip(*np.nonzero(~real), strict=True):
+            stream[r, c] = rng.randint(lo, hi)
+    beats = stream.reshape(-1, cfg.weight_rows_per_beat, cfg.cols).tolist()
+    return beats * -(-case.m // m_block)
 
 
 def activation_beats(
@@ -248,7 +309,7 @@ def random_case(
     m: int,
     k: int,
     n: int,
-    mode: Mode,
+    mode: PostMode,
     *,
     extreme: bool = False,
     param_a: int = 0,
@@ -282,9 +343,9 @@ def random_case(
     x, w_a = operand((m, k), cfg.act_bits), operand((k, n), cfg.weight_bits)
     mult_a, shift_a = params()
     fields: dict = {}
-    if mode != Mode.REQUANT:
+    if mode != PostMode.REQUANT:
         fields["lut"] = rng.integers(lo, hi + 1, size=2**cfg.act_bits, dtype=np.int64)
-    if mode == Mode.SWIGLU:
+    if mode == PostMode.SWIGLU:
         mult_b, shift_b = params()
         gate_mult = int(rng.integers(2 ** (cfg.mult_bits - 1), 2**cfg.mult_bits))
         fields.update(
