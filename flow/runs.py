@@ -17,6 +17,7 @@ from typing import Any, Literal
 from amaranth.back import rtlil
 
 from pymodel.config import AccelConfig
+from rtl.checks import simulation_checks
 
 from .devices import DEVICES, FpgaDevice
 from .errors import SynthError
@@ -94,7 +95,8 @@ def netlist(
     harness = SynthHarness(build_top(top, cfg))
     # The device is the platform: units with a family-specific mapping (the
     # multipliers' MULT18X18D on ECP5) elaborate it; `make verilog` stays generic.
-    il_text = rtlil.convert(harness, name="top", emit_src=False, platform=dev)
+    with simulation_checks(False):  # a netlist never carries simulation invariants
+        il_text = rtlil.convert(harness, name="top", emit_src=False, platform=dev)
     # Amaranth names each element of an array-layout signal `w` as a wire `w[1]`
     # beside `w` itself; ABC9 names mapped bits `name[index]`, so bit 1 of `w` and
     # the element wire `w[1]` collide and yosys stops on an assertion in

@@ -21,6 +21,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In
 
 from pymodel.config import AccelConfig
+from rtl.checks import simulation_checks
 
 __all__ = ["describe_ports", "export_verilog"]
 
@@ -159,7 +160,8 @@ def export_verilog(
     out.mkdir(parents=True, exist_ok=True)
     v_path = out / f"{name}.v"
     md_path = out / f"{name}_ports.md"
-    text = verilog.convert(component, name=name, emit_src=False)
+    with simulation_checks(False):  # exported Verilog never carries simulation invariants
+        text = verilog.convert(component, name=name, emit_src=False)
     v_path.write_text(text)
     md_path.write_text(describe_ports(component, name, cfg))
     return v_path, md_path

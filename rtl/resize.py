@@ -24,6 +24,8 @@ from amaranth.lib.wiring import In, Out
 
 from pymodel.config import ConfigError
 
+from .checks import invariant, stream_invariant
+
 __all__ = ["Resizer"]
 
 COUNT_BITS = 32
@@ -52,6 +54,9 @@ class Resizer(wiring.Component):
         remaining = Signal(COUNT_BITS)
         m.d.comb += self.idle.eq(remaining == 0)
         o_fire = self.o.valid & self.o.ready
+        # What `sim.formal`'s proof of the stream rule assumes of the sequencer that drives it.
+        invariant(m, ~self.start | (remaining == 0), "Resizer restarted with items left")
+        stream_invariant(m, self.o, "resizer_o")
         with m.If(self.start):
             m.d.sync += remaining.eq(self.count)
         with m.Elif(o_fire):

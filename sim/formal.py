@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Module, Signal, Value
+from amaranth import Module, Value
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Elaboratable
 
 from flow.errors import SynthError
 from flow.paths import FORMAL_BUILD_ROOT
 from flow.tools import tool_command
+from rtl.checks import stream_rule
 
 from .build import SimulationError, file_lock
 
@@ -165,27 +166,15 @@ def prove(
     )
 
 
-def _stream_rules(m: Module, stream: object, name: str, statement: type) -> None:
-    held = Signal(name=f"{name}_held")
-    payload = Value.cast(stream.payload)
-    held_payload = Signal(len(payload), name=f"{name}_held_payload")
-    m.d.sync += [held.eq(stream.valid & ~stream.ready), held_payload.eq(payload)]
-    with m.If(held):
-        m.d.comb += [
-            statement(stream.valid, f"{name}: valid fell before ready"),
-            statement(payload == held_payload, f"{name}: payload changed before ready"),
-        ]
-
-
 def check_stream_rules(m: Module, stream: object, name: str) -> None:
     """Assert the stream rule on a unit's output: once valid, valid and payload hold until ready.
 
     A reset clears the record of the pending beat with everything else, so
     a beat dropped by a reset is no violation.
     """
-    _stream_rules(m, stream, name, Assert)
+    stream_rule(m, stream, name, Assert)
 
 
 def assume_stream_rules(m: Module, stream: object, name: str) -> None:
     """Assume the stream rule of a unit's input: the environment obeys it."""
-    _stream_rules(m, stream, name, Assume)
+    stream_rule(m, stream, name, Assume)

@@ -1,9 +1,14 @@
-"""Replayable randomness for the whole suite: the `seed` fixture and `--seed`.
+"""Replayable randomness for the whole suite (the `seed` fixture and `--seed`), and RTL checks.
 
 A random test takes the `seed` fixture. Without `--seed` every run draws a
 fresh seed (so repeated runs explore new stimulus); the seed is printed, kept
 in the test report's properties and, when the test fails, the report ends
 with the one command that replays exactly that test with that seed.
+
+Every design the suite elaborates carries its simulation invariants
+(`rtl.checks`): Amaranth simulations raise on a broken one, Verilator
+builds stop on it (`--assert`), formal proofs must prove them too. Designs
+for synthesis and export never carry them (the flow switches them off).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Generator
 
 import pytest
 
+from rtl.checks import simulation_checks
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -23,6 +30,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seed for the random tests (default: a fresh one per test, printed on failure)",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rtl_invariants() -> Generator[None, None, None]:
+    """The whole session elaborates designs with their invariants (`rtl.checks`)."""
+    with simulation_checks():
+        yield
 
 
 @pytest.fixture

@@ -39,6 +39,10 @@
 // the model's queues never overflow. The first violation is latched (cycle and
 // text, fastsim_protocol_error) and fastsim_run stops on it.
 //
+// RTL invariants (only in a model built with FASTSIM_CHECKS, from a design elaborated
+// under rtl.checks.simulation_checks and compiled with --assert): a failed assertion
+// prints its message and is latched like a protocol violation, so the run stops on it.
+//
 // Coverage (only in a model built with Verilator's --coverage, sim/coverage.py): when
 // MOE_ACCEL_COVERAGE_DIR is set, fastsim_destroy writes the instance's coverage counts
 // there as fastsim-<pid>-<n>.dat, for verilator_coverage to merge, and beside it
@@ -340,6 +344,11 @@ struct Sim {
         top->clk = 1;
         top->eval();
         dump(2 * cycle + 1);
+#ifdef FASTSIM_CHECKS
+        if (ctx->gotError() && violation.empty())
+            violation = "RTL invariant failed at cycle " + std::to_string(cycle) +
+                        " (the failing assertion is printed on the standard output)";
+#endif
     }
 
     Sample tick() {
@@ -482,6 +491,9 @@ FASTSIM_API void* fastsim_create(uint8_t* mem, uint64_t mem_bytes, uint32_t read
                                  const char* trace_scopes) {
     auto* sim = new Sim();
     sim->ctx = std::make_unique<VerilatedContext>();
+#ifdef FASTSIM_CHECKS
+    sim->ctx->fatalOnError(false);  // a failed assertion stops the run with an error instead
+#endif
     sim->ctx->randReset(rand_seed ? 2 : 0);
     if (rand_seed) sim->ctx->randSeed(static_cast<int>(rand_seed & 0x7fffffff));
 #if VM_TRACE
