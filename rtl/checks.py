@@ -48,25 +48,32 @@ def checks_enabled() -> bool:
 
 
 def invariant(m: Module, condition: Value, message: str) -> None:
-    """`condition` holds every cycle (checked only in simulation builds)."""
+    """`condition` holds at every rising edge of `sync` (checked only in simulation builds).
+
+    Checked at the edge, as the flip-flops see it: a testbench that changes an
+    input just after an edge trips nothing.
+    """
     if _ENABLED.get():
-        m.d.comb += Assert(condition, message)
+        m.d.sync += Assert(condition, message)
 
 
-def stream_rule(m: Module, port: object, name: str, statement: type = Assert) -> None:
+def stream_rule(
+    m: Module, port: object, name: str, statement: type = Assert, domain: str = "comb"
+) -> None:
     """`statement` (`Assert` or `Assume`) of the stream rule on `port`, always generated.
 
     Once valid without ready, valid and the payload hold until ready. A reset
     clears the record of the pending beat with everything else, so a beat
     dropped by a reset is no violation. `port` is anything with `valid`,
     `ready` and `payload` (a `lib.stream` interface or an AXI channel's).
+    `domain` "sync" checks at the clock edge instead of every settled cycle.
     """
     held = Signal(name=f"{name}_held")
     payload = Value.cast(port.payload)
     held_payload = Signal(len(payload), name=f"{name}_held_payload")
     m.d.sync += [held.eq(port.valid & ~port.ready), held_payload.eq(payload)]
     with m.If(held):
-        m.d.comb += [
+        m.d[domain] += [
             statement(port.valid, f"{name}: valid fell before ready"),
             statement(payload == held_payload, f"{name}: payload changed before ready"),
         ]
@@ -75,4 +82,4 @@ def stream_rule(m: Module, port: object, name: str, statement: type = Assert) ->
 def stream_invariant(m: Module, port: stream.Interface, name: str) -> None:
     """The stream rule on a stream this unit sends (checked only in simulation builds)."""
     if _ENABLED.get():
-        stream_rule(m, port, name)
+        stream_rule(m, port, name, domain="sync")
