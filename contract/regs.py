@@ -41,6 +41,7 @@ __all__ = [
     "CONTROL_BLOCK",
     "COUNTER_BITS",
     "COUNTER_BLOCK",
+    "COUNTER_SOURCES",
     "DESCRIPTOR_BLOCK",
     "ID_BLOCK",
     "ID_MAGIC",
@@ -548,6 +549,30 @@ WINDOW_BLOCK = Block(
         Reg("EXPERT_TOKENS", RO, "Tokens routed to expert EXPERT_INDEX in the last job."),
     ),
 )
+
+COUNTER_SOURCES: dict[str, tuple[str, str]] = {
+    "CYCLES_TOTAL": ("phase", "total"),
+    "CYCLES_ROUTE": ("phase", "route"),
+    "CYCLES_DISPATCH": ("phase", "dispatch"),
+    "CYCLES_EXPERTS": ("phase", "experts"),
+    "CYCLES_SHARED": ("phase", "shared"),
+    "CYCLES_COMBINE": ("phase", "combine"),
+    "MAC_CYCLES": ("engine", "mac_cycles"),
+    "USEFUL_MACS": ("engine", "macs"),
+    "ENGINE_BUSY": ("engine", "busy"),
+    "STALL_WEIGHT": ("engine", "stall_weight"),
+    "STALL_ACTIVATION": ("engine", "stall_act"),
+    "STALL_OUTPUT": ("engine", "stall_out"),
+    "BYTES_READ": ("dma", "bytes_read"),
+    "BYTES_WRITTEN": ("dma", "bytes_written"),
+    "DROPPED_TOKENS": ("core", "dropped"),
+}
+"""Where each `COUNTER_BLOCK` register comes from in the top: (unit, counter name).
+
+Units: `phase` (the sequencer's phase counters, `shared` lies within
+`experts`), `engine` (the GEMM engine's counters), `dma`, `core` (the
+layer sequencer). `rtl.top` connects the registers from this table in a loop.
+"""
 
 REGISTER_MAP = RegisterMap((ID_BLOCK, CONTROL_BLOCK, DESCRIPTOR_BLOCK, COUNTER_BLOCK, WINDOW_BLOCK))
 """The accelerator's register map (the driver imports this; never redefine offsets)."""

@@ -42,7 +42,7 @@ from .axi import AXI4Signature, AXILiteSignature
 from .csr import CSR
 from .dma import DMA
 from .layer_sequencer import LayerSequencer
-from .regs import REGISTER_MAP, ErrorCause
+from .regs import COUNTER_SOURCES, REGISTER_MAP, ErrorCause
 
 __all__ = ["MoEAccel"]
 
@@ -127,30 +127,21 @@ class MoEAccel(wiring.Component):
         watchdog = Signal(32)
         fault = Signal(8)  # why the running layer is being aborted (NONE: soft reset)
         fault_addr = Signal(32)
-        pc = core.phase_counters
-        ec = core.engine_counters
         m.d.comb += [
             regs.status.busy.eq(busy),
             regs.error_cause.value.eq(cause),
             regs.error_addr.value.eq(err_addr),
             regs.error_detail.value.eq(detail),
-            regs.cycles_total.value.eq(pc.total),
-            regs.cycles_route.value.eq(pc.route),
-            regs.cycles_dispatch.value.eq(pc.dispatch),
-            regs.cycles_experts.value.eq(pc.experts),
-            regs.cycles_shared.value.eq(pc.shared),
-            regs.cycles_combine.value.eq(pc.combine),
-            regs.mac_cycles.value.eq(ec.mac_cycles),
-            regs.useful_macs.value.eq(ec.macs),
-            regs.engine_busy.value.eq(ec.busy),
-            regs.stall_weight.value.eq(ec.stall_weight),
-            regs.stall_activation.value.eq(ec.stall_act),
-            regs.stall_output.value.eq(ec.stall_out),
-            regs.bytes_read.value.eq(dma.bytes_read),
-            regs.bytes_written.value.eq(dma.bytes_written),
-            regs.dropped_tokens.value.eq(core.dropped),
             self.irq.eq(regs.status.done | regs.status.error),
         ]
+        units = {
+            "phase": core.phase_counters,
+            "engine": core.engine_counters,
+            "dma": dma,
+            "core": core,
+        }
+        for reg, (unit, counter) in COUNTER_SOURCES.items():
+            m.d.comb += getattr(regs, reg.lower()).value.eq(getattr(units[unit], counter))
 
         def raise_error(code, addr=0, why=0):
             m.d.comb += regs.status.error_set.eq(1)
