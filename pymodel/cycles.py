@@ -15,8 +15,8 @@ the layer FSM of `rtl.layer_sequencer` state by state:
   one a cycle, double-buffered in two banks, simulated tile by tile over the
   repeating K-run pattern — and the drain through the array, the
   accumulators and post-processing;
-- the gate and the dispatcher cost what `rtl.gate.gate_cycles` and
-  `rtl.dispatch.dispatch_cycles` say (the units' own documented timing);
+- the gate and the dispatcher cost what `contract.timing.gate_cycles` and
+  `contract.timing.dispatch_cycles` say (the units' own documented timing);
 - the combine walks every token's slots (a read per kept slot), the shared
   row, and feeds `k (+1)` terms per output chunk.
 

@@ -9,7 +9,7 @@ Commands (`dma_command_layout`: byte `addr`, byte `length`) arrive on `rd_cmd` /
 `B = cfg.mem_bytes_per_cycle` and `addr + length` must not pass 2^32, else
 the command is a BAD_DESCRIPTOR error; `length = 0` completes at once. Each
 engine runs one command at a time, split into bursts of at most `burst`
-beats (`rtl.axi.burst_beats(cfg)`, 16) that never cross a 4 KiB boundary.
+beats (`contract.timing.burst_beats(cfg)`, 16) that never cross a 4 KiB boundary.
 
 - Read: data leaves on `rd_data` (`read_beat_layout`: `data`, `last` on the
   command's final beat), in address order; `rd_done` pulses with that beat.
