@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from amaranth import Module, Signal, Value
+from amaranth import Module, ResetSignal, Signal, Value
 from amaranth.hdl import Assert
-from amaranth.lib import stream
+from amaranth.lib import stream, wiring
 
 __all__ = [
     "checks_enabled",
     "invariant",
+    "sent_stream_invariants",
     "simulation_checks",
     "stream_invariant",
     "stream_rule",
@@ -50,11 +51,13 @@ def checks_enabled() -> bool:
 def invariant(m: Module, condition: Value, message: str) -> None:
     """`condition` holds at every rising edge of `sync` (checked only in simulation builds).
 
-    Checked at the edge, as the flip-flops see it: a testbench that changes an
-    input just after an edge trips nothing.
+    Checked at the edge, as the flip-flops see it (a testbench that changes an
+    input just after an edge trips nothing), and not at an edge that resets
+    the unit: what was in flight is being discarded.
     """
     if _ENABLED.get():
-        m.d.sync += Assert(condition, message)
+        with m.If(~ResetSignal()):
+            m.d.sync += Assert(condition, message)
 
 
 def stream_rule(
@@ -66,13 +69,15 @@ def stream_rule(
     clears the record of the pending beat with everything else, so a beat
     dropped by a reset is no violation. `port` is anything with `valid`,
     `ready` and `payload` (a `lib.stream` interface or an AXI channel's).
-    `domain` "sync" checks at the clock edge instead of every settled cycle.
+    `domain` "sync" checks at the clock edge instead of every settled cycle,
+    and not at an edge that resets the unit.
     """
     held = Signal(name=f"{name}_held")
     payload = Value.cast(port.payload)
     held_payload = Signal(len(payload), name=f"{name}_held_payload")
     m.d.sync += [held.eq(port.valid & ~port.ready), held_payload.eq(payload)]
-    with m.If(held):
+    checked = held if domain == "comb" else held & ~ResetSignal()
+    with m.If(checked):
         m.d[domain] += [
             statement(port.valid, f"{name}: valid fell before ready"),
             statement(payload == held_payload, f"{name}: payload changed before ready"),
@@ -83,3 +88,16 @@ def stream_invariant(m: Module, port: stream.Interface, name: str) -> None:
     """The stream rule on a stream this unit sends (checked only in simulation builds)."""
     if _ENABLED.get():
         stream_rule(m, port, name, domain="sync")
+
+
+def sent_stream_invariants(m: Module, component: wiring.Component) -> None:
+    """`stream_invariant` on every `lib.stream` the component sends (its `Out` streams)."""
+    if not _ENABLED.get():
+        return
+    for name, member in component.signature.members.items():
+        if (
+            member.is_signature
+            and member.flow is wiring.Out
+            and isinstance(member.signature, stream.Signature)
+        ):
+            stream_invariant(m, getattr(component, name), f"{type(component).__name__}.{name}")

@@ -29,6 +29,8 @@ from contract.timing import COMBINE_LATENCY, SHIFT_BITS
 from pymodel.combine import combine_acc_bits
 from pymodel.config import AccelConfig, ConfigError
 
+from .checks import sent_stream_invariants
+
 __all__ = ["LATENCY", "CombineShapes", "Combiner", "combine_cycles"]
 
 LATENCY = COMBINE_LATENCY
@@ -94,6 +96,7 @@ class Combiner(wiring.Component):
     def elaborate(self, platform):
         s = self.shapes
         m = Module()
+        sent_stream_invariants(m, self)
         qmax = 2 ** (s.act_bits - 1) - 1
         en = Signal()
         m.d.comb += [en.eq(~self.out.valid | self.out.ready), self.terms.ready.eq(en)]

@@ -38,6 +38,8 @@ from amaranth.lib.wiring import In, Out
 
 from pymodel.config import AccelConfig, ConfigError
 
+from .checks import sent_stream_invariants
+
 __all__ = ["DispatchShapes", "Dispatcher"]
 
 
@@ -123,6 +125,7 @@ class Dispatcher(wiring.Component):
     def elaborate(self, platform):
         s = self.shapes
         m = Module()
+        sent_stream_invariants(m, self)
 
         pair_mem_layout = data.StructLayout({"expert": s.expert, "rank": s.count, "keep": 1})
         m.submodules.pair_mem = pair_mem = Memory(shape=pair_mem_layout, depth=s.max_pairs, init=[])

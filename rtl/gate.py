@@ -38,6 +38,7 @@ from contract.regs import SharedExpert
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gate import RSF_FRAC_BITS
 
+from .checks import sent_stream_invariants
 from .divider import PipelinedDivider
 from .exp_fx import ExpFx
 from .topk import TopK
@@ -154,6 +155,7 @@ class Gate(wiring.Component):
         g = cfg.gate_frac_bits
         one = 1 << g
         m = Module()
+        sent_stream_invariants(m, self)
         n_experts = cfg.max_experts
 
         m.submodules.logit_mem = logit_mem = Memory(shape=s.logit, depth=n_experts, init=[])

@@ -54,6 +54,7 @@ from contract.timing import (
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.numerics import PostMode
 
+from .checks import invariant, sent_stream_invariants
 from .multiplier import PipelinedMultiplier
 
 __all__ = [
@@ -422,6 +423,8 @@ class PostProc(wiring.Component):
             ]
         with m.Elif(~accept & pop):
             m.d.sync += [inside.eq(inside - 1), room.eq(1), self.busy.eq(inside != 1)]
+        invariant(m, inside <= self.buffer_depth, "PostProc: more beats inside than its buffer")
+        sent_stream_invariants(m, self)
 
         # Stage 1: the input beat, its parameter rows being read.
         s1 = Signal(postproc_input_layout(cfg, self.param_rows))
@@ -542,6 +545,7 @@ class PostProc(wiring.Component):
             rd.en.eq(read),
             self.out.payload.eq(rd.data),
         ]
+        invariant(m, ~result_valid | (stored < depth), "PostProc: output FIFO written while full")
         m.d.sync += [
             produce.eq(produce + result_valid),
             consume.eq(consume + read),

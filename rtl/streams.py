@@ -20,6 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from pymodel.config import ConfigError
 
+from .checks import sent_stream_invariants
+
 __all__ = ["CommandRegister", "MemoryReader", "StreamDemux", "StreamMux", "delayed"]
 
 
@@ -181,8 +183,8 @@ class MemoryReader(wiring.Component):
         The memory's word shape.
     outer, inner : int
         The largest outer and inner counts.
-    side : ShapeLike
-        The sideband captured with each word (e.g. a `last` flag).
+    side : ShapeLike or None
+        The sideband captured with each word (e.g. a `last` flag); None for none.
 
     Ports
     -----
@@ -195,20 +197,27 @@ class MemoryReader(wiring.Component):
     addr : In(addr_width)
         The address of the current index.
     side_in : In(side)
-        The sideband of the current index.
+        The sideband of the current index (only with a `side`).
     running : Out(1)
         Indices remain to be read.
     rd : In(ReadPort.Signature)
         To the memory's read port.
     o : Out(stream)
-        {data, side}.
+        {data, side} ({data} without a `side`).
     """
 
     def __init__(
-        self, addr_width: int, shape: ShapeLike, outer: int, inner: int, side: ShapeLike
+        self,
+        addr_width: int,
+        shape: ShapeLike,
+        outer: int,
+        inner: int,
+        side: ShapeLike | None = None,
     ) -> None:
         self._outer, self._inner = outer, inner
-        self._payload = data.StructLayout({"data": shape, "side": side})
+        self._side = side is not None
+        fields = {"data": shape, **({"side": side} if self._side else {})}
+        self._payload = data.StructLayout(fields)
         super().__init__(
             {
                 "start": In(1),
@@ -219,7 +228,7 @@ class MemoryReader(wiring.Component):
                 "last_outer": Out(1),
                 "last_inner": Out(1),
                 "addr": In(addr_width),
-                "side_in": In(side),
+                **({"side_in": In(side)} if self._side else {}),
                 "running": Out(1),
                 "rd": In(ReadPort.Signature(addr_width=addr_width, shape=shape)),
                 "o": Out(stream.Signature(self._payload)),
@@ -231,6 +240,7 @@ class MemoryReader(wiring.Component):
         n_outer = Signal.like(self.outer_count)
         n_inner = Signal.like(self.inner_count)
         adv = ~self.o.valid | self.o.ready
+        sent_stream_invariants(m, self)
         m.d.comb += [
             self.last_outer.eq(self.outer == n_outer - 1),
             self.last_inner.eq(self.inner == n_inner - 1),
@@ -239,7 +249,9 @@ class MemoryReader(wiring.Component):
             self.o.payload.data.eq(self.rd.data),
         ]
         with m.If(adv):
-            m.d.sync += [self.o.valid.eq(self.running), self.o.payload.side.eq(self.side_in)]
+            m.d.sync += self.o.valid.eq(self.running)
+            if self._side:
+                m.d.sync += self.o.payload.side.eq(self.side_in)
         with m.If(self.start):
             m.d.sync += [
                 self.running.eq(1),

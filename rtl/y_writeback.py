@@ -71,7 +71,7 @@ class YWriteBack(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         yb = m.submodules.reader = MemoryReader(
-            len(self.rd.addr), self.word, outer=self.m_block, inner=self.row_words, side=0
+            len(self.rd.addr), self.word, outer=self.m_block, inner=self.row_words
         )
         wiring.connect(m, yb.rd, wiring.flipped(self.rd))
         m.d.comb += [
