@@ -45,9 +45,8 @@
 //
 // Coverage (only in a model built with Verilator's --coverage, sim/coverage.py): when
 // MOE_ACCEL_COVERAGE_DIR is set, fastsim_destroy writes the instance's coverage counts
-// there as fastsim-<pid>-<n>.dat, for verilator_coverage to merge, and beside it
-// fastsim-<pid>-<n>.dat.lib, this library's path, which ties the counts to their model's
-// Verilog.
+// there as fastsim-<pid>-<library hash>-<n>.dat, and beside it <that name>.lib, this
+// library's path, which ties the counts to their model's Verilog.
 
 #include <cstdarg>
 #include <cstdint>
@@ -60,6 +59,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #endif
 #include <deque>
 #include <memory>
@@ -542,14 +542,19 @@ FASTSIM_API void fastsim_destroy(void* handle) {
 #endif
 #if VM_COVERAGE
     if (const char* dir = std::getenv("MOE_ACCEL_COVERAGE_DIR"); dir && *dir) {
+        // Each loaded library numbers its own files: its path's hash keeps two models
+        // of one process (two libraries) from writing the same name.
         static std::atomic<unsigned> written{0};
+        Dl_info self{};
+        const std::string lib =
+            dladdr(reinterpret_cast<void*>(&fastsim_destroy), &self) && self.dli_fname
+                ? self.dli_fname
+                : "";
         const std::string path = std::string(dir) + "/fastsim-" + std::to_string(getpid()) + "-" +
+                                 std::to_string(std::hash<std::string>{}(lib)) + "-" +
                                  std::to_string(written++) + ".dat";
         sim->ctx->coveragep()->write(path.c_str());
-        Dl_info self{};
-        if (dladdr(reinterpret_cast<void*>(&fastsim_destroy), &self) && self.dli_fname) {
-            std::ofstream(path + ".lib") << self.dli_fname << "\n";
-        }
+        if (!lib.empty()) std::ofstream(path + ".lib") << lib << "\n";
     }
 #endif
     delete sim;

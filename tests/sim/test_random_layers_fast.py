@@ -8,6 +8,11 @@ the layer sequencer's M-block loop-backs run (router GEMM, a crowded expert,
 the shared expert); `make soak` runs 10,000 draws in 20 chunks, spread over
 processes with pytest-xdist. Each test's seed is printed, and a failure names
 the draw (its own seed) and the command that replays the test.
+
+Every fifth draw runs under bus chaos (backpressure). Each test records the
+functional bins its layers hit (`sim.tb.functional_coverage`); the `make test`
+draws on the small top then steer: for a bin still missed they draw on (golden
+model only) until a layer hits it and run that layer too.
 """
 
 from __future__ import annotations
@@ -15,56 +20,105 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pymodel.config import AccelConfig
 from rtl.gemm_engine import default_m_block
 from rtl.top import MoEAccel
 from sim.fast import FastSim
+from sim.tb.functional_coverage import BINS, layer_facts, layer_hits, record_layers
 from sim.tb.layer_cases import SMALL_TOP, LayerCase, run_case
 from sim.tb.random_layers import random_layer
 
 LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
 """A 4×4 top with 48 tokens: M-blocks of 32 rows, so a layer can need two."""
 SOAK_CHUNKS, SOAK_LAYERS_PER_CHUNK = 20, 500
+CHAOS_EVERY = 5
+"""Every fifth draw runs with bus chaos (READY drops, held-back beats, extra latency)."""
+STEER_TRIES = 400
+"""Draws (golden model only) tried per missed bin before it is left missed."""
 
 
-def run_draws(sim: FastSim, cfg, seeds, *, tokens: int | None = None) -> list[LayerCase]:
-    cases = []
-    for draw in seeds:
+def run_draws(
+    sim: FastSim, cfg: AccelConfig, seeds, *, tokens: int | None = None, chaos: bool | None = None
+) -> list[tuple[LayerCase, bool]]:
+    """Run the random layers of `seeds` bit-exact; (case, under bus chaos) for each.
+
+    `chaos` None: every `CHAOS_EVERY`-th draw runs under bus chaos seeded by its draw.
+    """
+    layers = []
+    for i, draw in enumerate(seeds):
         case = random_layer(cfg, int(draw), tokens=tokens)
+        stormy = i % CHAOS_EVERY == CHAOS_EVERY - 1 if chaos is None else chaos
+        sim.set_bus_chaos(
+            seed=int(draw),
+            stall_probability=0.1 if stormy else 0.0,
+            max_extra_latency=16 if stormy else 0,
+        )
         try:
             run_case(sim, case)
         except AssertionError as e:
-            raise AssertionError(f"{case.name}: {e}") from None
-        cases.append(case)
-    return cases
+            raise AssertionError(f"{case.name}{' (bus chaos)' if stormy else ''}: {e}") from None
+        finally:
+            sim.set_bus_chaos(seed=0)
+        layers.append((case, stormy))
+    return layers
 
 
-def test_random_layers_are_bit_exact(sim, seed):
+def steer_missed_bins(
+    sim: FastSim, cfg: AccelConfig, rng: np.random.Generator, layers: list[tuple[LayerCase, bool]]
+) -> list[tuple[LayerCase, bool]]:
+    """For each bin `layers` missed, draw on until a layer hits it and run that layer."""
+    hit = {
+        key
+        for case, stormy in layers
+        for key in layer_hits(layer_facts(case, cfg, backpressure=stormy))
+    }
+    steered = []
+    for b in BINS:
+        if b.key in hit or b.axis == "backpressure":
+            continue
+        for draw in rng.integers(2**31, size=STEER_TRIES):
+            case = random_layer(cfg, int(draw))
+            facts = layer_facts(case, cfg, backpressure=False)
+            if b.hit(facts):
+                steered += run_draws(sim, cfg, [draw], chaos=False)
+                hit.update(layer_hits(facts))
+                break
+    return steered
+
+
+def test_random_layers_are_bit_exact(sim, seed, request):
     rng = np.random.default_rng(seed)
-    run_draws(sim, SMALL_TOP, rng.integers(2**31, size=40))
+    layers = run_draws(sim, SMALL_TOP, rng.integers(2**31, size=40))
+    layers += steer_missed_bins(sim, SMALL_TOP, rng, layers)
+    record_layers(request.node, SMALL_TOP, layers, tier="test", tier_size=2)
 
 
-def test_m_block_loop_backs_are_bit_exact(seed):
+def test_m_block_loop_backs_are_bit_exact(seed, request):
     assert default_m_block(LOOP_TOP) == 32 < LOOP_TOP.max_tokens
     rng = np.random.default_rng(seed)
     with FastSim(
         lambda: MoEAccel(LOOP_TOP), LOOP_TOP, 1 << 18, read_latency=12, name="moe_accel"
     ) as sim:
-        cases = run_draws(sim, LOOP_TOP, rng.integers(2**31, size=8), tokens=48)
+        layers = run_draws(sim, LOOP_TOP, rng.integers(2**31, size=8), tokens=48)
         # 48 tokens: the router GEMM (and any shared expert) always takes two blocks; draw
         # on until two layers also had a routed expert with more than one block of rows
-        crowded = [c for c in cases if c.golden.dispatch.counts.max() > 32]
+        crowded = [c for c, _ in layers if c.golden.dispatch.counts.max() > 32]
         for draw in rng.integers(2**31, size=200):
             if len(crowded) >= 2:
                 break
             case = random_layer(LOOP_TOP, int(draw), tokens=48)
             if case.golden.dispatch.counts.max() > 32:
-                crowded += run_draws(sim, LOOP_TOP, [draw], tokens=48)
+                more = run_draws(sim, LOOP_TOP, [draw], tokens=48)
+                layers += more
+                crowded += [c for c, _ in more]
+    record_layers(request.node, LOOP_TOP, layers, tier="test", tier_size=2)
     assert len(crowded) >= 2, "no draw crowded an expert past one M-block"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(SOAK_CHUNKS))
-def test_soak_random_layers(sim, seed, chunk):
+def test_soak_random_layers(sim, seed, chunk, request):
     """Soak: 20 chunks × 500 draws = 10,000 random layers (`make soak`, pytest-xdist)."""
     rng = np.random.default_rng([seed, chunk])
-    run_draws(sim, SMALL_TOP, rng.integers(2**31, size=SOAK_LAYERS_PER_CHUNK))
+    layers = run_draws(sim, SMALL_TOP, rng.integers(2**31, size=SOAK_LAYERS_PER_CHUNK))
+    record_layers(request.node, SMALL_TOP, layers, tier="soak", tier_size=SOAK_CHUNKS)
