@@ -5,7 +5,7 @@ Why a top-level package of its own (and not `rtl/` or `pymodel/`): the driver
 into the driver. Both read this package; it imports only NumPy and
 `pymodel.config`, never Amaranth (a test imports it with Amaranth made
 unimportable). The RTL turns its typed tables into `lib.data` layouts in
-`rtl/regs.py`; nothing here is redefined there.
+`rtl/descriptor.py`; nothing here is redefined there.
 
 - `contract.regs`: the register map (offsets, fields, access kinds) and the
   enums written into it (`ErrorCause`, `RoutingMode`, `FFNKind`, `SharedExpert`);

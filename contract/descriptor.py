@@ -3,7 +3,7 @@
 Why here: the top copies the descriptor registers into the sequencer's
 descriptor and refuses a malformed one with `ErrorCause.BAD_DESCRIPTOR`; the
 driver must refuse exactly the same programs before anything runs. Both read
-this module: `rtl.regs.descriptor_layout` generates the `StructLayout` from
+this module: `rtl.descriptor.descriptor_layout` generates the `StructLayout` from
 `DESCRIPTOR_FIELDS`, `rtl.top` fills it in a loop and builds its error check
 from `RULES`, and `sw_driver.compile` runs `check_program` on every program it
 emits. Nothing here imports Amaranth.
@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from contract.regs import DESCRIPTOR_BLOCK, FFNKind, RoutingMode, SharedExpert
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gate import RSF_FRAC_BITS
 
 from .layout import REGION_ALIGN
-from .regs import DESCRIPTOR_BLOCK, FFNKind, RoutingMode, SharedExpert
 from .timing import SHIFT_BITS
 
 __all__ = [
@@ -106,7 +106,7 @@ DESCRIPTOR_FIELDS: tuple[DescriptorField, ...] = (
     DescriptorField("out_mult", "OUTPUT_REQUANT.mult", lambda cfg: cfg.mult_bits),
     DescriptorField("out_shift", "OUTPUT_REQUANT.shift", lambda cfg: SHIFT_BITS),
 )
-"""The sequencer's descriptor, in layout order (`rtl.regs.descriptor_layout`)."""
+"""The sequencer's descriptor, in layout order (`rtl.descriptor.descriptor_layout`)."""
 
 if RoutingMode.SIGMOID != 1:
     raise ConfigError("descriptor field `sigmoid` copies ROUTING_MODE.scoring: SIGMOID must be 1")

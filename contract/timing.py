@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 
+from contract.regs import SharedExpert
 from pymodel.config import AccelConfig, ConfigError
-
-from .regs import SharedExpert
 
 __all__ = [
     "ACC_STAGES",

@@ -4,7 +4,7 @@ A `SearchSpace` maps field names to `IntRange` or `Choice`; the fields not in
 it come from a base config. `parse_param("rows=4:12")` and
 `parse_param("mem_bytes_per_cycle=8,16,32")` are the command line's forms.
 Every value a space admits is checked against `AccelConfig`'s and the
-accelerator top's own rules (`rtl.layout.check_top_config`: rows and cols are
+accelerator top's own rules (`contract.layout.check_top_config`: rows and cols are
 powers of two) when the space is built, so a trial never meets an invalid
 config by surprise.
 """

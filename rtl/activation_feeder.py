@@ -28,9 +28,8 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from contract import layout
 from pymodel.config import AccelConfig
-
-from . import layout
 
 __all__ = ["ActSource", "ActivationFeeder", "feed_command_layout", "sorted_row_layout"]
 

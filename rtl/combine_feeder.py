@@ -17,9 +17,9 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from contract import layout
 from pymodel.config import AccelConfig
 
-from . import layout
 from .combine import CombineShapes
 from .streams import MemoryReader
 

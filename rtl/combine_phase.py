@@ -25,9 +25,9 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from contract import layout
 from pymodel.config import AccelConfig
 
-from . import layout
 from .axi import ADDR_WIDTH
 from .combine import CombineShapes
 from .combine_feeder import CombineFeeder

@@ -1,7 +1,7 @@
-"""AXI4-Lite slave register file generated from a `rtl.regs.RegisterMap`.
+"""AXI4-Lite slave register file generated from a `contract.regs.RegisterMap`.
 
 Why generated: the same table gives the driver its offsets, so hardware and
-software can never disagree (see `rtl/regs.py` for the access kinds).
+software can never disagree (see `contract/regs.py` for the access kinds).
 
 Ports: `s_axil` (the bus) and `regs`, one sub-interface per register that
 has ports, named after the register in lower case, one member per field:
@@ -28,10 +28,10 @@ from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.regs import REGISTER_MAP, Access, PlacedRegister, RegisterMap
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import LITE_DATA_WIDTH, AXILiteSignature, Resp
-from .regs import REGISTER_MAP, Access, PlacedRegister, RegisterMap
 
 __all__ = ["CSR"]
 

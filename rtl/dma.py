@@ -27,7 +27,7 @@ is `rd_data.ready`), W is registered (one beat per cycle, a bubble only
 before a command's first burst).
 
 Errors: a SLVERR/DECERR on R or B (or a bad command) sets the sticky
-`error` with `error_cause` (`rtl.regs.ErrorCause`) and `error_addr` (the
+`error` with `error_cause` (`contract.regs.ErrorCause`) and `error_addr` (the
 failing beat's or burst's address, or the bad command's address); the
 first error wins. From then on both engines *abort*: no new AR/AW is
 issued, beats of bursts already issued are still accepted (R) or sent with
@@ -50,11 +50,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from contract.regs import COUNTER_BITS, ErrorCause
 from contract.timing import DMA_MAX_OUTSTANDING
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import ADDR_WIDTH, BOUNDARY_BYTES, AXI4Signature, Burst, burst_beats
-from .regs import COUNTER_BITS, ErrorCause
 
 __all__ = ["DMA", "dma_command_layout", "read_beat_layout"]
 

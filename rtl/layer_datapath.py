@@ -19,7 +19,9 @@ from amaranth.lib import data, enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.utils import exact_log2
 
-from . import layout
+from contract import layout
+from contract.regs import SharedExpert
+
 from .activation_feeder import (
     ActivationFeeder,
     max_sorted_rows,
@@ -37,7 +39,6 @@ from .loaders import LutLoader, ParamLoader, RowLoader, WordLoader
 from .logit_serialiser import LogitSerialiser
 from .output_sink import OutputSink
 from .postproc import Mode, wide_bits
-from .regs import SharedExpert as SharedMode
 from .routing_recorder import RoutingRecorder
 from .streams import CommandRegister
 from .y_writeback import YWriteBack
@@ -106,9 +107,9 @@ def _units(seq: LayerSequencer, m: Module) -> SimpleNamespace:
     unit = layout.row_unit(cfg)
     p.ys = Signal(range(layout.row_bytes(cfg, cfg.max_d_model) + 1))
     m.d.comb += p.ys.eq(((desc.d + (unit - 1)) >> exact_log2(unit)) << exact_log2(unit))
-    p.has_shared = desc.shared != SharedMode.NONE
+    p.has_shared = desc.shared != SharedExpert.NONE
     p.ncol = Signal(range(cfg.max_experts + 2))
-    m.d.comb += p.ncol.eq(desc.e + (desc.shared == SharedMode.GATED))
+    m.d.comb += p.ncol.eq(desc.e + (desc.shared == SharedExpert.GATED))
     p.tk = Signal(range(p.pairs_max + 1))
     m.d.comb += p.tk.eq(desc.t * desc.k)
     m.d.comb += [

@@ -3,7 +3,7 @@
 `LayerSequencer` holds the datapath of `rtl.top.MoEAccel` except the
 register file and the DMA: the GEMM engine, gate, dispatcher, combiner, the
 on-chip buffers and the FSM that drives them through one layer, reading and
-writing memory in the layout of `rtl.layout` through the DMA's command and
+writing memory in the layout of `contract.layout` through the DMA's command and
 data streams. `docs/architecture.md` describes the data flow; in short:
 
 1. load: router (mult, shift) words into the engine's parameter memory,
@@ -28,7 +28,7 @@ data streams. `docs/architecture.md` describes the data flow; in short:
 
 Weight streams flow DMA → resizer → engine weight port while the engine
 computes (double-buffered tiles), so weight loads overlap compute; a weight
-beat is `weight_rows_per_beat` rows (`rtl.layout.weight_stream`), so the
+beat is `weight_rows_per_beat` rows (`contract.layout.weight_stream`), so the
 loads run at the bus rate.
 
 Structure: every part of the datapath is a component with its own test
@@ -51,17 +51,18 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from contract import layout
+from contract.regs import FFNKind
 from pymodel.config import AccelConfig, ConfigError
 
-from . import layout
 from .activation_feeder import ActSource
+from .descriptor import descriptor_layout
 from .dma import dma_command_layout, read_beat_layout
 from .layer_datapath import ReadSel, WriteSel, build_datapath, ceil_div_pow2
 from .loaders import WordDest
 from .output_sink import SinkKind
 from .phase_counters import Phase, PhaseCounters, phase_counter_layout
 from .postproc import Mode
-from .regs import FFNKind, descriptor_layout
 from .tile_sequencer import CommandError, counter_layout
 
 __all__ = ["LayerSequencer", "descriptor_layout", "phase_counter_layout"]

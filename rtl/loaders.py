@@ -17,9 +17,9 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
+from contract import layout
 from pymodel.config import AccelConfig
 
-from . import layout
 from .postproc import lut_write_layout, param_write_layout
 
 __all__ = ["LutLoader", "ParamLoader", "RowLoader", "WordDest", "WordLoader"]
@@ -40,7 +40,7 @@ class ParamLoader(wiring.Component):
     clear : In(1)
         Restart at row 0, group 0.
     i : In(stream), always ready
-        32-bit words, `param_words_per_beat` an item (`rtl.layout` word format).
+        32-bit words, `param_words_per_beat` an item (`contract.layout` word format).
     o : Out(stream)
         The engine's parameter writes (taken every cycle).
     """
@@ -156,7 +156,7 @@ class WordLoader(wiring.Component):
     bias_addr, bias_data, bias_we : Out
         The gate's bias table write.
     desc : Out(StructLayout)
-        The expert descriptor's words (`rtl.layout.DESC_FIELDS`), as loaded.
+        The expert descriptor's words (`contract.layout.DESC_FIELDS`), as loaded.
     """
 
     def __init__(self, cfg: AccelConfig) -> None:

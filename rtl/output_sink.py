@@ -15,9 +15,9 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2, exact_log2
 
+from contract import layout
 from pymodel.config import AccelConfig
 
-from . import layout
 from .postproc import output_layout, wide_bits
 
 __all__ = ["OutputSink", "SinkKind", "sink_command_layout"]

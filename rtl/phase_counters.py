@@ -11,7 +11,7 @@ from amaranth import Module, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from .regs import COUNTER_BITS
+from contract.regs import COUNTER_BITS
 
 __all__ = ["PHASES", "Phase", "PhaseCounters", "phase_counter_layout"]
 

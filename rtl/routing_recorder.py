@@ -2,7 +2,7 @@
 
 Why: each pair the gate emits goes to three places in the same cycle: the
 dispatcher (its expert), the routing record written back to memory
-(`rtl.layout`: expert and weight, 32 bits each), and the slot tables the
+(`contract.layout`: expert and weight, 32 bits each), and the slot tables the
 combine phase reads (token and gate weight at slot `s`, the pair's position
 in emission order). A pair moves only when both the dispatcher and the
 record path can take it, so the three stay in step. The record path is
@@ -19,9 +19,9 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from contract import layout
 from pymodel.config import AccelConfig
 
-from . import layout
 from .dispatch import DispatchShapes
 from .gate import GateShapes
 

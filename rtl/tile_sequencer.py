@@ -38,11 +38,11 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from contract.regs import COUNTER_BITS
 from pymodel.config import AccelConfig, ConfigError
 
 from .checks import invariant
 from .postproc import SHIFT_BITS, Mode
-from .regs import COUNTER_BITS
 
 __all__ = [
     "CommandError",

@@ -1,6 +1,6 @@
 """`MoEAccel`: the whole accelerator — registers, DMA and the layer sequencer.
 
-Ports: `s_axil` (AXI4-Lite slave: the register map `rtl.regs.REGISTER_MAP`),
+Ports: `s_axil` (AXI4-Lite slave: the register map `contract.regs.REGISTER_MAP`),
 `m_axi` (AXI4 master to the memory holding the layer image of
 `sw_driver.compile`), `irq` (high while `STATUS.done` or `STATUS.error` is
 set), and the `sync` domain.
@@ -36,13 +36,13 @@ from amaranth.lib.wiring import In, Out
 
 from contract import layout
 from contract.descriptor import DESCRIPTOR_FIELDS, INPUTS, RULES, DescriptorValues, rule_code
+from contract.regs import COUNTER_SOURCES, REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import AXI4Signature, AXILiteSignature
 from .csr import CSR
 from .dma import DMA
 from .layer_sequencer import LayerSequencer
-from .regs import COUNTER_SOURCES, REGISTER_MAP, ErrorCause
 
 __all__ = ["MoEAccel"]
 

@@ -63,11 +63,11 @@ import numpy as np
 from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
+from contract.regs import REGISTER_MAP, ErrorCause, RegisterMap
 from flow.paths import FAST_BUILD_ROOT, REPO_ROOT
 from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXI4Signature, AXILiteSignature, Resp, burst_beats
 from rtl.checks import checks_enabled
-from rtl.regs import REGISTER_MAP, ErrorCause, RegisterMap
 
 from .build import (
     WAIVED_WARNINGS,

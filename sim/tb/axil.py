@@ -1,7 +1,7 @@
 """Register access and bus stalls for tops with an AXI4-Lite slave, under cocotb.
 
 `RegisterClient` reads and writes registers by name through a cocotbext-axi
-`AxiLiteMaster`, using a `rtl.regs.RegisterMap` for offsets (a 64-bit
+`AxiLiteMaster`, using a `contract.regs.RegisterMap` for offsets (a 64-bit
 register is read low word first, as the register file latches it);
 `pauses` is a pause generator for cocotbext-axi channels and `paused_ram`
 an `AxiRam` on a top's `m_axi` port that stalls every channel at random.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from cocotbext.axi import AxiBus, AxiLiteMaster, AxiRam, AxiResp
 
-from rtl.regs import RegisterMap
+from contract.regs import RegisterMap
 
 
 def pauses(rng: random.Random, p: float) -> Iterator[bool]:

@@ -7,8 +7,8 @@ import cocotb
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 
+from contract.regs import REGISTER_MAP, Access
 from pymodel.config import AccelConfig
-from rtl.regs import REGISTER_MAP, Access
 from sim.tb import reset_dut, start_clock
 
 CFG = AccelConfig.from_json(os.environ["CSR_CFG"])

@@ -15,9 +15,9 @@ from amaranth import unsigned
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiRam
 
+from contract.regs import ErrorCause
 from pymodel.config import AccelConfig
 from rtl.dma import dma_command_layout, read_beat_layout
-from rtl.regs import ErrorCause
 from sim.tb import StreamDriver, StreamSink, reset_dut, start_clock
 from sim.tb.axi_checker import AxiProtocolChecker
 

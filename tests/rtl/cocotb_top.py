@@ -18,7 +18,7 @@ import numpy as np
 from cocotb.triggers import ClockCycles
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
-from rtl.regs import REGISTER_MAP
+from contract.regs import REGISTER_MAP
 from sim.tb import reset_dut, start_clock
 from sim.tb.axi_checker import AxiProtocolChecker
 from sim.tb.axil import RegisterClient, paused_ram

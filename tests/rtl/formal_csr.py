@@ -3,7 +3,7 @@
 The solver drives every AXI4-Lite master signal (any address, data, strobes
 and handshake timing), every hardware-side input (RO values, W1C set
 pulses) and the reset. The harness keeps what the access rules of
-`rtl/regs.py` say the registers must hold and asserts, every cycle:
+`contract/regs.py` say the registers must hold and asserts, every cycle:
 
 - handshakes: AW and W each held at most once (`awready`/`wready` low while
   held), one read outstanding (`arready` low while a response waits), and a
@@ -28,10 +28,10 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.hdl import Assert, Elaboratable
 
+from contract.regs import Access, Block, Field, Reg, RegisterMap
 from pymodel.config import AccelConfig
 from rtl.axi import Resp
 from rtl.csr import CSR
-from rtl.regs import Access, Block, Field, Reg, RegisterMap
 
 SMALL_CSR_CONFIG = AccelConfig(rows=2, cols=2, m_tile=2)
 

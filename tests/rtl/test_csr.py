@@ -1,13 +1,11 @@
 # amaranth: UnusedElaboratable=no
-"""rtl.regs (the register table) and rtl.csr (the AXI4-Lite register file generated from it)."""
+"""contract.regs (the register table) and rtl.csr (the AXI4-Lite register file made from it)."""
 
 from pathlib import Path
 
 import pytest
 
-from pymodel.config import AccelConfig, ConfigError
-from rtl.csr import CSR
-from rtl.regs import (
+from contract.regs import (
     CONTROL_BLOCK,
     REGISTER_MAP,
     Access,
@@ -18,6 +16,8 @@ from rtl.regs import (
     RegisterMap,
     config_hash,
 )
+from pymodel.config import AccelConfig, ConfigError
+from rtl.csr import CSR
 from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
 
 TB = Path(__file__).with_name("cocotb_csr.py")

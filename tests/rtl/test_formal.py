@@ -32,12 +32,12 @@ import rtl.csr
 import rtl.dispatch
 import rtl.postproc
 import rtl.tile_sequencer
+from contract.regs import REGISTER_MAP
 from pymodel.config import AccelConfig
 from rtl.combine import Combiner
 from rtl.dma import DMA
 from rtl.gate import Gate
 from rtl.gemm_engine import GemmEngine
-from rtl.regs import REGISTER_MAP
 from rtl.resize import Resizer
 from rtl.topk import TopK
 from sim.formal import prove

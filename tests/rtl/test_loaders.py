@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from rtl import layout
+from contract import layout
 from rtl.loaders import LutLoader, ParamLoader, RowLoader, WordDest, WordLoader
 from sim.tb.layer_cases import SMALL_TOP
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.regs import ErrorCause
 from rtl.dma import DMA
-from rtl.regs import ErrorCause
 from rtl.top import MoEAccel
 from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
 from sim.tb.layer_cases import SMALL_TOP, check_outputs, make_case, mode_specs

@@ -18,11 +18,11 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.regs import CONTROL_BLOCK, ID_BLOCK, Access, Block, ErrorCause, Reg, RegisterMap
 from pymodel.config import AccelConfig
 from rtl.axi import AXI4Signature, AXILiteSignature
 from rtl.csr import CSR
 from rtl.dma import DMA
-from rtl.regs import CONTROL_BLOCK, ID_BLOCK, Access, Block, ErrorCause, Reg, RegisterMap
 
 COPY_MAP = RegisterMap(
     (

@@ -19,9 +19,9 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.regs import REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXI4Signature, AXILiteSignature, Burst, Resp
-from rtl.regs import REGISTER_MAP, ErrorCause
 from sim.fast import FastSim, ProtocolViolation, RunStatus
 from sim.tb.layer_cases import (
     SMALL_TOP,

@@ -21,9 +21,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 from memcopy_top import COPY_MAP, MemCopyTop, expected_copy
 
+from contract.regs import ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 from rtl.axi import AXILiteSignature, Resp
-from rtl.regs import ErrorCause
 from sim.build import SimulationError, _fst_supported, build_component, run_cocotb
 from sim.fast import (
     PREFIX,

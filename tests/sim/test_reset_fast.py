@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtl.regs import REGISTER_MAP
+from contract.regs import REGISTER_MAP
 from rtl.top import MoEAccel
 from sim.fast import FastSim
 from sim.tb.layer_cases import (

@@ -12,9 +12,9 @@ which prints the simulated cycles/s (run with -s).
 import numpy as np
 import pytest
 
+from contract.regs import REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import family_spec
-from rtl.regs import REGISTER_MAP, ErrorCause
 from rtl.top import MoEAccel
 from sim.fast import FastSim, RunStatus, build_fast
 from sim.tb.layer_cases import (

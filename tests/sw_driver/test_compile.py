@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract import layout
+from contract.regs import REGISTER_MAP
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import family_spec
 from pymodel.layer import golden_layer
 from pymodel.numerics import NumericsError
 from pymodel.synthetic import synthetic_layer, synthetic_tokens
-from rtl import layout
-from rtl.regs import REGISTER_MAP
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
 from sw_driver.compile import UNMAPPED_ADDR, compile_layer, read_outputs
 
