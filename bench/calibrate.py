@@ -32,16 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pymodel.config import AccelConfig, MoESpec  # noqa: E402
-from pymodel.cycles import COUNTERS, MemoryTiming, layer_cycles  # noqa: E402
-from pymodel.families import FAMILIES, family_spec  # noqa: E402
-from pymodel.layer import golden_layer, quantize_input  # noqa: E402
-from pymodel.quantize import calibrate, quantize_layer  # noqa: E402
-from pymodel.weights import MoEWeights  # noqa: E402
+from bench.results import publish
+from flow.paths import REPO_ROOT
+from pymodel.config import AccelConfig, MoESpec
+from pymodel.cycles import COUNTERS, MemoryTiming, layer_cycles
+from pymodel.families import FAMILIES, family_spec
+from pymodel.layer import golden_layer, quantize_input
+from pymodel.quantize import calibrate, quantize_layer
+from pymodel.weights import MoEWeights
 
 TOTAL_MAX_ERROR = 0.03
 TOTAL_MEDIAN_ERROR = 0.01
@@ -65,7 +63,7 @@ CONFIGS: dict[str, AccelConfig] = {
 """The calibration tops: every array shape and bus width the issue names, small buffers."""
 
 PHASES = ("total", "route", "dispatch", "experts", "shared", "combine")
-FIXTURE = REPO / "tests" / "pymodel" / "data" / "cycle_calibration.json"
+FIXTURE = REPO_ROOT / "tests" / "pymodel" / "data" / "cycle_calibration.json"
 FIXTURE_CASES = 8
 
 
@@ -329,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--cases", type=int, default=DEFAULT_CASES)
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench")
+    parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--measured",
         type=Path,
@@ -373,9 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if speed["points_per_s"] < POINTS_PER_S_MIN:
         failures.append(f"model speed {speed['points_per_s']:,.0f} < {POINTS_PER_S_MIN:,} points/s")
     table = markdown(rows, points, summary, speed, args.seed)
-    results_path = args.out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["calibration"] = {
+    result = {
         "seed": args.seed,
         "memory": {"read_latency": timing.read_latency, "write_latency": timing.write_latency},
         "configs": {name: cfg.to_dict() for name, cfg in CONFIGS.items()},
@@ -393,15 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failures,
         "wall_seconds": round(time.monotonic() - start, 1),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
-    with (args.out_dir / "results.md").open("a") as md:
-        md.write("\n" + table)
     update_doc(args.doc, table)
-    print(table)
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    return 1 if failures else 0
+    return publish(args.out_dir, "calibration", result, table, failures)
 
 
 if __name__ == "__main__":

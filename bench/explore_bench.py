@@ -16,20 +16,17 @@ and exits 1 when a bound is broken.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.calibrate import update_doc  # noqa: E402
-from explore.objectives import check_objectives  # noqa: E402
-from explore.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
-from explore.study import StudySettings, run_study  # noqa: E402
-from explore.workload import Workload  # noqa: E402
+from bench.calibrate import update_doc
+from bench.results import publish
+from explore.objectives import check_objectives
+from explore.space import DEFAULT_SPACE, SearchSpace
+from explore.study import StudySettings, run_study
+from explore.workload import Workload
+from flow.paths import REPO_ROOT
 
 TRIALS = 5000
 WALL_MAX_S = 300.0
@@ -94,10 +91,10 @@ def markdown(runs: list[dict], same: bool, trials: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=TRIALS)
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench")
+    parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
-    work = REPO / "build" / "bench"
+    work = REPO_ROOT / "build" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     first, front_a = study(work / "explore-a.db", args.trials)
     second, front_b = study(work / "explore-b.db", args.trials)
@@ -110,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if not same:
         failures.append("the same seed gave a different front")
     table = markdown([first, second], same, args.trials)
-    results_path = args.out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["explore"] = {
+    result = {
         "seed": SEED,
         "runs": [first, second],
         "same_front": same,
@@ -120,14 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "bounds": {"wall_max_s": WALL_MAX_S},
         "failures": failures,
     }
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
-    with (args.out_dir / "results.md").open("a") as md:
-        md.write("\n" + table)
     update_doc(args.doc, table, DOC_BEGIN, DOC_END)
-    print(table)
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    return 1 if failures else 0
+    return publish(args.out_dir, "explore", result, table, failures)
 
 
 if __name__ == "__main__":

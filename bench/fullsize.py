@@ -29,43 +29,31 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from contract import layout
+from flow.paths import REPO_ROOT
+from pymodel.config import AccelConfig, ConfigError, MoESpec
+from pymodel.cycles import layer_cycles
+from pymodel.layer import golden_layer
+from pymodel.models import REAL_MODELS
+from pymodel.perf import roofline
+from pymodel.synthetic import synthetic_layer, synthetic_tokens
+from sw_driver.compile import LayerImage, compile_layer
+from sw_driver.device import VerilatorDevice
 
-from contract import layout  # noqa: E402
-from pymodel.config import AccelConfig, ConfigError, MoESpec  # noqa: E402
-from pymodel.cycles import layer_cycles  # noqa: E402
-from pymodel.families import family_spec  # noqa: E402
-from pymodel.layer import golden_layer  # noqa: E402
-from pymodel.perf import roofline  # noqa: E402
-from pymodel.synthetic import synthetic_layer, synthetic_tokens  # noqa: E402
-from sw_driver.compile import LayerImage, compile_layer  # noqa: E402
-from sw_driver.device import VerilatorDevice  # noqa: E402
-
-CONFIG = REPO / "configs" / "fullsize.json"
+CONFIG = REPO_ROOT / "configs" / "fullsize.json"
 WALL_BOUND_S = 600.0
 """Each decode step must finish in 10 minutes: weights, simulation, golden model and the
 model build (a cold build of the fullsize model takes ~3 min of it)."""
 DEFAULT_SEED = 2024
 
 LAYERS: dict[str, MoESpec] = {
-    "mixtral_8x7b": family_spec("mixtral", d_model=4096, d_ff=14336, n_experts=8, top_k=2),
-    "deepseek_v3": family_spec(
-        "deepseek_v3",
-        d_model=7168,
-        d_ff=2048,
-        n_experts=256,
-        top_k=8,
-        n_group=8,
-        topk_group=4,
-        shared_d_ff=2048,
-    ),
+    "mixtral_8x7b": REAL_MODELS["Mixtral-8x7B"],
+    "deepseek_v3": REAL_MODELS["DeepSeek-V3"],
 }
+"""The full-size layers, by the names `make fullsize` passes: `pymodel.models`' real models."""
 
 
 def decode_read_bytes(image: LayerImage, counts: np.ndarray) -> int:

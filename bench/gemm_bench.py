@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pymodel.config import AccelConfig  # noqa: E402
-from rtl.gemm_engine import GemmEngine  # noqa: E402
-from sim.build import build_component, run_cocotb  # noqa: E402
+from bench.results import publish
+from flow.paths import REPO_ROOT
+from pymodel.config import AccelConfig
+from rtl.gemm_engine import GemmEngine
+from sim.build import build_component, run_cocotb
 
 BOUND = 0.95
 PARAM_ROWS = 64
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bus", type=int, default=16, help="mem_bytes_per_cycle (sets weight rows a beat)"
     )
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench")
     args = parser.parse_args(argv)
     cfg = AccelConfig(rows=args.rows, cols=args.cols, mem_bytes_per_cycle=args.bus)
     engine = GemmEngine(cfg, param_rows=PARAM_ROWS)
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = Path(tmp) / "raw.json"
         run_cocotb(
             build,
-            REPO / "bench" / "cocotb_gemm_bench.py",
+            REPO_ROOT / "bench" / "cocotb_gemm_bench.py",
             extra_env={
                 "ENGINE_CFG": cfg.to_json(),
                 "M_BLOCK": str(engine.m_block),
@@ -110,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         row["efficiency"] = c["macs"] / (macs_per_cycle * c["busy"])
         row["judged"] = judged(cfg, row)
     command = "make bench" if (args.rows, args.cols) == (8, 8) else " ".join(sys.argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "config": cfg.to_dict(),
         "m_block": engine.m_block,
@@ -119,19 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.monotonic() - start, 1),
         "points": rows,
     }
-    results_path = args.out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["gemm"] = result
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown(cfg, rows, command)
-    (args.out_dir / "results.md").write_text(table)
-    print(table)
     failing = [r for r in rows if r["judged"] and r["utilisation"] < BOUND]
-    if failing:
-        print(f"FAIL: {len(failing)} expert-sized GEMM(s) below {BOUND:.0%} utilisation")
-        return 1
-    print(f"all expert-sized GEMMs (M ≥ 4R, K ≥ 8R, N ≥ 8C) at ≥ {BOUND:.0%} utilisation")
-    return 0
+    failures = (
+        [f"{len(failing)} expert-sized GEMM(s) below {BOUND:.0%} utilisation"] if failing else []
+    )
+    table = markdown(cfg, rows, command)
+    status = publish(args.out_dir, "gemm", result, table, failures, first=True)
+    if not failures:
+        print(f"all expert-sized GEMMs (M ≥ 4R, K ≥ 8R, N ≥ 8C) at ≥ {BOUND:.0%} utilisation")
+    return status
 
 
 if __name__ == "__main__":

@@ -38,19 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pymodel.config import AccelConfig, MoESpec  # noqa: E402
-from pymodel.families import family_spec  # noqa: E402
-from pymodel.layer import golden_layer, quantize_input  # noqa: E402
-from pymodel.perf import roofline  # noqa: E402
-from pymodel.quantize import calibrate, quantize_layer  # noqa: E402
-from pymodel.weights import MoEWeights  # noqa: E402
-from sim.fast import DEFAULT_THREADS  # noqa: E402
-from sw_driver.device import VerilatorDevice  # noqa: E402
-from sw_driver.report import expert_phase_mac_cycles  # noqa: E402
+from bench.results import publish
+from flow.paths import REPO_ROOT
+from pymodel.config import AccelConfig, MoESpec
+from pymodel.families import family_spec
+from pymodel.layer import golden_layer, quantize_input
+from pymodel.perf import roofline
+from pymodel.quantize import calibrate, quantize_layer
+from pymodel.weights import MoEWeights
+from sim.fast import DEFAULT_THREADS
+from sw_driver.device import VerilatorDevice
+from sw_driver.report import expert_phase_mac_cycles
 
 UTILISATION_BOUND = 0.90
 ROOFLINE_BOUND = 1.25
@@ -120,7 +118,7 @@ def warm_start_seconds(cfg: AccelConfig) -> float:
     """
     child = subprocess.run(
         [sys.executable, "-c", _WARM_START_CHILD, cfg.to_json()],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
@@ -195,7 +193,7 @@ def cocotb_vs_fast(seed: int) -> dict:
         start = time.perf_counter()
         run_cocotb(
             build,
-            REPO / "tests" / "rtl" / "cocotb_top.py",
+            REPO_ROOT / "tests" / "rtl" / "cocotb_top.py",
             extra_env={"TOP_JOBS": tmp, "TOP_MEM_BYTES": str(mem_bytes), "TOP_PAUSE": "0"},
         )
         cocotb_wall = time.perf_counter() - start
@@ -265,7 +263,7 @@ def markdown(cfg: AccelConfig, points: list[dict], speed: dict, sim_speed: dict)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench")
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--d-ff", type=int, default=256)
     args = parser.parse_args(argv)
@@ -308,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--threads 2 runs at {sim_speed['threads2_over_1']:.2f} × one thread but the "
             f"default is {DEFAULT_THREADS} (sim.fast.DEFAULT_THREADS)"
         )
-    results_path = args.out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["layer"] = {
+    result = {
         "config": cfg.to_dict(),
         "bounds": {
             "mac_utilization_expert_phase_min": UTILISATION_BOUND,
@@ -325,15 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failures,
         "wall_seconds": round(time.monotonic() - start, 1),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(cfg, points, speed, sim_speed)
-    with (args.out_dir / "results.md").open("a") as md:
-        md.write(table)
-    print(table)
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    return 1 if failures else 0
+    return publish(args.out_dir, "layer", result, table, failures)
 
 
 if __name__ == "__main__":

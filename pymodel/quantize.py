@@ -304,15 +304,36 @@ def quantize_layer(
                 f"correction bias beyond ±{limit / 2**g:g} does not fit the signed "
                 f"{cfg.gate_weight_bits + 1}-bit fixed point"
             )
-    out_mult, out_shift = quantize_multiplier(s_ye / (2**g * s_y), cfg.mult_bits)
+    router = {"q": router_q, "scale": router_scale, "mult": router_mult, "shift": router_shift}
+    return assemble_layer(spec, cfg, s_x, router, experts, s_ye, s_y, bias_q, shared)
+
+
+def assemble_layer(
+    spec: MoESpec,
+    cfg: AccelConfig,
+    s_x: float,
+    router: dict[str, np.ndarray],
+    experts: FFNParams,
+    s_ye: float,
+    s_y: float,
+    bias_q: np.ndarray | None,
+    shared: FFNParams | None,
+) -> QuantizedLayer:
+    """The `QuantizedLayer` of these parts, with its output requantiser derived here, once.
+
+    `router` holds the router's `q`, `scale`, `mult` and `shift`. The combine
+    accumulates gate-weighted expert outputs in scale `s_ye / 2^gate_frac_bits`;
+    the output requantiser takes that to the output scale `s_y`.
+    """
+    out_mult, out_shift = quantize_multiplier(s_ye / (2**cfg.gate_frac_bits * s_y), cfg.mult_bits)
     return QuantizedLayer(
         spec=spec,
         cfg=cfg,
         s_x=s_x,
-        router_q=router_q,
-        router_scale=router_scale,
-        router_mult=router_mult,
-        router_shift=router_shift,
+        router_q=router["q"],
+        router_scale=router["scale"],
+        router_mult=router["mult"],
+        router_shift=router["shift"],
         experts=experts,
         s_ye=s_ye,
         s_y=s_y,

@@ -85,7 +85,24 @@ def _absmax(t: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class FloatResult:
+class RoutedOutput:
+    """A float MoE layer's output and its routing, as numpy arrays (every float reference)."""
+
+    y: np.ndarray  # [T, d] float32
+    logits: np.ndarray  # [T, E] float32
+    scores: np.ndarray  # [T, E] float32
+    expert_ids: np.ndarray  # [T, k] int64
+    gate_weights: np.ndarray  # [T, k] float32
+    kept: np.ndarray  # [T, k] bool
+
+    @property
+    def dropped(self) -> int:
+        """Pairs capacity dropped."""
+        return int(self.kept.size - np.count_nonzero(self.kept))
+
+
+@dataclass(frozen=True)
+class FloatResult(RoutedOutput):
     """Output and intermediates of the float layer.
 
     `scores` are the values top-k selects on (softmax probabilities, or
@@ -97,12 +114,6 @@ class FloatResult:
     for the shared expert over all tokens.
     """
 
-    y: np.ndarray  # [T, d] float32
-    logits: np.ndarray  # [T, E] float32
-    scores: np.ndarray  # [T, E] float32
-    expert_ids: np.ndarray  # [T, k] int64
-    gate_weights: np.ndarray  # [T, k] float32
-    kept: np.ndarray  # [T, k] bool
     shared_gate_logit: np.ndarray | None = None  # [T], Qwen2-MoE
     shared_gate: np.ndarray | None = None  # [T] sigmoid of it
     shared_y: np.ndarray | None = None  # [T, d] shared expert output (before its gate)

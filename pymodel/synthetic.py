@@ -25,7 +25,7 @@ import numpy as np
 from .config import AccelConfig, ConfigError, MoESpec
 from .gate import check_routing
 from .numerics import make_lut, qmax, quantize_multiplier
-from .quantize import FFNParams, QuantizedLayer
+from .quantize import FFNParams, QuantizedLayer, assemble_layer
 from .reference import ACTIVATIONS
 
 __all__ = ["TOKEN_STD", "LazyExpertWeights", "synthetic_layer", "synthetic_tokens"]
@@ -169,23 +169,8 @@ def synthetic_layer(spec: MoESpec, cfg: AccelConfig, seed: int) -> QuantizedLaye
         bias_q = np.round(rng.standard_normal(e) * 0.05 * 2**g).astype(np.int64)
     s_ye = 1.0 / TOKEN_STD
     s_y = 2 * s_ye
-    out_mult, out_shift = quantize_multiplier(s_ye / (2**g * s_y), cfg.mult_bits)
-    return QuantizedLayer(
-        spec=spec,
-        cfg=cfg,
-        s_x=1.0 / TOKEN_STD,
-        router_q=router_q,
-        router_scale=np.ones(ncol),
-        router_mult=router_mult,
-        router_shift=router_shift,
-        experts=experts,
-        s_ye=s_ye,
-        s_y=s_y,
-        out_mult=out_mult,
-        out_shift=out_shift,
-        bias_q=bias_q,
-        shared=shared,
-    )
+    router = {"q": router_q, "scale": np.ones(ncol), "mult": router_mult, "shift": router_shift}
+    return assemble_layer(spec, cfg, 1.0 / TOKEN_STD, router, experts, s_ye, s_y, bias_q, shared)
 
 
 def synthetic_tokens(spec: MoESpec, cfg: AccelConfig, tokens: int, seed: int) -> np.ndarray:

@@ -35,7 +35,44 @@ def _issue_ports(sel: type[py_enum.Enum]) -> dict:
     }
 
 
-class ReadChannel(wiring.Component):
+def _unit_streams(items: dict[py_enum.Enum, int], flow: wiring.Flow) -> dict:
+    """One item stream per unit, named after its member in lower case."""
+    return {m.name.lower(): flow(stream.Signature(unsigned(8 * size))) for m, size in items.items()}
+
+
+def _command(m: Module, channel: wiring.Component) -> Signal:
+    """The DMA command register loaded at `issue`; returns the unit it serves (held till next)."""
+    command = m.submodules.command = CommandRegister(dma_command_layout())
+    wiring.connect(m, command.o, wiring.flipped(channel.cmd))
+    m.d.comb += [
+        command.load.eq(channel.issue),
+        command.data.addr.eq(channel.addr),
+        command.data.length.eq(channel.length),
+    ]
+    sel = Signal.like(channel.sel)
+    with m.If(channel.issue):
+        m.d.sync += sel.eq(channel.sel)
+    return sel
+
+
+class _Channel(wiring.Component):
+    """What both channels share: the issue ports, the command register, one stream per unit."""
+
+    _unit_flow: wiring.Flow
+
+    def __init__(
+        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
+    ) -> None:
+        self._sel, self._items, self._beat = sel, items, beat_bytes
+        members = _issue_ports(sel) | self._own_ports(beat_bytes, sel)
+        super().__init__(members | _unit_streams(items, self._unit_flow))
+
+    @staticmethod
+    def _own_ports(beat_bytes: int, sel: type[py_enum.Enum]) -> dict[str, wiring.Member]:
+        raise NotImplementedError
+
+
+class ReadChannel(_Channel):
     """DMA reads into the unit each transfer serves, as items of that unit's size.
 
     Parameters
@@ -59,31 +96,18 @@ class ReadChannel(wiring.Component):
         One item stream per unit, named after its member in lower case.
     """
 
-    def __init__(
-        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
-    ) -> None:
-        self._sel, self._items, self._beat = sel, items, beat_bytes
-        members = _issue_ports(sel)
-        members["data"] = In(stream.Signature(unsigned(8 * beat_bytes)))
-        for member, size in items.items():
-            members[member.name.lower()] = Out(stream.Signature(unsigned(8 * size)))
-        super().__init__(members)
+    _unit_flow = Out
+
+    @staticmethod
+    def _own_ports(beat_bytes: int, sel: type[py_enum.Enum]) -> dict[str, wiring.Member]:
+        return {"data": In(stream.Signature(unsigned(8 * beat_bytes)))}
 
     def elaborate(self, platform):
         m = Module()
-        command = m.submodules.command = CommandRegister(dma_command_layout())
-        wiring.connect(m, command.o, wiring.flipped(self.cmd))
-        sel = Signal(self._sel)
+        sel = _command(m, self)
         demux = m.submodules.demux = StreamDemux(unsigned(8 * self._beat), self._sel)
-        m.d.comb += [
-            command.load.eq(self.issue),
-            command.data.addr.eq(self.addr),
-            command.data.length.eq(self.length),
-            demux.sel.eq(sel),
-        ]
+        m.d.comb += demux.sel.eq(sel)
         wiring.connect(m, wiring.flipped(self.data), demux.i)
-        with m.If(self.issue):
-            m.d.sync += sel.eq(self.sel)
         for member, size in self._items.items():
             name = member.name.lower()
             rz = m.submodules[f"rz_{name}"] = Resizer(self._beat, size)
@@ -93,17 +117,13 @@ class ReadChannel(wiring.Component):
         return m
 
 
-class WriteChannel(wiring.Component):
+class WriteChannel(_Channel):
     """DMA writes from the unit each transfer serves, resized to beats.
 
     Parameters
     ----------
-    beat_bytes : int
-        The DMA's beat.
-    sel : enum class
-        The units.
-    items : dict
-        Item bytes per unit (powers of two).
+    beat_bytes, sel, items
+        As for `ReadChannel`; here each unit's items are gathered into beats.
 
     Ports
     -----
@@ -123,38 +143,25 @@ class WriteChannel(wiring.Component):
         One item stream per unit, named after its member in lower case.
     """
 
-    def __init__(
-        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
-    ) -> None:
-        self._sel, self._items, self._beat = sel, items, beat_bytes
-        members = _issue_ports(sel)
-        members.update(
-            {
-                "data": Out(stream.Signature(unsigned(8 * beat_bytes))),
-                "done": In(1),
-                "busy": Out(1),
-                "idle": Out(max(m.value for m in sel) + 1),
-            }
-        )
-        for member, size in items.items():
-            members[member.name.lower()] = In(stream.Signature(unsigned(8 * size)))
-        super().__init__(members)
+    _unit_flow = In
+
+    @staticmethod
+    def _own_ports(beat_bytes: int, sel: type[py_enum.Enum]) -> dict[str, wiring.Member]:
+        return {
+            "data": Out(stream.Signature(unsigned(8 * beat_bytes))),
+            "done": In(1),
+            "busy": Out(1),
+            "idle": Out(max(m.value for m in sel) + 1),
+        }
 
     def elaborate(self, platform):
         m = Module()
-        command = m.submodules.command = CommandRegister(dma_command_layout())
-        wiring.connect(m, command.o, wiring.flipped(self.cmd))
-        sel = Signal(self._sel)
+        sel = _command(m, self)
         mux = m.submodules.mux = StreamMux(unsigned(8 * self._beat), self._sel)
-        m.d.comb += [
-            command.load.eq(self.issue),
-            command.data.addr.eq(self.addr),
-            command.data.length.eq(self.length),
-            mux.sel.eq(sel),
-        ]
+        m.d.comb += mux.sel.eq(sel)
         wiring.connect(m, mux.o, wiring.flipped(self.data))
         with m.If(self.issue):
-            m.d.sync += [sel.eq(self.sel), self.busy.eq(1)]
+            m.d.sync += self.busy.eq(1)
         with m.Elif(self.done):
             m.d.sync += self.busy.eq(0)
         for member, size in self._items.items():

@@ -55,10 +55,9 @@ from .postproc import (
 )
 from .systolic import SystolicArray
 from .tile_sequencer import (
-    CommandError,
     TileSequencer,
-    counter_layout,
     gemm_command_layout,
+    status_members,
     tag_layout,
     weight_beat_layout,
 )
@@ -109,11 +108,7 @@ class GemmEngine(wiring.Component):
                 "param_w": In(stream.Signature(param_write_layout(cfg, self.param_rows))),
                 "lut_w": In(stream.Signature(lut_write_layout(cfg))),
                 "out": Out(stream.Signature(output_layout(cfg))),
-                "busy": Out(1),
-                "done": Out(1),
-                "error": Out(CommandError),
-                "counters": Out(counter_layout()),
-                "counters_clear": In(1),
+                **status_members(),
             }
         )
 

@@ -46,9 +46,9 @@ class OutputSink(wiring.Component):
     cfg : AccelConfig
         Supplies the array's width, the bus width and the buffer limits.
     m_block : int
-        The engine's M-block (rows of one command at most).
+        Result rows of one command at most (the engine's M-block).
     param_rows : int
-        The engine's parameter rows (n-tiles of one command at most).
+        Result N-tiles of one command at most (the engine's parameter rows).
 
     Ports
     -----

@@ -39,10 +39,16 @@ def delayed(m: Module, value: ValueLike, cycles: int = 1, *, name: str = "delaye
     return value
 
 
-def _port_names(sel: type[py_enum.Enum]) -> dict[py_enum.Enum, str]:
+def _keyed_ports(
+    shape: ShapeLike, sel: type[py_enum.Enum], common: str, keyed_flow: wiring.Flow
+) -> tuple[dict[py_enum.Enum, str], dict[str, wiring.Member]]:
+    """A switch's ports: `sel`, the one `common` stream, one stream per member of `sel`."""
     if not (isinstance(sel, type) and issubclass(sel, py_enum.Enum)) or not list(sel):
         raise ConfigError(f"the selector must be a non-empty enum, got {sel!r}")
-    return {member: member.name.lower() for member in sel}
+    names = {member: member.name.lower() for member in sel}
+    members = {"sel": In(sel), common: keyed_flow.flip()(stream.Signature(shape))}
+    members.update({name: keyed_flow(stream.Signature(shape)) for name in names.values()})
+    return names, members
 
 
 class CommandRegister(wiring.Component):
@@ -104,9 +110,7 @@ class StreamDemux(wiring.Component):
     """
 
     def __init__(self, shape: ShapeLike, sel: type[py_enum.Enum]) -> None:
-        self._names = _port_names(sel)
-        members = {"sel": In(sel), "i": In(stream.Signature(shape))}
-        members.update({name: Out(stream.Signature(shape)) for name in self._names.values()})
+        self._names, members = _keyed_ports(shape, sel, "i", Out)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -148,9 +152,7 @@ class StreamMux(wiring.Component):
     """
 
     def __init__(self, shape: ShapeLike, sel: type[py_enum.Enum]) -> None:
-        self._names = _port_names(sel)
-        members = {"sel": In(sel), "o": Out(stream.Signature(shape))}
-        members.update({name: In(stream.Signature(shape)) for name in self._names.values()})
+        self._names, members = _keyed_ports(shape, sel, "o", In)
         super().__init__(members)
 
     def elaborate(self, platform):

@@ -50,6 +50,7 @@ __all__ = [
     "counter_layout",
     "gemm_command_layout",
     "max_gemm_k",
+    "status_members",
     "tag_layout",
     "weight_beat_layout",
 ]
@@ -325,6 +326,17 @@ def _decision_copies(name: str, groups: tuple[str, ...]) -> dict[str, Signal]:
     return {g: Signal(name=f"{name}_{g}", attrs={"keep": 1}) for g in groups}
 
 
+def status_members() -> dict[str, wiring.Member]:
+    """The status of a GEMM command's run: the tile sequencer's, passed on by `GemmEngine`."""
+    return {
+        "busy": Out(1),
+        "done": Out(1),
+        "error": Out(CommandError),
+        "counters": Out(counter_layout()),
+        "counters_clear": In(1),
+    }
+
+
 class TileSequencer(wiring.Component):
     """Drives `SystolicArray` for one command at a time (see the module docstring).
 
@@ -361,11 +373,7 @@ class TileSequencer(wiring.Component):
                 "current": Out(cmd_layout),
                 "credit_return": In(1),
                 "pp_busy": In(1),
-                "busy": Out(1),
-                "done": Out(1),
-                "error": Out(CommandError),
-                "counters": Out(counter_layout()),
-                "counters_clear": In(1),
+                **status_members(),
             }
         )
 

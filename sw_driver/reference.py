@@ -35,6 +35,7 @@ from pymodel.config import ConfigError, MoESpec
 from pymodel.dispatch import capacity_kept
 from pymodel.gate import check_routing, group_limited_topk
 from pymodel.numerics import NumericsError, check_finite
+from pymodel.reference import RoutedOutput
 from pymodel.weights import MoEWeights
 
 SMALL_CPU_WORK = 1 << 26
@@ -44,7 +45,7 @@ _DTYPES: dict[torch.dtype, str] = {torch.float32: "float32", torch.bfloat16: "bf
 
 
 @dataclass(frozen=True)
-class TorchResult:
+class TorchResult(RoutedOutput):
     """Outputs of `torch_moe_forward`, as numpy arrays on the host.
 
     `scores` are the values top-k selects on (softmax probabilities, or
@@ -54,19 +55,8 @@ class TorchResult:
     False where capacity dropped the pair.
     """
 
-    y: np.ndarray  # [T, d] float32
-    logits: np.ndarray  # [T, E] float32
-    scores: np.ndarray  # [T, E] float32
-    expert_ids: np.ndarray  # [T, k] int64
-    gate_weights: np.ndarray  # [T, k] float32
-    kept: np.ndarray  # [T, k] bool
     device: str
     dtype: str
-
-    @property
-    def dropped(self) -> int:
-        """Pairs capacity dropped."""
-        return int(self.kept.size - np.count_nonzero(self.kept))
 
 
 def default_device() -> torch.device:

@@ -47,7 +47,37 @@ def _signal(dut: Any, name: str) -> SimHandleBase:
         raise AttributeError(f"{dut._name} has no signal {name!r}") from None
 
 
-class StreamDriver:
+class _StreamEnd:
+    """What a driver and a sink share: a stream port's signals, its layout and its name.
+
+    Built by `from_prefix` from the Amaranth port's name; `rng` makes runs
+    reproducible (each end gets its own default seed).
+    """
+
+    default_seed = 0
+
+    def __init__(
+        self,
+        clk: SimHandleBase,
+        port: dict[str, SimHandleBase],
+        layout: Any,
+        *,
+        rng: random.Random | None = None,
+        name: str = "stream",
+    ) -> None:
+        self.clk, self.valid, self.ready, self.payload = clk, *port.values()
+        self.layout = layout
+        self.rng = rng or random.Random(self.default_seed)
+        self.name = name
+
+    @classmethod
+    def from_prefix(cls, dut: Any, prefix: str, clk: SimHandleBase, layout: Any, **kwargs: Any):
+        """The end for the Amaranth stream port named `prefix` (e.g. `"cmd"`, `"out"`)."""
+        port = {part: _signal(dut, f"{prefix}__{part}") for part in ("valid", "ready", "payload")}
+        return cls(clk, port, layout, name=prefix, **kwargs)
+
+
+class StreamDriver(_StreamEnd):
     """Sends items into a stream *input* of the DUT.
 
     `layout` is the stream's payload layout or shape (the RTL's own object);
@@ -55,45 +85,18 @@ class StreamDriver:
     i.e. source-side starvation for the DUT. `rng` makes runs reproducible.
     """
 
-    def __init__(
-        self,
-        clk: SimHandleBase,
-        valid: SimHandleBase,
-        ready: SimHandleBase,
-        payload: SimHandleBase,
-        layout: Any,
-        *,
-        idle_prob: float = 0.0,
-        rng: random.Random | None = None,
-        name: str = "stream",
-    ) -> None:
+    def __init__(self, *args: Any, idle_prob: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if not 0.0 <= idle_prob < 1.0:
-            raise ValueError(f"{name}: idle_prob must be in [0, 1), got {idle_prob}")
-        self.clk, self.valid, self.ready, self.payload = clk, valid, ready, payload
-        self.layout = layout
+            raise ValueError(f"{self.name}: idle_prob must be in [0, 1), got {idle_prob}")
         self.idle_prob = idle_prob
-        self.rng = rng or random.Random(0)
-        self.name = name
         self.sent = 0
-        self._width = width_of(layout)
+        self._width = width_of(self.layout)
         self._queue: deque[int] = deque()
         self._drained = Event()
         self._drained.set()
         self.valid.value = 0
         self._task = cocotb.start_soon(self._run())
-
-    @classmethod
-    def from_prefix(cls, dut: Any, prefix: str, clk: SimHandleBase, layout: Any, **kwargs: Any):
-        """Driver for the Amaranth stream port named `prefix` (e.g. `"cmd"`)."""
-        return cls(
-            clk,
-            _signal(dut, f"{prefix}__valid"),
-            _signal(dut, f"{prefix}__ready"),
-            _signal(dut, f"{prefix}__payload"),
-            layout,
-            name=prefix,
-            **kwargs,
-        )
 
     def send(self, item: Any) -> None:
         """Queue one item (packed now, so a bad value fails at the call site)."""
@@ -142,7 +145,7 @@ class StreamDriver:
             accepted = driving and str(self.ready.value) == "1"
 
 
-class StreamSink:
+class StreamSink(_StreamEnd):
     """Accepts items from a stream *output* of the DUT, with random `ready`.
 
     `ready_prob` is the chance `ready` is high in a cycle (1.0: always ready),
@@ -151,45 +154,25 @@ class StreamSink:
     `Scoreboard.observe`).
     """
 
+    default_seed = 1
+
     def __init__(
         self,
-        clk: SimHandleBase,
-        valid: SimHandleBase,
-        ready: SimHandleBase,
-        payload: SimHandleBase,
-        layout: Any,
-        *,
+        *args: Any,
         ready_prob: float = 1.0,
-        rng: random.Random | None = None,
         callback: Callable[[Any], None] | None = None,
-        name: str = "stream",
+        **kwargs: Any,
     ) -> None:
+        super().__init__(*args, **kwargs)
         if not 0.0 < ready_prob <= 1.0:
-            raise ValueError(f"{name}: ready_prob must be in (0, 1], got {ready_prob}")
-        self.clk, self.valid, self.ready, self.payload = clk, valid, ready, payload
-        self.layout = layout
+            raise ValueError(f"{self.name}: ready_prob must be in (0, 1], got {ready_prob}")
         self.ready_prob = ready_prob
-        self.rng = rng or random.Random(1)
         self.callback = callback
-        self.name = name
         self.items: list[Any] = []
         self._target = 0
         self._reached = Event()
         self.ready.value = 0
         self._task = cocotb.start_soon(self._run())
-
-    @classmethod
-    def from_prefix(cls, dut: Any, prefix: str, clk: SimHandleBase, layout: Any, **kwargs: Any):
-        """Sink for the Amaranth stream port named `prefix` (e.g. `"out"`)."""
-        return cls(
-            clk,
-            _signal(dut, f"{prefix}__valid"),
-            _signal(dut, f"{prefix}__ready"),
-            _signal(dut, f"{prefix}__payload"),
-            layout,
-            name=prefix,
-            **kwargs,
-        )
 
     async def wait_for(self, count: int, timeout_cycles: int) -> list[Any]:
         """Wait until `count` items in total were received; AssertionError on timeout."""
