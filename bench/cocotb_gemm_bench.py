@@ -7,29 +7,30 @@ result.
 """
 
 import json
-import os
 
 import cocotb
 import numpy as np
 
-from pymodel.config import AccelConfig
 from pymodel.gemm_engine import random_case
 from pymodel.numerics import PostMode
 from sim.tb.gemm_driver import GemmEngineHarness
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 
 @cocotb.test()
 async def dense_gemm_utilisation(dut):
-    cfg = AccelConfig.from_json(os.environ["ENGINE_CFG"])
-    harness = GemmEngineHarness(dut, cfg, int(os.environ["M_BLOCK"]), int(os.environ["PARAM_ROWS"]))
+    cfg = P.config("cfg")
+    harness = GemmEngineHarness(dut, cfg, P["m_block"], P["param_rows"])
     await harness.start()
     harness.set_backpressure(0.0, 1.0)
     rng = np.random.default_rng(0)
     rows = []
-    for m, k, n, mode in json.loads(os.environ["POINTS"]):
+    for m, k, n, mode in P["points"]:
         case = random_case(rng, cfg, m, k, n, PostMode[mode])
         counters = await harness.run(case, garbage=False)
         rows.append({"m": m, "k": k, "n": n, "mode": mode, "counters": counters})
         dut._log.info("M=%d K=%d N=%d %s: %s", m, k, n, mode, counters)
-    with open(os.environ["BENCH_OUT"], "w") as handle:
+    with open(P["bench_out"], "w") as handle:
         json.dump(rows, handle)

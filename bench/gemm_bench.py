@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         run_cocotb(
             build,
             REPO_ROOT / "bench" / "cocotb_gemm_bench.py",
-            extra_env={
-                "ENGINE_CFG": cfg.to_json(),
-                "M_BLOCK": str(engine.m_block),
-                "PARAM_ROWS": str(PARAM_ROWS),
-                "POINTS": json.dumps(points(cfg)),
-                "BENCH_OUT": str(raw),
+            params={
+                "cfg": cfg,
+                "m_block": engine.m_block,
+                "param_rows": PARAM_ROWS,
+                "points": points(cfg),
+                "bench_out": raw,
             },
         )
         rows = json.loads(raw.read_text())

@@ -194,7 +194,7 @@ def cocotb_vs_fast(seed: int) -> dict:
         run_cocotb(
             build,
             REPO_ROOT / "tests" / "rtl" / "cocotb_top.py",
-            extra_env={"TOP_JOBS": tmp, "TOP_MEM_BYTES": str(mem_bytes), "TOP_PAUSE": "0"},
+            params={"jobs": tmp, "mem_bytes": mem_bytes, "pause": 0},
         )
         cocotb_wall = time.perf_counter() - start
         outcome = json.loads((jobs / "outcomes.json").read_text())["speed"]

@@ -11,7 +11,7 @@ Typical use (from a pytest test)::
 
     build = build_component(MyUnit(cfg), name="my_unit")
     run_cocotb(build, Path(__file__).with_name("cocotb_my_unit.py"),
-               extra_env={"MY_PARAM": "3"})
+               params={"cfg": cfg, "cases": [...]})
 
 `run_cocotb` raises `SimulationError` naming the failed cocotb tests (and the
 log tail) both inside and outside pytest.
@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 from amaranth.back import verilog
@@ -62,6 +63,7 @@ from amaranth.hdl import Elaboratable
 from amaranth.lib import wiring
 
 from flow.paths import SIM_BUILD_ROOT
+from pymodel.config import AccelConfig
 
 __all__ = [
     "COVERAGE_ENV",
@@ -428,21 +430,35 @@ _runs = itertools.count()
 """Numbers the coverage files of this process's cocotb runs."""
 
 
+PARAMS_ENV = "MOE_ACCEL_TB_PARAMS"
+"""The environment variable naming a cocotb run's parameter file (`run_cocotb(params=…)`)."""
+
+
+def _param_json(value: object) -> object:
+    """JSON for the parameter types beyond JSON's own: configs (as dicts) and paths."""
+    if isinstance(value, AccelConfig):
+        return value.to_dict()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cocotb parameter {value!r} is not JSON (nor an AccelConfig or a Path)")
+
+
 def run_cocotb(
     build: SimBuild,
     test_module: Path | str,
     *,
     test_dir: Path | None = None,
     testcase: str | Sequence[str] | None = None,
-    extra_env: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
     seed: int | None = None,
     waves: bool | None = None,
 ) -> Path:
     """Run the cocotb tests in the file `test_module` against `build`; return the results XML.
 
     The module's directory is put on the simulator's Python path, so a test
-    module can sit next to its pytest file. `extra_env` passes parameters to
-    the cocotb side (read them with `os.environ`). Raises `SimulationError`
+    module can sit next to its pytest file. `params` (JSON values; an
+    `AccelConfig` goes as its dict) reach the cocotb side through one file,
+    read there with `sim.tb.params.tb_params()`. Raises `SimulationError`
     listing every failed cocotb test, or when no results file appears
     (simulator crash) — the results file decides, never the exit code alone.
     `waves` needs a build made with waves; the trace lands in `test_dir`.
@@ -468,6 +484,8 @@ def run_cocotb(
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.xml"
     log = test_dir / "sim.log"
+    params_file = test_dir / "params.json"
+    params_file.write_text(json.dumps(dict(params or {}), default=_param_json))
     counts = coverage_dir() if build.coverage else None
     plusargs = []
     if counts is not None:
@@ -483,7 +501,7 @@ def run_cocotb(
             test_dir=test_dir,
             testcase=testcase,
             seed=seed,
-            extra_env=dict(extra_env or {}),
+            extra_env={PARAMS_ENV: str(params_file)},
             plusargs=plusargs,
             waves=want_waves,
             results_xml=str(results),

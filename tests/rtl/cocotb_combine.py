@@ -10,16 +10,16 @@ written to `UNIT_MEASURE`.
 from __future__ import annotations
 
 import json
-import os
 import random
-from pathlib import Path
 
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from pymodel.config import AccelConfig
 from rtl.combine import CombineShapes
 from sim.tb import Scoreboard, StreamDriver, StreamSink, reset_dut, start_clock
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 
 def _high(signal) -> bool:
@@ -28,9 +28,9 @@ def _high(signal) -> bool:
 
 @cocotb.test()
 async def combine_cases(dut) -> None:
-    cfg = AccelConfig.from_json(os.environ["UNIT_CFG"])
-    cases = json.loads(Path(os.environ["UNIT_CASES"]).read_text())
-    shapes = CombineShapes(cfg, int(os.environ["UNIT_LANES"]))
+    cfg = P.config("cfg")
+    cases = json.loads(P.path("cases").read_text())
+    shapes = CombineShapes(cfg, P["lanes"])
     clk = dut.clk
     start_clock(clk)
     await reset_dut(dut, clk)
@@ -62,4 +62,4 @@ async def combine_cases(dut) -> None:
         measured.append({"name": case["name"], "cycles": cycles})
         await RisingEdge(clk)
     board.check()
-    Path(os.environ["UNIT_MEASURE"]).write_text(json.dumps(measured))
+    P.path("measure").write_text(json.dumps(measured))

@@ -1,6 +1,5 @@
 """cocotb side of tests/rtl/test_csr.py: the register file of REGISTER_MAP over AXI4-Lite."""
 
-import os
 import random
 
 import cocotb
@@ -8,11 +7,13 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 
 from contract.regs import REGISTER_MAP, Access
-from pymodel.config import AccelConfig
 from sim.tb import reset_dut, start_clock
+from sim.tb.params import tb_params
 
-CFG = AccelConfig.from_json(os.environ["CSR_CFG"])
-RNG = random.Random(int(os.environ.get("SEED", "1")))
+P = tb_params()
+
+CFG = P.config("cfg")
+RNG = random.Random(P.get("seed", 1))
 UNMAPPED = (0x20, 0x5C, 0x158, 0x278, 0x308, 0x3FC, 0x1000, 0xFFFF_FFFC)
 
 

@@ -9,24 +9,24 @@ simulation, so the dispatcher's state clearing between runs is exercised too.
 from __future__ import annotations
 
 import json
-import os
 import random
-from pathlib import Path
 
 import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from pymodel.config import AccelConfig
 from pymodel.dispatch import dispatch
 from rtl.dispatch import DispatchShapes
 from sim.tb import Scoreboard, StreamDriver, StreamSink, reset_dut, start_clock
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 
 @cocotb.test()
 async def dispatch_cases(dut) -> None:
-    cfg = AccelConfig.from_json(os.environ["UNIT_CFG"])
-    cases = json.loads(Path(os.environ["UNIT_CASES"]).read_text())
+    cfg = P.config("cfg")
+    cases = json.loads(P.path("cases").read_text())
     shapes = DispatchShapes(cfg)
     clk = dut.clk
     start_clock(clk)
@@ -98,4 +98,4 @@ async def dispatch_cases(dut) -> None:
         await RisingEdge(clk)
     for board in boards.values():
         board.check()
-    Path(os.environ["UNIT_MEASURE"]).write_text(json.dumps(measured))
+    P.path("measure").write_text(json.dumps(measured))

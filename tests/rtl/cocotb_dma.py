@@ -7,7 +7,6 @@ the RAM's read or write handler fail for an address range (cocotbext-axi then
 answers SLVERR).
 """
 
-import os
 import random
 
 import cocotb
@@ -16,17 +15,19 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiRam
 
 from contract.regs import ErrorCause
-from pymodel.config import AccelConfig
 from rtl.dma import dma_command_layout, read_beat_layout
 from sim.tb import StreamDriver, StreamSink, reset_dut, start_clock
 from sim.tb.axi_checker import AxiProtocolChecker
+from sim.tb.params import tb_params
 
-CFG = AccelConfig.from_json(os.environ["DMA_CFG"])
+P = tb_params()
+
+CFG = P.config("cfg")
 BEAT = CFG.mem_bytes_per_cycle
-BURST = int(os.environ["DMA_BURST"])
-MAX_OUT = int(os.environ["DMA_MAX_OUTSTANDING"])
-SEED = int(os.environ.get("SEED", "1"))
-COMMANDS = int(os.environ.get("DMA_COMMANDS", "10"))
+BURST = P["burst"]
+MAX_OUT = P["max_outstanding"]
+SEED = P.get("seed", 1)
+COMMANDS = P.get("commands", 10)
 MEM = 1 << 16
 HALF = MEM // 2  # reads come from the lower half, writes go to the upper half
 

@@ -10,16 +10,16 @@ simulation; the cycles `busy` is high in each are written to `UNIT_MEASURE`.
 from __future__ import annotations
 
 import json
-import os
 import random
-from pathlib import Path
 
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from pymodel.config import AccelConfig
 from rtl.gate import GateShapes
 from sim.tb import Scoreboard, StreamDriver, StreamSink, reset_dut, start_clock
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 CONFIG_PORTS = (
     "n_experts",
@@ -40,8 +40,8 @@ def _high(signal) -> bool:
 
 @cocotb.test()
 async def gate_cases(dut) -> None:
-    cfg = AccelConfig.from_json(os.environ["UNIT_CFG"])
-    cases = json.loads(Path(os.environ["UNIT_CASES"]).read_text())
+    cfg = P.config("cfg")
+    cases = json.loads(P.path("cases").read_text())
     shapes = GateShapes(cfg)
     clk = dut.clk
     start_clock(clk)
@@ -95,4 +95,4 @@ async def gate_cases(dut) -> None:
         if board.observed:
             board.check()
     assert boards["pairs"].observed, "no pairs were checked"
-    Path(os.environ["UNIT_MEASURE"]).write_text(json.dumps(measured))
+    P.path("measure").write_text(json.dumps(measured))

@@ -8,25 +8,23 @@ largest-magnitude accumulators of both signs).
 """
 
 import dataclasses
-import json
-import os
 
 import cocotb
 import numpy as np
 
-from pymodel.config import AccelConfig
 from pymodel.gemm_engine import command, random_case
 from pymodel.numerics import PostMode
 from rtl.tile_sequencer import CommandError
 from sim.tb.gemm_driver import GemmEngineHarness
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 
 def _setup(dut):
-    cfg = AccelConfig.from_json(os.environ["ENGINE_CFG"])
-    seed = int(os.environ.get("SEED", "0"))
-    harness = GemmEngineHarness(
-        dut, cfg, int(os.environ["M_BLOCK"]), int(os.environ["PARAM_ROWS"]), seed
-    )
+    cfg = P.config("cfg")
+    seed = P.get("seed", 0)
+    harness = GemmEngineHarness(dut, cfg, P["m_block"], P["param_rows"], seed)
     return cfg, harness, np.random.default_rng(seed)
 
 
@@ -35,7 +33,7 @@ async def random_gemms_bit_exact(dut):
     """Each listed case: golden outputs, counters identities, under the listed backpressure."""
     cfg, harness, rng = _setup(dut)
     await harness.start()
-    for m, k, n, mode, extreme, idle, ready in json.loads(os.environ["CASES"]):
+    for m, k, n, mode, extreme, idle, ready in P["cases"]:
         harness.set_backpressure(idle, ready)
         param_a = int(rng.integers(0, 2))
         case = random_case(
@@ -59,7 +57,7 @@ async def random_gemms_bit_exact(dut):
 async def bad_commands_rejected_then_recovery(dut):
     """Every error cause is reported without output; a good command then still works."""
     cfg, harness, rng = _setup(dut)
-    param_rows = int(os.environ["PARAM_ROWS"])
+    param_rows = P["param_rows"]
     await harness.start()
     good = random_case(rng, cfg, 3, cfg.rows + 1, cfg.cols + 1, PostMode.SWIGLU)
     base = command(good)

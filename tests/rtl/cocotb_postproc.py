@@ -3,13 +3,11 @@
 Environment: PP_CFG (AccelConfig JSON), PARAM_ROWS, SEED.
 """
 
-import os
 import random
 
 import cocotb
 import numpy as np
 
-from pymodel.config import AccelConfig
 from pymodel.gemm_engine import lut_writes, param_row_writes
 from pymodel.numerics import PostMode, postprocess
 from rtl.postproc import (
@@ -20,6 +18,9 @@ from rtl.postproc import (
     postproc_input_layout,
 )
 from sim.tb import Scoreboard, StreamDriver, StreamSink, reset_dut, start_clock
+from sim.tb.params import tb_params
+
+P = tb_params()
 
 
 def _expected(beat, mult, shift, lut, cfg):
@@ -45,10 +46,10 @@ def _expected(beat, mult, shift, lut, cfg):
 
 @cocotb.test()
 async def lanes_bit_exact_in_every_mode(dut):
-    cfg = AccelConfig.from_json(os.environ["PP_CFG"])
-    rows = int(os.environ["PARAM_ROWS"])
-    rng = np.random.default_rng(int(os.environ["SEED"]))
-    prng = random.Random(int(os.environ["SEED"]))
+    cfg = P.config("cfg")
+    rows = P["param_rows"]
+    rng = np.random.default_rng(P["seed"])
+    prng = random.Random(P["seed"])
     start_clock(dut.clk)
     await reset_dut(dut, dut.clk)
     lanes, acc_bits = cfg.cols, cfg.acc_bits

@@ -9,9 +9,7 @@ decodes and compares them with the golden layer.
 """
 
 import json
-import os
 import random
-from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -22,14 +20,17 @@ from contract.regs import REGISTER_MAP
 from sim.tb import reset_dut, start_clock
 from sim.tb.axi_checker import AxiProtocolChecker
 from sim.tb.axil import RegisterClient, paused_ram
+from sim.tb.params import tb_params
 
-JOBS_DIR = Path(os.environ["TOP_JOBS"])
-MEM_BYTES = int(os.environ["TOP_MEM_BYTES"])
-SEED = int(os.environ.get("SEED", "1"))
-BEAT_BYTES = int(os.environ["TOP_BEAT_BYTES"])
-MAX_BURST = int(os.environ["TOP_MAX_BURST"])
-MAX_OUTSTANDING = int(os.environ["TOP_MAX_OUTSTANDING"])
-PAUSE = float(os.environ.get("TOP_PAUSE", "0.2"))
+P = tb_params()
+
+JOBS_DIR = P.path("jobs")
+MEM_BYTES = P["mem_bytes"]
+SEED = P.get("seed", 1)
+BEAT_BYTES = P["beat_bytes"]
+MAX_BURST = P["max_burst"]
+MAX_OUTSTANDING = P["max_outstanding"]
+PAUSE = P.get("pause", 0.2)
 """Probability of a pause cycle on each AXI channel of the memory (0: never stalls)."""
 STATUS = REGISTER_MAP["STATUS"].register
 CTRL = REGISTER_MAP["CTRL"].register

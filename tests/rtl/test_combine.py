@@ -248,11 +248,11 @@ def test_combine_bit_exact(tag: str, tmp_path: Path) -> None:
         build,
         HERE / "cocotb_combine.py",
         test_dir=tmp_path / "sim",
-        extra_env={
-            "UNIT_CFG": cfg.to_json(),
-            "UNIT_LANES": str(lanes),
-            "UNIT_CASES": str(tmp_path / "cases.json"),
-            "UNIT_MEASURE": str(tmp_path / "measured.json"),
+        params={
+            "cfg": cfg,
+            "lanes": lanes,
+            "cases": tmp_path / "cases.json",
+            "measure": tmp_path / "measured.json",
         },
     )
     measured = json.loads((tmp_path / "measured.json").read_text())

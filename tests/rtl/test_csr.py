@@ -26,7 +26,7 @@ CFG = AccelConfig(rows=4, cols=8, m_tile=16, mem_bytes_per_cycle=8)
 
 def test_csr_on_verilator_with_cocotbext_axi():
     build = build_component(CSR(CFG), "csr")
-    run_cocotb(build, TB, extra_env={"CSR_CFG": CFG.to_json(), "SEED": "5"})
+    run_cocotb(build, TB, params={"cfg": CFG, "seed": 5})
 
 
 def test_csr_verilog_lint_clean():

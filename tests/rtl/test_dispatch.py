@@ -123,11 +123,7 @@ def run_cases(tag: str, cfg: AccelConfig, cases: list[dict], tmp_path: Path) -> 
         build,
         HERE / "cocotb_dispatch.py",
         test_dir=tmp_path / "sim",
-        extra_env={
-            "UNIT_CFG": cfg.to_json(),
-            "UNIT_CASES": str(cases_path),
-            "UNIT_MEASURE": str(measure_path),
-        },
+        params={"cfg": cfg, "cases": cases_path, "measure": measure_path},
     )
     return json.loads(measure_path.read_text())
 

@@ -32,11 +32,11 @@ def test_dma_against_axi_ram(variant):
     run_cocotb(
         build,
         TB,
-        extra_env={
-            "DMA_CFG": cfg.to_json(),
-            "DMA_BURST": str(dma.burst),
-            "DMA_MAX_OUTSTANDING": str(outstanding),
-            "SEED": str(len(variant)),
+        params={
+            "cfg": cfg,
+            "burst": dma.burst,
+            "max_outstanding": outstanding,
+            "seed": len(variant),
         },
     )
 
@@ -51,12 +51,12 @@ def test_dma_soak(variant, seed):
         build_component(dma, f"dma_{variant}"),
         TB,
         testcase="random_reads_and_writes_with_backpressure",
-        extra_env={
-            "DMA_CFG": cfg.to_json(),
-            "DMA_BURST": str(dma.burst),
-            "DMA_MAX_OUTSTANDING": str(outstanding),
-            "DMA_COMMANDS": "60",
-            "SEED": str(seed),
+        params={
+            "cfg": cfg,
+            "burst": dma.burst,
+            "max_outstanding": outstanding,
+            "commands": 60,
+            "seed": seed,
         },
     )
 

@@ -29,9 +29,8 @@ from contract.timing import gate_cycles
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.dispatch import dispatch
 from pymodel.families import family_spec
-from pymodel.gate import exp_fx, gate, quantize_scaling
+from pymodel.gate import gate, quantize_scaling
 from rtl.dispatch import Dispatcher
-from rtl.exp_fx import ExpFx
 from rtl.gate import Gate
 from sim.amaranth_sim import run_simulation, stream_put
 from sim.build import build_component, run_cocotb
@@ -275,10 +274,10 @@ def test_gate_bit_exact(tag: str, tmp_path: Path) -> None:
         build,
         HERE / "cocotb_gate.py",
         test_dir=tmp_path / "sim",
-        extra_env={
-            "UNIT_CFG": cfg.to_json(),
-            "UNIT_CASES": str(tmp_path / "cases.json"),
-            "UNIT_MEASURE": str(tmp_path / "measured.json"),
+        params={
+            "cfg": cfg,
+            "cases": tmp_path / "cases.json",
+            "measure": tmp_path / "measured.json",
         },
     )
     measured = json.loads((tmp_path / "measured.json").read_text())
@@ -288,42 +287,6 @@ def test_gate_bit_exact(tag: str, tmp_path: Path) -> None:
             assert got["busy_cycles"] == case["expect_cycles"], case["name"]
         if "documented_cycles" in case:
             assert got["busy_cycles"] == case["documented_cycles"], f"docs/units.md {case['name']}"
-
-
-def _exp_rtl(cfg: AccelConfig, zs: list[int]) -> list[int]:
-    """ExpFx outputs for `zs`, one per cycle through its pipeline (Amaranth simulator)."""
-    dut = ExpFx(cfg)
-    out: list[int] = []
-
-    async def feed(ctx):
-        for z in zs:
-            ctx.set(dut.z, z)
-            ctx.set(dut.z_valid, 1)
-            await ctx.tick()
-        ctx.set(dut.z_valid, 0)
-
-    async def collect(ctx):
-        async for _, _, valid, e in ctx.tick().sample(dut.e_valid, dut.e):
-            if valid:
-                out.append(e)
-                if len(out) == len(zs):
-                    return
-
-    run_simulation(dut, [feed, collect])
-    return out
-
-
-@pytest.mark.parametrize("tag", ["odd", "small"])
-def test_exp_fx_matches_golden(tag: str) -> None:
-    """Exhaustive for the 12-bit logits of `odd`; extremes and a random sample for 16 bits."""
-    cfg = CONFIGS[tag]
-    lowest = -(2**cfg.logit_bits - 1)  # l - max(l) of two extreme logits
-    if tag == "odd":
-        zs = list(range(lowest, 1))
-    else:
-        rng = np.random.default_rng(4)
-        zs = [lowest, lowest + 1, -1, 0, *rng.integers(lowest, 1, size=1500).tolist()]
-    assert _exp_rtl(cfg, zs) == exp_fx(np.asarray(zs), cfg).tolist()
 
 
 class _GateIntoDispatcher(Elaboratable):

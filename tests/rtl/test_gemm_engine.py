@@ -12,7 +12,6 @@ post-processing buffers) so the three first builds plus runs take a few
 minutes on 2 cores; later runs reuse the cached builds.
 """
 
-import json
 import random
 from pathlib import Path
 
@@ -76,12 +75,12 @@ def test_gemm_engine_bit_exact(shape):
     run_cocotb(
         build,
         TB,
-        extra_env={
-            "ENGINE_CFG": cfg.to_json(),
-            "M_BLOCK": str(engine.m_block),
-            "PARAM_ROWS": str(PARAM_ROWS),
-            "SEED": str(seed),
-            "CASES": json.dumps(_cases(seed, cfg)),
+        params={
+            "cfg": cfg,
+            "m_block": engine.m_block,
+            "param_rows": PARAM_ROWS,
+            "seed": seed,
+            "cases": _cases(seed, cfg),
         },
     )
 
@@ -110,12 +109,12 @@ def test_gemm_engine_soak(shape):
         build,
         TB,
         testcase="random_gemms_bit_exact",
-        extra_env={
-            "ENGINE_CFG": cfg.to_json(),
-            "M_BLOCK": str(engine.m_block),
-            "PARAM_ROWS": str(SOAK_PARAM_ROWS),
-            "SEED": "99",
-            "CASES": json.dumps(cases),
+        params={
+            "cfg": cfg,
+            "m_block": engine.m_block,
+            "param_rows": SOAK_PARAM_ROWS,
+            "seed": 99,
+            "cases": cases,
         },
     )
 

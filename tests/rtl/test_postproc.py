@@ -101,7 +101,7 @@ def test_postproc_lanes_bit_exact_with_backpressure(name):
     run_cocotb(
         build,
         TB,
-        extra_env={"PP_CFG": cfg.to_json(), "PARAM_ROWS": "8", "SEED": str(len(name))},
+        params={"cfg": cfg, "param_rows": 8, "seed": len(name)},
     )
 
 

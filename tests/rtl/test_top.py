@@ -76,13 +76,13 @@ def test_top_layers_and_faults(tmp_path):
     run_cocotb(
         build,
         TB,
-        extra_env={
-            "TOP_JOBS": str(tmp_path),
-            "TOP_MEM_BYTES": str(MEM_BYTES),
-            "TOP_BEAT_BYTES": str(SMALL_TOP.mem_bytes_per_cycle),
-            "TOP_MAX_BURST": str(dma.burst),
-            "TOP_MAX_OUTSTANDING": str(dma.max_outstanding),
-            "SEED": "5",
+        params={
+            "jobs": tmp_path,
+            "mem_bytes": MEM_BYTES,
+            "beat_bytes": SMALL_TOP.mem_bytes_per_cycle,
+            "max_burst": dma.burst,
+            "max_outstanding": dma.max_outstanding,
+            "seed": 5,
         },
     )
     outcomes = json.loads((tmp_path / "outcomes.json").read_text())

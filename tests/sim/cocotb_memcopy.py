@@ -6,9 +6,7 @@ the final memory and each job's outcome under `COPY_OUT` for comparison.
 """
 
 import json
-import os
 import random
-from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -18,11 +16,14 @@ from memcopy_top import COPY_MAP
 
 from sim.tb import reset_dut, start_clock
 from sim.tb.axil import RegisterClient, paused_ram
+from sim.tb.params import tb_params
 
-JOBS = json.loads(os.environ["COPY_JOBS"])
-MEM_BYTES = int(os.environ["COPY_MEM_BYTES"])
-MEM_SEED = int(os.environ["COPY_MEM_SEED"])
-OUT = Path(os.environ["COPY_OUT"])
+P = tb_params()
+
+JOBS = P["jobs"]
+MEM_BYTES = P["mem_bytes"]
+MEM_SEED = P["mem_seed"]
+OUT = P.path("out")
 STATUS = COPY_MAP["STATUS"].register
 
 

@@ -130,12 +130,7 @@ def test_fast_and_cocotb_agree_on_the_same_jobs(fast_sim, tmp_path):
     run_cocotb(
         build,
         TB,
-        extra_env={
-            "COPY_JOBS": json.dumps(JOBS),
-            "COPY_MEM_BYTES": str(MEM_BYTES),
-            "COPY_MEM_SEED": str(MEM_SEED),
-            "COPY_OUT": str(out),
-        },
+        params={"jobs": JOBS, "mem_bytes": MEM_BYTES, "mem_seed": MEM_SEED, "out": out},
     )
     cocotb_outcomes = json.loads((out / "outcomes.json").read_text())
     check_outcomes(cocotb_outcomes)

@@ -74,13 +74,13 @@ def test_new_designs_link_cached_verilator_runtime():
 
 
 def test_cocotb_stream_parts_pass_with_backpressure(toy_build):
-    results = run_cocotb(toy_build, TB, extra_env={"TOY_SEED": "7"})
+    results = run_cocotb(toy_build, TB, params={"seed": 7})
     assert results.is_file()
 
 
 def test_failing_cocotb_test_raises_with_its_name(toy_build):
     with pytest.raises(SimulationError, match="stream_roundtrip_with_backpressure"):
-        run_cocotb(toy_build, TB, extra_env={"TOY_WRONG_MODEL": "1"})
+        run_cocotb(toy_build, TB, params={"wrong_model": 1})
 
 
 def test_missing_test_module_is_a_clear_error(toy_build):

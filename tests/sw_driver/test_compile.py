@@ -69,35 +69,6 @@ def test_tokens_and_expert_streams_are_laid_out_as_the_engine_reads_them():
     np.testing.assert_array_equal(stream[8 * 24 : 8 * 25], ql.experts.w1_q[2][0, 8:16])
 
 
-def test_weight_stream_interleaves_swiglu_passes_per_tile():
-    cfg = AccelConfig(cols=4, mem_bytes_per_cycle=8)  # two rows a beat: K = 2 needs no pad
-    w1 = np.arange(12, dtype=np.int8).reshape(2, 6)
-    w3 = -w1
-    s = layout.weight_stream(cfg, [w1, w3])
-    assert s.shape == (layout.weight_stream_rows(cfg, 2, 6, 2), 4)
-    np.testing.assert_array_equal(s[0], w1[0, :4])
-    np.testing.assert_array_equal(s[2], w3[0, :4])
-    np.testing.assert_array_equal(s[4], [w1[0, 4], w1[0, 5], 0, 0])
-
-
-@pytest.mark.parametrize(("bus", "lanes"), [(4, 1), (8, 2), (16, 4)])
-def test_weight_stream_pads_each_k_run_to_whole_beats(bus, lanes):
-    """K = 5 rows per (N-tile, pass) run: zero rows up to a multiple of the rows per beat."""
-    cfg = AccelConfig(rows=4, cols=4, mem_bytes_per_cycle=bus)
-    assert cfg.weight_rows_per_beat == lanes
-    rng = np.random.default_rng(bus)
-    w1, w3 = (rng.integers(-128, 128, size=(5, 6)).astype(np.int8) for _ in range(2))
-    s = layout.weight_stream(cfg, [w1, w3])
-    run = layout.padded_k(cfg, 5)
-    assert run == -(-5 // lanes) * lanes
-    assert s.shape == (layout.weight_stream_rows(cfg, 5, 6, 2), 4) == (2 * 2 * run, 4)
-    for j, (lo, hi) in enumerate(((0, 4), (4, 6))):
-        for p, w in enumerate((w1, w3)):
-            block = s[(2 * j + p) * run : (2 * j + p + 1) * run]
-            np.testing.assert_array_equal(block[:5, : hi - lo], w[:, lo:hi])
-            assert not block[:5, hi - lo :].any() and not block[5:].any()
-
-
 def test_bad_inputs_raise_before_any_simulation():
     case = make_case("m", SPECS["mixtral"], SMALL_TOP, tokens=4, seed=4)
     with pytest.raises(NumericsError, match="x_q"):
