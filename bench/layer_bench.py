@@ -193,7 +193,7 @@ def cocotb_vs_fast(seed: int) -> dict:
         start = time.perf_counter()
         run_cocotb(
             build,
-            REPO_ROOT / "tests" / "rtl" / "cocotb_top.py",
+            REPO_ROOT / "tests" / "accelerator" / "cocotb_top.py",
             params={"jobs": tmp, "mem_bytes": mem_bytes, "pause": 0},
         )
         cocotb_wall = time.perf_counter() - start

@@ -66,18 +66,12 @@ WAIVERS = REPO_ROOT / "sim" / "coverage_waivers.toml"
 KINDS = ("line", "branch", "toggle")
 GOALS = {"line": 0.98, "branch": 0.90, "toggle": 0.90}
 """The issue's goals on `rtl/`, after waivers."""
-TESTS = (
-    "tests/rtl",
-    "tests/sim/test_top_fast.py",
-    "tests/sim/test_random_layers_fast.py",
-    "tests/sim/test_bus_chaos_fast.py",
-    "tests/sim/test_reset_fast.py",
-)
-"""The RTL tests: the unit benches and the whole-accelerator tests on the fast harness (the
-harness's own tests, `tests/sim/test_fast.py` and `test_sim_build.py`, run test-only tops)."""
+TESTS = ("tests/rtl", "tests/accelerator")
+"""The RTL tests: the unit benches and the whole-accelerator tests (the harness's own tests,
+`tests/sim/test_fast.py` and `test_sim_build.py`, run test-only tops)."""
 SKIPPED = (
     "tests/rtl/test_formal.py",  # SymbiYosys proofs: no Verilator model
-    "tests/rtl/test_top.py",  # the small top under cocotb: the fast harness runs the same RTL
+    "tests/accelerator/test_top.py",  # the small top under cocotb: the fast harness runs it too
 )
 DESELECTED = (
     "test_default_config_layer_and_speed",  # a speed bound, and the 64-expert top's build

@@ -10,7 +10,7 @@ the full cross product of the axes.
 
 The random-layer tests record every layer they run (`record_layers`) into their
 report's `user_properties`; the `BinReport` pytest plugin (registered by
-`tests/sim/conftest.py`, or with `-p sim.tb.functional_coverage` for xdist
+`tests/accelerator/conftest.py`, or with `-p sim.tb.functional_coverage` for xdist
 runs) sums the hit counts over the whole run, also across xdist workers, prints
 the table, writes it to `functional_bins.json` under the build root and fails
 the run when a tier of tests ran completely but hit too few bins: 95 % for the

@@ -1,7 +1,7 @@
 """Random MoE layer cases for the top-level tests: spec + weights + tokens → image + golden.
 
-Why here: the cocotb top-level test (`tests/rtl/test_top.py`) and the fast
-backend test (`tests/sim/test_top_fast.py`) run the same kinds of layers
+Why here: the cocotb top-level test (`tests/accelerator/test_top.py`) and the fast
+backend test (`tests/accelerator/test_top_fast.py`) run the same kinds of layers
 and check them the same way, bit for bit against `pymodel.layer.golden_layer`.
 """
 

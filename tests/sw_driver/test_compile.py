@@ -1,7 +1,7 @@
 """sw_driver.compile: memory image layout, register program and input validation.
 
 Bit-exactness of the image is checked by running it on the RTL
-(tests/rtl/test_top.py, tests/sim/test_top_fast.py); these tests cover the
+(tests/accelerator/test_top.py, tests/accelerator/test_top_fast.py); these tests cover the
 layout rules and the errors raised before any simulation.
 """
 

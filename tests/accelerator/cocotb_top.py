@@ -1,4 +1,4 @@
-"""cocotb side of tests/rtl/test_top.py: MoEAccel with AxiLiteMaster and a paused AxiRam.
+"""cocotb side of tests/accelerator/test_top.py: MoEAccel with AxiLiteMaster and a paused AxiRam.
 
 Runs the jobs listed in `$TOP_JOBS/jobs.json` (written by the pytest side:
 each a memory image, a register program and an optional fault), with random
