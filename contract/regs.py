@@ -45,6 +45,8 @@ __all__ = [
     "DESCRIPTOR_BLOCK",
     "ID_BLOCK",
     "ID_MAGIC",
+    "PARTITION_PHASES",
+    "PHASE_COUNTERS",
     "REGISTER_MAP",
     "REGMAP_VERSION",
     "WINDOW_BLOCK",
@@ -53,6 +55,7 @@ __all__ = [
     "ErrorCause",
     "FFNKind",
     "Field",
+    "LayerPhase",
     "PlacedRegister",
     "Reg",
     "Register",
@@ -114,6 +117,33 @@ class FFNKind(enum.IntEnum):
     SWIGLU = 0
     GELU = 1
     RELU = 2
+
+    @classmethod
+    def of(cls, ffn: str) -> FFNKind:
+        """The code of `MoESpec.ffn` (its name in lower case)."""
+        try:
+            return cls[ffn.upper()]
+        except KeyError:
+            names = [k.name.lower() for k in cls]
+            raise ConfigError(f"ffn {ffn!r} has no LAYER_MODE code; one of {names}") from None
+
+
+class LayerPhase(enum.IntEnum):
+    """The phase the layer sequencer is in (`NONE` while idle); each has a cycle counter."""
+
+    NONE = 0
+    ROUTE = 1
+    DISPATCH = 2
+    EXPERTS = 3
+    SHARED = 4
+    COMBINE = 5
+
+
+PHASE_COUNTERS: tuple[str, ...] = ("total", *(p.name.lower() for p in LayerPhase if p.value))
+"""The phase counters in layout order (`CYCLES_<NAME>` registers): `total`, then each phase."""
+
+PARTITION_PHASES: tuple[str, ...] = ("route", "dispatch", "experts", "combine")
+"""The phases whose cycles add up to `total` (`shared` runs inside `experts`)."""
 
 
 class SharedExpert(enum.IntEnum):

@@ -7,28 +7,24 @@ and this counts it, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import types
+
 from amaranth import Module, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from contract.regs import COUNTER_BITS
+from contract.regs import COUNTER_BITS, PHASE_COUNTERS, LayerPhase
 
 __all__ = ["PHASES", "Phase", "PhaseCounters", "phase_counter_layout"]
 
 
-class Phase(enum.Enum, shape=3):
-    """The phase the layer FSM is in (`NONE` while idle)."""
+Phase = types.new_class(
+    "Phase", (enum.Enum,), {"shape": 3}, lambda ns: ns.update({p.name: p.value for p in LayerPhase})
+)
+"""`contract.regs.LayerPhase` as a 3-bit Amaranth enum: the phase the layer FSM is in."""
 
-    NONE = 0
-    ROUTE = 1
-    DISPATCH = 2
-    EXPERTS = 3
-    SHARED = 4
-    COMBINE = 5
-
-
-PHASES = ("total", "route", "dispatch", "experts", "shared", "combine")
-"""The counters, in layout order: `total`, then one per phase but `NONE`."""
+PHASES = PHASE_COUNTERS
+"""The counters, in layout order (`contract.regs.PHASE_COUNTERS`)."""
 
 
 def phase_counter_layout() -> data.StructLayout:

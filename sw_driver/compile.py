@@ -74,8 +74,6 @@ UNMAPPED_ADDR = 2**32 - PAGE
 """Where descriptors of non-resident experts point: above every image (images must end
 below it), so no memory model maps it and any read there is a bus error."""
 
-_FFN_CODES = {"swiglu": FFNKind.SWIGLU, "gelu": FFNKind.GELU, "relu": FFNKind.RELU}
-
 
 @dataclass(frozen=True)
 class Region:
@@ -394,7 +392,7 @@ def compile_layer(
         ("TOP_K", k),
         ("ROUTING_MODE", routing_mode),
         ("CAPACITY", spec.capacity if spec.capacity is not None else 0),
-        ("LAYER_MODE", regs["LAYER_MODE"].register.pack(ffn=_FFN_CODES[spec.ffn], shared=shared)),
+        ("LAYER_MODE", regs["LAYER_MODE"].register.pack(ffn=FFNKind.of(spec.ffn), shared=shared)),
         ("ROUTED_SCALING", quantize_scaling(spec.routed_scaling_factor)),
         (
             "OUTPUT_REQUANT",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from contract.regs import PARTITION_PHASES
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.layer import check_tokens, golden_layer, route
 from pymodel.quantize import QuantizedLayer
@@ -27,8 +28,6 @@ from .compile import LayerImage, compile_layer, read_expert_counts, read_outputs
 
 if TYPE_CHECKING:
     from sim.fast import FastSim
-
-PHASES = ("route", "dispatch", "experts", "combine")
 
 
 class DeviceError(RuntimeError):
@@ -56,7 +55,7 @@ class DeviceResult:
         if "cycles_total" not in self.counters:
             return {}
         out = {"total": self.counters["cycles_total"]}
-        out.update({p: self.counters[f"cycles_{p}"] for p in PHASES})
+        out.update({p: self.counters[f"cycles_{p}"] for p in PARTITION_PHASES})
         return out
 
     @property
