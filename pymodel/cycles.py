@@ -523,9 +523,9 @@ def layer_cycles(
     chunks = ys // C
     term_read = m.read(ys, ys // min(B, C))  # one expert-output row into the term buffer
     per_token = (
-        3 * FSM_STEP * k  # C_SLOT, C_GOT, C_STEP per slot
+        3 * FSM_STEP * k  # CombinePhase SLOT, GOT, STEP per slot
         + (term_read if spec.has_shared else 0)
-        + 2 * FSM_STEP  # C_FEED, the loop back
+        + 2 * FSM_STEP  # CombinePhase FEED, the loop back
         + n_terms * chunks  # one term a cycle into the combiner
         + FSM_STEP  # the term register empties before the next token's slots
         + _output_stalls(n_terms, chunks, C, B)
