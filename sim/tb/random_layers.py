@@ -16,7 +16,9 @@ generator, so a layer is replayed from its seed alone:
   (expert weights 40× larger: requantisation saturates).
 
 Draws the hardware cannot take (`AccelConfig.check_fits`, family rules)
-are redrawn from the same generator; a layer that fits is never changed.
+and stimuli the quantiser refuses (a requantisation factor beyond the
+multiplier, `NumericsError`) are redrawn from the same generator; a layer
+that fits and quantises is never changed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.families import FAMILIES, family_spec
+from pymodel.numerics import NumericsError
 from pymodel.weights import MoEWeights
 
 from .layer_cases import LayerCase, case_from
@@ -90,6 +93,18 @@ def random_layer(cfg: AccelConfig, seed: int, *, tokens: int | None = None) -> L
         break
     else:
         raise ConfigError(f"no layer for {cfg} in 100 draws from seed {seed}")
+    for _ in range(100):
+        try:
+            return _stimulus_case(rng, spec, t, cfg, seed)
+        except NumericsError:  # the quantiser refuses this draw (e.g. a scale beyond 16 bits)
+            continue
+    raise NumericsError(f"no quantisable stimulus for {spec.name} in 100 draws from seed {seed}")
+
+
+def _stimulus_case(
+    rng: np.random.Generator, spec: MoESpec, t: int, cfg: AccelConfig, seed: int
+) -> LayerCase:
+    """One stimulus kind, weights and tokens for `spec`, drawn from `rng`, as a layer case."""
     stimulus = str(rng.choice(STIMULI))
     weights = MoEWeights.random(spec, seed=int(rng.integers(2**31)))
     x = rng.standard_normal((t, spec.d_model)).astype(np.float32)
