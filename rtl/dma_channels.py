@@ -11,6 +11,7 @@ item size (`rtl.resize.Resizer`, which also drops a transfer's padding past
 from __future__ import annotations
 
 import enum as py_enum
+from collections.abc import Callable
 
 from amaranth import Module, Signal, unsigned
 from amaranth.lib import stream, wiring
@@ -56,9 +57,14 @@ def _command(m: Module, channel: wiring.Component) -> Signal:
 
 
 class _Channel(wiring.Component):
-    """What both channels share: the issue ports, the command register, one stream per unit."""
+    """What both channels share: the issue ports, the command register, one stream per unit.
+
+    A channel gives the flow of its unit streams (`_unit_flow`) and its own
+    ports (`_own_ports(beat_bytes, sel)`).
+    """
 
     _unit_flow: wiring.Flow
+    _own_ports: Callable[[int, type[py_enum.Enum]], dict[str, wiring.Member]]
 
     def __init__(
         self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
@@ -66,10 +72,6 @@ class _Channel(wiring.Component):
         self._sel, self._items, self._beat = sel, items, beat_bytes
         members = _issue_ports(sel) | self._own_ports(beat_bytes, sel)
         super().__init__(members | _unit_streams(items, self._unit_flow))
-
-    @staticmethod
-    def _own_ports(beat_bytes: int, sel: type[py_enum.Enum]) -> dict[str, wiring.Member]:
-        raise NotImplementedError
 
 
 class ReadChannel(_Channel):

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gate_configs import CONFIGS
 
 from pymodel.config import AccelConfig
 from pymodel.gate import exp_fx
 from rtl.exp_fx import ExpFx
 from sim.amaranth_sim import run_simulation
-
-CONFIGS = {
-    "small": AccelConfig(max_tokens=64, max_top_k=4, max_experts=16, max_groups=4),
-    "odd": AccelConfig(
-        max_tokens=16,
-        max_top_k=3,
-        max_experts=12,
-        max_groups=3,
-        logit_bits=12,
-        logit_frac_bits=5,
-        gate_frac_bits=12,
-        gate_weight_bits=14,
-    ),
-}
-"""The gate tests' 16-bit default logits and their odd 12-bit configuration."""
 
 
 def _exp_rtl(cfg: AccelConfig, zs: list[int]) -> list[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
+from gate_configs import CONFIGS
 from units_table import documented_rows
 
 from contract.regs import SharedExpert
@@ -36,21 +37,6 @@ from sim.amaranth_sim import run_simulation, stream_put
 from sim.build import build_component, run_cocotb
 
 HERE = Path(__file__).parent
-
-CONFIGS = {
-    "small": AccelConfig(max_tokens=64, max_top_k=4, max_experts=16, max_groups=4),
-    "odd": AccelConfig(
-        max_tokens=16,
-        max_top_k=3,
-        max_experts=12,
-        max_groups=3,
-        logit_bits=12,
-        logit_frac_bits=5,
-        gate_frac_bits=12,
-        gate_weight_bits=14,
-    ),
-    "largest": AccelConfig(max_tokens=8, max_top_k=8, max_experts=256, max_groups=8),
-}
 
 
 def make_case(
