@@ -110,7 +110,9 @@ class AccelConfig(_JSONMixin):
     The GEMM engine is a weight-stationary `rows` × `cols` array: a weight tile
     holds `rows` input channels (K) × `cols` output channels (N), and token rows
     stream through it `m_tile` at a time (the row tile that dispatch pads each
-    expert group to).
+    expert group to). `addr_bits` is the width of the AXI byte address: 32
+    reaches 4 GiB; a whole full-size layer (DeepSeek-V3's is 11.3 GB of int8
+    weights) needs more.
     """
 
     _kind: ClassVar[str] = "AccelConfig"
@@ -134,6 +136,7 @@ class AccelConfig(_JSONMixin):
     max_d_ff: int = 2048
     weight_buffers: int = 2
     mem_bytes_per_cycle: int = 16
+    addr_bits: int = 32
     clock_mhz: float = 100.0
 
     def __post_init__(self) -> None:
@@ -168,6 +171,7 @@ class AccelConfig(_JSONMixin):
                 f"AccelConfig.mem_bytes_per_cycle = {self.mem_bytes_per_cycle} is not one of "
                 "[4, 8, 16, 32, 64] (AXI data widths 32..512 bits)"
             )
+        _check_int(o, "addr_bits", self.addr_bits, 32, 48)
         _check_number(o, "clock_mhz", self.clock_mhz, 1.0, 2000.0)
 
     @property
