@@ -112,7 +112,9 @@ class AccelConfig(_JSONMixin):
     stream through it `m_tile` at a time (the row tile that dispatch pads each
     expert group to). `addr_bits` is the width of the AXI byte address: 32
     reaches 4 GiB; a whole full-size layer (DeepSeek-V3's is 11.3 GB of int8
-    weights) needs more.
+    weights) needs more. `sparse_2_4` and `int4_weights` build the engine's
+    compressed weight paths (2:4 structured sparsity along K; two int4 weights
+    a byte; docs/numerics.md): a build without them is the dense int8 engine.
     """
 
     _kind: ClassVar[str] = "AccelConfig"
@@ -137,6 +139,8 @@ class AccelConfig(_JSONMixin):
     weight_buffers: int = 2
     mem_bytes_per_cycle: int = 16
     addr_bits: int = 32
+    sparse_2_4: bool = False
+    int4_weights: bool = False
     clock_mhz: float = 100.0
 
     def __post_init__(self) -> None:
@@ -172,6 +176,14 @@ class AccelConfig(_JSONMixin):
                 "[4, 8, 16, 32, 64] (AXI data widths 32..512 bits)"
             )
         _check_int(o, "addr_bits", self.addr_bits, 32, 48)
+        for name, unit in (("sparse_2_4", 4), ("int4_weights", 2)):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"AccelConfig.{name} must be a bool")
+            if getattr(self, name) and self.rows % unit:
+                raise ConfigError(
+                    f"AccelConfig.{name} needs rows to be a multiple of {unit} "
+                    f"(a tile's compressed rows come in groups of {unit}), got rows = {self.rows}"
+                )
         _check_number(o, "clock_mhz", self.clock_mhz, 1.0, 2000.0)
 
     @property
