@@ -7,6 +7,22 @@ from `gemm.matmul_int` and `numerics.postprocess`; this module adds the
 engine's order (`tile_schedule`, `weight_stream`) and what its streams look
 like: the command, parameter/LUT writes, weight and activation beats and the
 expected output beats (the RTL tests and benchmarks drive the engine with them).
+
+Weight formats (`pymodel.weight_formats`): a command's weights are int8 dense
+(today's stream) or compressed — int8 2:4, int4 dense, int4 2:4 — in engines
+built with `AccelConfig.sparse_2_4` / `int4_weights`. A compressed tile is
+always whole (K zero-padded to whole tiles, then compressed: a padded group
+keeps positions 0 and 1 with zero values) and holds, each part padded to
+whole beats of L = `weight_rows_per_beat` rows:
+
+- its value rows: int8 2:4 the R compressed rows `values[k0/2 …]` (2R K
+  positions); int4 `pack_int4` of the tile's R rows (dense: R K positions;
+  2:4: the R compressed rows, 2R K positions) in R/2 byte rows;
+- then, for 2:4, R/4 index rows: byte c of index row j holds the 2-bit
+  positions of tile rows 4j … 4j+3 of column c at bits 0-1, 2-3, 4-5, 6-7.
+
+The arithmetic is unchanged: the GEMM of the dense int weights (zeros where
+pruned), so `reference_output` is today's.
 """
 
 from __future__ import annotations
@@ -23,11 +39,20 @@ from contract.timing import SHIFT_BITS
 from .config import AccelConfig, ConfigError
 from .gemm import matmul_int
 from .numerics import PostMode, postprocess
+from .weight_formats import (
+    WeightFormat,
+    check_supported,
+    compress_2_4,
+    idx_mask,
+    pack_int4,
+    prune_2_4_mask,
+)
 
 __all__ = [
     "GemmCase",
     "Tile",
     "activation_beats",
+    "activation_lanes",
     "command",
     "lut_writes",
     "output_beats",
@@ -36,7 +61,9 @@ __all__ = [
     "param_writes",
     "random_case",
     "reference_output",
+    "tile_k",
     "tile_schedule",
+    "tile_stream_rows",
     "weight_beats",
     "weight_stream",
     "weight_stream_rows",
@@ -60,6 +87,9 @@ class GemmCase:
     gate_shift: int = 0
     param_a: int = 0  # parameter-memory row of N-tile 0
     param_b: int = 0
+    fmt: WeightFormat = WeightFormat.DENSE_INT8  # how the weights are streamed
+    idx_a: np.ndarray | None = None  # [K/2, N] 2:4 positions of w_a's kept entries
+    idx_b: np.ndarray | None = None  # [K/2, N] of w_b's (SwiGLU)
 
     @property
     def m(self) -> int:
@@ -84,6 +114,15 @@ class GemmCase:
             return self.w_b
         return self.w_a
 
+    def indices(self, second_pass: bool) -> np.ndarray | None:
+        """The 2:4 positions of `weights(second_pass)` (None for a dense format)."""
+        if not self.fmt.sparse:
+            return None
+        idx = self.idx_b if second_pass else self.idx_a
+        if idx is None:
+            raise ConfigError(f"{self.fmt.name} case without its 2:4 positions (idx_a/idx_b)")
+        return idx
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -96,25 +135,60 @@ class Tile:
     k0: int
 
 
+def tile_k(cfg: AccelConfig, fmt: WeightFormat = WeightFormat.DENSE_INT8) -> int:
+    """K positions one weight tile covers: 2R with 2:4 (R kept rows), R otherwise."""
+    return 2 * cfg.rows if fmt.sparse else cfg.rows
+
+
+def activation_lanes(cfg: AccelConfig) -> int:
+    """int8 lanes of an `act` beat: a 2:4 build's array takes a 2:4 tile's 2R K positions."""
+    return 2 * cfg.rows if cfg.sparse_2_4 else cfg.rows
+
+
 def tile_schedule(
-    m: int, k: int, n: int, passes: int, cfg: AccelConfig, m_block: int
+    m: int,
+    k: int,
+    n: int,
+    passes: int,
+    cfg: AccelConfig,
+    m_block: int,
+    fmt: WeightFormat = WeightFormat.DENSE_INT8,
 ) -> Iterator[Tile]:
-    """The engine's tile order: for M-block, N-tile, pass, K-tile."""
+    """The engine's tile order: for M-block, N-tile, pass, K-tile (`tile_k` positions each)."""
     for m0 in range(0, m, m_block):
         for n0 in range(0, n, cfg.cols):
             for p in range(passes):
-                for k0 in range(0, k, cfg.rows):
+                for k0 in range(0, k, tile_k(cfg, fmt)):
                     yield Tile(m0, min(m_block, m - m0), n0, bool(p), k0)
 
 
-def padded_k(cfg: AccelConfig, k: int) -> int:
-    """Weight rows one (N-tile, pass) run of K rows occupies in the engine's stream.
+def tile_stream_rows(cfg: AccelConfig, fmt: WeightFormat, k_tile: int) -> tuple[int, int]:
+    """(value rows, index rows) of C bytes a tile of `k_tile` K positions takes in the stream.
+
+    Each part is padded to whole beats of L rows (the engine never starts a
+    part mid-beat). int8 dense: the tile's `k_tile` rows; a compressed tile
+    is always whole (see the module docstring): R rows (int8 2:4) or R/2
+    (int4), then R/4 index rows for 2:4.
+    """
+    beat = cfg.weight_rows_per_beat
+    if not fmt.compressed:
+        return _ceil_to(k_tile, beat), 0
+    values = cfg.rows if fmt.bits == 8 else cfg.rows // 2
+    index = _ceil_to(cfg.rows // 4, beat) if fmt.sparse else 0
+    return _ceil_to(values, beat), index
+
+
+def padded_k(cfg: AccelConfig, k: int, fmt: WeightFormat = WeightFormat.DENSE_INT8) -> int:
+    """Weight rows one (N-tile, pass) run of K positions occupies in the engine's stream.
 
     The engine takes `L = cfg.weight_rows_per_beat` rows a beat and a K-tile's
-    (R rows) never share a beat with the next tile's, so each K-tile is
-    zero-padded to whole beats: K rounded up to a multiple of L when L divides
-    R (always in the top). The pad rows are read like any other.
+    rows never share a beat with the next tile's, so each K-tile is
+    zero-padded to whole beats: int8 dense K rounded up to a multiple of L
+    when L divides R (always in the top); a compressed format's tiles are
+    whole (`tile_stream_rows`). The pad rows are read like any other.
     """
+    if fmt.compressed:
+        return -(-k // tile_k(cfg, fmt)) * sum(tile_stream_rows(cfg, fmt, tile_k(cfg, fmt)))
     full, rest = divmod(k, cfg.rows)
     beat = cfg.weight_rows_per_beat
     return full * _ceil_to(cfg.rows, beat) + _ceil_to(rest, beat)
@@ -124,9 +198,11 @@ def _ceil_to(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
-def weight_stream_rows(cfg: AccelConfig, k: int, n: int, passes: int) -> int:
+def weight_stream_rows(
+    cfg: AccelConfig, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8
+) -> int:
     """Rows (of C bytes) the engine takes for one GEMM command: ⌈N/C⌉ · passes · `padded_k`."""
-    return -(-n // cfg.cols) * passes * padded_k(cfg, k)
+    return -(-n // cfg.cols) * passes * padded_k(cfg, k, fmt)
 
 
 def _padded_run(cfg: AccelConfig, w: np.ndarray) -> np.ndarray:
@@ -141,27 +217,112 @@ def _padded_run(cfg: AccelConfig, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def weight_stream(cfg: AccelConfig, mats: list[np.ndarray]) -> np.ndarray:
+def weight_stream(
+    cfg: AccelConfig,
+    mats: list[np.ndarray],
+    fmt: WeightFormat = WeightFormat.DENSE_INT8,
+    idx: list[np.ndarray] | None = None,
+) -> np.ndarray:
     """The engine's weight order for one M-block of `mats` ([K, N] each; W1, W3 for SwiGLU).
 
-    For each N-tile, for each matrix (pass), for each K row (`padded_k`): the
-    row's C output channels of that tile, lanes beyond N zero — the order of
-    `tile_schedule`; consecutive groups of `weight_rows_per_beat` rows are
-    exactly the engine's `weight` beats. Returns int8 [rows, C] (weights are
-    stored one byte each, whatever `weight_bits`).
+    For each N-tile, for each matrix (pass), for each K-tile: the tile's rows
+    of C bytes, lanes beyond N zero — the order of `tile_schedule`;
+    consecutive groups of `weight_rows_per_beat` rows are exactly the
+    engine's `weight` beats. int8 dense: each K row's C weights (`padded_k`);
+    compressed formats: the tile layout of the module docstring, from the
+    dense int weights (zeros where pruned) and, for 2:4, their positions
+    `idx` ([K/2, N] per matrix). Returns int8 [rows, C] (one byte each,
+    whatever `weight_bits`; packed nibbles and index bytes as their bit pattern).
     """
+    return _stream(cfg, mats, fmt, idx)[0]
+
+
+def _stream(
+    cfg: AccelConfig,
+    mats: list[np.ndarray],
+    fmt: WeightFormat,
+    idx: list[np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`weight_stream` and a bool mask of its real bytes (not beat padding, not lanes ≥ N)."""
     k, n = mats[0].shape
     c = cfg.cols
     nt = -(-n // c)
-    padded = []
     for w in mats:
         if w.shape != (k, n):
             raise ConfigError(f"weight stream matrices differ in shape: {w.shape} vs {(k, n)}")
-        p = np.zeros((k, nt * c), dtype=np.int8)
-        p[:, :n] = w
-        padded.append(_padded_run(cfg, p))
-    tiles = [np.stack([p[:, j * c : (j + 1) * c] for p in padded]) for j in range(nt)]
-    return np.concatenate([t.reshape(-1, c) for t in tiles]) if tiles else np.zeros((0, c), np.int8)
+    if not fmt.compressed:
+        padded = []
+        for w in mats:
+            p = np.zeros((k, nt * c), dtype=np.int8)
+            p[:, :n] = w
+            padded.append(_padded_run(cfg, p))
+        real = _padded_run(cfg, np.ones((k, nt * c), dtype=bool))
+        real[:, n:] = False
+        runs = [(p, real) for p in padded]
+    else:
+        runs = [_compressed_run(cfg, w, fmt, n, nt * c, i, idx) for i, w in enumerate(mats)]
+    parts = [
+        (p[:, j * c : (j + 1) * c], r[:, j * c : (j + 1) * c]) for j in range(nt) for p, r in runs
+    ]
+    if not parts:
+        return np.zeros((0, c), np.int8), np.zeros((0, c), bool)
+    return np.concatenate([v for v, _ in parts]), np.concatenate([r for _, r in parts])
+
+
+def _compressed_run(
+    cfg: AccelConfig,
+    w: np.ndarray,
+    fmt: WeightFormat,
+    n: int,
+    width: int,
+    which: int,
+    idx: list[np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One matrix's K run in a compressed format: [padded_k, width] bytes and their real mask."""
+    k = w.shape[0]
+    fmt.check_k(k, f"matrix {which}")
+    step = tile_k(cfg, fmt)
+    kp = -(-k // step) * step
+    dense = np.zeros((kp, width), dtype=np.int64)
+    dense[:k, :n] = w
+    if fmt.sparse:
+        if idx is None or len(idx) <= which:
+            raise ConfigError(f"{fmt.name} weight stream needs the 2:4 positions of matrix {which}")
+        given = np.asarray(idx[which])
+        if given.shape != (k // 2, n):
+            raise ConfigError(
+                f"2:4 positions of matrix {which} have shape {given.shape}, expected {(k // 2, n)}"
+            )
+        mask = np.zeros((kp, width), dtype=bool)
+        mask[:k, :n] = idx_mask(given)
+        # The padding (zeros) keeps what the pruning rule keeps of zeros: positions 0 and 1.
+        pad_mask = prune_2_4_mask(np.zeros((kp, width)))
+        mask[k:, :] = pad_mask[k:, :]
+        mask[:, n:] = pad_mask[:, n:]
+        if np.any(dense[~mask] != 0):
+            raise ConfigError(
+                f"matrix {which} has nonzero weights at positions its 2:4 indices prune"
+            )
+        values, positions = compress_2_4(dense, mask)
+    else:
+        values, positions = dense, None
+    stored = values if fmt.bits == 8 else pack_int4(values).view(np.int8)
+    value_rows, index_rows = tile_stream_rows(cfg, fmt, step)
+    per_tile = len(stored) // (kp // step)
+    tiles, reals = [], []
+    for t in range(kp // step):
+        block = np.zeros((value_rows + index_rows, width), dtype=np.int8)
+        real = np.zeros(block.shape, dtype=bool)
+        block[:per_tile] = stored[t * per_tile : (t + 1) * per_tile]
+        real[:per_tile, :n] = True
+        if positions is not None:
+            quads = positions[t * cfg.rows : (t + 1) * cfg.rows].reshape(-1, 4, width)
+            codes = sum(quads[:, j].astype(np.uint8) << (2 * j) for j in range(4))
+            block[value_rows : value_rows + len(codes)] = codes.astype(np.uint8).view(np.int8)
+            real[value_rows : value_rows + len(codes), :n] = True
+        tiles.append(block)
+        reals.append(real)
+    return np.concatenate(tiles), np.concatenate(reals)
 
 
 def reference_output(case: GemmCase, cfg: AccelConfig) -> np.ndarray:
@@ -182,9 +343,18 @@ def reference_output(case: GemmCase, cfg: AccelConfig) -> np.ndarray:
     ).y
 
 
-def command(case: GemmCase) -> dict:
-    """The `cmd` beat for `case` (fields of `rtl.tile_sequencer.gemm_command_layout`)."""
+def command(case: GemmCase, cfg: AccelConfig) -> dict:
+    """The `cmd` beat for `case` (fields of `rtl.tile_sequencer.gemm_command_layout`).
+
+    A build with a compressed weight path (`cfg.sparse_2_4` or `int4_weights`)
+    takes the format in the command; a format the build lacks is refused here.
+    """
+    check_supported(case.fmt, cfg)
+    fields = {}
+    if cfg.sparse_2_4 or cfg.int4_weights:
+        fields["fmt"] = {"sparse": int(case.fmt.sparse), "int4": int(case.fmt.bits == 4)}
     return {
+        **fields,
         "m": case.m,
         "k": case.k,
         "n": case.n,
@@ -256,13 +426,13 @@ def weight_beats(
 ) -> list[list[list[int]]]:
     """`weight` beats in engine order: `weight_stream` once per M-block, L rows a beat.
 
-    The pad rows of a K-tile's last beat and the lanes past N are don't-care:
+    The pad rows of a tile's last beat and the lanes past N are don't-care:
     with `rng` they hold random values, else zeros.
     """
     mats = [case.weights(p == 1) for p in range(case.passes)]
-    stream = weight_stream(cfg, mats)
+    idx = [case.indices(p == 1) for p in range(case.passes)] if case.fmt.sparse else None
+    stream, real = _stream(cfg, mats, case.fmt, idx)
     if rng is not None:
-        real = weight_stream(cfg, [np.ones(w.shape, dtype=np.int8) for w in mats]) != 0
         lo, hi = -(2 ** (cfg.weight_bits - 1)), 2 ** (cfg.weight_bits - 1) - 1
         stream = stream.copy()
         for r, c in zip(*np.nonzero(~real), strict=True):
@@ -274,12 +444,16 @@ def weight_beats(
 def activation_beats(
     case: GemmCase, cfg: AccelConfig, m_block: int, rng: random.Random | None = None
 ) -> list[list[int]]:
-    """`act` beats in engine order; with `rng`, don't-care lanes hold random values."""
+    """`act` beats in engine order; with `rng`, don't-care lanes hold random values.
+
+    A beat is the row's `tile_k` K positions of the tile, in `activation_lanes` lanes.
+    """
     beats = []
-    for t in tile_schedule(case.m, case.k, case.n, case.passes, cfg, m_block):
+    step = tile_k(cfg, case.fmt)
+    for t in tile_schedule(case.m, case.k, case.n, case.passes, cfg, m_block, case.fmt):
         for i in range(t.rows):
-            row = case.x[t.m0 + i, t.k0 : t.k0 + cfg.rows]
-            beats.append(_pad(row, cfg.rows, rng, cfg.act_bits))
+            row = case.x[t.m0 + i, t.k0 : t.k0 + step]
+            beats.append(_pad(row, activation_lanes(cfg), rng, cfg.act_bits))
     return beats
 
 
@@ -314,11 +488,19 @@ def random_case(
     extreme: bool = False,
     param_a: int = 0,
     param_b: int | None = None,
+    fmt: WeightFormat = WeightFormat.DENSE_INT8,
 ) -> GemmCase:
-    """A random case; `extreme` fills X and W with only their widths' extremes (saturating)."""
+    """A random case; `extreme` fills X and W with only their widths' extremes (saturating).
+
+    With `fmt`, the weights are `fmt.bits` wide (int4: the whole nibble range,
+    −8 included) and, for 2:4, pruned by a random 2:4 pattern (the case
+    carries its positions).
+    """
     if k > cfg.max_k:
         raise ConfigError(f"K = {k} exceeds AccelConfig.max_k = {cfg.max_k}")
+    fmt.check_k(k)
     lo, hi = -(2 ** (cfg.act_bits - 1)), 2 ** (cfg.act_bits - 1) - 1
+    w_bits = 4 if fmt.bits == 4 else cfg.weight_bits
 
     def operand(shape: tuple[int, int], bits: int) -> np.ndarray:
         low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -326,10 +508,22 @@ def random_case(
             return rng.choice(np.array([low, high, high], dtype=np.int64), size=shape)
         return rng.integers(low, high + 1, size=shape, dtype=np.int64)
 
+    def weights() -> tuple[np.ndarray, np.ndarray | None]:
+        w = operand((k, n), w_bits)
+        if not fmt.sparse:
+            return w, None
+        mask = prune_2_4_mask(rng.random((k, n)))
+        w = np.where(mask, w, 0)
+        return w, compress_2_4(w, mask)[1]
+
+    # Typical |x|·|w| of a product, over the products a sum holds (kept ones with 2:4).
+    w_typical = 60.0 if fmt.bits == 8 else 3.75
+    k_kept = k // 2 if fmt.sparse else k
+
     def params() -> tuple[np.ndarray, np.ndarray]:
         top = 2**cfg.mult_bits
         mult = rng.integers(top // 2, top, size=n, dtype=np.int64)
-        typical = math.sqrt(k) * 60.0 * 60.0
+        typical = math.sqrt(k_kept) * 60.0 * w_typical
         shift = np.array(
             [_shift_for(typical, int(mu)) + int(rng.integers(-3, 4)) for mu in mult],
             dtype=np.int64,
@@ -340,7 +534,8 @@ def random_case(
         mult[rng.random(n) < 0.05] = 0
         return mult, np.clip(shift, 0, 2**SHIFT_BITS - 1)
 
-    x, w_a = operand((m, k), cfg.act_bits), operand((k, n), cfg.weight_bits)
+    x = operand((m, k), cfg.act_bits)
+    w_a, idx_a = weights()
     mult_a, shift_a = params()
     fields: dict = {}
     if mode != PostMode.REQUANT:
@@ -348,8 +543,10 @@ def random_case(
     if mode == PostMode.SWIGLU:
         mult_b, shift_b = params()
         gate_mult = int(rng.integers(2 ** (cfg.mult_bits - 1), 2**cfg.mult_bits))
+        w_b, idx_b = weights()
         fields.update(
-            w_b=operand((k, n), cfg.weight_bits),
+            w_b=w_b,
+            idx_b=idx_b,
             mult_b=mult_b,
             shift_b=shift_b,
             gate_mult=gate_mult,
@@ -357,5 +554,13 @@ def random_case(
             param_b=param_a + math.ceil(n / cfg.cols) if param_b is None else param_b,
         )
     return GemmCase(
-        x=x, w_a=w_a, mode=mode, mult_a=mult_a, shift_a=shift_a, param_a=param_a, **fields
+        x=x,
+        w_a=w_a,
+        mode=mode,
+        mult_a=mult_a,
+        shift_a=shift_a,
+        param_a=param_a,
+        fmt=fmt,
+        idx_a=idx_a,
+        **fields,
     )

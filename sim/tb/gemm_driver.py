@@ -124,7 +124,7 @@ class GemmEngineHarness:
         weights = weight_beats(case, cfg, mb, fill)
         acts = activation_beats(case, cfg, mb, fill)
         received = len(self.out.items)
-        self.cmd.send(command(case))
+        self.cmd.send(command(case, cfg))
         self.weight.send_many(weights)
         self.act.send_many(acts)
         budget = 40 * (len(acts) + len(weights) + len(expected)) + 20 * (cfg.rows + cfg.cols) + 500

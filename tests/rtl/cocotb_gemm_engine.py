@@ -60,7 +60,7 @@ async def bad_commands_rejected_then_recovery(dut):
     param_rows = P["param_rows"]
     await harness.start()
     good = random_case(rng, cfg, 3, cfg.rows + 1, cfg.cols + 1, PostMode.SWIGLU)
-    base = command(good)
+    base = command(good, cfg)
     bad = [
         ({**base, "m": 0}, CommandError.ZERO_DIM),
         ({**base, "k": 0}, CommandError.ZERO_DIM),
