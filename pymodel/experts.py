@@ -4,8 +4,11 @@ For one expert and its gathered int8 rows `xe`:
 SwiGLU `a = rq(xe·W1)`, `g = LUT(a)`, `u = rq(xe·W3)`, `h = rq(g·u)`;
 GELU/ReLU `a = rq(xe·W1)`, `h = LUT(a)`; then `ye = rq(h·W2)` into the
 layer-wide expert output scale. All GEMMs are `gemm.matmul_int` (exact int32
-accumulation); each GEMM's outputs go through `numerics.postprocess` (the
-engine's post-processing lanes). Dispatch pads each
+accumulation) on the dense form of the layer's weights, whatever their
+`WeightFormat` (2:4 pruned entries are zeros, int4 values are ints in
+[-7, 7]); group-wise int4 scales use `weight_formats.grouped_matmul`. Each
+GEMM's outputs go through `numerics.postprocess` (the engine's
+post-processing lanes). Dispatch pads each
 expert's group with zero rows; all LUTs map 0 to 0, so padded rows yield 0.
 """
 
@@ -20,6 +23,7 @@ from .dispatch import Dispatch
 from .gemm import matmul_int
 from .numerics import PostMode, check_int_array, postprocess
 from .quantize import FFNParams, QuantizedLayer
+from .weight_formats import grouped_matmul
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,22 @@ class ExpertOutputs:
     shared: FFNTrace | None = None  # rows = tokens
 
 
+def expert_gemm(p: FFNParams, name: str, e: int, x: np.ndarray, cfg: AccelConfig) -> np.ndarray:
+    """Accumulators of `x @ W` for weight matrix `name` ("w1", "w2", "w3") of expert `e`.
+
+    Exact integers at the channel's scale `name_scale`: the plain GEMM, or
+    with group-wise int4 scales the scaled partial sums of `grouped_matmul`.
+    """
+    w = getattr(p, f"{name}_q")[e]
+    gmult = getattr(p, f"{name}_gmult")
+    if gmult is None:
+        return matmul_int(x, w, cfg)
+    return grouped_matmul(x, w, gmult[e], cfg)
+
+
 def ffn_int(p: FFNParams, e: int, xe_q: np.ndarray, cfg: AccelConfig) -> FFNTrace:
     """Expert `e` of `p` on int rows `xe_q` [rows, d]: the engine's two GEMM commands."""
-    acc1 = matmul_int(xe_q, p.w1_q[e], cfg)
+    acc1 = expert_gemm(p, "w1", e, xe_q, cfg)
     if p.gated:
         first = postprocess(
             PostMode.SWIGLU,
@@ -56,7 +73,7 @@ def ffn_int(p: FFNParams, e: int, xe_q: np.ndarray, cfg: AccelConfig) -> FFNTrac
             p.m1[e],
             p.sh1[e],
             lut=p.lut[e],
-            acc_b=matmul_int(xe_q, p.w3_q[e], cfg),
+            acc_b=expert_gemm(p, "w3", e, xe_q, cfg),
             mult_b=p.m3[e],
             shift_b=p.sh3[e],
             gate_mult=p.m_h[e],
@@ -65,7 +82,8 @@ def ffn_int(p: FFNParams, e: int, xe_q: np.ndarray, cfg: AccelConfig) -> FFNTrac
     else:
         first = postprocess(PostMode.REQUANT_LUT, cfg, acc1, p.m1[e], p.sh1[e], lut=p.lut[e])
     h = first.y
-    y = postprocess(PostMode.REQUANT, cfg, matmul_int(h, p.w2_q[e], cfg), p.m2[e], p.sh2[e]).y
+    acc2 = expert_gemm(p, "w2", e, h, cfg)
+    y = postprocess(PostMode.REQUANT, cfg, acc2, p.m2[e], p.sh2[e]).y
     return FFNTrace(a=first.a, g=first.g, h=h, y=y, u=first.u)
 
 

@@ -23,6 +23,7 @@ from .gemm import matmul_int
 from .numerics import PostMode, check_int_array, postprocess, quantize
 from .quantize import NUMERIC_FIELDS, QuantizedLayer, calibrate, quantize_layer
 from .reference import FloatResult, check_float_input, sigmoid
+from .weight_formats import WeightFormat
 from .weights import MoEWeights
 
 
@@ -128,12 +129,16 @@ def run_golden(
     x: np.ndarray,
     cfg: AccelConfig,
     calib_x: np.ndarray | None = None,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
 ) -> LayerResult:
-    """Float tokens in: calibrate (on `calib_x`, default `x`) → quantise → golden layer."""
+    """Float tokens in: calibrate (on `calib_x`, default `x`) → quantise → golden layer.
+
+    Expert weights are pruned and quantised per `weight_format`.
+    """
     x32 = check_float_input(spec, x)
     cfg.check_fits(spec, x32.shape[0])
-    calib = calibrate(spec, weights, x32 if calib_x is None else calib_x)
-    ql = quantize_layer(spec, weights, calib, cfg)
+    calib = calibrate(spec, weights, x32 if calib_x is None else calib_x, weight_format)
+    ql = quantize_layer(spec, weights, calib, cfg, weight_format)
     return golden_layer(ql, quantize_input(ql, x32), cfg)
 
 

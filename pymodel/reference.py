@@ -12,10 +12,15 @@ absmax of every intermediate tensor.
 Ties in top-k go to the lower expert index (HF's `torch.topk` leaves them
 unspecified; compare expert *sets* away from ties). `expert_ids` are ordered
 by descending selection score.
+
+`pruned_weights` gives the float block a 2:4 format approximates (expert
+weights with the 2:4 mask applied): the "pruned" reference, reported next to
+the unpruned one so pruning error and quantisation error read separately.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -25,6 +30,7 @@ from .config import ConfigError, MoESpec
 from .dispatch import capacity_kept
 from .gate import check_routing, group_limited_topk, topk_lower_index
 from .numerics import NumericsError, check_finite
+from .weight_formats import WeightFormat, prune_2_4_mask
 from .weights import MoEWeights
 
 FFN_TENSORS: tuple[str, ...] = ("a", "g", "u", "h", "ye")
@@ -211,3 +217,31 @@ def moe_forward_float(spec: MoESpec, w: MoEWeights, x: np.ndarray) -> FloatResul
         expert_tokens=tokens,
         shared_absmax=shared_absmax,
     )
+
+
+PRUNED_MATRICES: tuple[str, ...] = ("w1", "w2", "w3", "shared_w1", "shared_w2", "shared_w3")
+"""The `MoEWeights` fields a 2:4 format prunes: routed and shared experts (never the router)."""
+
+
+def pruned_weights(w: MoEWeights, fmt: WeightFormat) -> MoEWeights:
+    """The float weights the format approximates: 2:4 masks applied along K, else `w` itself.
+
+    Every routed and shared expert matrix is pruned per output channel
+    (`weight_formats.prune_2_4_mask`); router, shared gate and correction
+    bias are kept whole. A K that is not a multiple of 4 is an error naming
+    the matrix.
+    """
+    if not isinstance(fmt, WeightFormat):
+        raise ConfigError(f"expected a WeightFormat, got {type(fmt).__name__}")
+    if not fmt.sparse:
+        return w
+    changes: dict[str, np.ndarray] = {}
+    for name in PRUNED_MATRICES:
+        mats = getattr(w, name)
+        if mats is None:
+            continue
+        fmt.check_k(mats.shape[-2], f"MoEWeights.{name}")
+        stack = mats.reshape(-1, *mats.shape[-2:])
+        masks = np.stack([prune_2_4_mask(m) for m in stack]).reshape(mats.shape)
+        changes[name] = np.where(masks, mats, 0).astype(mats.dtype)
+    return dataclasses.replace(w, **changes)

@@ -319,36 +319,39 @@ class QuantizedWeights:
     group_mult: np.ndarray | None = None
 
 
-def quantize_weights(w: np.ndarray, fmt: WeightFormat) -> QuantizedWeights:
+def quantize_weights(w: np.ndarray, fmt: WeightFormat, bits: int | None = None) -> QuantizedWeights:
     """Prune (2:4, on the float weights) then quantise a float [K, N] matrix per `fmt`.
 
     Scales are computed over the kept weights only: per output channel
     `absmax / qmax`; group-wise, each group's absmax / 7, encoded as a
     Q0.16 ratio to the channel's largest group scale (at least 1 LSB), and
     the weights quantised against the encoded scale the arithmetic uses.
+    `bits` overrides the format's width (a build whose `weight_bits` is
+    narrower than 8 stores its "int8" weights in that many bits).
     """
     _check_matrix("weights", w)
     check_finite("weights", w)
     k, n = w.shape
     fmt.check_k(k)
+    bits = fmt.bits if bits is None else bits
     w64 = np.asarray(w, dtype=np.float64)
     idx = None
     if fmt.sparse:
         mask = prune_2_4_mask(w64)
         w64 = np.where(mask, w64, 0.0)
     if fmt.group_size is None:
-        scale = scale_for(np.max(np.abs(w64), axis=0), fmt.bits)
-        q = quantize(w64, scale[None, :], fmt.bits).astype(np.int8)
+        scale = scale_for(np.max(np.abs(w64), axis=0), bits)
+        q = quantize(w64, scale[None, :], bits).astype(np.int8)
         group_mult = None
     else:
         groups = k // fmt.group_size
         g_absmax = np.max(np.abs(w64).reshape(groups, fmt.group_size, n), axis=1)
-        scale = scale_for(np.max(g_absmax, axis=0), fmt.bits)
+        scale = scale_for(np.max(g_absmax, axis=0), bits)
         one = 2**GROUP_SCALE_FRAC_BITS
-        ratio = g_absmax / qmax(fmt.bits) / scale[None, :]
+        ratio = g_absmax / qmax(bits) / scale[None, :]
         group_mult = np.clip(round_half_away(ratio * one), 1, one)
         enc = scale[None, :] * group_mult / one
-        q = quantize(w64, np.repeat(enc, fmt.group_size, axis=0), fmt.bits).astype(np.int8)
+        q = quantize(w64, np.repeat(enc, fmt.group_size, axis=0), bits).astype(np.int8)
     if fmt.sparse:
         _, idx = compress_2_4(q, mask)
     return QuantizedWeights(q=q, scale=scale, idx=idx, group_mult=group_mult)

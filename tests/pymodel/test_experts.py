@@ -12,6 +12,7 @@ from pymodel.experts import ffn_int, gather_rows, run_experts
 from pymodel.layer import dispatch_tokens, quantize_input, route
 from pymodel.numerics import NumericsError
 from pymodel.quantize import FFNParams, calibrate, quantize_layer
+from pymodel.weight_formats import GROUP_SCALE_FRAC_BITS, WeightFormat
 
 
 def rq(acc: int, mult: int, shift: int) -> int:
@@ -21,29 +22,60 @@ def rq(acc: int, mult: int, shift: int) -> int:
     return max(-127, min(127, v))
 
 
+def dot_by_hand(p: FFNParams, name: str, e: int, x: list[int], n: int) -> int:
+    """Accumulator of output channel n: from the compressed 2:4 pairs (the activation each
+    kept weight meets) or the dense weights; group-wise int4 scales per docs/numerics.md."""
+    w = getattr(p, f"{name}_q")[e]
+    idx = getattr(p, f"{name}_idx")
+    if idx is None:
+        terms = [x[k] * int(w[k, n]) for k in range(len(x))]
+    else:
+        kept = [4 * (r // 2) + int(idx[e, r, n]) for r in range(len(x) // 2)]
+        terms = [0] * len(x)
+        for k in kept:
+            terms[k] = x[k] * int(w[k, n])
+    gmult = getattr(p, f"{name}_gmult")
+    if gmult is None:
+        return sum(terms)
+    size = len(x) // gmult.shape[1]
+    total = Fraction(sum(sum(terms[g * size : (g + 1) * size]) * int(gmult[e, g, n])
+                         for g in range(gmult.shape[1])), 2**GROUP_SCALE_FRAC_BITS)  # fmt: skip
+    return int(abs(total) + Fraction(1, 2)) * (1 if total >= 0 else -1)
+
+
 def ffn_by_hand(p: FFNParams, e: int, row: np.ndarray) -> list[int]:
     """One token through expert e with Python ints only (the contract's text, literally)."""
     x = [int(v) for v in row]
     d, f = p.w1_q.shape[1:]
-    a = [rq(sum(x[i] * int(p.w1_q[e, i, n]) for i in range(d)), p.m1[e, n], p.sh1[e, n])
-         for n in range(f)]  # fmt: skip
+    a = [rq(dot_by_hand(p, "w1", e, x, n), p.m1[e, n], p.sh1[e, n]) for n in range(f)]
     g = [int(p.lut[e][v & 255]) for v in a]
     if p.gated:
-        u = [rq(sum(x[i] * int(p.w3_q[e, i, n]) for i in range(d)), p.m3[e, n], p.sh3[e, n])
-             for n in range(f)]  # fmt: skip
+        u = [rq(dot_by_hand(p, "w3", e, x, n), p.m3[e, n], p.sh3[e, n]) for n in range(f)]
         h = [rq(g[n] * u[n], int(p.m_h[e]), int(p.sh_h[e])) for n in range(f)]
     else:
         h = g
-    return [
-        rq(sum(h[n] * int(p.w2_q[e, n, j]) for n in range(f)), p.m2[e, j], p.sh2[e, j])
-        for j in range(d)
-    ]
+    return [rq(dot_by_hand(p, "w2", e, h, j), p.m2[e, j], p.sh2[e, j]) for j in range(d)]
 
 
+FORMATS = [
+    WeightFormat.DENSE_INT8,
+    WeightFormat(8, True),
+    WeightFormat(4),
+    WeightFormat(4, False, 32),
+    WeightFormat(4, True),
+    WeightFormat(4, True, 32),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 @pytest.mark.parametrize("family", ["mixtral", "switch"])
-def test_routed_rows_match_the_contract(family: str, cfg: AccelConfig, make_case) -> None:
-    case = make_case(family, seed=3, tokens=24, d_model=8, d_ff=16, n_experts=4)
-    ql = quantize_layer(case.spec, case.weights, calibrate(case.spec, case.weights, case.x), cfg)
+def test_routed_rows_match_the_contract(
+    family: str, fmt: WeightFormat, cfg: AccelConfig, make_case
+) -> None:
+    dims = dict(d_model=8, d_ff=16) if fmt.group_size is None else dict(d_model=32, d_ff=32)
+    case = make_case(family, seed=3, tokens=24, n_experts=4, **dims)
+    calib = calibrate(case.spec, case.weights, case.x, fmt)
+    ql = quantize_layer(case.spec, case.weights, calib, cfg, fmt)
     x_q = quantize_input(ql, case.x)
     disp = dispatch_tokens(ql, route(ql, x_q, cfg), cfg)
     out = run_experts(ql, x_q, disp, cfg)
@@ -62,9 +94,13 @@ def test_routed_rows_match_the_contract(family: str, cfg: AccelConfig, make_case
     assert out.shared is None
 
 
-def test_shared_expert_runs_on_every_token(cfg: AccelConfig, make_case) -> None:
+@pytest.mark.parametrize(
+    "fmt", [WeightFormat.DENSE_INT8, WeightFormat(4, True)], ids=lambda f: f.name
+)
+def test_shared_expert_runs_on_every_token(fmt: WeightFormat, cfg: AccelConfig, make_case) -> None:
     case = make_case("deepseek_v3", seed=1, tokens=6, d_model=8, d_ff=8)
-    ql = quantize_layer(case.spec, case.weights, calibrate(case.spec, case.weights, case.x), cfg)
+    calib = calibrate(case.spec, case.weights, case.x, fmt)
+    ql = quantize_layer(case.spec, case.weights, calib, cfg, fmt)
     x_q = quantize_input(ql, case.x)
     out = run_experts(ql, x_q, dispatch_tokens(ql, route(ql, x_q, cfg), cfg), cfg)
     assert out.shared is not None and out.shared.y.shape == (6, 8)

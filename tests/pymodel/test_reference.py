@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from pymodel.families import FAMILIES
-from pymodel.reference import ACTIVATIONS, expert_ffn_float, moe_forward_float, sigmoid
+from pymodel.reference import (
+    ACTIVATIONS,
+    PRUNED_MATRICES,
+    expert_ffn_float,
+    moe_forward_float,
+    pruned_weights,
+    sigmoid,
+)
+from pymodel.weight_formats import WeightFormat, prune_2_4_mask
 
 
 def dense_output(spec, w, x, res) -> np.ndarray:
@@ -92,3 +100,23 @@ def test_absmax_statistics(make_case) -> None:
         trace = expert_ffn_float("swiglu", w.w1[e], w.w2[e], w.w3[e], case.x[rows])
         for name in ("a", "g", "u", "h", "ye"):
             assert res.expert_absmax[name][e] == pytest.approx(np.abs(trace[name]).max())
+
+
+def test_pruned_weights_mask_experts_only(make_case) -> None:
+    case = make_case("qwen2_moe", seed=5, tokens=8)
+    w = case.weights
+    assert pruned_weights(w, WeightFormat(4)) is w
+    pruned = pruned_weights(w, WeightFormat(8, True))
+    for name in PRUNED_MATRICES:
+        before, after = getattr(w, name), getattr(pruned, name)
+        assert after.dtype == before.dtype
+        stack = before.reshape(-1, *before.shape[-2:])
+        for mat, got in zip(stack, after.reshape(stack.shape), strict=True):
+            np.testing.assert_array_equal(got, np.where(prune_2_4_mask(mat), mat, 0))
+    for name in ("router", "shared_gate"):
+        assert getattr(pruned, name) is getattr(w, name)
+    again = pruned_weights(pruned, WeightFormat(8, True))
+    for name in PRUNED_MATRICES:
+        np.testing.assert_array_equal(getattr(again, name), getattr(pruned, name))
+    ref = moe_forward_float(case.spec, pruned, case.x)
+    assert ref.y.shape == case.x.shape
