@@ -20,6 +20,16 @@ the layer FSM of `rtl.layer_sequencer` state by state:
 - the combine walks every token's slots (a read per kept slot), the shared
   row, and feeds `k (+1)` terms per output chunk.
 
+Expert weight formats (`pymodel.weight_formats`, a layer's `weight_format`;
+the router GEMM is always int8 dense) change the GEMM commands' tile walk as
+the engine does (`gemm_cycles`): a 2:4 tile covers 2R K positions (the array
+takes 2R activations a row and each PE selects the one its kept weight
+meets), so a K run has half the tiles; a tile's load is its stream rows
+(`pymodel.gemm_engine.tile_stream_rows`: value rows, then index rows) at L
+rows a beat, where an int4 value row of C bytes carries two weight rows
+(the weight port takes 2L weight rows a beat) and index rows load at the
+byte-row rate. Token rows still enter one a cycle per tile.
+
 Everything is NumPy over a batch of layer points (same config and spec,
 different token counts and routings), so thousands of points evaluate in
 milliseconds. The constants below are register counts read off the RTL (each
@@ -51,9 +61,18 @@ from contract.timing import (
 )
 
 from .config import AccelConfig, ConfigError, MoESpec, _check_int
+from .gemm_engine import tile_k, tile_stream_rows
 from .layer import LayerResult
+from .weight_formats import WeightFormat, check_supported
 
-__all__ = ["COUNTERS", "CycleEstimate", "MemoryTiming", "golden_cycles", "layer_cycles"]
+__all__ = [
+    "COUNTERS",
+    "CycleEstimate",
+    "MemoryTiming",
+    "gemm_cycles",
+    "golden_cycles",
+    "layer_cycles",
+]
 
 COUNTERS: tuple[str, ...] = (
     "cycles_total",
@@ -135,7 +154,7 @@ class _Model:
     """The per-config quantities of the walk (scalars) and its cost functions (arrays)."""
 
     def __init__(
-        self, cfg: AccelConfig, spec: MoESpec, memory: MemoryTiming, max_tokens: int
+        self, cfg: AccelConfig, spec: MoESpec | None, memory: MemoryTiming, max_tokens: int
     ) -> None:
         self.cfg, self.spec, self.mem = cfg, spec, memory
         self.R, self.C, self.B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
@@ -149,7 +168,7 @@ class _Model:
         self.m_block = default_m_block(cfg.replace(max_tokens=max(cfg.max_tokens, max_tokens)))
         # Last injected row → engine done: array skew, accumulators, post-processing.
         self.drain = systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg)
-        self.ys = layout.row_bytes(cfg, spec.d_model)
+        self.ys = layout.row_bytes(cfg, spec.d_model) if spec is not None else 0
 
     # -- DMA ------------------------------------------------------------------------
     def read(self, nbytes, items=0):
@@ -162,27 +181,48 @@ class _Model:
         return _cdiv(nbytes, self.B) * self.B
 
     # -- GEMM engine ----------------------------------------------------------------
-    def gemm(self, mm, k: int, n: int, passes: int):
+    def tile_loads(self, k: int, fmt: WeightFormat) -> np.ndarray:
+        """Load cycles of each tile of one K run: its stream rows at L rows a weight beat.
+
+        int8 dense: R rows a tile, the last tile the K rest (rows padded to whole
+        beats). Compressed formats: every tile whole (`tile_stream_rows`: value rows,
+        then 2:4 index rows, each part in whole beats), `tile_k` K positions each.
+        """
+        if not fmt.compressed:
+            kt = int(_cdiv(k, self.R))
+            k_last = k - (kt - 1) * self.R
+            load_full = _cdiv(self.R, self.L) * self.w_beat_cycles  # a tile of R weight rows
+            load_last = _cdiv(k_last, self.L) * self.w_beat_cycles  # the K run's last tile
+            return np.array([load_full] * (kt - 1) + [load_last], dtype=np.float64)
+        tk = tile_k(self.cfg, fmt)
+        value_rows, index_rows = tile_stream_rows(self.cfg, fmt, tk)
+        load = _cdiv(value_rows + index_rows, self.L) * self.w_beat_cycles
+        return np.full(int(_cdiv(k, tk)), load, dtype=np.float64)
+
+    def walk(self, mm, k: int, n: int, passes: int, fmt: WeightFormat):
+        """First weight beat → last row injected, plus the drain to the last result."""
+        run = self.tile_loads(k, fmt)
+        return _tile_walk(np.asarray(mm), run, int(_cdiv(n, self.C)) * passes) + self.drain
+
+    def gemm(self, mm, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8):
         """Cycles of one engine command of `mm` rows (array) × K × N, FSM issue to done."""
         mm = np.asarray(mm)
-        kt, nt = _cdiv(k, self.R), _cdiv(n, self.C)
-        k_last = k - (kt - 1) * self.R
-        load_full = _cdiv(self.R, self.L) * self.w_beat_cycles  # a tile of R weight rows
-        load_last = _cdiv(k_last, self.L) * self.w_beat_cycles  # the K run's last tile
-        run = np.array([load_full] * (kt - 1) + [load_last], dtype=np.float64)
-        walk = _tile_walk(mm, run, nt * passes)
         first_fetch = READ_TURNAROUND + self.mem.read_latency  # weight DMA issued with the cmd
-        cost = max(CMD_INTAKE, first_fetch) + walk + self.drain + FSM_STEP
+        cost = max(CMD_INTAKE, first_fetch) + self.walk(mm, k, n, passes, fmt) + FSM_STEP
         return np.where(mm > 0, cost, 0)
 
-    def gemm_rows(self, mm, k: int, n: int, passes: int):
-        """Rows injected (MAC cycles) and useful MACs of one command."""
+    def gemm_rows(
+        self, mm, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8
+    ):
+        """Rows injected (MAC cycles) and useful MACs (the K × N work, padding excluded)."""
         mm = np.asarray(mm)
-        tiles = _cdiv(n, self.C) * passes * _cdiv(k, self.R)
+        tiles = _cdiv(n, self.C) * passes * _cdiv(k, tile_k(self.cfg, fmt))
         return mm * tiles, mm * k * n * passes
 
-    def weight_rows(self, k: int, n: int, passes: int) -> int:
-        return layout.weight_stream_rows(self.cfg, k, n, passes)
+    def weight_rows(
+        self, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8
+    ) -> int:
+        return layout.weight_stream_rows(self.cfg, k, n, passes, fmt)
 
 
 SIM_RUNS = 6
@@ -370,6 +410,38 @@ def _check_inputs(cfg, spec, tokens, counts, memory):
     return t1, c2
 
 
+def gemm_cycles(
+    cfg: AccelConfig,
+    m: int,
+    k: int,
+    n: int,
+    passes: int = 1,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
+    *,
+    memory: MemoryTiming | None = None,
+) -> int:
+    """Engine cycles of one GEMM command (M × K × N, `passes` 2 for SwiGLU) from its first
+    weight beat to its last result, with weights and activations streaming without a gap.
+
+    The tile walk (loads double-buffered under the previous tile's rows, M rows a
+    tile one a cycle) and the drain (array, accumulators, post-processing), for M
+    within one M-block; the RTL engine's own `busy` counter of such a command
+    should match it.
+    """
+    if not isinstance(cfg, AccelConfig):
+        raise ConfigError(f"gemm_cycles needs an AccelConfig, got {type(cfg).__name__}")
+    check_supported(weight_format, cfg)
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        _check_int("gemm_cycles", name, value, 1)
+    if passes not in (1, 2):
+        raise ConfigError(f"gemm_cycles: passes must be 1 or 2, got {passes!r}")
+    weight_format.check_k(k)
+    model = _Model(cfg, None, MemoryTiming() if memory is None else memory, m)
+    if m > model.m_block:
+        raise ConfigError(f"gemm_cycles: m = {m} exceeds one M-block of {model.m_block} rows")
+    return int(np.rint(model.walk(m, k, n, passes, weight_format)))
+
+
 def layer_cycles(
     cfg: AccelConfig,
     spec: MoESpec,
@@ -377,6 +449,7 @@ def layer_cycles(
     tokens_per_expert: np.ndarray,
     *,
     memory: MemoryTiming | None = None,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
 ) -> CycleEstimate:
     """Predicted counters of one layer per point.
 
@@ -385,9 +458,15 @@ def layer_cycles(
     point or `[points, E]`. Returns arrays of shape `[points]` (`[1]` for one).
     Shapes are checked with `AccelConfig.check_model_fits`, not against the RTL's
     buffer limits (`max_tokens`, `max_d_model`, …): the model extrapolates the
-    generated hardware's timing to real layer sizes.
+    generated hardware's timing to real layer sizes. `weight_format` is the
+    routed and shared experts' (the build must have it, `check_supported`);
+    `useful_macs` counts the layer's K × N work whatever the format.
     """
     memory = MemoryTiming() if memory is None else memory
+    check_supported(weight_format, cfg)
+    fmt = weight_format
+    for k_in in {spec.d_model, spec.d_ff, spec.shared_d_ff} - {0}:
+        fmt.check_k(k_in, "expert")
     t, counts = _check_inputs(cfg, spec, tokens, tokens_per_expert, memory)
     m = _Model(cfg, spec, memory, int(t.max()))
     d, f, fs, e, k = spec.d_model, spec.d_ff, spec.shared_d_ff, spec.n_experts, spec.top_k
@@ -443,8 +522,8 @@ def layer_cycles(
     dispatch = dispatch_cycles(pairs, e, last, n_rows) - pairs + 2 * FSM_STEP
 
     # ---------------- experts ----------------
-    w1_rows = m.weight_rows(d, f, passes1)
-    w2_rows = m.weight_rows(f, d, 1)
+    w1_rows = m.weight_rows(d, f, passes1, fmt)
+    w2_rows = m.weight_rows(f, d, 1, fmt)
     param_words = layout.align(f, C) * passes1 + layout.align(d, C)
     lut = layout.lut_bytes(cfg)
     desc = layout.desc_bytes(cfg)
@@ -465,10 +544,10 @@ def layer_cycles(
         macs = 0
         use = 0
         for count, mm in ((full, m.m_block), (1, b1), (1, b2)):
-            block = m.gemm(mm, d, ff, p1) + m.gemm(mm, ff, d, 1) + 2 * FSM_STEP
+            block = m.gemm(mm, d, ff, p1, fmt) + m.gemm(mm, ff, d, 1, fmt) + 2 * FSM_STEP
             cyc = cyc + count * np.where(np.asarray(mm) > 0, block, 0)
-            a, u = m.gemm_rows(mm, d, ff, p1)
-            a2, u2 = m.gemm_rows(mm, ff, d, 1)
+            a, u = m.gemm_rows(mm, d, ff, p1, fmt)
+            a2, u2 = m.gemm_rows(mm, ff, d, 1, fmt)
             macs = macs + count * (a + a2)
             use = use + count * (u + u2)
         cmds = full + (b1 > 0) + (b2 > 0)
@@ -488,8 +567,8 @@ def layer_cycles(
 
     shared = np.zeros_like(t)
     if spec.has_shared:
-        sw1 = m.weight_rows(d, fs, 2)
-        sw2 = m.weight_rows(fs, d, 1)
+        sw1 = m.weight_rows(d, fs, 2, fmt)
+        sw2 = m.weight_rows(fs, d, 1, fmt)
         s_words = layout.align(fs, C) * 2 + layout.align(d, C)
         cyc_s, mac_s, use_s, wb_s = expert_cost(t, fs, 2, sw1, sw2)
         shared = (
@@ -574,8 +653,16 @@ def layer_cycles(
 def golden_cycles(
     cfg: AccelConfig, result: LayerResult, *, memory: MemoryTiming | None = None
 ) -> CycleEstimate:
-    """`layer_cycles` for a golden layer's own routing (`pymodel.layer.golden_layer`)."""
+    """`layer_cycles` for a golden layer's own routing and weight format."""
     if not isinstance(result, LayerResult):
         raise ConfigError(f"golden_cycles needs a LayerResult, got {type(result).__name__}")
     tokens = int(result.x_q.shape[0])
-    return layer_cycles(cfg, result.ql.spec, tokens, result.dispatch.counts, memory=memory)
+    ql = result.ql
+    return layer_cycles(
+        cfg,
+        ql.spec,
+        tokens,
+        result.dispatch.counts,
+        memory=memory,
+        weight_format=ql.weight_format,
+    )

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.timing import ACC_STAGES, postproc_latency, systolic_latency
 from pymodel.config import AccelConfig, ConfigError, MoESpec
-from pymodel.cycles import COUNTERS, MemoryTiming, golden_cycles, layer_cycles
+from pymodel.cycles import COUNTERS, MemoryTiming, gemm_cycles, golden_cycles, layer_cycles
 from pymodel.families import family_spec
 from pymodel.layer import run_golden
+from pymodel.weight_formats import WeightFormat
 from pymodel.weights import MoEWeights
 
 DATA = json.loads((Path(__file__).parent / "data" / "cycle_calibration.json").read_text())
@@ -145,3 +147,105 @@ def test_memory_timing_is_validated() -> None:
         MemoryTiming(read_latency=-1)
     with pytest.raises(ConfigError, match="bytes_per_cycle"):
         MemoryTiming(bytes_per_cycle=0)
+
+
+COMPRESSED = AccelConfig(sparse_2_4=True, int4_weights=True)
+"""The default 8×8 array (16-byte bus: L = 2 weight rows a beat) with both format paths."""
+
+
+def _drain(cfg: AccelConfig) -> int:
+    return systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "k", "walk"),
+    [
+        # one tile, one row: load beats, then the row enters the cycle after the last beat
+        (WeightFormat.DENSE_INT8, 8, 4 + 1),  # 8 rows / 2 a beat
+        (WeightFormat(8, True), 16, 5 + 1),  # 2R = 16 K positions: 8 value + 2 index rows
+        (WeightFormat(4), 8, 2 + 1),  # 8 weight rows in 4 byte rows
+        (WeightFormat(4, True), 16, 3 + 1),  # 4 packed value rows + 2 index rows
+    ],
+    ids=lambda v: v.name if isinstance(v, WeightFormat) else str(v),
+)
+def test_one_tile_by_hand(fmt: WeightFormat, k: int, walk: int) -> None:
+    assert gemm_cycles(COMPRESSED, 1, k, 8, 1, fmt) == walk + _drain(COMPRESSED)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "tiles", "load"),
+    [
+        (WeightFormat.DENSE_INT8, 64, 4),
+        (WeightFormat(8, True), 32, 5),  # half the K passes
+        (WeightFormat(4), 64, 2),  # half the weight beats
+        (WeightFormat(4, True), 32, 3),
+    ],
+    ids=lambda v: v.name if isinstance(v, WeightFormat) else str(v),
+)
+def test_load_and_compute_bound_walks_by_hand(fmt: WeightFormat, tiles: int, load: int) -> None:
+    """K = N = 64 (8 N-tiles): M = 1 is load-bound (every tile's load, then the last row);
+    M = 64 is row-bound (the first load, then 64 rows a tile)."""
+    drain = _drain(COMPRESSED)
+    assert gemm_cycles(COMPRESSED, 1, 64, 64, 1, fmt) == tiles * load + 1 + drain
+    assert gemm_cycles(COMPRESSED, 64, 64, 64, 1, fmt) == load + tiles * 64 + drain
+
+
+def test_a_build_without_compressed_paths_is_unchanged() -> None:
+    plain = AccelConfig()
+    assert gemm_cycles(plain, 4, 64, 64, 2) == gemm_cycles(COMPRESSED, 4, 64, 64, 2)
+
+
+def test_layer_weight_bytes_by_format_by_hand() -> None:
+    """Mixtral d = 64, f = 128, one point with tokens on 3 experts (one M-block each):
+    W1/W3 are 16 N-tiles × 2 passes of 64 K, W2 8 N-tiles of 128 K, C = 8 bytes a row."""
+    spec = family_spec("mixtral", d_model=64, d_ff=128, n_experts=8, top_k=2)
+    counts = np.array([3, 0, 2, 0, 0, 1, 0, 0])
+    dense = layer_cycles(COMPRESSED, spec, 3, counts)
+
+    def rows_per_expert(run: int) -> int:  # rows of one K run of 64 (W1, W3) and of 128 (W2)
+        return 16 * 2 * run(64) + 8 * run(128)
+
+    formats = {
+        WeightFormat(8, True): lambda k: k // 16 * (8 + 2),
+        WeightFormat(4): lambda k: k // 8 * 4,
+        WeightFormat(4, True): lambda k: k // 16 * (4 + 2),
+    }
+    for fmt, run in formats.items():
+        est = layer_cycles(COMPRESSED, spec, 3, counts, weight_format=fmt)
+        saved = 3 * 8 * (rows_per_expert(lambda k: k) - rows_per_expert(run))
+        assert dense["bytes_read"][0] - est["bytes_read"][0] == saved, fmt.name
+        assert est["useful_macs"][0] == dense["useful_macs"][0]
+        assert est["cycles_experts"][0] < dense["cycles_experts"][0]
+        assert est["cycles_route"][0] == dense["cycles_route"][0]  # the router stays int8 dense
+    sparse = layer_cycles(COMPRESSED, spec, 3, counts, weight_format=WeightFormat(8, True))
+    router = 3 * 8  # 3 token rows × 8 K-tiles × 1 N-tile, int8 dense in every format
+    experts = 6 * (16 * 2 * 8 + 8 * 16)  # 6 expert rows × (W1/W3 tiles + W2 tiles), dense
+    assert dense["mac_cycles"][0] == router + experts
+    assert sparse["mac_cycles"][0] == router + experts // 2  # half the experts' K passes
+
+
+def test_formats_the_build_lacks_are_refused() -> None:
+    spec = _spec()
+    counts = np.array([2, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ConfigError, match=r"AccelConfig\.sparse_2_4 = True"):
+        layer_cycles(AccelConfig(), spec, 1, counts, weight_format=WeightFormat(8, True))
+    with pytest.raises(ConfigError, match=r"AccelConfig\.int4_weights = True"):
+        gemm_cycles(AccelConfig(), 1, 8, 8, 1, WeightFormat(4))
+    with pytest.raises(ConfigError, match="one scale per output channel"):
+        layer_cycles(COMPRESSED, spec, 1, counts, weight_format=WeightFormat(4, False, 32))
+    with pytest.raises(ConfigError, match="K = 10 is not a multiple of 4"):
+        gemm_cycles(COMPRESSED, 1, 10, 8, 1, WeightFormat(8, True))
+    with pytest.raises(ConfigError, match="exceeds one M-block"):
+        gemm_cycles(COMPRESSED, 10_000, 8, 8)
+
+
+def test_golden_cycles_use_the_layers_format() -> None:
+    spec = family_spec("olmoe", d_model=32, d_ff=64, n_experts=8)
+    weights = MoEWeights.random(spec, 3)
+    x = np.random.default_rng(1003).standard_normal((16, 32)).astype(np.float32)
+    fmt = WeightFormat(4, True)
+    res = run_golden(spec, weights, x, COMPRESSED, weight_format=fmt)
+    est = layer_cycles(COMPRESSED, spec, 16, res.dispatch.counts, weight_format=fmt)
+    assert golden_cycles(COMPRESSED, res).as_dict().keys() == est.as_dict().keys()
+    for name, value in golden_cycles(COMPRESSED, res).as_dict().items():
+        assert np.array_equal(value, est[name]), name
