@@ -69,6 +69,7 @@ __all__ = [
     "COUNTERS",
     "CycleEstimate",
     "MemoryTiming",
+    "expert_weight_bytes",
     "gemm_cycles",
     "golden_cycles",
     "layer_cycles",
@@ -223,6 +224,16 @@ class _Model:
         self, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8
     ) -> int:
         return layout.weight_stream_rows(self.cfg, k, n, passes, fmt)
+
+    def ffn_weight_bytes(self, rows, ff: int, passes1: int, fmt: WeightFormat):
+        """Weight bytes an expert's blocks of `rows` read: both commands' streams per M-block."""
+        d = self.spec.d_model
+        full, b1, b2 = _blocks(rows, self.m_block)
+        cmds = full + (b1 > 0) + (b2 > 0)
+        per_block = self.aligned(self.weight_rows(d, ff, passes1, fmt) * self.C) + self.aligned(
+            self.weight_rows(ff, d, 1, fmt) * self.C
+        )
+        return cmds * per_block
 
 
 SIM_RUNS = 6
@@ -522,8 +533,6 @@ def layer_cycles(
     dispatch = dispatch_cycles(pairs, e, last, n_rows) - pairs + 2 * FSM_STEP
 
     # ---------------- experts ----------------
-    w1_rows = m.weight_rows(d, f, passes1, fmt)
-    w2_rows = m.weight_rows(f, d, 1, fmt)
     param_words = layout.align(f, C) * passes1 + layout.align(d, C)
     lut = layout.lut_bytes(cfg)
     desc = layout.desc_bytes(cfg)
@@ -537,7 +546,7 @@ def layer_cycles(
     )
     per_expert_bytes = desc + m.aligned(4 * param_words) + lut
 
-    def expert_cost(rows, ff: int, p1: int, wr1: int, wr2: int):
+    def expert_cost(rows, ff: int, p1: int):
         """Cycles, MAC cycles, useful MACs and weight bytes of one expert's blocks."""
         full, b1, b2 = _blocks(rows, m.m_block)
         cyc = 0
@@ -550,11 +559,9 @@ def layer_cycles(
             a2, u2 = m.gemm_rows(mm, ff, d, 1, fmt)
             macs = macs + count * (a + a2)
             use = use + count * (u + u2)
-        cmds = full + (b1 > 0) + (b2 > 0)
-        wbytes = cmds * (m.aligned(wr1 * C) + m.aligned(wr2 * C))
-        return cyc, macs, use, wbytes
+        return cyc, macs, use, m.ffn_weight_bytes(rows, ff, p1, fmt)
 
-    cyc_e, mac_e, use_e, wb_e = expert_cost(counts, f, passes1, w1_rows, w2_rows)
+    cyc_e, mac_e, use_e, wb_e = expert_cost(counts, f, passes1)
     experts = (
         2 * FSM_STEP * e  # E_NEXT / E_CHECK for every expert
         + (cyc_e + per_expert * nonempty).sum(axis=1)
@@ -567,10 +574,8 @@ def layer_cycles(
 
     shared = np.zeros_like(t)
     if spec.has_shared:
-        sw1 = m.weight_rows(d, fs, 2, fmt)
-        sw2 = m.weight_rows(fs, d, 1, fmt)
         s_words = layout.align(fs, C) * 2 + layout.align(d, C)
-        cyc_s, mac_s, use_s, wb_s = expert_cost(t, fs, 2, sw1, sw2)
+        cyc_s, mac_s, use_s, wb_s = expert_cost(t, fs, 2)
         shared = (
             2 * FSM_STEP
             + m.read(desc, len(layout.DESC_FIELDS))
@@ -648,6 +653,33 @@ def layer_cycles(
         bytes_written=whole(written),
         useful_macs=whole(useful),
     )
+
+
+def expert_weight_bytes(
+    cfg: AccelConfig,
+    spec: MoESpec,
+    tokens: int | np.ndarray,
+    tokens_per_expert: np.ndarray,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
+) -> np.ndarray:
+    """Bytes of routed and shared expert weights one layer reads, per point.
+
+    Every expert with tokens streams W1 (and W3) and W2 once per M-block of its
+    rows, in `weight_format`'s tile layout padded to whole beats (part of
+    `layer_cycles`' `bytes_read`). Group-wise int4 is counted like per-channel
+    int4: its group scales are parameters, not weight-stream bytes.
+    """
+    fmt = weight_format
+    if not isinstance(fmt, WeightFormat):
+        raise ConfigError(f"expected a WeightFormat, got {type(fmt).__name__}")
+    stream_fmt = WeightFormat(fmt.bits, fmt.sparse)
+    t, counts = _check_inputs(cfg, spec, tokens, tokens_per_expert, MemoryTiming())
+    m = _Model(cfg, spec, MemoryTiming(), int(t.max()))
+    passes1 = 2 if spec.ffn == "swiglu" else 1
+    total = m.ffn_weight_bytes(counts, spec.d_ff, passes1, stream_fmt).sum(axis=1)
+    if spec.has_shared:
+        total = total + m.ffn_weight_bytes(t, spec.shared_d_ff, 2, stream_fmt)
+    return np.asarray(total, dtype=np.int64)
 
 
 def golden_cycles(

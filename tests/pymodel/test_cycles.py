@@ -15,7 +15,14 @@ import pytest
 
 from contract.timing import ACC_STAGES, postproc_latency, systolic_latency
 from pymodel.config import AccelConfig, ConfigError, MoESpec
-from pymodel.cycles import COUNTERS, MemoryTiming, gemm_cycles, golden_cycles, layer_cycles
+from pymodel.cycles import (
+    COUNTERS,
+    MemoryTiming,
+    expert_weight_bytes,
+    gemm_cycles,
+    golden_cycles,
+    layer_cycles,
+)
 from pymodel.families import family_spec
 from pymodel.layer import run_golden
 from pymodel.weight_formats import WeightFormat
@@ -201,6 +208,9 @@ def test_layer_weight_bytes_by_format_by_hand() -> None:
     spec = family_spec("mixtral", d_model=64, d_ff=128, n_experts=8, top_k=2)
     counts = np.array([3, 0, 2, 0, 0, 1, 0, 0])
     dense = layer_cycles(COMPRESSED, spec, 3, counts)
+    assert expert_weight_bytes(COMPRESSED, spec, 3, counts).tolist() == [
+        3 * 8 * (32 * 64 + 8 * 128)
+    ]
 
     def rows_per_expert(run: int) -> int:  # rows of one K run of 64 (W1, W3) and of 128 (W2)
         return 16 * 2 * run(64) + 8 * run(128)
@@ -214,6 +224,8 @@ def test_layer_weight_bytes_by_format_by_hand() -> None:
         est = layer_cycles(COMPRESSED, spec, 3, counts, weight_format=fmt)
         saved = 3 * 8 * (rows_per_expert(lambda k: k) - rows_per_expert(run))
         assert dense["bytes_read"][0] - est["bytes_read"][0] == saved, fmt.name
+        weights = expert_weight_bytes(COMPRESSED, spec, 3, counts, fmt)
+        assert weights.tolist() == [3 * 8 * rows_per_expert(run)]
         assert est["useful_macs"][0] == dense["useful_macs"][0]
         assert est["cycles_experts"][0] < dense["cycles_experts"][0]
         assert est["cycles_route"][0] == dense["cycles_route"][0]  # the router stays int8 dense
