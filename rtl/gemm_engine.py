@@ -23,6 +23,14 @@ Streams (all `lib.stream`, valid never waits on ready; beat orders follow
   `last` marks the command's final beat.
 - `param_w`/`lut_w`: write per-channel (m, s) and the activation LUT.
 
+Compressed weights (builds with `AccelConfig.sparse_2_4` / `int4_weights`;
+`pymodel.gemm_engine` defines the streams, `TileSequencer` how they are
+walked): the command's `fmt` picks int8/int4 and dense/2:4; a 2:4 build's
+`act` beats are 2R int8 wide (a 2:4 tile's 2R K positions; a dense command
+uses the first R), and the `weight` beats of a compressed tile are its value
+rows then, for 2:4, its index rows. A format the build lacks is refused
+(`BAD_MODE`). With both switches off the engine is exactly the dense one.
+
 Activation rows enter the array through a register. Accumulators: two int32
 row memories (W/W1 and W3) of `m_block` rows, read-modify-write in three
 registered stages (read data beside the sums, add, write back) with the two
@@ -45,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 
 from contract.timing import ACC_STAGES, default_m_block, default_param_rows
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.gemm_engine import activation_lanes
 
 from .postproc import (
     PostProc,
@@ -85,6 +94,11 @@ class GemmEngine(wiring.Component):
                 f"GemmEngine is double-buffered: AccelConfig.weight_buffers = "
                 f"{cfg.weight_buffers} is not supported (use 2)"
             )
+        if (cfg.sparse_2_4 or cfg.int4_weights) and cfg.weight_bits != 8:
+            raise ConfigError(
+                f"GemmEngine's compressed weight paths need weight_bits = 8 (a byte carries two "
+                f"int4 weights or four 2:4 positions), got weight_bits = {cfg.weight_bits}"
+            )
         self.cfg = cfg
         self.m_block = default_m_block(cfg) if m_block is None else m_block
         self.param_rows = default_param_rows(cfg) if param_rows is None else param_rows
@@ -103,7 +117,9 @@ class GemmEngine(wiring.Component):
         super().__init__(
             {
                 "cmd": In(stream.Signature(gemm_command_layout(cfg, self.param_rows))),
-                "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
+                "act": In(
+                    stream.Signature(data.ArrayLayout(signed(cfg.act_bits), activation_lanes(cfg)))
+                ),
                 "weight": In(stream.Signature(weight_beat_layout(cfg))),
                 "param_w": In(stream.Signature(param_write_layout(cfg, self.param_rows))),
                 "lut_w": In(stream.Signature(lut_write_layout(cfg))),
@@ -151,6 +167,12 @@ class GemmEngine(wiring.Component):
             seq.counters_clear.eq(self.counters_clear),
             seq.pp_busy.eq(post.busy),
         ]
+        if cfg.sparse_2_4:
+            m.d.comb += [
+                array.i_row.eq(seq.i_row),
+                array.i_addr.eq(seq.i_addr),
+                array.i_we.eq(seq.i_we),
+            ]
 
         # The tag rides a delay line matching the input register and the array; the accumulator
         # read address leaves one stage early so its data arrives with the sums.

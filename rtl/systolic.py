@@ -52,25 +52,76 @@ flip-flops and logic are the same.
 
 Accumulation is exact in `acc_bits`: the contract bounds K by
 `AccelConfig.max_k`, so no PE saturates or wraps.
+
+Compressed weights (built only when `AccelConfig` asks; a build without them
+is the array above, unchanged):
+
+- `int4_weights`: the weight port takes `weight_lanes` = 2L rows a beat (the
+  sequencer sign-extends two nibbles a byte), so the write skew is
+  `r − r//(2L)`; an int8 beat of L rows uses half the lanes. The timing
+  argument above holds for both: a write still reaches PE(r, c) no earlier
+  than s₀ + r + c (the beat index of row r is at least r//(2L)) and no later
+  than the cycle after the tile's last beat (the delay is at most r).
+- `sparse_2_4`: each PE also holds a 2-bit position per bank (`idx`), and
+  the activation input is 2R lanes (a 2:4 tile's 2R K positions). PE(r, c)
+  multiplies its kept weight by activation `4·(r//2) + idx[sel]`: the 4:1
+  mux sits inside the PE, in front of the multiplier's operand register, so
+  every activation keeps its dense wavefront (it still reaches PE(r, c) at
+  t + r + c) and the sums their latency. Rows 2g and 2g+1 choose from the
+  same four lanes; the lanes enter row 2g (skewed 2g cycles) and move
+  right, and PE(2g+1, c) takes them from PE(2g, c)'s output register —
+  exactly one cycle later, so odd rows need no skew or activation
+  registers of their own. Positions are written `index_lanes` = 4L rows a
+  beat (L index rows of four 2-bit positions a byte) through the weight
+  write skew (the same delay, the position in the low two bits of the
+  stage's byte): after a tile's value beats, so the timing argument above
+  holds. A weight write sets its PE's position to r mod 2, so a dense
+  tile (the issuer puts x[2g+j] on lane 4g+j) needs no index beats.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from contract.timing import systolic_latency
 from pymodel.config import AccelConfig
+from pymodel.gemm_engine import activation_lanes
 
 from .multiplier import PipelinedMultiplier
 
-__all__ = ["ProcessingElement", "SystolicArray", "act_layout"]
+__all__ = [
+    "ProcessingElement",
+    "SystolicArray",
+    "act_layout",
+    "index_lanes",
+    "weight_lanes",
+]
+
+IDX_BITS = 2
+"""Bits of a 2:4 position (which of a group's four K positions a kept weight sits at)."""
 
 
 def act_layout(cfg: AccelConfig) -> data.StructLayout:
-    """An activation as it moves through the array: value, weight bank, valid bit."""
+    """An activation as it moves through the array: value, weight bank, valid bit.
+
+    In a 2:4 build the value is the four activations of the row's group of K.
+    """
+    if cfg.sparse_2_4:
+        value = data.ArrayLayout(signed(cfg.act_bits), 4)
+        return data.StructLayout({"a": value, "sel": 1, "valid": 1})
     return data.StructLayout({"a": signed(cfg.act_bits), "sel": 1, "valid": 1})
+
+
+def weight_lanes(cfg: AccelConfig) -> int:
+    """Array rows one weight beat may write: 2L in an int4 build (two nibbles a byte), else L."""
+    return 2 * cfg.weight_rows_per_beat if cfg.int4_weights else cfg.weight_rows_per_beat
+
+
+def index_lanes(cfg: AccelConfig) -> int:
+    """Array rows one index beat writes in a 2:4 build: L index rows of four positions a byte."""
+    return 4 * cfg.weight_rows_per_beat
 
 
 class ProcessingElement(wiring.Component):
@@ -83,23 +134,33 @@ class ProcessingElement(wiring.Component):
     Each stage loads only for a valid row (`valid_in`, then its delayed copies).
     Weights are written through `w_we`/`w_bank`/`w_data` (registered; the new
     value is used from the next cycle on).
+
+    In a 2:4 build (`row` gives the PE's array row) `a_in` is the four
+    activations of the row's K group, `i_we` writes the bank's position from
+    the low bits of `w_data` (a weight write sets it to `row` mod 2), and the
+    PE multiplies `a_in[idx[sel_in]]`; PEs of odd rows pass nothing on
+    (their activations come from the row above).
     """
 
-    def __init__(self, cfg: AccelConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: AccelConfig, row: int = 0) -> None:
+        self.cfg, self.row = cfg, row
+        value = act_layout(cfg).members["a"] if cfg.sparse_2_4 else signed(cfg.act_bits)
+        forwards = not (cfg.sparse_2_4 and row % 2)
+        sparse = {"i_we": In(1)} if cfg.sparse_2_4 else {}
+        passing = {"a_out": Out(value), "sel_out": Out(1)} if forwards else {}
         super().__init__(
             {
-                "a_in": In(signed(cfg.act_bits)),
+                "a_in": In(value),
                 "sel_in": In(1),
                 "valid_in": In(1, init=1),
                 "psum_in": In(signed(cfg.acc_bits)),
-                "a_out": Out(signed(cfg.act_bits)),
-                "sel_out": Out(1),
+                **passing,
                 "valid_out": Out(1),
                 "psum_out": Out(signed(cfg.acc_bits)),
                 "w_we": In(1),
                 "w_bank": In(1),
                 "w_data": In(signed(cfg.weight_bits)),
+                **sparse,
             }
         )
 
@@ -109,21 +170,27 @@ class ProcessingElement(wiring.Component):
         # One register each for both weight banks and for the passing activation
         # (see the module docstring: a software model pays per variable).
         w = Signal(data.ArrayLayout(signed(cfg.weight_bits), 2))
-        act = Signal(act_layout(cfg))
         with m.If(self.w_we):
             with m.If(self.w_bank):
                 m.d.sync += w[1].eq(self.w_data)
             with m.Else():
                 m.d.sync += w[0].eq(self.w_data)
-        m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in), act.valid.eq(self.valid_in)]
-        m.d.comb += [
-            self.a_out.eq(act.a),
-            self.sel_out.eq(act.sel),
-            self.valid_out.eq(act.valid),
-        ]
+        if "a_out" in self.signature.members:
+            act = Signal(act_layout(cfg))
+            m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in), act.valid.eq(self.valid_in)]
+            m.d.comb += [
+                self.a_out.eq(act.a),
+                self.sel_out.eq(act.sel),
+                self.valid_out.eq(act.valid),
+            ]
+        else:
+            act = Signal(data.StructLayout({"valid": 1}))
+            m.d.sync += act.valid.eq(self.valid_in)
+            m.d.comb += self.valid_out.eq(act.valid)
+        operand = self._select(m) if cfg.sparse_2_4 else self.a_in
         m.submodules.mul = mul = PipelinedMultiplier(signed(cfg.act_bits), signed(cfg.weight_bits))
         m.d.comb += [
-            mul.a.eq(self.a_in),
+            mul.a.eq(operand),
             mul.b.eq(Mux(self.sel_in, w[1], w[0])),
             mul.en.eq(self.valid_in),
         ]
@@ -133,6 +200,25 @@ class ProcessingElement(wiring.Component):
         with m.If(product_valid):
             m.d.sync += self.psum_out.eq(self.psum_in + mul.p)
         return m
+
+    def _select(self, m: Module):
+        """2:4: the double-banked positions and the activation of `a_in` they pick."""
+        idx = Signal(data.ArrayLayout(IDX_BITS, 2))
+        dense = self.row % 2
+        with m.If(self.w_we):
+            with m.If(self.w_bank):
+                m.d.sync += idx[1].eq(dense)
+            with m.Else():
+                m.d.sync += idx[0].eq(dense)
+        with m.If(self.i_we):
+            position = self.w_data[:IDX_BITS]
+            with m.If(self.w_bank):
+                m.d.sync += idx[1].eq(position)
+            with m.Else():
+                m.d.sync += idx[0].eq(position)
+        operand = Signal(signed(self.cfg.act_bits))
+        m.d.comb += operand.eq(self.a_in[Mux(self.sel_in, idx[1], idx[0])])
+        return operand
 
 
 class SystolicArray(wiring.Component):
@@ -144,15 +230,27 @@ class SystolicArray(wiring.Component):
     is written to array row `w_addr + i` of bank `w_bank` when bit i of `w_we`
     is set (`w_addr` is a multiple of L; rows past R are ignored); `psum_out`
     (C aligned int32 sums), `latency` cycles after a valid row entered (stale otherwise).
+    An int4 build has `weight_lanes` = 2L lanes; a 2:4 build 2R activation
+    lanes and the position port `i_row` (`index_lanes` rows of C positions,
+    row i to array row `i_addr + i` of bank `w_bank` when bit i of `i_we` is
+    set, never in the same cycle as a weight write).
     """
 
     def __init__(self, cfg: AccelConfig) -> None:
         self.cfg = cfg
         rows, cols = cfg.rows, cfg.cols
-        lanes = cfg.weight_rows_per_beat
+        lanes = weight_lanes(cfg)
+        sparse = {}
+        if cfg.sparse_2_4:
+            positions = data.ArrayLayout(unsigned(IDX_BITS), cols)
+            sparse = {
+                "i_row": In(data.ArrayLayout(positions, index_lanes(cfg))),
+                "i_addr": In(range(rows)),
+                "i_we": In(index_lanes(cfg)),
+            }
         super().__init__(
             {
-                "a_in": In(data.ArrayLayout(signed(cfg.act_bits), rows)),
+                "a_in": In(data.ArrayLayout(signed(cfg.act_bits), activation_lanes(cfg))),
                 "sel_in": In(1),
                 "valid_in": In(1, init=1),
                 "w_row": In(
@@ -162,6 +260,7 @@ class SystolicArray(wiring.Component):
                 "w_bank": In(1),
                 "w_we": In(lanes),
                 "psum_out": Out(data.ArrayLayout(signed(cfg.acc_bits), cols)),
+                **sparse,
             }
         )
 
@@ -189,23 +288,26 @@ class SystolicArray(wiring.Component):
 
     def write_delay(self, row: int) -> int:
         """Cycles a weight write to array row `row` waits before its column-0 PE (skew)."""
-        return row - row // self.cfg.weight_rows_per_beat
+        return row - row // weight_lanes(self.cfg)
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
         rows, cols = cfg.rows, cfg.cols
-        lanes = cfg.weight_rows_per_beat
-        pes = [[ProcessingElement(cfg) for _ in range(cols)] for _ in range(rows)]
+        lanes = weight_lanes(cfg)
+        pes = [[ProcessingElement(cfg, r) for _ in range(cols)] for r in range(rows)]
         for r in range(rows):
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]
 
-        # Input skew: row r's activation, bank bit and valid bit are delayed r cycles.
-        for r in range(rows):
+        # Input skew: row r's activation, bank bit and valid bit are delayed r cycles
+        # (2:4: group g's four lanes are delayed 2g cycles into row 2g; row 2g + 1 takes
+        # them from row 2g, see the module docstring).
+        fed = range(0, rows, 2) if cfg.sparse_2_4 else range(rows)
+        for r in fed:
             act = Signal(act_layout(cfg), name=f"skew_{r}")
             m.d.comb += [
-                act.a.eq(self.a_in[r]),
+                act.a.eq(self.a_in[2 * r : 2 * r + 4] if cfg.sparse_2_4 else self.a_in[r]),
                 act.sel.eq(self.sel_in),
                 act.valid.eq(self.valid_in),
             ]
@@ -222,9 +324,11 @@ class SystolicArray(wiring.Component):
         # Weight-write skew: row r = j·L + i waits r − j cycles, then one more per column.
         # Each stage is one register: its enable, bank and the bytes still ahead.
         def write_stage(n_cols: int) -> data.StructLayout:
+            index = {"iwe": 1} if cfg.sparse_2_4 else {}
             return data.StructLayout(
                 {
                     "we": 1,
+                    **index,
                     "bank": 1,
                     "data": data.ArrayLayout(signed(cfg.weight_bits), n_cols),
                 }
@@ -236,8 +340,11 @@ class SystolicArray(wiring.Component):
             m.d.comb += [
                 stage.we.eq(self.w_we[lane] & (self.w_addr == beat_row)),
                 stage.bank.eq(self.w_bank),
-                stage.data.eq(self.w_row[lane]),
             ]
+            if cfg.sparse_2_4:
+                self._index_input(m, stage, r)
+            else:
+                m.d.comb += stage.data.eq(self.w_row[lane])
             for d in range(self.write_delay(r)):
                 stage_d = Signal(write_stage(cols), name=f"wsk_{r}_{d}")
                 m.d.sync += stage_d.eq(stage)
@@ -249,6 +356,8 @@ class SystolicArray(wiring.Component):
                     pe.w_bank.eq(stage.bank),
                     pe.w_we.eq(stage.we),
                 ]
+                if cfg.sparse_2_4:
+                    m.d.comb += pe.i_we.eq(stage.iwe)
                 if c + 1 < cols:
                     # Stage c + 1 carries only the bytes of columns c + 1 … C − 1.
                     rest = Signal(write_stage(cols - 1 - c), name=f"wcol_{r}_{c}")
@@ -257,12 +366,22 @@ class SystolicArray(wiring.Component):
                         rest.bank.eq(stage.bank),
                         rest.data.as_value().eq(stage.data.as_value()[cfg.weight_bits :]),
                     ]
+                    if cfg.sparse_2_4:
+                        m.d.sync += rest.iwe.eq(stage.iwe)
                     stage = rest
 
         for r in range(rows):
             for c in range(cols):
                 pe = pes[r][c]
-                if c + 1 < cols:
+                if cfg.sparse_2_4 and r % 2:
+                    # An odd row's activations: the row above's, one PE further on.
+                    above = pes[r - 1][c]
+                    m.d.comb += [
+                        pe.a_in.eq(above.a_out),
+                        pe.sel_in.eq(above.sel_out),
+                        pe.valid_in.eq(above.valid_out),
+                    ]
+                elif c + 1 < cols:
                     m.d.comb += [
                         pes[r][c + 1].a_in.eq(pe.a_out),
                         pes[r][c + 1].sel_in.eq(pe.sel_out),
@@ -282,3 +401,28 @@ class SystolicArray(wiring.Component):
                 p = p_d
             m.d.comb += self.psum_out[c].eq(p)
         return m
+
+    def _index_input(self, m: Module, stage, r: int) -> None:
+        """2:4: row r's write-skew input takes a weight beat or, from `i_row`, its positions.
+
+        A position rides in the low bits of its column's byte (the sequencer never
+        sends a weight and an index beat in the same cycle).
+        """
+        cfg = self.cfg
+        lane, ilane = r % weight_lanes(cfg), r % index_lanes(cfg)
+        m.d.comb += stage.iwe.eq(self.i_we[ilane] & (self.i_addr == r - ilane))
+        byte = cfg.weight_bits
+        weights = self.w_row[lane].as_value()
+        m.d.comb += stage.data.as_value().eq(
+            Cat(
+                *(
+                    Cat(
+                        Mux(
+                            stage.iwe, self.i_row[ilane][c], weights[c * byte : c * byte + IDX_BITS]
+                        ),
+                        weights[c * byte + IDX_BITS : (c + 1) * byte],
+                    )
+                    for c in range(cfg.cols)
+                )
+            )
+        )

@@ -29,6 +29,21 @@ with two independent walkers over the same nest:
 No division anywhere: tile bounds come from running offsets and compares.
 Every cycle of a command is attributed to exactly one counter (MAC issue,
 weight-starved, activation-starved, output-backpressure, or drain).
+
+Compressed weight formats (`pymodel.weight_formats`; only in builds with
+`AccelConfig.sparse_2_4` / `int4_weights`, whose commands carry a `fmt`
+field; a format the build lacks, or a 2:4 command whose K is not a multiple
+of 4, is rejected with `BAD_MODE`). Tiles of a compressed format are whole
+(`pymodel.gemm_engine.tile_stream_rows`):
+
+- 2:4: K steps of 2R (`k0`, `k_valid` count K positions, up to 2R); an
+  activation beat carries the tile's 2R positions and the issuer passes the
+  first `k_valid` lanes (a dense command's R lanes are spread to lane
+  4g + j for x[2g + j], the array's dense positions); a tile is its R value
+  rows, then its R/4 index rows at L a beat (`index_lanes` positions);
+- int4: a beat's L byte rows are 2L array rows (low nibble first,
+  sign-extended; `weight_lanes`); an int8 beat in an int4 build fills the
+  lower or upper L of the 2L lanes.
 """
 
 from __future__ import annotations
@@ -40,14 +55,17 @@ from amaranth.utils import ceil_log2
 
 from contract.regs import COUNTER_BITS
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.gemm_engine import activation_lanes
 
 from .checks import invariant
 from .postproc import SHIFT_BITS, Mode
+from .systolic import IDX_BITS, index_lanes, weight_lanes
 
 __all__ = [
     "CommandError",
     "TileSequencer",
     "counter_layout",
+    "format_layout",
     "gemm_command_layout",
     "max_gemm_k",
     "status_members",
@@ -57,7 +75,11 @@ __all__ = [
 
 
 class CommandError(enum.Enum, shape=3):
-    """Why a command was rejected (no output is produced for it)."""
+    """Why a command was rejected (no output is produced for it).
+
+    `BAD_MODE` also covers a weight format the build does not run (a code of
+    its own would change this enum, and with it the Verilog of every build).
+    """
 
     NONE = 0
     ZERO_DIM = 1
@@ -65,6 +87,11 @@ class CommandError(enum.Enum, shape=3):
     K_TOO_LARGE = 3
     BAD_MODE = 4
     PARAM_RANGE = 5
+
+
+def format_layout() -> data.StructLayout:
+    """A command's weight format: 2:4 sparse, int4 (both clear: int8 dense)."""
+    return data.StructLayout({"sparse": 1, "int4": 1})
 
 
 def max_gemm_k(cfg: AccelConfig) -> int:
@@ -77,9 +104,11 @@ def gemm_command_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
 
     `param_a`/`param_b` are the parameter-memory rows of N-tile 0 for W (or W1)
     and W3; N-tile j uses row `param_a + j`. `gate_mult`/`gate_shift` are the
-    per-tensor requantisation of SwiGLU's gated product.
+    per-tensor requantisation of SwiGLU's gated product. A build with a
+    compressed weight path adds `fmt` (`format_layout`).
     """
     rows = ceil_log2(param_rows) or 1
+    fmt = {"fmt": format_layout()} if cfg.sparse_2_4 or cfg.int4_weights else {}
     return data.StructLayout(
         {
             "m": unsigned(ceil_log2(cfg.max_tokens + 1)),
@@ -90,6 +119,7 @@ def gemm_command_layout(cfg: AccelConfig, param_rows: int) -> data.StructLayout:
             "param_b": unsigned(rows),
             "gate_mult": unsigned(cfg.mult_bits),
             "gate_shift": unsigned(SHIFT_BITS),
+            **fmt,
         }
     )
 
@@ -110,10 +140,13 @@ def tag_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLa
     )
 
 
-def weight_beat_layout(cfg: AccelConfig) -> data.ArrayLayout:
-    """One `weight` beat: `weight_rows_per_beat` rows of C int8, row i = tile row `w_addr + i`."""
+def weight_beat_layout(cfg: AccelConfig, lanes: int | None = None) -> data.ArrayLayout:
+    """One `weight` beat: `weight_rows_per_beat` rows of C int8, row i = tile row `w_addr + i`.
+
+    `lanes` overrides the row count (the array's weight port in an int4 build).
+    """
     row = data.ArrayLayout(signed(cfg.weight_bits), cfg.cols)
-    return data.ArrayLayout(row, cfg.weight_rows_per_beat)
+    return data.ArrayLayout(row, cfg.weight_rows_per_beat if lanes is None else lanes)
 
 
 def counter_layout() -> data.StructLayout:
@@ -183,7 +216,7 @@ class _Walker:
             "n_left": cmd.n.shape(),
             "m_left": cmd.m.shape(),
             "n_tile": unsigned(len(cmd.param_a)),
-            "k_valid": range(cfg.rows + 1),
+            "k_valid": range(activation_lanes(cfg) + 1),
             "n_valid": range(cfg.cols + 1),
             "block_last": range(m_block),
         }
@@ -199,6 +232,8 @@ class _Walker:
         # block's last row (rows in this M-block − 1).
         self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
         self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
+        # K positions a tile covers: 2R for a 2:4 command.
+        self.k_step = Mux(cmd.fmt.sparse, 2 * cfg.rows, cfg.rows) if cfg.sparse_2_4 else cfg.rows
         self._compute_after(m)
 
     @property
@@ -210,8 +245,8 @@ class _Walker:
     def reset(self, cmd) -> list:
         """Start the nest of the command `cmd` (the registered command, while it is checked)."""
         cfg, mb = self.cfg, self.m_block
-        k_last, n_last = cmd.k <= cfg.rows, cmd.n <= cfg.cols
-        k_count, n_count = Mux(k_last, cmd.k, cfg.rows), Mux(n_last, cmd.n, cfg.cols)
+        k_last, n_last = cmd.k <= self.k_step, cmd.n <= cfg.cols
+        k_count, n_count = Mux(k_last, cmd.k, self.k_step), Mux(n_last, cmd.n, cfg.cols)
         final = k_last & (cmd.mode != Mode.SWIGLU)
         return [
             self.k0.eq(0),
@@ -249,7 +284,7 @@ class _Walker:
     def _compute_after(self, m: Module) -> None:
         """`after`: the next tile's fields (K-step, else next pass, else N-step, else M-step)."""
         cfg, cmd, mb = self.cfg, self.cmd, self.m_block
-        rows, cols = cfg.rows, cfg.cols
+        rows, cols = self.k_step, cfg.cols
         after = self.after
         k_more, n_more, m_more = self.k_left - rows, self.n_left - cols, self.m_left - mb
         single_pass = cmd.mode != Mode.SWIGLU
@@ -337,6 +372,120 @@ def status_members() -> dict[str, wiring.Member]:
     }
 
 
+class _Format:
+    """What a command's weight format changes in the loader and the issuer.
+
+    In a build without compressed paths every method returns today's
+    expressions (plain ints where they were constants), so that build's logic
+    is exactly the dense engine's.
+    """
+
+    def __init__(self, m: Module, cfg: AccelConfig, cmd, loader: _Walker) -> None:
+        self.m, self.cfg = m, cfg
+        lanes = cfg.weight_rows_per_beat
+        self.sparse = cmd.fmt.sparse if cfg.sparse_2_4 else 0
+        self.int4 = cmd.fmt.int4 if cfg.int4_weights else 0
+        self.compressed = (self.sparse | self.int4) if cfg.sparse_2_4 or cfg.int4_weights else 0
+        # Array rows a value beat writes: 2L for int4.
+        self.value_step = Mux(self.int4, 2 * lanes, lanes) if cfg.int4_weights else lanes
+        if cfg.int4_weights:
+            # The array's weight port is 2L rows wide: an int8 beat writes half of it
+            # (`half`), at `addr`, the array row of lane 0 (a multiple of 2L).
+            self.addr = Signal(range(cfg.rows), name="ld_addr")
+            self.half = Signal(name="ld_half")
+
+    def value_rows(self, k_valid):
+        """Array rows of a tile's value part: the K rows of a dense int8 tile, else R."""
+        if self.cfg.sparse_2_4 or self.cfg.int4_weights:
+            return Mux(self.compressed, self.cfg.rows, k_valid)
+        return k_valid
+
+    def restart(self) -> list:
+        """Statements that start a tile's (or part's) weight addresses."""
+        if not self.cfg.int4_weights:
+            return []
+        return [self.addr.eq(0), self.half.eq(0)]
+
+    def advance(self) -> list:
+        """Statements that step the weight address past one value beat."""
+        if not self.cfg.int4_weights:
+            return []
+        step = self.half | self.int4
+        return [
+            self.addr.eq(Mux(step, self.addr + 2 * self.cfg.weight_rows_per_beat, self.addr)),
+            self.half.eq(~self.half & ~self.int4),
+        ]
+
+    def w_addr(self, ld_row):
+        return self.addr if self.cfg.int4_weights else ld_row
+
+    def weight_rows(self, payload):
+        """The array's weight lanes from a beat: as is, or (int4) nibbles sign-extended."""
+        cfg = self.cfg
+        if not cfg.int4_weights:
+            return payload
+        lanes = cfg.weight_rows_per_beat
+        rows = Signal(weight_beat_layout(cfg, weight_lanes(cfg)), name="ld_w_rows")
+        for i in range(2 * lanes):
+            for c in range(cfg.cols):
+                byte = payload[i // 2][c]
+                nibble = byte[4 * (i % 2) : 4 * (i % 2) + 4].as_signed()
+                self.m.d.comb += rows[i][c].eq(Mux(self.int4, nibble, payload[i % lanes][c]))
+        return rows
+
+    def index_rows(self, payload):
+        """A 2:4 index beat as positions: byte c of row q holds rows 4q … 4q+3 of column c."""
+        cfg = self.cfg
+        rows = Signal(
+            data.ArrayLayout(data.ArrayLayout(unsigned(IDX_BITS), cfg.cols), index_lanes(cfg)),
+            name="ld_i_rows",
+        )
+        for i in range(index_lanes(cfg)):
+            for c in range(cfg.cols):
+                byte = payload[i // 4][c]
+                self.m.d.comb += rows[i][c].eq(byte[IDX_BITS * (i % 4) : IDX_BITS * (i % 4 + 1)])
+        return rows
+
+    def lane_writes(self, i: int, ld_row, k_valid, ld_idx):
+        """Weight lane i writes in this beat (its row is in the tile, the beat is a value beat)."""
+        cfg = self.cfg
+        lanes = cfg.weight_rows_per_beat
+        if not (cfg.sparse_2_4 or cfg.int4_weights):
+            return ld_row + i < k_valid
+        inside = ld_row + i % lanes < self.value_rows(k_valid)
+        if cfg.int4_weights:
+            # int8 beats fill the lower (`half` clear) or upper L lanes; int4 beats all.
+            inside = self.int4 | ((self.half == (i >= lanes)) & inside)
+        return ~ld_idx & inside if cfg.sparse_2_4 else inside
+
+    def issue(self, a_row, act, inject, k_valid) -> None:
+        """Drive the array's activation lanes: the first `k_valid` K positions of the beat.
+
+        A dense command in a 2:4 build puts x[2g + j] on lane 4g + j (j < 2),
+        where the array's dense positions (row mod 2) pick it.
+        """
+        m, cfg = self.m, self.cfg
+        if not cfg.sparse_2_4:
+            for r in range(cfg.rows):
+                m.d.comb += a_row[r].eq(Mux(inject & (r < k_valid), act[r], 0))
+            return
+        for lane in range(2 * cfg.rows):
+            group, j = divmod(lane, 4)
+            if j < 2:
+                src = 2 * group + j
+                use = Mux(self.sparse, lane < k_valid, src < k_valid)
+                value = Mux(self.sparse, act[lane], act[src])
+            else:
+                use, value = self.sparse & (lane < k_valid), act[lane]
+            m.d.comb += a_row[lane].eq(Mux(inject & use, value, 0))
+
+    def kept(self, k_valid):
+        """MACs a row does per column: its K positions, half of them for 2:4."""
+        if not self.cfg.sparse_2_4:
+            return k_valid
+        return Mux(self.sparse, k_valid >> 1, k_valid)
+
+
 class TileSequencer(wiring.Component):
     """Drives `SystolicArray` for one command at a time (see the module docstring).
 
@@ -358,22 +507,32 @@ class TileSequencer(wiring.Component):
             raise ConfigError(f"TileSequencer.cooldown must be an int >= 0, got {cooldown!r}")
         self.credits, self.cooldown = credits, cooldown
         cmd_layout = gemm_command_layout(cfg, param_rows)
+        act_row = data.ArrayLayout(signed(cfg.act_bits), activation_lanes(cfg))
+        index = {}
+        if cfg.sparse_2_4:
+            positions = data.ArrayLayout(unsigned(IDX_BITS), cfg.cols)
+            index = {
+                "i_row": Out(data.ArrayLayout(positions, index_lanes(cfg))),
+                "i_addr": Out(range(cfg.rows)),
+                "i_we": Out(index_lanes(cfg)),
+            }
         super().__init__(
             {
                 "cmd": In(stream.Signature(cmd_layout)),
-                "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.rows))),
+                "act": In(stream.Signature(act_row)),
                 "weight": In(stream.Signature(weight_beat_layout(cfg))),
-                "a_row": Out(data.ArrayLayout(signed(cfg.act_bits), cfg.rows)),
+                "a_row": Out(act_row),
                 "sel": Out(1),
-                "w_row": Out(weight_beat_layout(cfg)),
+                "w_row": Out(weight_beat_layout(cfg, weight_lanes(cfg))),
                 "w_addr": Out(range(cfg.rows)),
                 "w_bank": Out(1),
-                "w_we": Out(cfg.weight_rows_per_beat),
+                "w_we": Out(weight_lanes(cfg)),
                 "tag": Out(tag_layout(cfg, m_block, param_rows)),
                 "current": Out(cmd_layout),
                 "credit_return": In(1),
                 "pp_busy": In(1),
                 **status_members(),
+                **index,
             }
         )
 
@@ -406,6 +565,7 @@ class TileSequencer(wiring.Component):
             Signal(name=n)
             for n in ("zero_dim", "m_too_large", "k_too_large", "bad_mode", "bad_param")
         )
+        compressed = cfg.sparse_2_4 or cfg.int4_weights
         with m.If(checking):
             m.d.sync += [
                 zero_dim.eq((p.m == 0) | (p.k == 0) | (p.n == 0)),
@@ -421,6 +581,13 @@ class TileSequencer(wiring.Component):
                     )
                 ),
             ]
+        if compressed:
+            bad_format = Signal()
+            with m.If(checking):
+                m.d.sync += bad_format.eq(
+                    (p.fmt.sparse & ((p.k[:2] != 0) if cfg.sparse_2_4 else 1))
+                    | (p.fmt.int4 & (not cfg.int4_weights))
+                )
         cause = Signal(CommandError)
         with m.If(zero_dim):
             m.d.comb += cause.eq(CommandError.ZERO_DIM)
@@ -432,6 +599,9 @@ class TileSequencer(wiring.Component):
             m.d.comb += cause.eq(CommandError.BAD_MODE)
         with m.Elif(bad_param):
             m.d.comb += cause.eq(CommandError.PARAM_RANGE)
+        if compressed:
+            with m.Elif(bad_format):
+                m.d.comb += cause.eq(CommandError.BAD_MODE)
 
         loader = _Walker(m, cfg, cmd, self.m_block, "ld")
         issuer = _Walker(m, cfg, cmd, self.m_block, "is")
@@ -439,10 +609,16 @@ class TileSequencer(wiring.Component):
         ld_bank = Signal()
         is_row = Signal(range(self.m_block))
         is_bank = Signal()
-        lanes = cfg.weight_rows_per_beat
         # `ld_row + lanes >= loader.k_valid` (the beat ends the tile) and
         # `is_row == issuer.block_last`, kept as registers beside the row counters.
         ld_last, row_last = Signal(), Signal()
+        fmt = _Format(m, cfg, cmd, loader)
+        if cfg.sparse_2_4:
+            # A 2:4 tile loads in two parts, values then positions (`ld_idx`): `ld_end`
+            # ends a part, `ld_last` the tile.
+            ld_end, ld_idx = Signal(), Signal()
+        else:
+            ld_end = ld_last
 
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cmd.eq(self.cmd.payload)
@@ -451,8 +627,12 @@ class TileSequencer(wiring.Component):
         with m.If(checking):
             m.d.sync += loader.reset(cmd) + issuer.reset(cmd)
             m.d.sync += [ld_row.eq(0), is_row.eq(0)]
+            m.d.sync += fmt.restart()
         with m.If(deciding):
-            m.d.sync += [ld_last.eq(lanes >= loader.k_valid), row_last.eq(issuer.block_last == 0)]
+            one_beat = fmt.value_step >= fmt.value_rows(loader.k_valid)
+            m.d.sync += [ld_end.eq(one_beat), row_last.eq(issuer.block_last == 0)]
+            if cfg.sparse_2_4:
+                m.d.sync += [ld_last.eq(one_beat & ~fmt.sparse), ld_idx.eq(0)]
             m.d.sync += self.error.eq(cause)
             with m.If(cause == CommandError.NONE):
                 m.d.sync += self.busy.eq(1)
@@ -479,28 +659,53 @@ class TileSequencer(wiring.Component):
         # Weight loader.
         m.d.comb += [
             self.weight.ready.eq(ld_ready["ready"]),
-            self.w_row.eq(self.weight.payload),
-            self.w_addr.eq(ld_row),
+            self.w_row.eq(fmt.weight_rows(self.weight.payload)),
+            self.w_addr.eq(fmt.w_addr(ld_row)),
             self.w_bank.eq(ld_bank),
         ]
-        for i in range(lanes):
-            m.d.comb += self.w_we[i].eq(ld_fire["we"] & (ld_row + i < loader.k_valid))
+        for i in range(weight_lanes(cfg)):
+            m.d.comb += self.w_we[i].eq(
+                ld_fire["we"]
+                & fmt.lane_writes(i, ld_row, loader.k_valid, ld_idx if cfg.sparse_2_4 else 0)
+            )
+        if cfg.sparse_2_4:
+            m.d.comb += [
+                self.i_row.eq(fmt.index_rows(self.weight.payload)),
+                self.i_addr.eq(ld_row),
+            ]
+            for i in range(index_lanes(cfg)):
+                m.d.comb += self.i_we[i].eq(ld_fire["we"] & ld_idx)
         loader.step(m, ld_fire["walk"] & ld_last & ~loader.last_tile)
+        step, rows_now = fmt.value_step, fmt.value_rows(loader.k_valid)
+        if cfg.sparse_2_4:
+            step = Mux(ld_idx, index_lanes(cfg), step)
+            rows_now = Mux(ld_idx, rows, rows_now)
         with m.If(ld_fire["walk"]):
-            with m.If(ld_last):
-                m.d.sync += [ld_row.eq(0), ld_last.eq(lanes >= loader.after["k_valid"])]
+            if cfg.sparse_2_4:
+                # The value part of a 2:4 tile ends: its positions follow.
+                with m.If(ld_end & fmt.sparse & ~ld_idx):
+                    one_beat = index_lanes(cfg) >= rows
+                    m.d.sync += [ld_row.eq(0), ld_idx.eq(1), ld_end.eq(one_beat)]
+                    m.d.sync += [ld_last.eq(one_beat), *fmt.restart()]
+                tile_end = m.Elif(ld_end)
+            else:
+                tile_end = m.If(ld_last)
+            with tile_end:
+                one_beat = fmt.value_step >= fmt.value_rows(loader.after["k_valid"])
+                m.d.sync += [ld_row.eq(0), ld_end.eq(one_beat)]
+                m.d.sync += fmt.restart()
+                if cfg.sparse_2_4:
+                    m.d.sync += [ld_last.eq(one_beat & ~fmt.sparse), ld_idx.eq(0)]
             with m.Else():
-                m.d.sync += [
-                    ld_row.eq(ld_row + lanes),
-                    ld_last.eq(ld_row + 2 * lanes >= loader.k_valid),
-                ]
+                ends = ld_row + 2 * step >= rows_now
+                m.d.sync += [ld_row.eq(ld_row + step), ld_end.eq(ends)]
+                m.d.sync += fmt.advance()
+                if cfg.sparse_2_4:
+                    m.d.sync += ld_last.eq(ends & (~fmt.sparse | ld_idx))
 
         # Issuer.
         m.d.comb += [self.act.ready.eq(can_issue["ready"]), self.sel.eq(is_bank)]
-        for r in range(rows):
-            m.d.comb += self.a_row[r].eq(
-                Mux(inject["lanes"] & (r < issuer.k_valid), self.act.payload[r], 0)
-            )
+        fmt.issue(self.a_row, self.act.payload, inject["lanes"], issuer.k_valid)
         m.d.comb += [
             self.tag.valid.eq(inject["lanes"]),
             self.tag.row.eq(is_row),
@@ -605,7 +810,7 @@ class TileSequencer(wiring.Component):
         row_n = Signal.like(issuer.n_valid)
         row_macs = Signal(range(rows * cols + 1))
         m.d.sync += [
-            row_k.eq(Mux(inject["count"], issuer.k_valid, 0)),
+            row_k.eq(Mux(inject["count"], fmt.kept(issuer.k_valid), 0)),
             row_n.eq(issuer.n_valid),
             row_macs.eq(row_k * row_n),
         ]

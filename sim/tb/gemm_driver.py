@@ -18,11 +18,13 @@ from pymodel.config import AccelConfig
 from pymodel.gemm_engine import (
     GemmCase,
     activation_beats,
+    activation_lanes,
     command,
     lut_writes,
     output_beats,
     param_writes,
     reference_output,
+    tile_k,
     weight_beats,
 )
 from rtl.postproc import lut_write_layout, output_layout, param_write_layout
@@ -65,7 +67,9 @@ class GemmEngineHarness:
         self.cmd = StreamDriver.from_prefix(
             dut, "cmd", clk, gemm_command_layout(cfg, self.param_rows), rng=rng
         )
-        self.act = StreamDriver.from_prefix(dut, "act", clk, _row(cfg.act_bits, cfg.rows), rng=rng)
+        self.act = StreamDriver.from_prefix(
+            dut, "act", clk, _row(cfg.act_bits, activation_lanes(cfg)), rng=rng
+        )
         self.weight = StreamDriver.from_prefix(dut, "weight", clk, weight_beat_layout(cfg), rng=rng)
         self.param = StreamDriver.from_prefix(
             dut, "param_w", clk, param_write_layout(cfg, self.param_rows), rng=rng
@@ -118,7 +122,9 @@ class GemmEngineHarness:
         await self.load_parameters(case)
         await self.clear_counters()
         expected = output_beats(reference_output(case, cfg), cfg, mb)
-        self._board = Scoreboard(f"gemm {case.mode.name} M={case.m} K={case.k} N={case.n}")
+        self._board = Scoreboard(
+            f"gemm {case.mode.name} {case.fmt.name} M={case.m} K={case.k} N={case.n}"
+        )
         self._board.expect_many(expected)
         fill = self.rng if garbage else None
         weights = weight_beats(case, cfg, mb, fill)
@@ -145,16 +151,20 @@ class GemmEngineHarness:
         return counters
 
     def check_counters(self, case: GemmCase, counters: dict[str, int]) -> None:
-        """Counter identities every command must satisfy."""
+        """Counter identities every command must satisfy.
+
+        `macs` counts the multiplies done: a 2:4 row does half its K positions.
+        """
         cfg = self.cfg
-        tiles_per_block = -(-case.n // cfg.cols) * case.passes * -(-case.k // cfg.rows)
+        tiles_per_block = -(-case.n // cfg.cols) * case.passes * -(-case.k // tile_k(cfg, case.fmt))
         expect_rows = case.m * tiles_per_block
         parts = ("mac_cycles", "stall_weight", "stall_act", "stall_out", "drain")
         problems = []
         if counters["mac_cycles"] != expect_rows:
             problems.append(f"mac_cycles {counters['mac_cycles']} != rows issued {expect_rows}")
-        if counters["macs"] != case.m * case.k * case.n * case.passes:
-            problems.append(f"macs {counters['macs']} != M·K·N·passes")
+        kept = case.k // 2 if case.fmt.sparse else case.k
+        if counters["macs"] != case.m * kept * case.n * case.passes:
+            problems.append(f"macs {counters['macs']} != M·K·N·passes (K kept: {kept})")
         if sum(counters[p] for p in parts) != counters["busy"]:
             problems.append(f"buckets do not add up to busy: {counters}")
         if problems:

@@ -2,9 +2,10 @@
 
 Parameters come from the environment (set by the pytest side): ENGINE_CFG
 (AccelConfig JSON), M_BLOCK, PARAM_ROWS, SEED and CASES (JSON list of
-[M, K, N, mode name, extreme, idle_prob, ready_prob]); extreme is false,
-true (only −128/127 values) or "min" (every X and W entry −128, W3 127: the
-largest-magnitude accumulators of both signs).
+[M, K, N, mode name, extreme, idle_prob, ready_prob] and optionally the
+weight format, "int8 dense" when left out); extreme is false, true (only
+the extremes of each width) or "min" (every X and W entry −128, W3 127: the
+largest-magnitude accumulators of both signs; int8 dense only).
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import numpy as np
 
 from pymodel.gemm_engine import command, random_case
 from pymodel.numerics import PostMode
+from pymodel.weight_formats import WeightFormat
 from rtl.tile_sequencer import CommandError
 from sim.tb.gemm_driver import GemmEngineHarness
 from sim.tb.params import tb_params
@@ -33,11 +35,12 @@ async def random_gemms_bit_exact(dut):
     """Each listed case: golden outputs, counters identities, under the listed backpressure."""
     cfg, harness, rng = _setup(dut)
     await harness.start()
-    for m, k, n, mode, extreme, idle, ready in P["cases"]:
+    for m, k, n, mode, extreme, idle, ready, *fmt_name in P["cases"]:
         harness.set_backpressure(idle, ready)
         param_a = int(rng.integers(0, 2))
+        fmt = WeightFormat.parse(*fmt_name[0].split()) if fmt_name else WeightFormat.DENSE_INT8
         case = random_case(
-            rng, cfg, m, k, n, PostMode[mode], extreme=bool(extreme), param_a=param_a
+            rng, cfg, m, k, n, PostMode[mode], extreme=bool(extreme), param_a=param_a, fmt=fmt
         )
         if extreme == "min":
             case = dataclasses.replace(
@@ -47,7 +50,7 @@ async def random_gemms_bit_exact(dut):
                 w_b=None if case.w_b is None else np.full((k, n), 127),
             )
         counters = await harness.run(case)
-        dut._log.info("M=%d K=%d N=%d %s: %s", m, k, n, mode, counters)
+        dut._log.info("M=%d K=%d N=%d %s %s: %s", m, k, n, mode, fmt.name, counters)
         if k <= cfg.rows and ready <= 0.2:
             # Every row is final and the sink takes ~1 in 7: injection must wait for credits.
             assert counters["stall_out"] > 0, counters
@@ -70,6 +73,9 @@ async def bad_commands_rejected_then_recovery(dut):
         ({**base, "param_a": param_rows - 1}, CommandError.PARAM_RANGE),
         ({**base, "param_b": param_rows - 1}, CommandError.PARAM_RANGE),
     ]
+    if cfg.sparse_2_4:
+        # 2:4 groups of 4 along K: a 2:4 command needs K a multiple of 4.
+        bad.append(({**base, "fmt": {"sparse": 1, "int4": 0}, "k": 6}, CommandError.BAD_MODE))
     for cmd, cause in bad:
         await harness.expect_rejected(cmd, cause)
     await harness.run(good)

@@ -12,6 +12,7 @@ post-processing buffers) so the three first builds plus runs take a few
 minutes on 2 cores; later runs reuse the cached builds.
 """
 
+import os
 import random
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from pymodel.config import AccelConfig, ConfigError
 from rtl.gemm_engine import GemmEngine
-from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
+from sim.build import SimulationError, build_component, emit_verilog, lint_verilog, run_cocotb
 
 TB = Path(__file__).with_name("cocotb_gemm_engine.py")
 PARAM_ROWS = 32
@@ -117,6 +118,76 @@ def test_gemm_engine_soak(shape):
             "cases": cases,
         },
     )
+
+
+# A build with both compressed weight paths, on the default 8×8 array and 16-byte bus
+# (L = 2: int4 beats fill 4 array rows, index beats 8, int8 beats half the lanes).
+FORMAT_CFG = AccelConfig(rows=8, cols=8, sparse_2_4=True, int4_weights=True)
+FORMAT_SEED = 19
+
+
+def _format_cases(seed: int, count: int) -> list[list]:
+    """All four formats: directed corners (K tails, M = 1, SwiGLU), then random ones."""
+    r, c = FORMAT_CFG.rows, FORMAT_CFG.cols
+    directed = [
+        [r + 2, 2 * r + 1, c + 1, "SWIGLU", False, 0.2, 0.6, "int8 dense"],
+        [3, 2 * r + 4, c + 1, "SWIGLU", False, 0.2, 0.6, "int8 2:4"],
+        [1, 4, 3, "REQUANT", False, 0.0, 1.0, "int8 2:4"],
+        [2, 2 * r + 3, 2 * c + 3, "REQUANT_LUT", False, 0.3, 0.5, "int4 dense"],
+        [1, 4 * r, c, "REQUANT", True, 0.0, 1.0, "int4 2:4"],
+        [r + 1, 3 * r + 4, c - 1, "SWIGLU", False, 0.2, 0.7, "int4 2:4"],
+    ]
+    rng = random.Random(seed)
+    names = ["int8 dense", "int8 2:4", "int4 dense", "int4 2:4"]
+    randoms = []
+    for case in _random_cases(rng, count):
+        fmt = rng.choice(names)
+        if "2:4" in fmt:
+            case[1] = 4 * -(-case[1] // 4)
+        randoms.append([*case, fmt])
+    return directed + randoms
+
+
+def _run_formats(seed: int, cases: list[list], testcase: str | None = None) -> None:
+    engine = GemmEngine(FORMAT_CFG, m_block=16, param_rows=PARAM_ROWS)
+    build = build_component(engine, "gemm_engine_8x8_formats")
+    print(f"format cases: seed {seed}")
+    try:
+        run_cocotb(
+            build,
+            TB,
+            testcase=testcase,
+            params={
+                "cfg": FORMAT_CFG,
+                "m_block": engine.m_block,
+                "param_rows": PARAM_ROWS,
+                "seed": seed,
+                "cases": cases,
+            },
+        )
+    except SimulationError as exc:
+        raise SimulationError(
+            f"{exc}\nreplay: FORMAT_SEED={seed} .venv/bin/python -m pytest "
+            "tests/rtl/test_gemm_engine.py -k formats"
+        ) from None
+
+
+def test_gemm_engine_formats_bit_exact():
+    """int8/int4 × dense/2:4 on one build with both switches on; bad formats rejected."""
+    seed = int(os.environ.get("FORMAT_SEED", FORMAT_SEED))
+    _run_formats(seed, _format_cases(seed, 2))
+
+
+@pytest.mark.slow
+def test_gemm_engine_formats_soak():
+    """`make soak`: 24 more random cases over the four formats."""
+    seed = int(os.environ.get("FORMAT_SEED", FORMAT_SEED + 1))
+    _run_formats(seed, _format_cases(seed, 24), "random_gemms_bit_exact")
+
+
+def test_gemm_engine_refuses_compressed_paths_without_byte_weights():
+    with pytest.raises(ConfigError, match="weight_bits = 8"):
+        GemmEngine(AccelConfig(weight_bits=6, int4_weights=True))
 
 
 def test_gemm_engine_verilog_lint_clean():

@@ -6,7 +6,8 @@ import pytest
 
 from pymodel.config import AccelConfig
 from pymodel.gemm import matmul_int
-from rtl.systolic import ProcessingElement, SystolicArray
+from pymodel.weight_formats import decompress_2_4
+from rtl.systolic import ProcessingElement, SystolicArray, index_lanes, weight_lanes
 from sim.amaranth_sim import run_simulation
 
 
@@ -43,7 +44,7 @@ def test_pe_mac_and_double_buffered_weights():
 
 def _write_beat(ctx, array, bank: int, row0: int, rows: np.ndarray, valid: int) -> None:
     """Present one weight beat: `rows` [L, C] for array rows row0 …, the first `valid` enabled."""
-    lanes, cols = array.cfg.weight_rows_per_beat, array.cfg.cols
+    lanes, cols = weight_lanes(array.cfg), array.cfg.cols
     beat = [[int(v) for v in rows[i]] if i < len(rows) else [0] * cols for i in range(lanes)]
     ctx.set(array.w_we, (1 << valid) - 1)
     ctx.set(array.w_bank, bank)
@@ -54,7 +55,7 @@ def _write_beat(ctx, array, bank: int, row0: int, rows: np.ndarray, valid: int) 
 async def _load_both_banks(ctx, array, weights: list[np.ndarray]) -> None:
     """Write `weights[b]` into bank b, a beat a cycle, and wait until the skewed writes land."""
     rows, cols = array.cfg.rows, array.cfg.cols
-    lanes = array.cfg.weight_rows_per_beat
+    lanes = weight_lanes(array.cfg)
     for bank in range(2):
         for r0 in range(0, rows, lanes):
             chunk = weights[bank][r0 : r0 + lanes]
@@ -98,13 +99,13 @@ def test_array_rows_stream_back_to_back_across_banks(rows, cols, bus):
 def _tight_schedule(cfg: AccelConfig, tiles: list[tuple[int, int]], gaps: np.ndarray) -> list:
     """Cycle-by-cycle events of a loader/issuer pair running tiles as tightly as allowed.
 
-    Each tile `(k_valid, m)` is loaded in ⌈k_valid/L⌉ beats into bank i mod 2 (beat j
-    at or after `gaps`-delayed slots), no earlier than `bank_cooldown` cycles after
-    the cycle the bank's previous tile injected its last row, and its m rows are
-    injected from the cycle after its last beat on. Returns per cycle
+    Each tile `(k_valid, m)` is loaded in ⌈k_valid/L⌉ beats (L: `weight_lanes`) into
+    bank i mod 2 (beat j at or after `gaps`-delayed slots), no earlier than
+    `bank_cooldown` cycles after the cycle the bank's previous tile injected its
+    last row, and its m rows are injected from the cycle after its last beat on. Returns per cycle
     `(beat or None, inject or None)` with beat = (tile, j) and inject = (tile, row).
     """
-    lanes = cfg.weight_rows_per_beat
+    lanes = weight_lanes(cfg)
     events: dict[int, list] = {}
     loader_free = 0
     issue_free = 0
@@ -129,15 +130,26 @@ def _tight_schedule(cfg: AccelConfig, tiles: list[tuple[int, int]], gaps: np.nda
 
 
 @pytest.mark.parametrize(
-    ("rows", "cols", "bus"),
-    [(4, 4, 4), (4, 3, 8), (4, 4, 8), (3, 2, 4), (4, 2, 16)],
-    ids=["L1", "L2-C3", "L2", "L2-R-odd", "L4"],
+    ("rows", "cols", "bus", "int4"),
+    [
+        (4, 4, 4, False),
+        (4, 3, 8, False),
+        (4, 4, 8, False),
+        (3, 2, 4, False),
+        (4, 2, 16, False),
+        (8, 4, 8, True),
+        (6, 2, 4, True),
+    ],
+    ids=["L1", "L2-C3", "L2", "L2-R-odd", "L4", "int4-2L4", "int4-2L4-R6"],
 )
-def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus):
-    """Short tiles (1–3 rows, K tails) back to back: a bank is refilled at once, all sums exact."""
-    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus)
+def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus, int4):
+    """Short tiles (1–3 rows, K tails) back to back: a bank is refilled at once, all sums exact.
+
+    An int4 build's weight port is 2L rows wide (its write skew `r − r//(2L)`).
+    """
+    cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus, int4_weights=int4)
     array = SystolicArray(cfg)
-    lanes = cfg.weight_rows_per_beat
+    lanes = weight_lanes(cfg)
     rng = np.random.default_rng(rows * 100 + cols * 10 + bus)
     n = 14
     tiles = [(int(rng.integers(1, rows + 1)), int(rng.integers(1, 4))) for _ in range(n)]
@@ -238,3 +250,84 @@ def test_invalid_rows_with_garbage_leave_valid_sums_exact(rows, cols, bus):
     for i, sums in got.items():
         want = matmul_int(x[i : i + 1], weights[int(sel[i])], cfg)[0]
         assert np.array_equal(sums, want), i
+
+
+def _random_positions(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """idx[rows, cols]: a random kept pair (ascending) per pair of rows and column."""
+    pairs = np.array([(a, b) for a in range(4) for b in range(a + 1, 4)])
+    pick = pairs[rng.integers(0, len(pairs), size=(rows // 2, cols))]
+    return pick.transpose(0, 2, 1).reshape(rows, cols)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "bus", "int4"),
+    [(4, 3, 8, False), (8, 2, 4, True), (4, 4, 16, True)],
+    ids=["L2", "L2-int4-lanes", "L4-int4-lanes"],
+)
+def test_2_4_array_multiplies_the_activation_each_position_selects(rows, cols, bus, int4):
+    """Bank 0: a 2:4 tile (values, then positions via `i_row`); bank 1: a dense tile.
+
+    Rows alternate banks; each PE(r, c) must pick activation 4·(r//2) + idx[r, c]
+    of the row's 2R (bank 0), or x[r] spread to lane 4·(r//2) + r mod 2 (bank 1).
+    """
+    cfg = AccelConfig(
+        rows=rows, cols=cols, mem_bytes_per_cycle=bus, sparse_2_4=True, int4_weights=int4
+    )
+    array = SystolicArray(cfg)
+    seed = rows * 100 + cols * 10 + bus
+    rng = np.random.default_rng(seed)
+    values, dense = (rng.integers(-128, 128, size=(rows, cols)) for _ in range(2))
+    idx = _random_positions(rng, rows, cols)
+    lanes, ilanes = weight_lanes(cfg), index_lanes(cfg)
+    n = 10
+    x = rng.integers(-128, 128, size=(n, 2 * rows))
+    x[0, :] = -128
+    spread = np.zeros_like(x)
+    for r in range(rows):
+        spread[:, 4 * (r // 2) + r % 2] = x[:, r]
+    w_sparse = decompress_2_4(values, idx)
+    expect = [
+        matmul_int(x[i : i + 1], w_sparse, cfg)[0]
+        if i % 2 == 0
+        else matmul_int(x[i : i + 1, :rows], dense, cfg)[0]
+        for i in range(n)
+    ]
+    got = []
+
+    async def bench(ctx):
+        for bank, w in ((0, values), (1, dense)):
+            for r0 in range(0, rows, lanes):
+                beat = [
+                    [int(v) for v in w[r]] if r < rows else [0] * cols
+                    for r in range(r0, r0 + lanes)
+                ]
+                ctx.set(array.w_we, (1 << lanes) - 1)
+                ctx.set(array.w_bank, bank)
+                ctx.set(array.w_addr, r0)
+                ctx.set(array.w_row, beat)
+                await ctx.tick()
+            ctx.set(array.w_we, 0)
+        # Positions of bank 0 after its values (bank 1 keeps the dense positions r mod 2).
+        for r0 in range(0, rows, ilanes):
+            beat = [
+                [int(v) for v in idx[r]] if r < rows else [0] * cols for r in range(r0, r0 + ilanes)
+            ]
+            ctx.set(array.i_we, (1 << ilanes) - 1)
+            ctx.set(array.w_bank, 0)
+            ctx.set(array.i_addr, r0)
+            ctx.set(array.i_row, beat)
+            await ctx.tick()
+        ctx.set(array.i_we, 0)
+        for _ in range(rows + cols):
+            await ctx.tick()
+        for i in range(n + array.latency):
+            if i < n:
+                row = x[i] if i % 2 == 0 else spread[i]
+                ctx.set(array.a_in, [int(v) for v in row])
+                ctx.set(array.sel_in, i % 2)
+            if i >= array.latency:
+                got.append([ctx.get(array.psum_out[c]) for c in range(cols)])
+            await ctx.tick()
+
+    run_simulation(array, [bench])
+    assert np.array_equal(np.array(got), np.array(expect)), f"seed {seed}"
