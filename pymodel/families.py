@@ -22,6 +22,7 @@ the released Qwen3-MoE checkpoints set True, which is what the preset models.
 from __future__ import annotations
 
 from .config import ConfigError, MoESpec
+from .weight_formats import WeightFormat
 
 FAMILIES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "switch")
 
@@ -56,6 +57,39 @@ router sends elsewhere at float near-ties; see `REL_L2_BOUND_AGREEING`.
 
 REL_L2_BOUND_AGREEING = 0.06
 """The same bound over tokens whose expert set (and capacity fate) matches the float router's."""
+
+INT4_REL_L2_BOUND: dict[str, float] = {
+    "mixtral": 0.32,
+    "qwen2_moe": 0.29,
+    "qwen3_moe": 0.32,
+    "olmoe": 0.29,
+    "deepseek_v3": 0.38,
+    "switch": 0.52,
+}
+"""Bound with int4 expert weights (any int4 format), all tokens, per family.
+
+The larger of `REL_L2_BOUND` and the int4 formats' measured maximum × 1.25
+(`bench/format_accuracy.py`, docs/numerics.md §7.1), against the float block
+the weights approximate (the pruned one for 2:4).
+"""
+
+INT4_REL_L2_BOUND_AGREEING = 0.28
+"""The int4 bound over agreeing tokens: the measured maximum (0.2226) × 1.25."""
+
+
+def rel_l2_bounds(family: str, fmt: WeightFormat) -> tuple[float, float]:
+    """(all tokens, agreeing tokens) bounds on the error of a layer in expert weight format `fmt`.
+
+    Judged against the float block the format's integer weights approximate:
+    the pruned block for 2:4 formats (pruning error is the model's choice, not
+    arithmetic error), the block itself for dense ones. int8 formats keep the
+    int8 bounds (2:4 measured within them); int4 formats have their own.
+    """
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown MoE family {family!r}; allowed: {list(FAMILIES)}")
+    if fmt.bits == 8:
+        return REL_L2_BOUND[family], REL_L2_BOUND_AGREEING
+    return INT4_REL_L2_BOUND[family], INT4_REL_L2_BOUND_AGREEING
 
 
 def _default_n_group(n_experts: int) -> int:

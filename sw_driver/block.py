@@ -9,6 +9,13 @@ all leading positions go to the hardware in runs of at most `max_tokens`
 (a layer with a `capacity` — Switch — counts it per sequence, as HF does, so
 each sequence is its own run). The output has the input's shape, dtype and
 torch device.
+
+Expert weight formats (`weights="int8"|"int4"`, `sparsity="dense"|"2:4"`,
+`int4_group`): the imported block's routed and shared experts are pruned and
+quantised per the format (the router stays int8 dense); the report gives
+the error against the float block and, for 2:4, against the pruned float
+block (`pymodel.reference.pruned_weights`). The `verilator` backend runs
+int8 dense only for now (`check_backend_format`).
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ from typing import Any
 import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.families import REL_L2_BOUND, REL_L2_BOUND_AGREEING
+from pymodel.cycles import expert_weight_bytes
+from pymodel.families import rel_l2_bounds
 from pymodel.layer import quantize_input, routing_guaranteed
 from pymodel.quantize import calibrate, quantize_layer
-from pymodel.reference import moe_forward_float
+from pymodel.reference import moe_forward_float, pruned_weights
+from pymodel.weight_formats import WeightFormat, check_supported
 
 from .device import Device, DeviceResult, GoldenDevice, make_device
 from .report import LayerReport, add_hardware_metrics, expert_set_agreement, rel_l2, revision
 
-__all__ = ["BACKENDS", "BlockRun", "run_block"]
+__all__ = ["BACKENDS", "BlockRun", "check_backend_format", "run_block"]
 
 BACKENDS = ("golden", "verilator")
 """Backends a block runs on."""
@@ -58,6 +67,30 @@ class BlockRun:
         """Every run equal to the golden model bit for bit (None on the golden backend)."""
         flags = [r.bit_exact_vs_golden for r in self.reports]
         return None if flags[0] is None else all(bool(f) for f in flags)
+
+
+def check_backend_format(backend: str, fmt: WeightFormat, cfg: AccelConfig) -> None:
+    """Raise unless `backend`, built as `cfg`, runs whole layers with expert weights in `fmt`.
+
+    Checked before anything is imported or built. The golden model runs every
+    format. The hardware needs the build switches (`check_supported`), and even
+    with them its layer path streams int8 dense expert weights only: the GEMM
+    engine takes the compressed tiles, but the layer sequencer
+    (`rtl.layer_sequencer`) and the layer's memory image (`sw_driver.compile`)
+    do not carry them yet.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
+    if backend == "golden":
+        return
+    check_supported(fmt, cfg)
+    if fmt.compressed:
+        raise ConfigError(
+            f"{fmt.name} expert weights on the {backend} backend: the layer sequencer "
+            "(rtl.layer_sequencer) and the layer's memory image (sw_driver.compile) stream "
+            "int8 dense expert weights only; the GEMM engine's compressed weight paths are not "
+            "wired into whole layers yet (issue 19) — use --backend golden for this format"
+        )
 
 
 def _tokens(
@@ -121,6 +154,9 @@ def run_block(
     progress: Callable[[str], AbstractContextManager[None]] | None = None,
     run_device: Callable[[Device, Any, np.ndarray], DeviceResult] | None = None,
     build_dir: Path | None = None,
+    weights: str = "int8",
+    sparsity: str = "dense",
+    int4_group: int | None = None,
 ) -> BlockRun:
     """Run HF MoE `block` on tokens `x` `[..., T, d]` on `backend`, beside the references.
 
@@ -129,25 +165,29 @@ def run_block(
     `build_dir`); `seed` is only recorded in the reports. `progress` wraps each
     step (a context manager factory taking a description) and `run_device`
     replaces `device.run` (the CLI uses both for its progress and waveforms).
+    `weights` (`int8`/`int4`), `sparsity` (`dense`/`2:4`) and `int4_group`
+    (32/64/128: group-wise int4 scales, golden backend only) are the experts'
+    weight format (`pymodel.weight_formats.WeightFormat.parse`).
     """
     import torch
 
     from .hf import block_family, import_hf_block
     from .reference import default_device, run_hf_block, torch_moe_forward
 
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
     cfg = config or AccelConfig()
+    fmt = WeightFormat.parse(weights, sparsity, int4_group)
+    check_backend_format(backend, fmt, cfg)
     step = progress or (lambda _: nullcontext())
     family = block_family(block)
     with step(f"importing the {family} block"):
-        spec, weights = import_hf_block(block)
+        spec, floats = import_hf_block(block)
     rows, lead, back = _tokens(x, spec.d_model)
     runs = _runs(lead, spec.capacity is not None, cfg.max_tokens)
     for part in runs:
         cfg.check_fits(spec, part.stop - part.start)
-    with step("calibrating and quantising the layer"):
-        ql = quantize_layer(spec, weights, calibrate(spec, weights, rows), cfg)
+    with step(f"pruning and quantising the layer ({fmt.name})"):
+        pruned = pruned_weights(floats, fmt)
+        ql = quantize_layer(spec, floats, calibrate(spec, floats, rows, fmt), cfg, fmt)
     if device is None:
         options = {"build_dir": build_dir} if backend == "verilator" and build_dir else {}
         device = make_device(backend, cfg, **options)
@@ -160,9 +200,14 @@ def run_block(
         x_q = quantize_input(ql, xs)
         with step(f"running the PyTorch reference{label}"):
             hf_y = run_hf_block(block, xs)
-            ref = torch_moe_forward(spec, weights, xs, device=torch_device, dtype=torch.float32)
+            ref = torch_moe_forward(spec, floats, xs, device=torch_device, dtype=torch.float32)
             if float(np.max(np.abs(ref.y - hf_y))) > 1e-4:
                 raise RuntimeError("torch reference disagrees with the HF block itself")
+            ref_pruned = (
+                torch_moe_forward(spec, pruned, xs, device=torch_device, dtype=torch.float32)
+                if fmt.sparse
+                else None
+            )
         with step(f"running the golden model{label}"):
             golden = GoldenDevice(cfg).run(ql, x_q)
         if backend == "golden":
@@ -171,7 +216,7 @@ def run_block(
             with step(f"running the layer on the {backend} backend{label}"):
                 result = (run_device or _run)(device, ql, x_q)
         y[part] = result.y
-        report = _report(family, backend, spec, cfg, ql, weights, xs, y[part], ref, result)
+        report = _report(family, backend, cfg, ql, pruned, xs, y[part], ref, ref_pruned, result)
         report.torch_device = f"{torch_device.type} fp32"
         report.seed = seed
         if backend != "golden":
@@ -193,18 +238,28 @@ def _run(device: Device, ql: Any, x_q: np.ndarray) -> DeviceResult:
 def _report(
     family: str,
     backend: str,
-    spec: Any,
     cfg: AccelConfig,
     ql: Any,
-    weights: Any,
+    pruned: Any,
     xs: np.ndarray,
     y: np.ndarray,
     ref: Any,
+    ref_pruned: Any,
     result: DeviceResult,
 ) -> LayerReport:
+    """The run's report; errors against the float block, and the pruned one for 2:4.
+
+    The bounds (`pymodel.families.rel_l2_bounds`) and the agreeing-token error
+    judge the error against the float block the format's integer weights
+    approximate: the pruned block for 2:4, the block itself for dense formats.
+    """
+    spec, fmt = ql.spec, ql.weight_format
     agree = expert_set_agreement(result.expert_ids, ref.expert_ids)
-    guaranteed = routing_guaranteed(ql, weights, xs, moe_forward_float(spec, weights, xs), cfg)
+    guaranteed = routing_guaranteed(ql, pruned, xs, moe_forward_float(spec, pruned, xs), cfg)
     n_guaranteed = int(guaranteed.sum())
+    approximated = ref if ref_pruned is None else ref_pruned
+    bound, bound_agreeing = rel_l2_bounds(family, fmt)
+    weight_bytes = expert_weight_bytes(cfg, spec, xs.shape[0], result.tokens_per_expert, fmt)
     return LayerReport(
         family=family,
         backend=backend,
@@ -216,9 +271,9 @@ def _report(
         torch_device="",
         max_abs_vs_torch=float(np.max(np.abs(y - ref.y))),
         rel_l2_vs_torch=rel_l2(y, ref.y),
-        rel_l2_bound=REL_L2_BOUND[family],
-        rel_l2_vs_torch_agreeing=rel_l2(y[agree], ref.y[agree]) if agree.any() else 0.0,
-        rel_l2_bound_agreeing=REL_L2_BOUND_AGREEING,
+        rel_l2_bound=bound,
+        rel_l2_vs_torch_agreeing=(rel_l2(y[agree], approximated.y[agree]) if agree.any() else 0.0),
+        rel_l2_bound_agreeing=bound_agreeing,
         routing_agreement=float(agree.mean()),
         routing_agreement_guaranteed=float(agree[guaranteed].mean()) if n_guaranteed else 1.0,
         guaranteed_tokens=n_guaranteed,
@@ -227,4 +282,7 @@ def _report(
         accel_config=cfg.to_dict(),
         moe_spec=spec.to_dict(),
         revision=revision(),
+        weight_format=fmt.name,
+        expert_weight_bytes=int(weight_bytes[0]),
+        rel_l2_vs_torch_pruned=None if ref_pruned is None else rel_l2(y, ref_pruned.y),
     )

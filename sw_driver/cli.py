@@ -40,8 +40,9 @@ from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.families import FAMILIES, family_spec
 from pymodel.layer import golden_layer
 from pymodel.numerics import NumericsError
+from pymodel.weight_formats import GROUP_SIZES, SPARSITY_CHOICES, WEIGHT_CHOICES, WeightFormat
 
-from .block import BACKENDS
+from .block import BACKENDS, check_backend_format
 from .device import Device, DeviceError, make_device
 from .report import (
     LayerReport,
@@ -313,6 +314,9 @@ def run_family_layer(
     console: Console | None = None,
     build_dir: Path | None = None,
     layer_options: dict[str, Any] | None = None,
+    weights: str = "int8",
+    sparsity: str = "dense",
+    int4_group: int | None = None,
 ) -> LayerReport:
     """Build `family`'s HF block, run it on `backend` and on torch, and compare.
 
@@ -323,7 +327,8 @@ def run_family_layer(
     instance (e.g. `core.dispatcher`) and the top's ports; `build_dir` is where
     the Verilator model is built and cached; `layer_options` are further
     `family_spec` keywords (shared_d_ff, capacity, n_group, topk_group,
-    renormalize, routed_scaling_factor). Progress is logged.
+    renormalize, routed_scaling_factor); `weights`, `sparsity` and
+    `int4_group` the experts' weight format (`run_block`'s). Progress is logged.
     """
     from .block import run_block
     from .hf import build_hf_block
@@ -335,6 +340,7 @@ def run_family_layer(
     if (trace_window is not None or trace_scope is not None) and trace is None:
         raise ConfigError("trace_window and trace_scope need a trace path")
     cfg = cfg or AccelConfig()
+    check_backend_format(backend, WeightFormat.parse(weights, sparsity, int4_group), cfg)
     console = console or Console(stderr=True)
     options = {"d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k}
     options |= layer_options or {}
@@ -386,6 +392,9 @@ def run_family_layer(
         progress=lambda message: progress(message, console),
         run_device=run_device,
         build_dir=build_dir,
+        weights=weights,
+        sparsity=sparsity,
+        int4_group=int4_group,
     )
     report = run.report
     report.waves = str(trace) if trace is not None else None
@@ -410,10 +419,31 @@ def _apply_layer_config(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _weight_format(args: argparse.Namespace, cfg: AccelConfig, config_name: str) -> WeightFormat:
+    """`--weights`, `--sparsity`, `--int4-group` as a format the backend runs, naming the option."""
+    if args.int4_group is not None and args.weights != "int4":
+        raise CliError(f"--int4-group {args.int4_group}: group-wise scales need --weights int4")
+    fmt = WeightFormat.parse(args.weights, args.sparsity, args.int4_group)
+    try:
+        check_backend_format(args.backend, fmt, cfg)
+    except ConfigError as exc:
+        group = f" --int4-group {args.int4_group}" if args.int4_group is not None else ""
+        raise CliError(
+            f"--weights {args.weights} --sparsity {args.sparsity}{group} on --backend "
+            f"{args.backend} with {config_name}: {exc}"
+        ) from None
+    return fmt
+
+
 def _check_layer(
-    args: argparse.Namespace, cfg: AccelConfig, config_name: str, extra: dict[str, Any]
+    args: argparse.Namespace,
+    cfg: AccelConfig,
+    config_name: str,
+    extra: dict[str, Any],
+    fmt: WeightFormat = WeightFormat.DENSE_INT8,
 ) -> None:
-    """The layer options against `cfg`, naming the option (no torch, no HF block yet)."""
+    """The layer options against `cfg` and the weight format, naming the option (no torch,
+    no HF block yet)."""
     limits = (
         ("--tokens", args.tokens, "max_tokens"),
         ("--d-model", args.d_model, "max_d_model"),
@@ -446,6 +476,18 @@ def _check_layer(
             else (f"--family {args.family}")
         )
         raise CliError(f"{source}: {exc}") from None
+    for k, what in (
+        (spec.d_model, "d_model"),
+        (spec.d_ff, "d_ff"),
+        (spec.shared_d_ff, "shared_d_ff"),
+    ):
+        if k:
+            try:
+                fmt.check_k(k, f"expert ({what})")
+            except ConfigError as exc:
+                option = "--int4-group" if fmt.group_size is not None else "--sparsity"
+                value = fmt.group_size if fmt.group_size is not None else fmt.sparsity
+                raise CliError(f"{option} {value}: {exc}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -466,8 +508,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_accel_config(args.config)
     if args.backend == "verilator":
         _check_top_config(cfg, config_name)
+    fmt = _weight_format(args, cfg, config_name)
     extra = _apply_layer_config(args)
-    _check_layer(args, cfg, config_name, extra)
+    _check_layer(args, cfg, config_name, extra, fmt)
     if args.waves is not None:
         waves, _ = _resolve_waves(args.waves)
     console = Console(stderr=True)
@@ -487,6 +530,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console=console,
         build_dir=args.build_dir,
         layer_options=extra,
+        weights=args.weights,
+        sparsity=args.sparsity,
+        int4_group=args.int4_group,
     )
     report.render(Console())
     if args.json is not None:
@@ -757,6 +803,7 @@ RUN_EXAMPLES = """examples:
   moe-accel run --family switch                       # the NumPy golden model only
   moe-accel run --backend verilator --tokens 8 --waves run.fst --waves-window 0:2000
   moe-accel run --config configs/4x4.json --backend verilator -v
+  moe-accel run --weights int4 --sparsity 2:4          # compressed experts, golden model
 """
 
 SYNTH_EXAMPLES = """examples:
@@ -823,6 +870,27 @@ def build_parser() -> argparse.ArgumentParser:
         "family_spec's keywords} or a HuggingFace config.json (docs/cli.md)",
     )
     run.add_argument("--seed", type=_seed, default=0, help="seed of the weights and tokens")
+    run.add_argument(
+        "--weights",
+        choices=WEIGHT_CHOICES,
+        default="int8",
+        help="expert weight width (the router stays int8); int4 is two weights a byte",
+    )
+    run.add_argument(
+        "--sparsity",
+        choices=SPARSITY_CHOICES,
+        default="dense",
+        help="2:4: the experts' weights pruned to 2 of every 4 along K (docs/numerics.md)",
+    )
+    run.add_argument(
+        "--int4-group",
+        type=int,
+        choices=GROUP_SIZES,
+        default=None,
+        metavar="N",
+        help=f"int4 scales per N K positions, N in {list(GROUP_SIZES)} (golden backend only); "
+        "default one scale per output channel",
+    )
     run.add_argument(
         "--backend",
         choices=BACKENDS,

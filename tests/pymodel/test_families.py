@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from pymodel.config import ConfigError
-from pymodel.families import FAMILIES, SWITCH_DEFAULT_CAPACITY, family_spec
+from pymodel.families import (
+    FAMILIES,
+    INT4_REL_L2_BOUND,
+    INT4_REL_L2_BOUND_AGREEING,
+    REL_L2_BOUND,
+    REL_L2_BOUND_AGREEING,
+    SWITCH_DEFAULT_CAPACITY,
+    family_spec,
+    rel_l2_bounds,
+)
+from pymodel.weight_formats import WeightFormat
 
 FACTS = {
     # family: (scoring, top_k, renormalize, ffn, shared_d_ff, shared_gate, bias, groups, rsf, cap)
@@ -82,3 +92,15 @@ def test_presets_agree_with_hf_config_defaults() -> None:
     assert cfgs.MixtralConfig().hidden_act == "silu"
     # HF's Qwen3MoeConfig defaults to False; the preset follows the released checkpoints.
     assert cfgs.Qwen3MoeConfig().norm_topk_prob is False
+
+
+def test_rel_l2_bounds_by_weight_format() -> None:
+    for family in FAMILIES:
+        for fmt in (WeightFormat.DENSE_INT8, WeightFormat(8, True)):
+            assert rel_l2_bounds(family, fmt) == (REL_L2_BOUND[family], REL_L2_BOUND_AGREEING)
+        for fmt in (WeightFormat(4), WeightFormat(4, True, 64)):
+            bound, agreeing = rel_l2_bounds(family, fmt)
+            assert bound == INT4_REL_L2_BOUND[family] >= REL_L2_BOUND[family]
+            assert agreeing == INT4_REL_L2_BOUND_AGREEING
+    with pytest.raises(ConfigError, match="unknown MoE family"):
+        rel_l2_bounds("gpt", WeightFormat.DENSE_INT8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pymodel.config import AccelConfig, ConfigError, MoESpec
-from pymodel.families import FAMILIES, REL_L2_BOUND, REL_L2_BOUND_AGREEING
+from pymodel.families import FAMILIES, REL_L2_BOUND, REL_L2_BOUND_AGREEING, rel_l2_bounds
 from pymodel.layer import (
     combine_outputs,
     dispatch_tokens,
@@ -19,7 +19,8 @@ from pymodel.layer import (
     selection_tolerance,
 )
 from pymodel.quantize import calibrate, quantize_layer
-from pymodel.reference import moe_forward_float
+from pymodel.reference import moe_forward_float, pruned_weights
+from pymodel.weight_formats import WeightFormat
 from pymodel.weights import MoEWeights
 
 # docs/numerics.md §7: relative L2 error of the dequantised int8 output against the float
@@ -154,3 +155,24 @@ def test_generic_specs_beyond_the_families(changes: dict, cfg) -> None:
     agree = same & (got.dispatch.kept == ref.kept).all(axis=1)
     assert agree.mean() > 0.8
     assert rel_l2(got.y[agree], ref.y[agree]) <= BOUND_AGREEING
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [WeightFormat(8, True), WeightFormat(4), WeightFormat(4, False, 32), WeightFormat(4, True)],
+    ids=lambda f: f.name,
+)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_formats_within_their_bounds(family: str, fmt: WeightFormat, make_case, cfg) -> None:
+    """Against the float block the format approximates (pruned for 2:4), `rel_l2_bounds`."""
+    for seed in SEEDS:
+        case = make_case(family, seed)
+        ref = moe_forward_float(case.spec, pruned_weights(case.weights, fmt), case.x)
+        got = run_golden(case.spec, case.weights, case.x, cfg, weight_format=fmt)
+        bound, bound_agreeing = rel_l2_bounds(family, fmt)
+        assert rel_l2(got.y, ref.y) <= bound, seed
+        same = np.array(
+            [set(a) == set(b) for a, b in zip(got.routing.expert_ids, ref.expert_ids, strict=True)]
+        )
+        agree = same & (got.dispatch.kept == ref.kept).all(axis=1)
+        assert rel_l2(got.y[agree], ref.y[agree]) <= bound_agreeing, seed

@@ -139,3 +139,33 @@ def test_bad_input_to_run_block() -> None:
         run_block(torch.nn.Linear(D, D), torch.zeros(4, D), config=SMALL_TOP)
     with pytest.raises(ConfigError, match="unknown backend"):
         run_block(block, torch.zeros(4, D), backend="fpga", config=SMALL_TOP)
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "switch"])
+def test_run_block_prunes_and_quantises_on_import(family: str) -> None:
+    """The weight format's keywords: the report gives the format, the expert weight bytes and
+    the error against the pruned float block beside the unpruned one."""
+    block = build_hf_block(family, seed=5, d_model=D, d_ff=32)
+    x = np.random.default_rng(6).standard_normal((12, D)).astype(np.float32)
+    dense = run_block(block, x, config=SMALL_TOP).report
+    sparse = run_block(block, x, config=SMALL_TOP, weights="int4", sparsity="2:4").report
+    assert (dense.weight_format, sparse.weight_format) == ("int8 dense", "int4 2:4")
+    assert dense.rel_l2_vs_torch_pruned is None
+    assert sparse.rel_l2_vs_torch_pruned is not None
+    assert sparse.rel_l2_vs_torch_pruned <= sparse.rel_l2_bound < sparse.rel_l2_vs_torch
+    # int4 2:4 reads 6 stream rows for every 2R = 16 K positions where int8 dense reads 16.
+    assert sparse.expert_weight_bytes * 16 == dense.expert_weight_bytes * 6
+
+
+def test_formats_the_layer_hardware_lacks_are_refused_before_anything_runs() -> None:
+    compressed = SMALL_TOP.replace(sparse_2_4=True, int4_weights=True)
+    not_a_block = object()  # refused before the block is even looked at
+    with pytest.raises(ConfigError, match=r"AccelConfig\.sparse_2_4 = True"):
+        run_block(not_a_block, None, backend="verilator", config=SMALL_TOP, sparsity="2:4")
+    with pytest.raises(ConfigError, match="one scale per output channel"):
+        run_block(not_a_block, None, backend="verilator", config=compressed, weights="int4",
+                  int4_group=32)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"layer sequencer \(rtl\.layer_sequencer\)"):
+        run_block(not_a_block, None, backend="verilator", config=compressed, weights="int4")
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        run_block(not_a_block, None, weights="int3")

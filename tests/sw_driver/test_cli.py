@@ -35,6 +35,32 @@ def test_run_writes_a_report_within_the_bounds(family: str, tmp_path: Path, caps
     assert f"{family} layer" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["--sparsity", "2:4"], "int8 2:4"),
+        (["--weights", "int4"], "int4 dense"),
+        (["--weights", "int4", "--int4-group", "32"], "int4 dense g32"),
+        (["--weights", "int4", "--sparsity", "2:4"], "int4 2:4"),
+    ],
+)
+def test_run_reports_the_weight_format(argv: list[str], name: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report.json"
+    assert main(["run", "--family", "qwen2_moe", "--tokens", "16", "--json", str(out), *argv]) == 0
+    report = json.loads(out.read_text())
+    assert report["weight_format"] == name
+    assert main(["run", "--family", "qwen2_moe", "--tokens", "16", "--json", str(out)]) == 0
+    dense = json.loads(out.read_text())
+    assert dense["weight_format"] == "int8 dense" and dense["rel_l2_vs_torch_pruned"] is None
+    assert report["expert_weight_bytes"] < dense["expert_weight_bytes"]
+    judged = report["rel_l2_vs_torch_pruned"] if "2:4" in name else report["rel_l2_vs_torch"]
+    assert judged <= report["rel_l2_bound"]
+    assert report["rel_l2_vs_torch_agreeing"] <= report["rel_l2_bound_agreeing"]
+    if "2:4" in name:
+        assert report["rel_l2_vs_torch_pruned"] < report["rel_l2_vs_torch"]
+    assert name in capsys.readouterr().out
+
+
 def test_tokens_beyond_the_hardware_give_a_clear_error(capsys) -> None:
     assert main(["run", "--family", "mixtral", "--tokens", "100000"]) == 2
     assert "max_tokens" in capsys.readouterr().err

@@ -37,6 +37,7 @@ FILES: dict[str, str | bytes] = {
     "binary.json": b"\xff\xfe\x00\x81",
     "cfg.txt": AccelConfig().to_json(),
     "nine.json": AccelConfig(rows=9, cols=9, m_tile=9).to_json(),
+    "compressed.json": AccelConfig(sparse_2_4=True, int4_weights=True).to_json(),
     "doc.md": SWEEP_DOC,
     "nomarkers.md": "# no sweep table here\n",
     "doc.txt": SWEEP_DOC,
@@ -92,6 +93,25 @@ CASES: list[tuple[str, int, str]] = [
     ("run --backend fpga", 2, "--backend"),
     ("run --seed -1", 2, "--seed"),
     ("run --frobnicate", 2, "unrecognized arguments"),
+    # expert weight formats
+    ("run --weights int2", 2, "--weights"),
+    ("run --sparsity 1:4", 2, "--sparsity"),
+    ("run --weights int4 --int4-group 48", 2, "--int4-group"),
+    ("run --int4-group 32", 2, "need --weights int4"),
+    ("run --sparsity 2:4 --d-model 30", 2, "K = 30 is not a multiple of 4"),
+    ("run --weights int4 --int4-group 128", 2, "does not divide expert (d_model) K = 64"),
+    ("run --sparsity 2:4 --backend verilator", 2, "AccelConfig.sparse_2_4 = True"),
+    ("run --weights int4 --backend verilator", 2, "AccelConfig.int4_weights = True"),
+    (
+        "run --weights int4 --int4-group 32 --backend verilator --config {t}/compressed.json",
+        2,
+        "applies one scale per output channel",
+    ),
+    (
+        "run --weights int4 --sparsity 2:4 --backend verilator --config {t}/compressed.json",
+        2,
+        "the layer sequencer (rtl.layer_sequencer)",
+    ),
     ("", 2, "COMMAND"),
     ("fly", 2, "invalid choice"),
     # synth
