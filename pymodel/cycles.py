@@ -361,10 +361,7 @@ def _blocks(rows, mb: int):
 
 
 def _check_inputs(cfg, spec, tokens, counts, memory):
-    if not isinstance(cfg, AccelConfig):
-        raise ConfigError(f"layer_cycles needs an AccelConfig, got {type(cfg).__name__}")
-    if not isinstance(spec, MoESpec):
-        raise ConfigError(f"layer_cycles needs a MoESpec, got {type(spec).__name__}")
+    _check_types(cfg, spec)
     if not isinstance(memory, MemoryTiming):
         raise ConfigError(f"memory must be a MemoryTiming, got {type(memory).__name__}")
     layout.check_top_config(cfg)
@@ -376,6 +373,19 @@ def _check_inputs(cfg, spec, tokens, counts, memory):
             f"read_latency = {memory.read_latency} exceeds what {DMA_MAX_OUTSTANDING} outstanding "
             f"{burst}-beat bursts hide; the model assumes streaming reads"
         )
+    return _check_routing(cfg, spec, tokens, counts)
+
+
+def _check_types(cfg, spec) -> None:
+    if not isinstance(cfg, AccelConfig):
+        raise ConfigError(f"layer_cycles needs an AccelConfig, got {type(cfg).__name__}")
+    if not isinstance(spec, MoESpec):
+        raise ConfigError(f"layer_cycles needs a MoESpec, got {type(spec).__name__}")
+
+
+def _check_routing(cfg, spec, tokens, counts):
+    """Token counts and kept pairs per expert, as [points] and [points, E] int64 arrays."""
+    _check_types(cfg, spec)
     t = np.asarray(tokens)
     if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1:
         raise ConfigError(f"tokens must be an int or a 1-D int array, got {t.dtype} {t.shape}")
@@ -474,11 +484,11 @@ def layer_cycles(
     `useful_macs` counts the layer's K × N work whatever the format.
     """
     memory = MemoryTiming() if memory is None else memory
+    t, counts = _check_inputs(cfg, spec, tokens, tokens_per_expert, memory)
     check_supported(weight_format, cfg)
     fmt = weight_format
     for k_in in {spec.d_model, spec.d_ff, spec.shared_d_ff} - {0}:
         fmt.check_k(k_in, "expert")
-    t, counts = _check_inputs(cfg, spec, tokens, tokens_per_expert, memory)
     m = _Model(cfg, spec, memory, int(t.max()))
     d, f, fs, e, k = spec.d_model, spec.d_ff, spec.shared_d_ff, spec.n_experts, spec.top_k
     B, C = m.B, m.C
@@ -673,7 +683,7 @@ def expert_weight_bytes(
     if not isinstance(fmt, WeightFormat):
         raise ConfigError(f"expected a WeightFormat, got {type(fmt).__name__}")
     stream_fmt = WeightFormat(fmt.bits, fmt.sparse)
-    t, counts = _check_inputs(cfg, spec, tokens, tokens_per_expert, MemoryTiming())
+    t, counts = _check_routing(cfg, spec, tokens, tokens_per_expert)
     m = _Model(cfg, spec, MemoryTiming(), int(t.max()))
     passes1 = 2 if spec.ffn == "swiglu" else 1
     total = m.ffn_weight_bytes(counts, spec.d_ff, passes1, stream_fmt).sum(axis=1)
