@@ -64,6 +64,8 @@ FORMATS = [
     WeightFormat(4, False, 32),
     WeightFormat(4, True),
     WeightFormat(4, True, 32),
+    WeightFormat(4, False, 64),
+    WeightFormat(4, True, 128),
 ]
 
 
@@ -72,7 +74,8 @@ FORMATS = [
 def test_routed_rows_match_the_contract(
     family: str, fmt: WeightFormat, cfg: AccelConfig, make_case
 ) -> None:
-    dims = dict(d_model=8, d_ff=16) if fmt.group_size is None else dict(d_model=32, d_ff=32)
+    g = fmt.group_size
+    dims = dict(d_model=8, d_ff=16) if g is None else dict(d_model=g, d_ff=g)
     case = make_case(family, seed=3, tokens=24, n_experts=4, **dims)
     calib = calibrate(case.spec, case.weights, case.x, fmt)
     ql = quantize_layer(case.spec, case.weights, calib, cfg, fmt)
