@@ -46,18 +46,13 @@ FORMATS: tuple[WeightFormat, ...] = (
 """The formats measured: int8 dense, int8 2:4, int4 per-channel, int4 g32, int4 g128, int4 2:4."""
 
 
-def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
-    """‖y − ref‖₂ / ‖ref‖₂ in float64."""
-    y64, r64 = np.asarray(y, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(y64 - r64) / np.linalg.norm(r64))
-
-
 def measure(
     families: tuple[str, ...], seeds: int, tokens: int, d_model: int, d_ff: int, experts: int
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """errors[family][format name][metric] = one value per seed."""
     from sw_driver.hf import build_hf_block, import_hf_block
     from sw_driver.reference import run_hf_block
+    from sw_driver.report import expert_set_agreement, rel_l2
 
     cfg = AccelConfig()
     errors: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -75,10 +70,7 @@ def measure(
             for fmt in FORMATS:
                 res = run_golden(spec, weights, x, cfg, weight_format=fmt)
                 ref = moe_forward_float(spec, pruned_weights(weights, fmt), x)
-                same = np.all(
-                    np.sort(res.routing.expert_ids, axis=1) == np.sort(ref.expert_ids, axis=1),
-                    axis=1,
-                )
+                same = expert_set_agreement(res.routing.expert_ids, ref.expert_ids)
                 agree = same & np.all(res.dispatch.kept == ref.kept, axis=1)
                 row = per_format[fmt.name]
                 row["vs_hf"].append(rel_l2(res.y, hf_y))
