@@ -146,19 +146,6 @@ class WeightFormat:
         if self.group_size is not None and k % self.group_size:
             raise ConfigError(f"int4 group size {self.group_size} does not divide {what} K = {k}")
 
-    def stored_bytes(self, k: int, n: int) -> int:
-        """Bytes of a K × N weight matrix in this format, before tile padding.
-
-        Values at `bits` bits (K/2 kept per column with 2:4), plus the 2-bit
-        positions of 2:4 (four to a byte). Group scales live with the
-        parameters, not in the weight stream.
-        """
-        self.check_k(k)
-        kept = k // 2 if self.sparse else k
-        value_bytes = -(-kept * self.bits // 8) * n
-        idx_bytes = -(-kept // 4) * n if self.sparse else 0
-        return value_bytes + idx_bytes
-
     def to_json(self) -> str:
         """A compact string form (`from_json` inverts it), for pickle-free arrays."""
         group = self.group_size if self.group_size is not None else 0

@@ -237,14 +237,6 @@ def test_grouped_matmul_exact_rule() -> None:
         grouped_matmul(x, q, np.ones((3, 3), np.int64), cfg)
 
 
-def test_stored_bytes() -> None:
-    k, n = 16, 8
-    assert WeightFormat.DENSE_INT8.stored_bytes(k, n) == 128
-    assert WeightFormat(8, True).stored_bytes(k, n) == 64 + 16
-    assert WeightFormat(4).stored_bytes(k, n) == 64
-    assert WeightFormat(4, True).stored_bytes(k, n) == 32 + 16
-
-
 def test_check_supported() -> None:
     dense = AccelConfig()
     both = AccelConfig(sparse_2_4=True, int4_weights=True)
