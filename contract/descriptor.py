@@ -10,7 +10,8 @@ emits. Nothing here imports Amaranth.
 
 A rule is a predicate over `DescriptorValues` (the descriptor registers'
 fields plus the group division the top computes) and the `AccelConfig`. It
-uses only `==`, `!=`, `<`, `<=`, `>`, `>=`, `&`, `|`, `*` and constants, so
+uses only `==`, `!=`, `<`, `<=`, `>`, `>=`, `&`, `|`, `+`, `*`, shifts by
+constants and constants, so
 the same function gives a Python bool for ints and a 1-bit Amaranth value for
 signals. `ERROR_DETAIL` reads `rule_code(rule)` of the first rule that failed.
 """
@@ -25,7 +26,7 @@ from contract.regs import DESCRIPTOR_BLOCK, FFNKind, RoutingMode, SharedExpert
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gate import RSF_FRAC_BITS
 
-from .layout import REGION_ALIGN
+from .layout import REGION_ALIGN, addr_shift, row_unit
 from .timing import SHIFT_BITS
 
 __all__ = [
@@ -59,17 +60,22 @@ class DescriptorField:
 
     `source` is the register field it is copied from ("REG" for a register's
     `value`, "REG.field" otherwise) or None for a field the top computes
-    (`group_size`). `width(cfg)` is its width in the sequencer.
+    (`group_size`). `width(cfg)` is its width in the sequencer. An `address`
+    field's register holds an address word (`contract.layout.addr_word`): the
+    top copies it shifted left by `layout.addr_shift(cfg)`, a byte address.
     """
 
     name: str
     source: str | None
     width: Callable[[AccelConfig], int]
     doc: str = ""
+    address: bool = False
 
 
 def _addr(name: str, source: str) -> DescriptorField:
-    return DescriptorField(name, source, lambda cfg: 32, f"byte address ({source})")
+    return DescriptorField(
+        name, source, lambda cfg: cfg.addr_bits, f"byte address (from {source}'s word)", True
+    )
 
 
 DESCRIPTOR_FIELDS: tuple[DescriptorField, ...] = (
@@ -128,9 +134,9 @@ INPUTS: dict[str, tuple[str, str]] = _inputs()
 """Names the rules read (`num_tokens`, `n_group`, `ffn`, ...) → (register, field)."""
 
 ADDRESS_REGISTERS: tuple[str, ...] = tuple(
-    f.source for f in DESCRIPTOR_FIELDS if f.source is not None and f.source.endswith("_ADDR")
+    f.source for f in DESCRIPTOR_FIELDS if f.address and f.source is not None
 )
-"""The descriptor's byte-address registers (each must be `REGION_ALIGN`-aligned)."""
+"""The descriptor's address-word registers (each must name a `REGION_ALIGN`-aligned byte)."""
 
 
 class DescriptorValues:
@@ -177,8 +183,27 @@ def _aligned(reg: str) -> Rule:
     mask = REGION_ALIGN - 1
     return Rule(
         f"{reg.lower()}_misaligned",
-        f"{reg} must be {REGION_ALIGN}-byte aligned",
-        lambda v, cfg: (getattr(v, reg.lower()) & mask) != 0,
+        f"{reg} must name a {REGION_ALIGN}-byte aligned address",
+        lambda v, cfg: ((getattr(v, reg.lower()) << addr_shift(cfg)) & mask) != 0,
+    )
+
+
+def _row_bytes(d: Any, cfg: AccelConfig) -> Any:
+    """`layout.row_bytes` of a D_MODEL value, in shifts (for signals as for ints)."""
+    s = row_unit(cfg).bit_length() - 1
+    return ((d + (row_unit(cfg) - 1)) >> s) << s
+
+
+def _inside(reg: str) -> Rule:
+    """A region of T rows of `row_bytes(d_model)` (tokens, output) ends inside the bus."""
+    return Rule(
+        f"{reg.lower()}_past_address_space",
+        f"{reg}'s region (NUM_TOKENS rows of D_MODEL bytes, padded) must end below "
+        "2^AccelConfig.addr_bits",
+        lambda v, cfg: (
+            (getattr(v, reg.lower()) << addr_shift(cfg)) + v.num_tokens * _row_bytes(v.d_model, cfg)
+            >= 2**cfg.addr_bits
+        ),
     )
 
 
@@ -260,6 +285,8 @@ RULES: tuple[Rule, ...] = (
         lambda v, c: v.routed_scaling >= 2**ROUTED_SCALING_BITS,
     ),
     *(_aligned(reg) for reg in ADDRESS_REGISTERS),
+    _inside("TOKENS_ADDR"),
+    _inside("OUTPUT_ADDR"),
 )
 """Every descriptor-validity rule, in `ERROR_DETAIL` order (the first failing one is reported)."""
 

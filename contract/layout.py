@@ -9,7 +9,18 @@ Units: `B = mem_bytes_per_cycle` (one bus beat), `R = rows`, `C = cols`.
 The top requires R, C to be powers of two (B always is), so every unit
 below divides the next.
 
-Regions (each `REGION_ALIGN`-aligned, addresses in the descriptor registers):
+Addresses. The bus carries `cfg.addr_bits`-bit byte addresses, but every
+address the descriptor registers and the expert table hold is one 32-bit
+*address word*: the byte address shifted right by `addr_shift(cfg)` =
+`addr_bits − 32`, i.e. counted in granules of `addr_granule(cfg)` bytes
+(1 byte in the default 32-bit build, where a word is the byte address;
+256 bytes at 40 bits). So a word always names a byte below 2^addr_bits,
+the register map and the table keep 32-bit words whatever the width, and
+regions start on `region_align(cfg)` = max(`REGION_ALIGN`, granule) bytes.
+`addr_word` encodes (refusing what a word cannot name), the top decodes
+with `<< addr_shift(cfg)`.
+
+Regions (each `region_align(cfg)`-aligned, their address words in the descriptor registers):
 
 - tokens `X`: T rows of `row_bytes(d)` bytes (int8, zero-padded);
 - router parameters: one `param_word` per router column (E, +1 with a
@@ -20,7 +31,8 @@ Regions (each `REGION_ALIGN`-aligned, addresses in the descriptor registers):
   `weight_rows_per_beat` rows a beat, each K-tile padded to whole beats by
   `padded_k`);
 - expert table: `n_experts + 1` descriptors of `desc_bytes(cfg)` bytes;
-  entry E is the shared expert's (`EXPERT_DESCRIPTOR` gives the words);
+  entry E is the shared expert's (`EXPERT_DESCRIPTOR` gives the words; its
+  `ADDRESS_FIELDS` are address words);
 - per expert: its GEMM1 weight stream (W1, or W1/W3 interleaved per N-tile
   for SwiGLU), its GEMM2 stream (W2), its parameter words (W1 channels,
   then W3, then W2, each padded to a multiple of C) and its LUT
@@ -42,12 +54,17 @@ from pymodel.gemm_engine import padded_k, weight_stream, weight_stream_rows
 from .timing import SHIFT_BITS
 
 __all__ = [
+    "ADDRESS_FIELDS",
+    "ADDR_WORD_BITS",
     "DESC_FIELDS",
     "EXPERT_DESCRIPTOR",
     "PARAM_SHIFT_LSB",
     "REGION_ALIGN",
     "ROUTING_RECORD",
     "ROUTING_RECORD_BYTES",
+    "addr_granule",
+    "addr_shift",
+    "addr_word",
     "align",
     "check_top_config",
     "desc_bytes",
@@ -57,6 +74,7 @@ __all__ = [
     "padded_k",
     "param_word",
     "param_words",
+    "region_align",
     "row_bytes",
     "row_unit",
     "weight_stream",
@@ -64,7 +82,10 @@ __all__ = [
 ]
 
 REGION_ALIGN = 64
-"""Every region starts on a 64-byte boundary (the widest bus beat)."""
+"""Every region starts on at least a 64-byte boundary (the widest bus beat); `region_align`."""
+
+ADDR_WORD_BITS = 32
+"""Width of an address word (descriptor address registers, expert-table address fields)."""
 
 ROUTING_RECORD = np.dtype([("expert", "<u4"), ("weight", "<u4")])
 """One routing record as the top writes it: expert id then gate weight (little endian)."""
@@ -91,6 +112,43 @@ EXPERT_DESCRIPTOR = np.dtype(
 
 DESC_FIELDS: tuple[str, ...] = EXPERT_DESCRIPTOR.names
 """The expert descriptor's words in order (the sequencer loads them into `dw[name]`)."""
+
+ADDRESS_FIELDS: tuple[str, ...] = ("w1_addr", "w2_addr", "param_addr")
+"""The expert descriptor's address words (decoded to byte addresses with `addr_shift`)."""
+
+
+def addr_shift(cfg: AccelConfig) -> int:
+    """Bits an address word is shifted left by to give the byte address: addr_bits − 32."""
+    return cfg.addr_bits - ADDR_WORD_BITS
+
+
+def addr_granule(cfg: AccelConfig) -> int:
+    """Bytes one step of an address word spans (1 in the default 32-bit build)."""
+    return 1 << addr_shift(cfg)
+
+
+def region_align(cfg: AccelConfig) -> int:
+    """Alignment of every region: a bus beat's `REGION_ALIGN`, or the granule when larger."""
+    return max(REGION_ALIGN, addr_granule(cfg))
+
+
+def addr_word(cfg: AccelConfig, addr: int, what: str) -> int:
+    """The address word naming byte address `addr` of region `what`.
+
+    Raises `ConfigError` naming `what` when `addr` lies beyond the
+    `addr_bits` address space or is not a whole number of granules.
+    """
+    if addr >= 2**cfg.addr_bits:
+        raise ConfigError(
+            f"region {what!r} at {addr:#x} lies beyond the {cfg.addr_bits}-bit address space "
+            f"(AccelConfig.addr_bits; it ends at {2**cfg.addr_bits:#x})"
+        )
+    if addr < 0 or addr % addr_granule(cfg):
+        raise ConfigError(
+            f"region {what!r} at {addr:#x} is not a multiple of the {addr_granule(cfg)}-byte "
+            "address granule"
+        )
+    return addr >> addr_shift(cfg)
 
 
 def check_top_config(cfg: AccelConfig) -> None:

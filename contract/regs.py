@@ -65,7 +65,7 @@ __all__ = [
     "config_hash",
 ]
 
-REGMAP_VERSION = (0, 3, 0)
+REGMAP_VERSION = (0, 4, 0)
 """(major, minor, patch) of this table; bump minor when adding registers, major when moving."""
 
 COUNTER_BITS = 48
@@ -457,6 +457,12 @@ ID_BLOCK = Block(
         ),
         Reg("CONFIG_MAX_D_FF", Access.CONST, "AccelConfig.max_d_ff.", const=lambda c: c.max_d_ff),
         Reg("CONFIG_HASH", Access.CONST, "CRC-32 of AccelConfig.to_json().", const=config_hash),
+        Reg(
+            "CONFIG_ADDR_BITS",
+            Access.CONST,
+            "AccelConfig.addr_bits: address words are byte addresses >> (addr_bits - 32).",
+            const=lambda c: c.addr_bits,
+        ),
     ),
 )
 
@@ -483,28 +489,31 @@ CONTROL_BLOCK = Block(
             doc="Job status.",
         ),
         Reg("ERROR_CAUSE", RO, "ErrorCause of the first error since STATUS.error was cleared."),
-        Reg("ERROR_ADDR", RO, "Bus address of the failing burst (bus errors only)."),
+        Reg("ERROR_ADDR", RO, "Bus address of the failing burst, bits 0-31 (bus errors only)."),
         Reg("WATCHDOG_CYCLES", RW, "Abort a job after this many cycles (0: no watchdog)."),
         Reg(
             "ERROR_DETAIL",
             RO,
             "With BAD_DESCRIPTOR: contract.descriptor.rule_code of the first failing rule.",
         ),
+        Reg("ERROR_ADDR_HI", RO, "Bits 32 and up of ERROR_ADDR's bus address (addr_bits > 32)."),
     ),
 )
 
+# Address words: the byte address >> (addr_bits - 32) (contract.layout.addr_word);
+# in the default 32-bit build, the byte address itself.
 DESCRIPTOR_BLOCK = Block(
     "descriptor",
     0x100,
     0x100,
     (
-        Reg("TOKENS_ADDR", RW, "Byte address of the int8 token matrix X[T, d_model]."),
-        Reg("ROUTER_W_ADDR", RW, "Byte address of the router GEMM's weight stream (layout)."),
-        Reg("EXPERT_TABLE_ADDR", RW, "Byte address of the expert descriptor table."),
-        Reg("OUTPUT_ADDR", RW, "Byte address of the output Y[T, d_model]."),
-        Reg("SCRATCH_ADDR", RW, "Byte address of the routed expert outputs Ye (scratch)."),
-        Reg("REQUANT_TABLE_ADDR", RW, "Byte address of the router columns' (mult, shift) words."),
-        Reg("LUT_TABLE_ADDR", RW, "Byte address of the expert LUTs (e at e·layout.lut_bytes)."),
+        Reg("TOKENS_ADDR", RW, "Address word of the int8 token matrix X[T, d_model]."),
+        Reg("ROUTER_W_ADDR", RW, "Address word of the router GEMM's weight stream (layout)."),
+        Reg("EXPERT_TABLE_ADDR", RW, "Address word of the expert descriptor table."),
+        Reg("OUTPUT_ADDR", RW, "Address word of the output Y[T, d_model]."),
+        Reg("SCRATCH_ADDR", RW, "Address word of the routed expert outputs Ye (scratch)."),
+        Reg("REQUANT_TABLE_ADDR", RW, "Address word of the router columns' (mult, shift) words."),
+        Reg("LUT_TABLE_ADDR", RW, "Address word of the expert LUTs (e at e·lut_bytes bytes)."),
         Reg("NUM_TOKENS", RW, "T: tokens in this job."),
         Reg("D_MODEL", RW, "d_model."),
         Reg("D_FF", RW, "d_ff (per routed expert)."),
@@ -541,9 +550,9 @@ DESCRIPTOR_BLOCK = Block(
             ),
             doc="The combiner's output requantisation.",
         ),
-        Reg("BIAS_ADDR", RW, "Byte address of the correction bias (one i32 per expert)."),
-        Reg("ROUTING_ADDR", RW, "Byte address of the routing records written back."),
-        Reg("SHARED_SCRATCH_ADDR", RW, "Byte address of the shared expert's outputs."),
+        Reg("BIAS_ADDR", RW, "Address word of the correction bias (one i32 per expert)."),
+        Reg("ROUTING_ADDR", RW, "Address word of the routing records written back."),
+        Reg("SHARED_SCRATCH_ADDR", RW, "Address word of the shared expert's outputs."),
     ),
 )
 

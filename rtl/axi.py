@@ -14,8 +14,10 @@ Verilator turns `__` into `___05F`) expect. The AXI4 signature carries the id
 signals because `cocotbext-axi`'s `AxiBus` requires them; our masters drive a
 constant id and issue in order.
 
-Widths: addresses are `ADDR_WIDTH` = 32 bits; AXI4 data is
-`cfg.mem_bytes_per_cycle` bytes; AXI4-Lite data is 32 bits.
+Widths: AXI4 addresses are `cfg.addr_bits` bits (32 by default; wider
+builds reach whole full-size layers) and AXI4 data `cfg.mem_bytes_per_cycle`
+bytes; the AXI4-Lite register bus has `LITE_ADDR_WIDTH` = 32-bit addresses
+and 32-bit data.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from contract.timing import BOUNDARY_BYTES, MAX_BURST_BEATS, burst_beats
 from pymodel.config import AccelConfig, ConfigError
 
 __all__ = [
-    "ADDR_WIDTH",
     "BOUNDARY_BYTES",
+    "LITE_ADDR_WIDTH",
     "LITE_DATA_WIDTH",
     "MAX_BURST_BEATS",
     "AXI4Signature",
@@ -41,8 +43,8 @@ __all__ = [
     "burst_beats",
 ]
 
-ADDR_WIDTH = 32
-"""Byte address width of both buses (a 4 GiB space; the driver's buffers are 32-bit)."""
+LITE_ADDR_WIDTH = 32
+"""AXI4-Lite byte address width (the register map spans far less)."""
 
 LITE_DATA_WIDTH = 32
 """AXI4-Lite data width: one register word."""
@@ -68,7 +70,9 @@ class Burst(enum.IntEnum):
 class AXILiteSignature(wiring.Signature):
     """AXI4-Lite, master's view: 32-bit address, 32-bit data, with strobes and prot."""
 
-    def __init__(self, addr_width: int = ADDR_WIDTH, data_width: int = LITE_DATA_WIDTH) -> None:
+    def __init__(
+        self, addr_width: int = LITE_ADDR_WIDTH, data_width: int = LITE_DATA_WIDTH
+    ) -> None:
         if data_width not in (32, 64):
             raise ConfigError(f"AXI4-Lite data_width = {data_width} must be 32 or 64")
         if not 12 <= addr_width <= 64:
@@ -116,17 +120,19 @@ class AXILiteSignature(wiring.Signature):
 class AXI4Signature(wiring.Signature):
     """AXI4 (full), master's view, with id, burst, cache/prot/qos and last signals.
 
-    `data_bytes` defaults to `cfg.mem_bytes_per_cycle`, the accelerator's
-    memory bandwidth per cycle.
+    The data is `cfg.mem_bytes_per_cycle` bytes, the accelerator's memory
+    bandwidth per cycle; `addr_width` defaults to `cfg.addr_bits`.
     """
 
     def __init__(
-        self, cfg: AccelConfig, *, addr_width: int = ADDR_WIDTH, id_width: int = 4
+        self, cfg: AccelConfig, *, addr_width: int | None = None, id_width: int = 4
     ) -> None:
         if not isinstance(cfg, AccelConfig):
             raise ConfigError(f"AXI4Signature needs an AccelConfig, got {type(cfg).__name__}")
         if not 1 <= id_width <= 16:
             raise ConfigError(f"AXI4 id_width = {id_width} is out of range [1, 16]")
+        if addr_width is None:
+            addr_width = cfg.addr_bits
         if not 12 <= addr_width <= 64:
             raise ConfigError(f"AXI4 addr_width = {addr_width} is out of range [12, 64]")
         self.data_bytes = cfg.mem_bytes_per_cycle

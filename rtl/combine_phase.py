@@ -28,7 +28,6 @@ from amaranth.utils import ceil_log2, exact_log2
 from contract import layout
 from pymodel.config import AccelConfig
 
-from .axi import ADDR_WIDTH
 from .combine import CombineShapes
 from .combine_feeder import CombineFeeder
 from .dispatch_tables import inverse_layout
@@ -85,10 +84,10 @@ class CombinePhase(wiring.Component):
                 "k": In(range(cfg.max_top_k + 1)),
                 "shared": In(1),
                 "row_bytes": In(range(row_bytes + 1)),
-                "scratch_addr": In(ADDR_WIDTH),
-                "shared_scratch_addr": In(ADDR_WIDTH),
+                "scratch_addr": In(cfg.addr_bits),
+                "shared_scratch_addr": In(cfg.addr_bits),
                 "read": Out(1),
-                "read_addr": Out(ADDR_WIDTH),
+                "read_addr": Out(cfg.addr_bits),
                 "rd_done": In(1),
                 "term_start": Out(1),
                 "term_row": Out(range(cfg.max_top_k + 2)),

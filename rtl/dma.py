@@ -6,7 +6,8 @@ them, and a bus error must end a job with a cause instead of hanging it.
 
 Commands (`dma_command_layout`: byte `addr`, byte `length`) arrive on `rd_cmd` /
 `wr_cmd` streams. `addr` and `length` must be multiples of the beat size
-`B = cfg.mem_bytes_per_cycle` and `addr + length` must not pass 2^32, else
+`B = cfg.mem_bytes_per_cycle` and `addr + length` must stay below
+2^`cfg.addr_bits` (the bus's byte-address width), else
 the command is a BAD_DESCRIPTOR error; `length = 0` completes at once. Each
 engine runs one command at a time, split into bursts of at most `burst`
 beats (`contract.timing.burst_beats(cfg)`, 16) that never cross a 4 KiB boundary.
@@ -54,16 +55,16 @@ from contract.regs import COUNTER_BITS, ErrorCause
 from contract.timing import DMA_MAX_OUTSTANDING
 from pymodel.config import AccelConfig, ConfigError
 
-from .axi import ADDR_WIDTH, BOUNDARY_BYTES, AXI4Signature, Burst, burst_beats
+from .axi import BOUNDARY_BYTES, AXI4Signature, Burst, burst_beats
 
 __all__ = ["DMA", "dma_command_layout", "read_beat_layout"]
 
 CAUSE_BITS = 8
 
 
-def dma_command_layout() -> data.StructLayout:
-    """One transfer: `length` bytes from/to byte address `addr`."""
-    return data.StructLayout({"addr": unsigned(ADDR_WIDTH), "length": unsigned(32)})
+def dma_command_layout(addr_bits: int) -> data.StructLayout:
+    """One transfer: `length` bytes from/to byte address `addr` (`addr_bits` = `cfg.addr_bits`)."""
+    return data.StructLayout({"addr": unsigned(addr_bits), "length": unsigned(32)})
 
 
 def read_beat_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -107,16 +108,16 @@ class DMA(wiring.Component):
         super().__init__(
             {
                 "m_axi": Out(bus),
-                "rd_cmd": In(stream.Signature(dma_command_layout())),
+                "rd_cmd": In(stream.Signature(dma_command_layout(cfg.addr_bits))),
                 "rd_data": Out(stream.Signature(read_beat_layout(cfg))),
                 "rd_done": Out(1),
-                "wr_cmd": In(stream.Signature(dma_command_layout())),
+                "wr_cmd": In(stream.Signature(dma_command_layout(cfg.addr_bits))),
                 "wr_data": In(stream.Signature(unsigned(8 * cfg.mem_bytes_per_cycle))),
                 "wr_done": Out(1),
                 "busy": Out(1),
                 "error": Out(1),
                 "error_cause": Out(CAUSE_BITS),
-                "error_addr": Out(ADDR_WIDTH),
+                "error_addr": Out(cfg.addr_bits),
                 "clear": In(1),
                 "cancel": In(1),
                 "bytes_read": Out(COUNTER_BITS),
@@ -142,11 +143,12 @@ class DMA(wiring.Component):
     def _check(self, m: Module, cmd: data.View, name: str) -> Signal:
         """High when `cmd` is malformed (misaligned, or running past the address space)."""
         s = exact_log2(self.beat_bytes)
+        abits = self.cfg.addr_bits
         bad = Signal(name=f"{name}_bad")
-        end = Signal(ADDR_WIDTH + 1, name=f"{name}_end")
+        end = Signal(abits + 1, name=f"{name}_end")
         m.d.comb += [
             end.eq(cmd.addr + cmd.length),
-            bad.eq((cmd.addr[:s] != 0) | (cmd.length[:s] != 0) | end[ADDR_WIDTH]),
+            bad.eq((cmd.addr[:s] != 0) | (cmd.length[:s] != 0) | end[abits]),
         ]
         return bad
 
@@ -155,13 +157,14 @@ class DMA(wiring.Component):
         axi = self.m_axi
         bb = self.beat_bytes
         s = exact_log2(bb)
+        abits = self.cfg.addr_bits
         beat_bits = 32 - s + 1
         out_range = range(self.max_outstanding + 1)
 
         error = self.error
         clear_pending = Signal()
         rd_err, wr_err = Signal(), Signal()
-        rd_err_addr, wr_err_addr = Signal(ADDR_WIDTH), Signal(ADDR_WIDTH)
+        rd_err_addr, wr_err_addr = Signal(abits), Signal(abits)
         rd_bad, wr_bad = Signal(), Signal()
 
         for ch in ("ar", "aw"):
@@ -175,10 +178,10 @@ class DMA(wiring.Component):
 
         # ---------------- read engine ----------------
         rd_active = Signal()
-        ar_addr = Signal(ADDR_WIDTH)
+        ar_addr = Signal(abits)
         ar_left = Signal(beat_bits)
         rx_left = Signal(beat_bits)
-        rx_addr = Signal(ADDR_WIDTH)
+        rx_addr = Signal(abits)
         rd_out = Signal(out_range)
 
         rcmd = self.rd_cmd.payload
@@ -243,11 +246,11 @@ class DMA(wiring.Component):
 
         # ---------------- write engine ----------------
         wr_active = Signal()
-        aw_addr = Signal(ADDR_WIDTH)
+        aw_addr = Signal(abits)
         aw_left = Signal(beat_bits)
-        w_addr = Signal(ADDR_WIDTH)
+        w_addr = Signal(abits)
         w_left = Signal(beat_bits)
-        b_addr = Signal(ADDR_WIDTH)
+        b_addr = Signal(abits)
         b_left = Signal(beat_bits)
         wr_out = Signal(out_range)
         aw_ahead = Signal(out_range)  # AW accepted, W burst not yet set up

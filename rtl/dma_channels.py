@@ -17,7 +17,6 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .axi import ADDR_WIDTH
 from .dma import dma_command_layout
 from .resize import COUNT_BITS, Resizer
 from .streams import CommandRegister, StreamDemux, StreamMux
@@ -25,14 +24,14 @@ from .streams import CommandRegister, StreamDemux, StreamMux
 __all__ = ["ReadChannel", "WriteChannel"]
 
 
-def _issue_ports(sel: type[py_enum.Enum]) -> dict:
+def _issue_ports(sel: type[py_enum.Enum], addr_bits: int) -> dict:
     return {
         "issue": In(1),
-        "addr": In(ADDR_WIDTH),
+        "addr": In(addr_bits),
         "length": In(32),
         "sel": In(sel),
         "count": In(COUNT_BITS),
-        "cmd": Out(stream.Signature(dma_command_layout())),
+        "cmd": Out(stream.Signature(dma_command_layout(addr_bits))),
     }
 
 
@@ -43,7 +42,7 @@ def _unit_streams(items: dict[py_enum.Enum, int], flow: wiring.Flow) -> dict:
 
 def _command(m: Module, channel: wiring.Component) -> Signal:
     """The DMA command register loaded at `issue`; returns the unit it serves (held till next)."""
-    command = m.submodules.command = CommandRegister(dma_command_layout())
+    command = m.submodules.command = CommandRegister(channel.cmd.payload.shape())
     wiring.connect(m, command.o, wiring.flipped(channel.cmd))
     m.d.comb += [
         command.load.eq(channel.issue),
@@ -60,17 +59,23 @@ class _Channel(wiring.Component):
     """What both channels share: the issue ports, the command register, one stream per unit.
 
     A channel gives the flow of its unit streams (`_unit_flow`) and its own
-    ports (`_own_ports(beat_bytes, sel)`).
+    ports (`_own_ports(beat_bytes, sel)`); `addr_bits` is the bus address width
+    (`AccelConfig.addr_bits`).
     """
 
     _unit_flow: wiring.Flow
     _own_ports: Callable[[int, type[py_enum.Enum]], dict[str, wiring.Member]]
 
     def __init__(
-        self, beat_bytes: int, sel: type[py_enum.Enum], items: dict[py_enum.Enum, int]
+        self,
+        beat_bytes: int,
+        sel: type[py_enum.Enum],
+        items: dict[py_enum.Enum, int],
+        *,
+        addr_bits: int,
     ) -> None:
         self._sel, self._items, self._beat = sel, items, beat_bytes
-        members = _issue_ports(sel) | self._own_ports(beat_bytes, sel)
+        members = _issue_ports(sel, addr_bits) | self._own_ports(beat_bytes, sel)
         super().__init__(members | _unit_streams(items, self._unit_flow))
 
 
@@ -85,6 +90,8 @@ class ReadChannel(_Channel):
         The units; `items[member]` is the item size of the unit `member`.
     items : dict
         Item bytes per unit (powers of two).
+    addr_bits : int
+        The bus address width (`AccelConfig.addr_bits`).
 
     Ports
     -----
@@ -124,7 +131,7 @@ class WriteChannel(_Channel):
 
     Parameters
     ----------
-    beat_bytes, sel, items
+    beat_bytes, sel, items, addr_bits
         As for `ReadChannel`; here each unit's items are gathered into beats.
 
     Ports

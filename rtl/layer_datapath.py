@@ -185,6 +185,7 @@ def _reads(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
             ReadSel.TERM: C,
             ReadSel.PARAMS: 4 * cfg.param_words_per_beat,
         },
+        addr_bits=cfg.addr_bits,
     )
     wiring.connect(m, rch.cmd, wiring.flipped(seq.rd_cmd))
     m.d.comb += [
@@ -250,6 +251,7 @@ def _writes(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
             WriteSel.YBUF: p.wy,
             WriteSel.COMBINE: cfg.cols,
         },
+        addr_bits=cfg.addr_bits,
     )
     wiring.connect(m, wch.cmd, wiring.flipped(seq.wr_cmd))
     wiring.connect(m, wch.data, wiring.flipped(seq.wr_data))

@@ -156,11 +156,17 @@ class WordLoader(wiring.Component):
     bias_addr, bias_data, bias_we : Out
         The gate's bias table write.
     desc : Out(StructLayout)
-        The expert descriptor's words (`contract.layout.DESC_FIELDS`), as loaded.
+        The expert descriptor's words (`contract.layout.DESC_FIELDS`), as loaded;
+        its address words (`layout.ADDRESS_FIELDS`) as `cfg.addr_bits`-bit byte
+        addresses (shifted left by `layout.addr_shift`).
     """
 
     def __init__(self, cfg: AccelConfig) -> None:
+        self.cfg = cfg
         n_words = cfg.max_experts + len(layout.DESC_FIELDS)
+        widths = {
+            n: cfg.addr_bits if n in layout.ADDRESS_FIELDS else 32 for n in layout.DESC_FIELDS
+        }
         super().__init__(
             {
                 "start": In(1),
@@ -169,7 +175,7 @@ class WordLoader(wiring.Component):
                 "bias_addr": Out(range(n_words + 1)),
                 "bias_data": Out(32),
                 "bias_we": Out(1),
-                "desc": Out(data.StructLayout({n: unsigned(32) for n in layout.DESC_FIELDS})),
+                "desc": Out(data.StructLayout({n: unsigned(w) for n, w in widths.items()})),
             }
         )
 
@@ -179,8 +185,10 @@ class WordLoader(wiring.Component):
         index = Signal.like(self.bias_addr)
         words = Array(Signal(32, name=f"dw_{n}") for n in layout.DESC_FIELDS)
         m.d.comb += [self.bias_addr.eq(index), self.bias_data.eq(self.i.payload)]
+        shift = layout.addr_shift(self.cfg)
         for name, word in zip(layout.DESC_FIELDS, words, strict=True):
-            m.d.comb += self.desc[name].eq(word)
+            value = word << shift if name in layout.ADDRESS_FIELDS else word
+            m.d.comb += self.desc[name].eq(value)
         with m.If(self.i.valid):
             with m.Switch(dest):
                 with m.Case(WordDest.BIAS):

@@ -17,7 +17,7 @@ Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
 - A bus error (DMA), an engine rejecting a command, or the watchdog
   (`WATCHDOG_CYCLES`, 0 = off) aborts: the DMA drains its bursts (no AXI
   transaction is left half done), the sequencer is reset, `STATUS.error`
-  is set with the cause (and `ERROR_ADDR` for bus errors), and the
+  is set with the cause (and `ERROR_ADDR`/`ERROR_ADDR_HI` for bus errors), and the
   accelerator is idle and ready for the next start.
 - `CTRL.soft_reset` aborts the same way without an error: idle, ready.
   A reset (this one or the `rst` port) leaves no state of the interrupted
@@ -25,6 +25,11 @@ Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
   after reset (the dispatcher's histogram).
 
 Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
+
+Addresses: the descriptor's address registers hold address words
+(`contract.layout.addr_word`); the top shifts each left by
+`layout.addr_shift(cfg)` into a `cfg.addr_bits`-bit byte address for the
+sequencer, which (like the DMA and the AXI4 master) computes in bytes.
 """
 
 from __future__ import annotations
@@ -90,7 +95,10 @@ class MoEAccel(wiring.Component):
         d = core.desc
         for f in DESCRIPTOR_FIELDS:
             if f.source is not None:
-                m.d.comb += getattr(d, f.name).eq(_register_field(regs, f.source))
+                value = _register_field(regs, f.source)
+                if f.address:
+                    value = value << layout.addr_shift(cfg)
+                m.d.comb += getattr(d, f.name).eq(value)
         m.d.comb += [
             core.expert_index.eq(regs.expert_index.value),
             regs.expert_tokens.value.eq(core.expert_tokens),
@@ -123,14 +131,15 @@ class MoEAccel(wiring.Component):
         busy = Signal()
         cause = Signal(8)
         detail = Signal(8)
-        err_addr = Signal(32)
+        err_addr = Signal(cfg.addr_bits)
         watchdog = Signal(32)
         fault = Signal(8)  # why the running layer is being aborted (NONE: soft reset)
-        fault_addr = Signal(32)
+        fault_addr = Signal(cfg.addr_bits)
         m.d.comb += [
             regs.status.busy.eq(busy),
             regs.error_cause.value.eq(cause),
-            regs.error_addr.value.eq(err_addr),
+            regs.error_addr.value.eq(err_addr[:32]),
+            regs.error_addr_hi.value.eq(err_addr[32:]),
             regs.error_detail.value.eq(detail),
             self.irq.eq(regs.status.done | regs.status.error),
         ]

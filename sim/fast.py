@@ -48,6 +48,7 @@ import hashlib
 import inspect
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -89,6 +90,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "build_fast",
+    "sparse_mapping",
     "strip_zero_memory_init",
 ]
 
@@ -119,6 +121,23 @@ logger = logging.getLogger(__name__)
 
 LITE_TIMEOUT = 1000
 """Cycles a register access may take before it is reported as a hung bus."""
+
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+"""Linux's MAP_NORESERVE (the same bit on x86-64 and arm64; Python's mmap lacks the name)."""
+
+FILL_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32)
+"""The harness's lazy-region fill callback: region id -> 0 (filled) or non-zero (failed)."""
+
+
+def sparse_mapping(nbytes: int) -> mmap.mmap:
+    """`nbytes` of zeroed memory whose pages cost host memory only once written.
+
+    An anonymous private mapping without swap reservation: the kernel hands
+    out zero pages on first touch, so a memory spanning a whole full-size
+    layer's address space (tens of GiB) costs only what a run writes, and
+    the heuristic overcommit check does not refuse a span larger than RAM.
+    """
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
 
 
 class FastSimTimeout(SimulationError):
@@ -548,6 +567,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_bare_step": (None, [vp, u64]),
         "fastsim_add_error_range": (None, [vp, u64, u64, i32, i32]),
         "fastsim_clear_error_ranges": (None, [vp]),
+        "fastsim_set_fill_callback": (None, [vp, FILL_CALLBACK]),
+        "fastsim_add_lazy_region": (i32, [vp, u64, u64, u32]),
+        "fastsim_clear_lazy_regions": (None, [vp]),
         "fastsim_set_bus_chaos": (None, [vp, u64, u32, u32]),
         "fastsim_set_max_burst": (None, [vp, u32]),
         "fastsim_protocol_error": (i32, [vp, ctypes.c_char_p, u32]),
@@ -569,7 +591,10 @@ class FastSim:
     """One instance of a top in the fast backend, with its own memory.
 
     `top_factory` is the top Component or a zero-argument callable making it.
-    `mem_bytes` of memory start at bus address 0 (beyond it: DECERR);
+    `mem_bytes` of memory start at bus address 0 (beyond it: DECERR), up to
+    2^`cfg.addr_bits`; it is a sparse mapping (`sparse_mapping`), so only
+    written pages cost host memory, and parts of it can be filled on demand
+    (`add_lazy_region`);
     `read_latency` is cycles from an accepted AR to the first R beat,
     `write_latency` cycles from a burst's last W beat to its B;
     `bytes_per_cycle` (default: the bus width) limits the bandwidth of reads and,
@@ -618,10 +643,11 @@ class FastSim:
         beat = cfg.mem_bytes_per_cycle if isinstance(cfg, AccelConfig) else 1
         if isinstance(mem_bytes, bool) or not isinstance(mem_bytes, int):
             raise ConfigError(f"FastSim mem_bytes must be an int, got {mem_bytes!r}")
-        if not beat <= mem_bytes <= 2**32 or mem_bytes % beat:
+        addr_bits = cfg.addr_bits if isinstance(cfg, AccelConfig) else 32
+        if not beat <= mem_bytes <= 2**addr_bits or mem_bytes % beat:
             raise ConfigError(
                 f"FastSim mem_bytes = {mem_bytes} must be a multiple of the {beat}-byte beat "
-                "in [beat, 2^32]"
+                f"in [beat, 2^{addr_bits}] (AccelConfig.addr_bits)"
             )
         for what, value in (("read_latency", read_latency), ("write_latency", write_latency)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**6:
@@ -664,8 +690,14 @@ class FastSim:
             trace_format is not None
         ):
             raise SimulationError(f"harness library {self.build.library} does not match its key")
-        self.mem = np.zeros(mem_bytes, dtype=np.uint8)
+        self._mapping = sparse_mapping(mem_bytes)
+        self.mem = np.frombuffer(self._mapping, dtype=np.uint8)
         """The memory, shared with the C++ model (writes either side are seen by the other)."""
+        self._lazy: dict[int, Callable[[], None]] = {}
+        self._fill_error: BaseException | None = None
+        self.filled: list[int] = []
+        """Ids of the lazy regions filled since the last `clear_lazy_regions`, in fill order."""
+        self._fill_callback = FILL_CALLBACK(self._fill)
         trace_arg = str(Path(trace).resolve()).encode() if trace is not None else None
         scopes = _trace_scopes(self.build, name, trace_scope) if trace_scope is not None else ""
         self._handle = self._lib.fastsim_create(
@@ -680,6 +712,7 @@ class FastSim:
         )
         self._finalizer = weakref.finalize(self, self._lib.fastsim_destroy, self._handle)
         self._lib.fastsim_set_max_burst(self._handle, max_burst_beats or 256)
+        self._lib.fastsim_set_fill_callback(self._handle, self._fill_callback)
         self.reset(reset_cycles)
 
     # -- lifetime ---------------------------------------------------------------------
@@ -763,6 +796,9 @@ class FastSim:
         return text.value.decode(errors="replace")
 
     def _check_protocol(self) -> None:
+        if self._fill_error is not None:
+            exc, self._fill_error = self._fill_error, None
+            raise SimulationError(f"filling a lazy region failed: {exc!r}") from exc
         error = self.protocol_error
         if error is not None:
             raise ProtocolViolation(error)
@@ -794,6 +830,44 @@ class FastSim:
 
     def clear_errors(self) -> None:
         self._lib.fastsim_clear_error_ranges(self._h)
+
+    # -- demand-filled memory ---------------------------------------------------------
+    def clear_memory(self) -> None:
+        """Zero the whole memory at no cost: its pages go back to the OS, zero when touched."""
+        self._mapping.madvise(mmap.MADV_DONTNEED)
+
+    def add_lazy_region(self, lo: int, hi: int, fill: Callable[[], None]) -> int:
+        """Call `fill()` when the top's first burst touching [lo, hi) is accepted; return its id.
+
+        `fill` writes the region's contents into `mem` (the harness calls it
+        from inside the run, before any beat of that burst moves), so data the
+        hardware never reads is never produced. Regions must not overlap a
+        region not yet filled. An exception from `fill` stops the run; the
+        call that ran it raises `SimulationError` from that exception.
+        """
+        if not 0 <= lo < hi <= self.mem.size:
+            raise ValueError(f"lazy region [{lo:#x}, {hi:#x}) is not inside the memory")
+        rid = len(self._lazy)
+        if self._lib.fastsim_add_lazy_region(self._h, lo, hi, rid) != 0:
+            raise ValueError(f"lazy region [{lo:#x}, {hi:#x}) overlaps one not filled yet")
+        self._lazy[rid] = fill
+        return rid
+
+    def clear_lazy_regions(self) -> None:
+        """Forget the lazy regions not filled yet, and the list of those filled."""
+        self._lib.fastsim_clear_lazy_regions(self._h)
+        self._lazy.clear()
+        self.filled = []
+
+    def _fill(self, rid: int) -> int:
+        """The harness's callback (the GIL is taken again for it): fill region `rid`."""
+        try:
+            self._lazy[rid]()
+        except BaseException as exc:  # handed back to the caller of the run
+            self._fill_error = exc
+            return 1
+        self.filled.append(rid)
+        return 0
 
     # -- registers --------------------------------------------------------------------
     def _offset(self, reg: str | int) -> int:

@@ -11,7 +11,8 @@ API (stable; backends and the CLI build on it)::
     image = compile_layer(ql, x_q, cfg, base=0, watchdog_cycles=0, resident_experts=None)
     image.write_into(mem)  # write the image into a zeroed memory (addressed from 0)
     image.mem            # or: np.uint8 [image.mem_bytes], the dense contents from image.base
-    image.regions        # {name: Region(addr, size)}, 64-byte aligned
+    image.regions        # {name: Region(addr, size)}, layout.region_align(cfg)-aligned
+    image.chunks         # what write_into writes; chunk.lazy ones may be filled on demand
     image.program        # [(register name, value), ...]; the final entry is CTRL.start
     # ... a backend writes the image into its memory, runs the register writes
     # in order, waits for STATUS.done (or .error), then:
@@ -32,14 +33,21 @@ expert_table, luts, expert<e> (W1/W3 stream, W2 stream, parameter words),
 shared (the same for the shared expert), scratch, shared_scratch, routing,
 output. Only `routing` and `output` are read back.
 
-Full-size layers: expert weight streams are `Chunk`s produced on demand, so
-`write_into` generates one expert at a time into a (lazily zero, page-sparse)
-memory and never holds the layer's weights twice. `resident_experts` writes
-only those experts (the shared one always): every other expert gets no memory
-and a descriptor pointing at `UNMAPPED_ADDR`, so a read of it is a bus error,
-never a silent read of zeros. The 32-bit bus addresses at most 4 GiB
-(`contract` ADDR_WIDTH): a DeepSeek-V3 layer's 11.3 GB of routed experts only
-fits that way.
+Addresses: every region lies below 2^`cfg.addr_bits`; the registers and
+the expert table hold address words (`contract.layout.addr_word`, the byte
+address >> (addr_bits − 32)). An image that does not fit the address space is
+refused here, naming the region.
+
+Full-size layers: expert weight streams and parameter words are `Chunk`s
+produced when written, not when compiled (`lazy` chunks), so `write_into`
+generates one expert at a time into a (lazily zero, page-sparse) memory and
+never holds the layer's weights twice; a backend may instead fill a lazy chunk
+only when the hardware first reads it (`VerilatorDevice(experts="demand")`).
+`resident_experts` writes only those experts (the shared one always): every
+other expert gets no memory and a descriptor pointing at `unmapped_addr(cfg)`,
+so a read of it is a bus error, never a silent read of zeros. With 32-bit
+addresses (4 GiB) a DeepSeek-V3 layer's 11.3 GB of routed experts only fits
+that way; `configs/fullsize.json` has 40-bit addresses and places them all.
 """
 
 from __future__ import annotations
@@ -70,9 +78,12 @@ __all__ = [
 PAGE = 4096
 """The image size is rounded up to whole 4 KiB pages."""
 
-UNMAPPED_ADDR = 2**32 - PAGE
-"""Where descriptors of non-resident experts point: above every image (images must end
-below it), so no memory model maps it and any read there is a bus error."""
+
+def unmapped_addr(cfg: AccelConfig) -> int:
+    """Where descriptors of non-resident experts point: the top page (or granule) of the
+    address space, above every image (images must end below it), so no memory model maps
+    it and any read there is a bus error."""
+    return 2**cfg.addr_bits - max(PAGE, layout.addr_granule(cfg))
 
 
 @dataclass(frozen=True)
@@ -87,13 +98,17 @@ class Region:
 class Chunk:
     """`size` bytes the image writes at bus address `addr`; `produce()` returns them (uint8).
 
-    Expert weight streams are produced when written, not when compiled, so a
-    full-size layer's weights exist in Python one expert at a time.
+    Expert weight streams and parameter words are `lazy`: produced when
+    written, not when compiled, so a full-size layer's weights exist in Python
+    one expert at a time, and a backend may write them only when the hardware
+    first reads them. `region` names the region the chunk fills.
     """
 
     addr: int
     size: int
     produce: Callable[[], np.ndarray]
+    region: str = ""
+    lazy: bool = False
 
 
 HW_WRITTEN = ("scratch", "shared_scratch", "routing", "output")
@@ -136,34 +151,41 @@ class LayerImage:
         hw = sum(self.regions[name].size for name in HW_WRITTEN)
         return self.written_bytes + hw + max((c.size for c in self.chunks), default=0)
 
-    def write_into(self, mem: np.ndarray) -> None:
-        """Write every chunk into `mem` (uint8, addressed from 0), producing one at a time.
+    def write_into(self, mem: np.ndarray, *, origin: int = 0, lazy: bool = True) -> None:
+        """Write the chunks into `mem` (uint8, byte i at bus address origin + i), producing
+        one at a time; `lazy=False` leaves out the lazy chunks (`write_chunk` them later).
 
         Bytes the image does not write are left alone: `mem` must hold zeros
         there (a fresh `np.zeros` memory, whose untouched pages cost nothing).
         """
         if not isinstance(mem, np.ndarray) or mem.dtype != np.uint8 or mem.ndim != 1:
             raise ConfigError("write_into needs the memory as a 1-D numpy uint8 array")
-        if mem.size < self.base + self.size:
+        if not 0 <= origin <= self.base or origin + mem.size < self.base + self.size:
             raise ConfigError(
-                f"memory of {mem.size} bytes does not hold the image (ends at "
-                f"{self.base + self.size})"
+                f"memory of {mem.size} bytes from {origin:#x} does not hold the image "
+                f"({self.base:#x} to {self.base + self.size:#x})"
             )
         for chunk in self.chunks:
-            data = chunk.produce()
-            if data.dtype != np.uint8 or data.size != chunk.size:
-                raise ConfigError(
-                    f"chunk at {chunk.addr:#x} produced {data.size} bytes of {data.dtype}, "
-                    f"expected {chunk.size} uint8"
-                )
-            mem[chunk.addr : chunk.addr + chunk.size] = data
+            if lazy or not chunk.lazy:
+                self.write_chunk(chunk, mem, origin=origin)
+
+    @staticmethod
+    def write_chunk(chunk: Chunk, mem: np.ndarray, *, origin: int = 0) -> None:
+        """Produce `chunk` and write it into `mem` (byte i at bus address origin + i)."""
+        data = chunk.produce()
+        if data.dtype != np.uint8 or data.size != chunk.size:
+            raise ConfigError(
+                f"chunk {chunk.region!r} at {chunk.addr:#x} produced {data.size} bytes of "
+                f"{data.dtype}, expected {chunk.size} uint8"
+            )
+        mem[chunk.addr - origin : chunk.addr - origin + chunk.size] = data
 
     @functools.cached_property
     def mem(self) -> np.ndarray:
         """The dense image, `mem_bytes` from `base` (small layers: tests, saved images)."""
-        mem = np.zeros(self.base + self.size, dtype=np.uint8)
-        self.write_into(mem)
-        return mem[self.base :]
+        mem = np.zeros(self.size, dtype=np.uint8)
+        self.write_into(mem, origin=self.base)
+        return mem
 
 
 @dataclass(frozen=True)
@@ -178,31 +200,40 @@ class HwOutputs:
 class _Image:
     """Region allocator + byte writer."""
 
-    def __init__(self, base: int) -> None:
+    def __init__(self, cfg: AccelConfig, base: int) -> None:
+        self.cfg = cfg
         self.base = base
         self.at = base
         self.regions: dict[str, Region] = {}
         self.chunks: list[Chunk] = []
 
     def alloc(self, name: str, size: int) -> int:
-        addr = layout.align(self.at, layout.REGION_ALIGN)
-        if addr + size > UNMAPPED_ADDR:
+        addr = layout.align(self.at, layout.region_align(self.cfg))
+        top = unmapped_addr(self.cfg)
+        if addr + size > top:
             raise ConfigError(
-                f"the layer's memory image does not fit the 32-bit bus: region {name!r} would "
-                f"end at {(addr + size) / 2**30:.2f} GiB, beyond {UNMAPPED_ADDR / 2**30:.2f} GiB; "
-                "write only the experts the tokens use (compile_layer's resident_experts, "
+                f"the layer's memory image does not fit the {self.cfg.addr_bits}-bit bus: "
+                f"region {name!r} would end at {(addr + size) / 2**30:.2f} GiB, beyond "
+                f"{top / 2**30:.2f} GiB; raise AccelConfig.addr_bits or write only the "
+                "experts the tokens use (compile_layer's resident_experts, "
                 "VerilatorDevice(experts='routed'))"
             )
         self.regions[name] = Region(addr, size)
         self.at = addr + size
         return addr
 
-    def put(self, addr: int, data: np.ndarray) -> None:
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1).copy()
-        self.chunks.append(Chunk(addr, raw.size, lambda: raw))
+    def word(self, name: str) -> int:
+        """The address word of region `name` (`layout.addr_word`)."""
+        return layout.addr_word(self.cfg, self.regions[name].addr, name)
 
-    def put_lazy(self, addr: int, size: int, produce: Callable[[], np.ndarray]) -> None:
-        self.chunks.append(Chunk(addr, size, produce))
+    def put(self, addr: int, data: np.ndarray, region: str) -> None:
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1).copy()
+        self.chunks.append(Chunk(addr, raw.size, lambda: raw, region))
+
+    def put_lazy(
+        self, addr: int, size: int, produce: Callable[[], np.ndarray], region: str
+    ) -> None:
+        self.chunks.append(Chunk(addr, size, produce, region, lazy=True))
 
     def size(self) -> int:
         return layout.align(max(self.at - self.base, 1), PAGE)
@@ -248,7 +279,7 @@ def _ffn_block(
     """Write expert `e` of `p` (streams, parameters, LUT); return its descriptor words.
 
     A non-resident expert gets no memory: its descriptor has the right row
-    counts but points at `UNMAPPED_ADDR`.
+    counts but points at `unmapped_addr(cfg)`.
     """
     gated = p.gated
     _, d, f = p.w1_q.shape
@@ -258,7 +289,7 @@ def _ffn_block(
     gate_mult = int(p.m_h[e]) if gated else 0
     gate_shift = int(p.sh_h[e]) if gated else 0
     if not resident:
-        nowhere = UNMAPPED_ADDR
+        nowhere = layout.addr_word(cfg, unmapped_addr(cfg), "unmapped")
         return [nowhere, rows1, nowhere, rows2, nowhere, n_words, gate_mult, gate_shift]
     sections = [(p.m1[e], p.sh1[e])]
     if gated:
@@ -267,13 +298,15 @@ def _ffn_block(
     b = cfg.mem_bytes_per_cycle
     c = cfg.cols
     w1 = img.alloc(f"{name}.w1", layout.align(rows1 * c, b))
-    img.put_lazy(w1, rows1 * c, _stream(cfg, [p.w1_q] + ([p.w3_q] if gated else []), e))
+    w1_producer = _stream(cfg, [p.w1_q] + ([p.w3_q] if gated else []), e)
+    img.put_lazy(w1, rows1 * c, w1_producer, f"{name}.w1")
     w2 = img.alloc(f"{name}.w2", layout.align(rows2 * c, b))
-    img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e))
+    img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e), f"{name}.w2")
     pa = img.alloc(f"{name}.params", layout.align(4 * n_words, b))
-    img.put_lazy(pa, 4 * n_words, _param_words(cfg, sections))
-    img.put(lut_addr, p.lut[e].astype(np.int8))
-    return [w1, rows1, w2, rows2, pa, n_words, gate_mult, gate_shift]
+    img.put_lazy(pa, 4 * n_words, _param_words(cfg, sections), f"{name}.params")
+    img.put(lut_addr, p.lut[e].astype(np.int8), "luts")
+    w1w, w2w, paw = (img.word(f"{name}.{part}") for part in ("w1", "w2", "params"))
+    return [w1w, rows1, w2w, rows2, paw, n_words, gate_mult, gate_shift]
 
 
 def _check_resident(resident_experts: object, n_experts: int) -> tuple[int, ...]:
@@ -332,19 +365,19 @@ def compile_layer(
     resident = _check_resident(resident_experts, e)
     b = cfg.mem_bytes_per_cycle
     ys = layout.row_bytes(cfg, d)
-    img = _Image(base)
+    img = _Image(cfg, base)
 
     tokens = img.alloc("tokens", t * ys)
-    img.put(tokens, _rows_image(cfg, x_q.astype(np.int8), ys))
+    img.put(tokens, _rows_image(cfg, x_q.astype(np.int8), ys), "tokens")
     rp_words = layout.param_words(cfg, [(ql.router_mult, ql.router_shift)]).astype("<u4")
     rp = img.alloc("router_params", layout.align(4 * rp_words.size, b))
-    img.put(rp, rp_words)
+    img.put(rp, rp_words, "router_params")
     bias = img.alloc("bias", layout.align(4 * e, b))
     if ql.bias_q is not None:
-        img.put(bias, ql.bias_q.astype("<i4"))
+        img.put(bias, ql.bias_q.astype("<i4"), "bias")
     rstream = layout.weight_stream(cfg, [ql.router_q])
     rw = img.alloc("router_weights", layout.align(rstream.size, b))
-    img.put(rw, rstream.astype(np.int8))
+    img.put(rw, rstream.astype(np.int8), "router_weights")
     table = img.alloc("expert_table", (e + 1) * layout.desc_bytes(cfg))
     luts = img.alloc("luts", (e + 1) * layout.lut_bytes(cfg))
     descs = []
@@ -356,12 +389,14 @@ def compile_layer(
         descs.append(_ffn_block(img, cfg, "shared", ql.shared, 0, luts + e * layout.lut_bytes(cfg)))
     for i, words in enumerate(descs):
         img.put(
-            table + i * layout.desc_bytes(cfg), np.array(tuple(words), layout.EXPERT_DESCRIPTOR)
+            table + i * layout.desc_bytes(cfg),
+            np.array(tuple(words), layout.EXPERT_DESCRIPTOR),
+            "expert_table",
         )
-    scratch = img.alloc("scratch", layout.max_sorted_rows(cfg, t, k, e) * ys)
-    shared_scratch = img.alloc("shared_scratch", t * ys if spec.has_shared else b)
-    routing = img.alloc("routing", layout.align(t * k * layout.ROUTING_RECORD_BYTES, b))
-    output = img.alloc("output", t * ys)
+    img.alloc("scratch", layout.max_sorted_rows(cfg, t, k, e) * ys)
+    img.alloc("shared_scratch", t * ys if spec.has_shared else b)
+    img.alloc("routing", layout.align(t * k * layout.ROUTING_RECORD_BYTES, b))
+    img.alloc("output", t * ys)
 
     shared = SharedExpert.of(spec)
     regs = REGISTER_MAP
@@ -374,16 +409,16 @@ def compile_layer(
         topk_group=spec.topk_group,
     )
     program = [
-        ("TOKENS_ADDR", tokens),
-        ("ROUTER_W_ADDR", rw),
-        ("EXPERT_TABLE_ADDR", table),
-        ("OUTPUT_ADDR", output),
-        ("SCRATCH_ADDR", scratch),
-        ("REQUANT_TABLE_ADDR", rp),
-        ("LUT_TABLE_ADDR", luts),
-        ("BIAS_ADDR", bias),
-        ("ROUTING_ADDR", routing),
-        ("SHARED_SCRATCH_ADDR", shared_scratch),
+        ("TOKENS_ADDR", img.word("tokens")),
+        ("ROUTER_W_ADDR", img.word("router_weights")),
+        ("EXPERT_TABLE_ADDR", img.word("expert_table")),
+        ("OUTPUT_ADDR", img.word("output")),
+        ("SCRATCH_ADDR", img.word("scratch")),
+        ("REQUANT_TABLE_ADDR", img.word("router_params")),
+        ("LUT_TABLE_ADDR", img.word("luts")),
+        ("BIAS_ADDR", img.word("bias")),
+        ("ROUTING_ADDR", img.word("routing")),
+        ("SHARED_SCRATCH_ADDR", img.word("shared_scratch")),
         ("NUM_TOKENS", t),
         ("D_MODEL", d),
         ("D_FF", spec.d_ff),

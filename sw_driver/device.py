@@ -13,6 +13,7 @@ Both take a `QuantizedLayer` and int tokens and return a `DeviceResult`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -28,6 +29,10 @@ from .compile import LayerImage, compile_layer, read_expert_counts, read_outputs
 
 if TYPE_CHECKING:
     from sim.fast import FastSim
+
+
+EXPERT_MODES = ("all", "demand", "routed")
+"""`VerilatorDevice(experts=...)`: which routed experts' weights a run writes, and when."""
 
 
 class DeviceError(RuntimeError):
@@ -105,19 +110,34 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def image_bytes_estimate(image: LayerImage) -> int:
+def image_bytes_estimate(image: LayerImage, *, demand: bool = False) -> int:
     """Host bytes a run of `image` touches: the pages it writes, not its address span.
 
     The simulated memory is a lazily zero allocation, so only the written
     chunks, the hardware-written regions and one chunk in flight cost RAM
     (`LayerImage.touched_bytes`); experts that are not resident cost nothing.
+    With `demand` (lazy chunks filled when the hardware reads them) the routed
+    experts are not known before the run: it counts the lazy chunks of the
+    T·k largest experts (no more can be routed) and the shared expert's.
     """
-    return image.touched_bytes
+    if not demand:
+        return image.touched_bytes
+    eager = sum(c.size for c in image.chunks if not c.lazy)
+    per_expert: dict[str, int] = {}
+    for c in image.chunks:
+        if c.lazy:
+            owner = c.region.partition(".")[0]
+            per_expert[owner] = per_expert.get(owner, 0) + c.size
+    shared = per_expert.pop("shared", 0)
+    routable = image.tokens * image.spec.top_k
+    largest = sorted(per_expert.values(), reverse=True)[:routable]
+    hw = image.touched_bytes - image.written_bytes
+    return eager + shared + sum(largest) + hw
 
 
-def check_host_memory(image: LayerImage) -> None:
+def check_host_memory(image: LayerImage, *, demand: bool = False) -> None:
     """`ConfigError` when the memory a run of `image` touches cannot fit in available RAM."""
-    need = image_bytes_estimate(image)
+    need = image_bytes_estimate(image, demand=demand)
     have = available_memory_bytes()
     if have is not None and need > have:
         resident = len(image.resident)
@@ -151,14 +171,20 @@ class VerilatorDevice:
     is an argument of the C++ harness, not of the build. `threads` evaluates
     the model with Verilator's `--threads` (default `sim.fast.DEFAULT_THREADS`).
 
-    `experts` chooses which routed experts' weights a run writes: "all", or
-    "routed" — only those the golden router selects for the tokens (it is
-    cheap: one d × E GEMM), as an expert cache would hold them. The others
-    point at unmapped memory, so a hardware read of one stops the run with a
-    bus error (a `DeviceError`), never a silent read of zeros. Full-size
-    layers need "routed": their experts do not fit the 32-bit address space
-    (docs/simulation.md). The memory is a lazily zero allocation written
-    sparsely: only pages the image or the hardware writes cost host RAM.
+    `experts` chooses which routed experts' weights a run writes: "all"
+    (before the run); "demand" — every expert has its real address, but its
+    weight streams and parameter words are produced and written only when
+    the hardware's DMA first reads them (`sim.fast.FastSim.add_lazy_region`),
+    so the hardware's own routing decides what is generated, and
+    `last_filled` lists the experts it asked for; or "routed" — only those the
+    golden router selects for the tokens (one d × E GEMM), as an expert cache
+    would hold them. With "routed" the others point at unmapped memory, so a
+    hardware read of one stops the run with a bus error (a `DeviceError`),
+    never a silent read of zeros. A whole full-size layer (DeepSeek-V3: 11.3 GB
+    of experts) needs `AccelConfig.addr_bits` > 32 to be placed ("all" or
+    "demand"); with 32-bit addresses it runs only with "routed"
+    (docs/simulation.md). The memory is a sparse zero mapping: only pages the
+    image or the hardware writes cost host RAM.
     """
 
     name = "verilator"
@@ -186,8 +212,8 @@ class VerilatorDevice:
         if trace_window is not None and not 0 <= trace_window[0] < trace_window[1]:
             raise ConfigError(f"trace_window {trace_window} must be (start, end), 0 ≤ start < end")
 
-        if experts not in ("all", "routed"):
-            raise ConfigError(f"experts = {experts!r} is not one of ['all', 'routed']")
+        if experts not in EXPERT_MODES:
+            raise ConfigError(f"experts = {experts!r} is not one of {list(EXPERT_MODES)}")
         layout.check_top_config(cfg)
         self.cfg = cfg
         self.experts = experts
@@ -202,6 +228,9 @@ class VerilatorDevice:
         self._sim: FastSim | None = None
         self.last_image: LayerImage | None = None
         """The image of the last run (its regions and resident experts explain the counters)."""
+        self.last_filled: tuple[str, ...] = ()
+        """With experts="demand": the experts ("expert<e>", "shared") the last run's hardware
+        read, so their lazy regions were filled, in the order it first reached them."""
 
     def _model(self, mem_bytes: int) -> FastSim:
         from sim.accelerator import accelerator_top
@@ -225,6 +254,7 @@ class VerilatorDevice:
             )
         else:
             self._sim.reset()
+            self._sim.clear_memory()
         if self.trace_window is not None:
             now = self._sim.cycles
             self._sim.set_trace_window(now + self.trace_window[0], now + self.trace_window[1])
@@ -239,14 +269,19 @@ class VerilatorDevice:
         if self.experts == "routed":
             resident = np.unique(route(ql, x_q, self.cfg).expert_ids).tolist()
         image = compile_layer(ql, x_q, self.cfg, resident_experts=resident)
-        check_host_memory(image)
+        demand = self.experts == "demand"
+        check_host_memory(image, demand=demand)
         sim = self._model(image.base + image.mem_bytes)
-        if self.last_image is not None:
-            # Zero what the last run wrote, leaving untouched pages untouched.
-            for region in self.last_image.regions.values():
-                sim.mem[region.addr : region.addr + region.size] = 0
         self.last_image = image
-        image.write_into(sim.mem)
+        sim.clear_lazy_regions()
+        image.write_into(sim.mem, lazy=not demand)
+        lazy = [c for c in image.chunks if c.lazy] if demand else []
+        for chunk in lazy:
+            sim.add_lazy_region(
+                chunk.addr,
+                chunk.addr + chunk.size,
+                functools.partial(image.write_chunk, chunk, sim.mem),
+            )
         for reg, value in image.program:
             sim.write_reg(reg, value)
         try:
@@ -264,6 +299,8 @@ class VerilatorDevice:
                 f"accelerator stopped with status {result.status.name}, cause "
                 f"{result.cause.name}{partial}"
             )
+        filled = dict.fromkeys(lazy[i].region.partition(".")[0] for i in sim.filled)
+        self.last_filled = tuple(filled)
         outputs = read_outputs(sim.mem, image)
         counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
         counters = {

@@ -19,8 +19,9 @@
 // (the AXI4-Lite master below). The memory model is "registered": its outputs
 // never depend combinationally on the DUT's outputs in the same cycle.
 //
-// Memory model: bus address 0 is mem[0]; beats beyond the memory get DECERR and
-// injected ranges SLVERR/DECERR (a failing write beat is not written). Up to 16
+// Memory model: bus address 0 is mem[0] (addresses are 64-bit here; the top's are
+// AccelConfig.addr_bits wide); beats beyond the memory get DECERR and injected ranges
+// SLVERR/DECERR (a failing write beat is not written). Up to 16
 // bursts queue per direction; the first R beat comes `read_latency` cycles after
 // AR is accepted and a B `write_latency` cycles after the burst's last W beat;
 // R and W each move at most `bytes_per_cycle` bytes per cycle on average. W is
@@ -31,6 +32,13 @@
 // cycles before its first R beat or its B, and with `stall_permille` per mille per
 // cycle ARREADY, AWREADY or WREADY drops, or the next R beat or B is held back,
 // for 1..kMaxStall cycles. A VALID, once raised, stays up until its handshake.
+//
+// Demand-filled (lazy) regions (fastsim_add_lazy_region): byte ranges whose contents
+// the host produces only when the master first reaches them. When an AR or AW burst
+// that touches one is accepted, the fill callback (fastsim_set_fill_callback, one per
+// instance) is called with the region's id, synchronously, before any beat of that
+// burst moves; the region is then ordinary memory. A callback returning non-zero is
+// latched like a protocol violation, so the run stops on it.
 //
 // Protocol checker (always on; off only while fastsim_reset holds the reset): the
 // master's AR/AW/W payload and VALID stay stable while VALID is up and READY low;
@@ -61,7 +69,9 @@
 #include <fstream>
 #include <functional>
 #endif
+#include <algorithm>
 #include <deque>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -161,6 +171,14 @@ struct ErrorRange {
     uint8_t resp;
 };
 
+// A byte range [lo, hi) not filled yet; `id` is what the fill callback gets.
+struct LazyRegion {
+    uint64_t lo, hi;
+    uint32_t id;
+};
+
+using FillFn = int (*)(uint32_t id);
+
 // Seeded random bus behaviour; all zero (the default) draws nothing and changes nothing.
 struct Chaos {
     uint64_t state = 0;
@@ -236,6 +254,8 @@ struct Sim {
     std::deque<Response> responses;
     bool b_presenting = false;
     std::vector<ErrorRange> errors;
+    std::vector<LazyRegion> lazy;  // unfilled, sorted by lo, disjoint
+    FillFn fill = nullptr;
     Chaos chaos;
     uint32_t max_burst = 256;
     bool checking = true;  // the protocol checker is on (off while the reset is held)
@@ -309,6 +329,22 @@ struct Sim {
                 violate("W valid, data, strobes or last changed before WREADY");
             w_held = now;
             w_held.valid = now.valid && !cur.wready;
+        }
+    }
+
+    // Fill every unfilled lazy region that [addr, addr + bytes) touches.
+    void fill_lazy(uint64_t addr, uint64_t bytes) {
+        const uint64_t end = addr + bytes;
+        auto it = std::upper_bound(lazy.begin(), lazy.end(), end,
+                                   [](uint64_t a, const LazyRegion& r) { return a <= r.lo; });
+        while (it != lazy.begin() && std::prev(it)->hi > addr) {
+            --it;
+            const uint32_t id = it->id;
+            it = lazy.erase(it);
+            if ((fill ? fill(id) : 1) != 0 && violation.empty())
+                violation = "lazy region " + std::to_string(id) + " at cycle " +
+                            std::to_string(cycle) + " could not be filled (the fill callback " +
+                            (fill ? "failed)" : "is not set)");
         }
     }
 
@@ -393,6 +429,10 @@ struct Sim {
     }
 
     void update(const Sample& s) {
+        if (!lazy.empty()) {
+            if (s.ar) fill_lazy(s.araddr, uint64_t(s.arlen + 1) * kBeat);
+            if (s.aw) fill_lazy(s.awaddr, uint64_t(s.awlen + 1) * kBeat);
+        }
         if (s.ar)
             reads.push_back(
                 {s.araddr, s.arlen + 1, s.arid, cycle + read_latency + chaos.extra_latency()});
@@ -635,6 +675,29 @@ FASTSIM_API void fastsim_add_error_range(void* handle, uint64_t lo, uint64_t hi,
 
 FASTSIM_API void fastsim_clear_error_ranges(void* handle) {
     static_cast<Sim*>(handle)->errors.clear();
+}
+
+// The function called with a lazy region's id when the master first reaches it.
+FASTSIM_API void fastsim_set_fill_callback(void* handle, FillFn fill) {
+    static_cast<Sim*>(handle)->fill = fill;
+}
+
+// Register [lo, hi) as a lazy region `id`; returns 0, or -1 (nothing registered) when it
+// is empty or overlaps a lazy region not yet filled.
+FASTSIM_API int fastsim_add_lazy_region(void* handle, uint64_t lo, uint64_t hi, uint32_t id) {
+    auto* sim = static_cast<Sim*>(handle);
+    if (lo >= hi) return -1;
+    auto it = std::lower_bound(sim->lazy.begin(), sim->lazy.end(), lo,
+                               [](const LazyRegion& r, uint64_t a) { return r.lo < a; });
+    if (it != sim->lazy.end() && it->lo < hi) return -1;
+    if (it != sim->lazy.begin() && std::prev(it)->hi > lo) return -1;
+    sim->lazy.insert(it, {lo, hi, id});
+    return 0;
+}
+
+// Forget every lazy region not filled yet (their memory stays as it is).
+FASTSIM_API void fastsim_clear_lazy_regions(void* handle) {
+    static_cast<Sim*>(handle)->lazy.clear();
 }
 
 // Random bus behaviour from `seed` (see the top of this file); 0 and 0: none.

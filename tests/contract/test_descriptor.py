@@ -73,10 +73,11 @@ MAX_EXPERTS_DRAWN = 1 << 10
 
 
 def edge_values(key: str) -> list[int]:
-    """Values worth trying for one input: 0, 1, 2, around its limit, unaligned, the top."""
+    """Values worth trying for one input: 0, 1, 2, around its limit, unaligned, the top
+    (and the top's last aligned address, where a region runs out of the address space)."""
     top = 2 ** _WIDTH[key] - 1
     limit = _LIMIT.get(key, 64)
-    values = {0, 1, 2, 3, limit - 1, limit, limit + 1, BASE[key] + 16, top}
+    values = {0, 1, 2, 3, limit - 1, limit, limit + 1, BASE[key] + 16, top, top - top % 64}
     if key == "n_experts":
         values = {v for v in values if v < MAX_EXPERTS_DRAWN}
     return sorted(v for v in values if 0 <= v <= top)

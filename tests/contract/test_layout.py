@@ -62,3 +62,20 @@ def test_param_words_pack_and_pad_each_section():
     assert words.tolist() == [3 | 1 << 24, 5 | 2 << 24, 0, 0]
     with pytest.raises(ConfigError, match="do not fit"):
         layout.param_word(1 << 24, 0)
+
+
+@pytest.mark.parametrize(
+    ("bits", "granule", "align"), [(32, 1, 64), (40, 256, 256), (48, 65536, 65536)]
+)
+def test_address_words_count_granules_of_the_bus_width(bits, granule, align):
+    cfg = AccelConfig(addr_bits=bits)
+    assert layout.addr_granule(cfg) == granule and layout.region_align(cfg) == align
+    top = 2**bits - granule  # the last granule a 32-bit word can name
+    assert layout.addr_word(cfg, top, "output") == 2**32 - 1
+    assert layout.addr_word(cfg, 3 * granule, "tokens") << layout.addr_shift(cfg) == 3 * granule
+    with pytest.raises(ConfigError, match=rf"region 'luts' at .* beyond the {bits}-bit address"):
+        layout.addr_word(cfg, 2**bits, "luts")
+    if granule > 1:
+        with pytest.raises(ConfigError, match=r"region 'bias' at .* not a multiple of the"):
+            layout.addr_word(cfg, granule + 64, "bias")
+    assert set(layout.ADDRESS_FIELDS) <= set(layout.DESC_FIELDS)

@@ -4,7 +4,9 @@ Random commands on both engines at once with random backpressure on every
 AXI channel and on the streams; a protocol monitor checks burst lengths, the
 4 KiB rule and the outstanding-burst limit; bus errors are injected by making
 the RAM's read or write handler fail for an address range (cocotbext-axi then
-answers SLVERR).
+answers SLVERR). With `base` (a multiple of the RAM's size) every address
+is offset by it: the RAM answers modulo its size, so a base above 4 GiB runs
+the same tests through a wide (`AccelConfig.addr_bits` > 32) bus.
 """
 
 import random
@@ -30,6 +32,7 @@ SEED = P.get("seed", 1)
 COMMANDS = P.get("commands", 10)
 MEM = 1 << 16
 HALF = MEM // 2  # reads come from the lower half, writes go to the upper half
+BASE = P.get("base", 0)  # the bus address of the RAM's byte 0
 
 
 def pauses(rng: random.Random, p: float):
@@ -55,8 +58,9 @@ class Bench:
         self.image = bytes(rng.getrandbits(8) for _ in range(MEM))
         self.ram.write(0, self.image)
         clk = dut.clk
-        self.rd_cmd = StreamDriver.from_prefix(dut, "rd_cmd", clk, dma_command_layout(), rng=rng)
-        self.wr_cmd = StreamDriver.from_prefix(dut, "wr_cmd", clk, dma_command_layout(), rng=rng)
+        cmd = dma_command_layout(CFG.addr_bits)
+        self.rd_cmd = StreamDriver.from_prefix(dut, "rd_cmd", clk, cmd, rng=rng)
+        self.wr_cmd = StreamDriver.from_prefix(dut, "wr_cmd", clk, cmd, rng=rng)
         self.wr_data = StreamDriver.from_prefix(
             dut, "wr_data", clk, unsigned(8 * BEAT), idle_prob=0.2, rng=rng
         )
@@ -88,7 +92,8 @@ class Bench:
 
 
 def random_command(rng: random.Random, base: int) -> tuple[int, int]:
-    """(addr, length): sometimes just below a 4 KiB boundary, lengths 1..70 beats."""
+    """(bus addr, length) at `base` in the RAM: sometimes just below a 4 KiB boundary,
+    lengths 1..70 beats."""
     beats = rng.choice([1, 2, BURST, BURST + 1, rng.randint(1, 70)])
     if rng.random() < 0.4:
         page = rng.randrange(1, HALF // 4096)
@@ -96,7 +101,7 @@ def random_command(rng: random.Random, base: int) -> tuple[int, int]:
     else:
         addr = rng.randrange(0, HALF - beats * BEAT) // BEAT * BEAT
     addr = min(addr, HALF - beats * BEAT)
-    return base + addr, beats * BEAT
+    return BASE + base + addr, beats * BEAT
 
 
 async def start(dut, *, pause: float = 0.3, ready: float = 0.6, seed: int = SEED) -> Bench:
@@ -114,7 +119,8 @@ def expected_beats(image: bytes, commands: list[tuple[int, int]]) -> list[dict]:
     for addr, length in commands:
         n = length // BEAT
         for i in range(n):
-            chunk = image[addr + i * BEAT : addr + (i + 1) * BEAT]
+            at = addr - BASE + i * BEAT
+            chunk = image[at : at + BEAT]
             beats.append({"data": int.from_bytes(chunk, "little"), "last": int(i == n - 1)})
     return beats
 
@@ -129,7 +135,7 @@ async def random_reads_and_writes_with_backpressure(dut):
         addr, length = random_command(rng, HALF)
         payload = bytes(rng.getrandbits(8) for _ in range(length))
         writes.append((addr, length))
-        image[addr : addr + length] = payload
+        image[addr - BASE : addr - BASE + length] = payload
         data += [int.from_bytes(payload[i : i + BEAT], "little") for i in range(0, length, BEAT)]
     bench.rd_cmd.send_many([{"addr": a, "length": n} for a, n in reads])
     bench.wr_cmd.send_many([{"addr": a, "length": n} for a, n in writes])
@@ -149,7 +155,7 @@ async def random_reads_and_writes_with_backpressure(dut):
 @cocotb.test()
 async def read_error_ends_the_transfer_without_hanging(dut):
     bench = await start(dut)
-    bad = 0x1000 + 5 * BEAT
+    bad = BASE + 0x1000 + 5 * BEAT
     read_if = bench.ram.read_if
     healthy = read_if._read
 
@@ -159,10 +165,10 @@ async def read_error_ends_the_transfer_without_hanging(dut):
         return await healthy(address, length)
 
     read_if._read = failing
-    addr, length = 0x1000 - 3 * BEAT, 40 * BEAT
+    addr, length = BASE + 0x1000 - 3 * BEAT, 40 * BEAT
     bench.rd_cmd.send({"addr": addr, "length": length})
     # A concurrent write is aborted too: its producer never blocks.
-    bench.wr_cmd.send({"addr": HALF, "length": 64 * BEAT})
+    bench.wr_cmd.send({"addr": BASE + HALF, "length": 64 * BEAT})
     bench.wr_data.send_many(list(range(64)))
     await bench.wait_until(lambda: int(dut.error.value) and not int(dut.busy.value), 5000, "abort")
     assert int(dut.error_cause.value) == ErrorCause.BUS_READ_ERROR
@@ -178,8 +184,8 @@ async def read_error_ends_the_transfer_without_hanging(dut):
     dut.clear.value = 0
     await bench.wait_until(lambda: not int(dut.error.value), 10, "error cleared")
     assert int(dut.error_cause.value) == ErrorCause.NONE
-    bench.rd_cmd.send({"addr": 0, "length": 4 * BEAT})
-    expect = expected_beats(bench.image, [(0, 4 * BEAT)])
+    bench.rd_cmd.send({"addr": BASE, "length": 4 * BEAT})
+    expect = expected_beats(bench.image, [(BASE, 4 * BEAT)])
     await bench.rd_data.wait_for(good + 4, timeout_cycles=2000)
     assert bench.rd_data.items[good:] == expect
 
@@ -187,7 +193,7 @@ async def read_error_ends_the_transfer_without_hanging(dut):
 @cocotb.test()
 async def write_error_names_the_failing_burst(dut):
     bench = await start(dut, pause=0.2, ready=1.0)
-    bad = HALF + 0x2000 + 3 * BEAT
+    bad = BASE + HALF + 0x2000 + 3 * BEAT
     write_if = bench.ram.write_if
     healthy = write_if._write
 
@@ -197,12 +203,12 @@ async def write_error_names_the_failing_burst(dut):
         await healthy(address, data)
 
     write_if._write = failing
-    addr, beats = HALF + 0x2000 - 2 * BEAT, 5 * BURST
+    addr, beats = BASE + HALF + 0x2000 - 2 * BEAT, 5 * BURST
     bench.wr_cmd.send({"addr": addr, "length": beats * BEAT})
     bench.wr_data.send_many(list(range(beats)))
     await bench.wait_until(lambda: int(dut.error.value) and not int(dut.busy.value), 5000, "abort")
     assert int(dut.error_cause.value) == ErrorCause.BUS_WRITE_ERROR
-    assert int(dut.error_addr.value) == HALF + 0x2000  # the burst after the 4 KiB split
+    assert int(dut.error_addr.value) == BASE + HALF + 0x2000  # the burst after the 4 KiB split
     await bench.wr_data.wait_drained(timeout_cycles=500)
     assert bench.wr_done == 0
     bench.axi.check()
@@ -211,19 +217,20 @@ async def write_error_names_the_failing_burst(dut):
 @cocotb.test()
 async def bad_and_empty_commands(dut):
     bench = await start(dut, pause=0.0, ready=1.0)
-    bench.rd_cmd.send({"addr": 0x100, "length": 0})
-    bench.wr_cmd.send({"addr": HALF, "length": 0})
+    bench.rd_cmd.send({"addr": BASE + 0x100, "length": 0})
+    bench.wr_cmd.send({"addr": BASE + HALF, "length": 0})
     await bench.wait_until(lambda: bench.rd_done == 1 and bench.wr_done == 1, 50, "empty done")
     assert int(dut.error.value) == 0
-    bench.rd_cmd.send({"addr": 0x100 + BEAT // 2, "length": BEAT})
+    bench.rd_cmd.send({"addr": BASE + 0x100 + BEAT // 2, "length": BEAT})
     await bench.wait_until(lambda: int(dut.error.value), 50, "bad descriptor")
     assert int(dut.error_cause.value) == ErrorCause.BAD_DESCRIPTOR
-    assert int(dut.error_addr.value) == 0x100 + BEAT // 2
+    assert int(dut.error_addr.value) == BASE + 0x100 + BEAT // 2
     dut.clear.value = 1
     await RisingEdge(dut.clk)
     dut.clear.value = 0
     await bench.wait_until(lambda: not int(dut.error.value), 10, "error cleared")
-    bench.wr_cmd.send({"addr": 0xFFFF_FFF0 // BEAT * BEAT, "length": 4 * BEAT})
+    top = 2**CFG.addr_bits  # a transfer running past the address space
+    bench.wr_cmd.send({"addr": (top - 16) // BEAT * BEAT, "length": 4 * BEAT})
     await bench.wait_until(lambda: int(dut.error.value), 50, "wrap-around descriptor")
     assert int(dut.error_cause.value) == ErrorCause.BAD_DESCRIPTOR
     assert not bench.rd_data.items

@@ -1,9 +1,10 @@
 # amaranth: UnusedElaboratable=no
 """rtl.dma on Verilator via cocotb + cocotbext-axi, and its generator checks.
 
-Two builds: the default 16-byte bus with 16-beat bursts and 4 outstanding
-bursts, and an 8-byte bus with short (4-beat) bursts and one outstanding
-burst, where the limits bind all the time.
+Three builds: the default 16-byte bus with 16-beat bursts and 4 outstanding
+bursts; an 8-byte bus with short (4-beat) bursts and one outstanding
+burst, where the limits bind all the time; and the default bus with 40-bit
+addresses, its commands above 4 GiB (`base`).
 """
 
 from pathlib import Path
@@ -19,14 +20,16 @@ from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
 TB = Path(__file__).with_name("cocotb_dma.py")
 
 VARIANTS = {
-    "b16": (AccelConfig(), None, 4),
-    "b8_short": (AccelConfig(mem_bytes_per_cycle=8), 4, 1),
+    "b16": (AccelConfig(), None, 4, 0),
+    "b8_short": (AccelConfig(mem_bytes_per_cycle=8), 4, 1, 0),
+    "b16_wide": (AccelConfig(addr_bits=40), None, 4, 0x93_0000_0000),
 }
+"""name: (config, burst beats or None for the default, outstanding bursts, bus base)."""
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dma_against_axi_ram(variant):
-    cfg, burst, outstanding = VARIANTS[variant]
+    cfg, burst, outstanding, base = VARIANTS[variant]
     dma = DMA(cfg, burst=burst, max_outstanding=outstanding)
     build = build_component(dma, f"dma_{variant}")
     run_cocotb(
@@ -36,6 +39,7 @@ def test_dma_against_axi_ram(variant):
             "cfg": cfg,
             "burst": dma.burst,
             "max_outstanding": outstanding,
+            "base": base,
             "seed": len(variant),
         },
     )
@@ -45,7 +49,7 @@ def test_dma_against_axi_ram(variant):
 @pytest.mark.parametrize("seed", range(100, 106))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dma_soak(variant, seed):
-    cfg, burst, outstanding = VARIANTS[variant]
+    cfg, burst, outstanding, base = VARIANTS[variant]
     dma = DMA(cfg, burst=burst, max_outstanding=outstanding)
     run_cocotb(
         build_component(dma, f"dma_{variant}"),
@@ -55,6 +59,7 @@ def test_dma_soak(variant, seed):
             "cfg": cfg,
             "burst": dma.burst,
             "max_outstanding": outstanding,
+            "base": base,
             "commands": 60,
             "seed": seed,
         },
@@ -87,3 +92,13 @@ def test_dma_rejects_bad_parameters():
         DMA(AccelConfig(), max_outstanding=0)
     with pytest.raises(ConfigError, match="axi_id"):
         DMA(AccelConfig(), axi_id=16)
+
+
+def test_addresses_are_addr_bits_wide():
+    cfg = AccelConfig(addr_bits=40)
+    sig = AXI4Signature(cfg)
+    assert Shape.cast(sig.members["araddr"].shape).width == 40
+    assert Shape.cast(sig.members["awaddr"].shape).width == 40
+    dma = DMA(cfg)
+    assert Shape.cast(dma.error_addr.shape()).width == 40
+    assert Shape.cast(dma.rd_cmd.payload.addr.shape()).width == 40

@@ -39,7 +39,7 @@ async def issue(ctx, dut, sel, addr, length, count) -> None:
 
 
 def test_read_channel_resizes_beats_for_the_selected_unit():
-    dut = ReadChannel(4, Unit, ITEMS)
+    dut = ReadChannel(4, Unit, ITEMS, addr_bits=32)
     got = {Unit.A: [], Unit.B: []}
 
     async def run(ctx, beats):
@@ -69,7 +69,7 @@ def test_read_channel_resizes_beats_for_the_selected_unit():
 
 
 def test_write_channel_gathers_items_and_tracks_the_write():
-    dut = WriteChannel(4, Unit, ITEMS)
+    dut = WriteChannel(4, Unit, ITEMS, addr_bits=32)
     beats = []
 
     async def bench(ctx):

@@ -10,6 +10,7 @@ with -s to see it).
 """
 
 import json
+import resource
 import shutil
 import subprocess
 import time
@@ -31,6 +32,7 @@ from sim.fast import (
     FastSim,
     FastSimTimeout,
     RunStatus,
+    sparse_mapping,
     strip_zero_memory_init,
 )
 
@@ -372,6 +374,8 @@ def test_bad_arguments():
         FastSim(NoBus(), CFG, 4096)
     with pytest.raises(ConfigError, match="multiple of the 16-byte beat"):
         FastSim(lambda: MemCopyTop(CFG), CFG, 100, regmap=COPY_MAP)
+    with pytest.raises(ConfigError, match=r"2\^32\] \(AccelConfig.addr_bits\)"):
+        FastSim(lambda: MemCopyTop(CFG), CFG, 2**32 + 16, regmap=COPY_MAP)
     with pytest.raises(ConfigError, match="read_latency"):
         FastSim(lambda: MemCopyTop(CFG), CFG, 4096, regmap=COPY_MAP, read_latency=-1)
     with pytest.raises(ValueError, match=r"\.vcd or \.fst"):
@@ -397,3 +401,72 @@ def test_only_all_zero_memory_initialisers_are_stripped():
     stripped = strip_zero_memory_init(verilog)
     assert "zeros[0]" not in stripped and "zeros [1:0];" in stripped
     assert stripped.endswith(verilog[verilog.index("  reg [7:0] table") :])
+
+
+def copy_job(sim: FastSim, src: int, dst: int, length: int) -> RunStatus:
+    """One MemCopyTop copy (adding 0) from `src` to `dst`; its final status."""
+    sim.clear_errors()
+    sim.write_reg("STATUS", STATUS.pack(done=1, error=1))
+    for name, value in (("SRC_ADDR", src), ("DST_ADDR", dst), ("LENGTH", length), ("ADD", 0)):
+        sim.write_reg(name, value)
+    sim.write_reg("CTRL", START)
+    return sim.run(100_000).status
+
+
+def test_lazy_regions_are_filled_only_when_the_master_first_reads_them(fast_sim):
+    payload = np.random.default_rng(5).integers(0, 256, 512, dtype=np.uint8)
+    fills: list[str] = []
+
+    def fill_used() -> None:
+        fills.append("used")
+        fast_sim.mem[0x2000:0x2200] = payload
+
+    fast_sim.reset()
+    fast_sim.clear_lazy_regions()
+    used = fast_sim.add_lazy_region(0x2000, 0x2200, fill_used)
+    fast_sim.add_lazy_region(0x2400, 0x2600, lambda: fills.append("unused"))
+    with pytest.raises(ValueError, match="overlaps one not filled yet"):
+        fast_sim.add_lazy_region(0x2100, 0x2300, fill_used)
+    with pytest.raises(ValueError, match="not inside the memory"):
+        fast_sim.add_lazy_region(MEM_BYTES - 16, MEM_BYTES + 16, fill_used)
+    assert fills == []
+    # The copy reads the region's second half first only through its own bursts:
+    # the fill comes with the first burst that touches the region.
+    assert copy_job(fast_sim, 0x2100, 0xA000, 256) is RunStatus.DONE
+    assert fills == ["used"] and fast_sim.filled == [used]
+    assert np.array_equal(fast_sim.mem[0xA000:0xA100], payload[256:])
+    assert copy_job(fast_sim, 0x2000, 0xB000, 512) is RunStatus.DONE
+    assert fills == ["used"], "a filled region is ordinary memory"
+    assert np.array_equal(fast_sim.mem[0xB000:0xB200], payload)
+    fast_sim.clear_lazy_regions()
+    assert fast_sim.filled == []
+
+
+def test_a_failing_fill_stops_the_run_with_its_exception(fast_sim):
+    def broken() -> None:
+        raise RuntimeError("no weights for this expert")
+
+    fast_sim.reset()
+    fast_sim.clear_lazy_regions()
+    fast_sim.add_lazy_region(0x3000, 0x3100, broken)
+    with pytest.raises(SimulationError, match="no weights for this expert"):
+        copy_job(fast_sim, 0x3000, 0xA000, 256)
+    fast_sim.clear_lazy_regions()
+    fast_sim.reset()
+    assert copy_job(fast_sim, 0x3000, 0xA000, 256) is RunStatus.DONE
+
+
+def test_clear_memory_zeroes_the_memory(fast_sim):
+    fast_sim.mem[0x100:0x200] = 7
+    fast_sim.clear_memory()
+    assert not fast_sim.mem[0x100:0x200].any()
+
+
+def test_a_sparse_mapping_beyond_4_gib_costs_only_its_written_pages():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mem = np.frombuffer(sparse_mapping(1 << 40), dtype=np.uint8)  # a whole 40-bit space
+    mem[(1 << 40) - 16 :] = 9
+    mem[5 << 32] = 3
+    assert mem.size == 1 << 40 and mem[-1] == 9 and mem[5 << 32] == 3 and mem[1 << 39] == 0
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024

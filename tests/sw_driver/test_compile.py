@@ -20,7 +20,7 @@ from pymodel.layer import golden_layer
 from pymodel.numerics import NumericsError
 from pymodel.synthetic import synthetic_layer, synthetic_tokens
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
-from sw_driver.compile import UNMAPPED_ADDR, compile_layer, read_outputs
+from sw_driver.compile import compile_layer, read_outputs, unmapped_addr
 
 SPECS = mode_specs(24, 40, 8)
 
@@ -103,7 +103,8 @@ def test_resident_experts_are_the_only_ones_written() -> None:
     table = some.regions["expert_table"].addr
     desc = some.mem[table : table + 8 * layout.desc_bytes(SMALL_TOP)].view("<u4")
     stride = layout.desc_bytes(SMALL_TOP) // 4
-    assert desc[0] == UNMAPPED_ADDR and desc[2] == UNMAPPED_ADDR and desc[4] == UNMAPPED_ADDR
+    nowhere = unmapped_addr(SMALL_TOP)
+    assert desc[0] == nowhere and desc[2] == nowhere and desc[4] == nowhere
     assert desc[stride] == some.regions["expert1.w1"].addr
     # the resident experts' bytes are the ones a full image holds at its own addresses
     for part in ("w1", "w2", "params"):
@@ -122,19 +123,32 @@ def test_resident_experts_are_the_only_ones_written() -> None:
         some.write_into(np.zeros(64, np.uint8))
 
 
-def test_a_full_size_layer_compiles_without_generating_weights_and_needs_residency() -> None:
+def test_a_full_size_layer_compiles_without_generating_weights_and_fits_40_bits() -> None:
     cfg = AccelConfig.from_json((layout_root() / "configs" / "fullsize.json").read_text())
     spec = family_spec(
         "deepseek_v3", d_model=7168, d_ff=2048, n_experts=256, top_k=8, n_group=8, topk_group=4
     )
-    ql = synthetic_layer(spec, cfg, seed=1)
-    x_q = synthetic_tokens(spec, cfg, 1, seed=1)
-    with pytest.raises(ConfigError, match="32-bit bus"):
-        compile_layer(ql, x_q, cfg)
-    image = compile_layer(ql, x_q, cfg, resident_experts=range(8))
+    narrow = cfg.replace(addr_bits=32)
+    ql = synthetic_layer(spec, narrow, seed=1)
+    x_q = synthetic_tokens(spec, narrow, 1, seed=1)
+    with pytest.raises(ConfigError, match="32-bit bus: region 'expert"):
+        compile_layer(ql, x_q, narrow)
+    image = compile_layer(ql, x_q, narrow, resident_experts=range(8))
     expert = 3 * 7168 * 2048
     assert 9 * expert < image.written_bytes < 9 * expert + 2**22  # + router, tables
     assert image.mem_bytes < 10 * expert + 2**24
+    whole = compile_layer(ql, x_q, cfg)  # 40 bits: every expert at its real address
+    assert whole.resident == tuple(range(256)) and whole.mem_bytes > 257 * expert
+    last = whole.regions["expert255.w2"]
+    assert last.addr > 2**32 and last.addr % layout.region_align(cfg) == 0
+    at = whole.regions["expert_table"].addr + 255 * layout.desc_bytes(cfg)
+    chunk = next(c for c in whole.chunks if c.addr == at)
+    assert chunk.region == "expert_table" and not chunk.lazy  # descriptors are eager
+    words = chunk.produce()[: layout.EXPERT_DESCRIPTOR.itemsize].view(layout.EXPERT_DESCRIPTOR)
+    assert int(words["w2_addr"][0]) << layout.addr_shift(cfg) == last.addr
+    lazy = {c.region.partition(".")[2] for c in whole.chunks if c.lazy}
+    assert lazy == {"w1", "w2", "params"}
+    assert sum(c.lazy for c in whole.chunks) == 3 * 257
 
 
 def test_memory_mapped_expert_weights_compile_and_compute_like_generated_ones(tmp_path) -> None:
