@@ -380,7 +380,7 @@ class _Format:
     is exactly the dense engine's.
     """
 
-    def __init__(self, m: Module, cfg: AccelConfig, cmd, loader: _Walker) -> None:
+    def __init__(self, m: Module, cfg: AccelConfig, cmd) -> None:
         self.m, self.cfg = m, cfg
         lanes = cfg.weight_rows_per_beat
         self.sparse = cmd.fmt.sparse if cfg.sparse_2_4 else 0
@@ -417,6 +417,7 @@ class _Format:
         ]
 
     def w_addr(self, ld_row):
+        """The array row of weight lane 0 for the beat at tile row `ld_row`."""
         return self.addr if self.cfg.int4_weights else ld_row
 
     def weight_rows(self, payload):
@@ -612,7 +613,7 @@ class TileSequencer(wiring.Component):
         # `ld_row + lanes >= loader.k_valid` (the beat ends the tile) and
         # `is_row == issuer.block_last`, kept as registers beside the row counters.
         ld_last, row_last = Signal(), Signal()
-        fmt = _Format(m, cfg, cmd, loader)
+        fmt = _Format(m, cfg, cmd)
         if cfg.sparse_2_4:
             # A 2:4 tile loads in two parts, values then positions (`ld_idx`): `ld_end`
             # ends a part, `ld_last` the tile.
