@@ -157,3 +157,17 @@ def test_a_token_routed_to_a_non_resident_expert_stops_with_a_clear_error(
         VerilatorDevice(SMALL_TOP, experts="routed").run(case.ql, case.x_q)
     with pytest.raises(ConfigError, match="experts = 'some'"):
         VerilatorDevice(SMALL_TOP, experts="some")
+
+
+def test_the_demand_estimate_counts_only_as_many_experts_as_can_be_routed() -> None:
+    import sw_driver.device as device_module
+
+    spec = family_spec("deepseek_v3", d_model=32, d_ff=48, n_experts=8, shared_d_ff=48)
+    case = make_case("estimate", spec, SMALL_TOP, tokens=1, seed=2)
+    image = case.image
+    every = device_module.image_bytes_estimate(image)
+    demand = device_module.image_bytes_estimate(image, demand=True)
+    expert0 = sum(image.regions[f"expert0.{p}"].size for p in ("w1", "w2", "params"))
+    assert every - demand == (spec.n_experts - spec.top_k) * expert0  # T = 1: k experts
+    with pytest.raises(ConfigError, match="experts = 'some'"):
+        VerilatorDevice(SMALL_TOP, experts="some")
