@@ -200,10 +200,15 @@ class _Model:
         load = _cdiv(value_rows + index_rows, self.L) * self.w_beat_cycles
         return np.full(int(_cdiv(k, tk)), load, dtype=np.float64)
 
-    def walk(self, mm, k: int, n: int, passes: int, fmt: WeightFormat):
-        """First weight beat → last row injected, plus the drain to the last result."""
+    def walk(self, mm, k: int, n: int, passes: int, fmt: WeightFormat, blocks: int = 1):
+        """First weight beat → last row injected, plus the drain to the last result.
+
+        `blocks` M-blocks of `mm` rows each, walked one after the other in one command
+        (the engine's loop nest: M-block, N-tile, pass, K-tile).
+        """
         run = self.tile_loads(k, fmt)
-        return _tile_walk(np.asarray(mm), run, int(_cdiv(n, self.C)) * passes) + self.drain
+        runs = int(_cdiv(n, self.C)) * passes * blocks
+        return _tile_walk(np.asarray(mm), run, runs) + self.drain
 
     def gemm(self, mm, k: int, n: int, passes: int, fmt: WeightFormat = WeightFormat.DENSE_INT8):
         """Cycles of one engine command of `mm` rows (array) × K × N, FSM issue to done."""
@@ -445,9 +450,11 @@ def gemm_cycles(
     weight beat to its last result, with weights and activations streaming without a gap.
 
     The tile walk (loads double-buffered under the previous tile's rows, M rows a
-    tile one a cycle) and the drain (array, accumulators, post-processing), for M
-    within one M-block; the RTL engine's own `busy` counter of such a command
-    should match it.
+    tile one a cycle) and the drain (array, accumulators, post-processing); M
+    within one M-block of the engine (`contract.timing.default_m_block(cfg)`) or
+    whole M-blocks. The
+    RTL engine's own `busy` counter of such a command matches it
+    (`tests/pymodel/test_cycles.py`, against `bench/gemm_formats.json`).
     """
     if not isinstance(cfg, AccelConfig):
         raise ConfigError(f"gemm_cycles needs an AccelConfig, got {type(cfg).__name__}")
@@ -457,10 +464,14 @@ def gemm_cycles(
     if passes not in (1, 2):
         raise ConfigError(f"gemm_cycles: passes must be 1 or 2, got {passes!r}")
     weight_format.check_k(k)
-    model = _Model(cfg, None, MemoryTiming() if memory is None else memory, m)
-    if m > model.m_block:
-        raise ConfigError(f"gemm_cycles: m = {m} exceeds one M-block of {model.m_block} rows")
-    return int(np.rint(model.walk(m, k, n, passes, weight_format)))
+    model = _Model(cfg, None, MemoryTiming() if memory is None else memory, cfg.max_tokens)
+    mb = model.m_block
+    if m > mb and m % mb:
+        raise ConfigError(
+            f"gemm_cycles: m = {m} is more than one M-block of {mb} rows but not whole M-blocks"
+        )
+    blocks = max(1, m // mb)
+    return int(np.rint(model.walk(min(m, mb), k, n, passes, weight_format, blocks)))
 
 
 def layer_cycles(
