@@ -5,21 +5,28 @@ random layers reached. Each bin here is one situation a layer run can be in —
 its routing mode, exact logit ties, empty experts, every token on one expert,
 capacity drops, saturation in a requantiser, backpressure on the bus, and T
 and k at their limits — decided from the golden layer (`LayerFacts`), never
-from the RTL. The bins are one-dimensional (a bin per value of each axis), not
-the full cross product of the axes.
+from the RTL. Two kinds of bin are declared: one-dimensional ones (a bin per
+value of each axis) and the cross of the routing mode with each situation
+(`ROUTING_MODES` × `SITUATIONS`: a tie under sigmoid routing exercises other
+gate logic than a tie under softmax). A cross cell that cannot happen is
+declared with the reason (`Bin.excluded`), reported as excluded and left out of
+the goals; a run that hits one fails, since its reason is then wrong.
 
-The random-layer tests record every layer they run (`record_layers`) into their
-report's `user_properties`; the `BinReport` pytest plugin (registered by
-`tests/accelerator/conftest.py`, or with `-p sim.tb.functional_coverage` for xdist
-runs) sums the hit counts over the whole run, also across xdist workers, prints
-the table, writes it to `functional_bins.json` under the build root and fails
-the run when a tier of tests ran completely but hit too few bins: 95 % for the
-random layers of `make test`, 100 % for `make soak`.
+The random-layer tests join a tier when they start (`join_tier`) and record
+every layer they run (`record_layers`) into their report's `user_properties`;
+the `BinReport` pytest plugin (registered by `tests/accelerator/conftest.py`,
+or with `-p sim.tb.functional_coverage` for xdist runs) sums the hit counts
+over the whole run, also across xdist workers, prints the table with the
+layers, seeds and wall time of each tier, writes it to `functional_bins.json`
+under the build root and fails the run when a tier of tests ran completely but
+hit too few of the declared bins: 95 % for the random layers of `make test`,
+100 % for `make soak`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +44,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BINS",
+    "DECLARED",
+    "ROUTING_MODES",
+    "SITUATIONS",
     "TIER_GOALS",
     "Bin",
     "BinReport",
     "LayerFacts",
     "bin_table",
+    "join_tier",
     "layer_facts",
     "layer_hits",
     "read_results",
@@ -50,10 +61,12 @@ __all__ = [
 
 HITS_KEY = "functional_bins"
 TIER_KEY = "functional_bins_tier"
+LAYERS_KEY = "functional_bins_layers"
 RESULTS_FILE = "functional_bins.json"
 
 TIER_GOALS: Mapping[str, float] = {"test": 0.95, "soak": 1.0}
-"""Share of `BINS` each tier of recording tests must hit once all of its tests ran."""
+"""Share of the declared (not excluded) `BINS` each tier of recording tests must hit once
+all of its tests ran."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class LayerFacts:
     tokens: int
     top_k: int
     n_experts: int
+    capacity: int | None
+    """Tokens per expert (Switch, or any family given one); None: no capacity, no drops."""
     max_tokens: int
     max_top_k: int
     tie: bool
@@ -90,11 +105,68 @@ class Bin:
     axis: str
     name: str
     hit: Callable[[LayerFacts], bool]
+    excluded: str = ""
+    """Why no layer can hit this bin; empty for a bin the goals count."""
 
     @property
     def key(self) -> str:
         return f"{self.axis}: {self.name}"
 
+
+CROSS_AXIS = "routing mode × situation"
+ROUTING_MODES: tuple[tuple[str, Callable[[LayerFacts], bool]], ...] = (
+    (
+        "softmax top-k",
+        lambda f: f.capacity is None and f.scoring == "softmax" and not f.renormalize,
+    ),
+    (
+        "softmax top-k, renormalised",
+        lambda f: f.capacity is None and f.scoring == "softmax" and f.renormalize,
+    ),
+    ("sigmoid (bias, groups, scaling)", lambda f: f.capacity is None and f.scoring == "sigmoid"),
+    ("capacity (Switch)", lambda f: f.capacity is not None),
+)
+"""The routing modes the gate and dispatcher implement, one per layer: a layer with a
+capacity is in the capacity mode whatever its scores (the drops decide its dispatch)."""
+SITUATIONS: tuple[tuple[str, Callable[[LayerFacts], bool]], ...] = (
+    ("tie", lambda f: f.tie),
+    ("empty expert", lambda f: f.empty_expert),
+    ("all-to-one", lambda f: f.all_to_one),
+    ("drops", lambda f: f.drops > 0),
+    ("saturation", lambda f: f.saturated),
+    ("backpressure", lambda f: f.backpressure),
+    ("T = max_tokens", lambda f: f.tokens == f.max_tokens),
+    ("k = max_top_k", lambda f: f.top_k == f.max_top_k),
+    ("shared expert", lambda f: f.shared != "none"),
+)
+"""The situations crossed with each routing mode (their one-dimensional bins are below)."""
+CROSS_EXCLUDED: Mapping[tuple[str, str], str] = {
+    (mode, "drops"): "without a capacity every selected pair is dispatched: nothing can drop"
+    for mode, _ in ROUTING_MODES
+    if mode != "capacity (Switch)"
+}
+"""The cells of the cross no layer can reach, with the reason."""
+
+
+def _cross_bin(
+    mode: str,
+    in_mode: Callable[[LayerFacts], bool],
+    situation: str,
+    happens: Callable[[LayerFacts], bool],
+) -> Bin:
+    return Bin(
+        CROSS_AXIS,
+        f"{mode} × {situation}",
+        lambda f: in_mode(f) and happens(f),
+        CROSS_EXCLUDED.get((mode, situation), ""),
+    )
+
+
+CROSS_BINS: tuple[Bin, ...] = tuple(
+    _cross_bin(mode, in_mode, situation, happens)
+    for mode, in_mode in ROUTING_MODES
+    for situation, happens in SITUATIONS
+)
 
 BINS: tuple[Bin, ...] = (
     Bin("routing", "softmax", lambda f: f.scoring == "softmax" and not f.renormalize),
@@ -116,8 +188,11 @@ BINS: tuple[Bin, ...] = (
     Bin("k", "1", lambda f: f.top_k == 1),
     Bin("k", "max_top_k", lambda f: f.top_k == f.max_top_k),
     Bin("k", "E (every expert, E ≥ 2)", lambda f: f.top_k == f.n_experts >= 2),
+    *CROSS_BINS,
 )
-"""The declared bins, in report order."""
+"""The declared bins, in report order: the one-dimensional ones, then the cross."""
+DECLARED: tuple[Bin, ...] = tuple(b for b in BINS if not b.excluded)
+"""The bins the goals count."""
 
 
 def _output_saturated(case: LayerCase, cfg: AccelConfig) -> bool:
@@ -150,6 +225,7 @@ def layer_facts(case: LayerCase, cfg: AccelConfig, *, backpressure: bool) -> Lay
         tokens=tokens,
         top_k=spec.top_k,
         n_experts=spec.n_experts,
+        capacity=spec.capacity,
         max_tokens=cfg.max_tokens,
         max_top_k=cfg.max_top_k,
         tie=_tie(g.routing.select, g.routing.expert_ids),
@@ -166,39 +242,80 @@ def layer_hits(facts: LayerFacts) -> list[str]:
     return [b.key for b in BINS if b.hit(facts)]
 
 
-def record_layers(
-    node: pytest.Item,
-    cfg: AccelConfig,
-    layers: Iterable[tuple[LayerCase, bool]],
-    *,
-    tier: str,
-    tier_size: int,
-) -> dict[str, int]:
-    """Count the bins of `layers` ((case, backpressure) pairs) into `node`'s report.
+def join_tier(node: pytest.Item, tier: str, tier_size: int) -> None:
+    """Enter test `node` in `tier` (a key of `TIER_GOALS`), a group of `tier_size` tests.
 
-    `tier` names the group of tests this one belongs to (a key of `TIER_GOALS`)
-    and `tier_size` how many tests the group has: its goal is checked only in a
-    run where all of them reported. Returns this test's hit counts.
+    Called when the test starts, so that a test failing on a mismatch before it
+    records its layers still counts as a failed member of its tier. The tier's
+    goal is checked only in a run where all of its tests reported.
     """
     if tier not in TIER_GOALS:
         raise ValueError(f"tier {tier!r} is not one of {sorted(TIER_GOALS)}")
+    if not isinstance(tier_size, int) or tier_size < 1:
+        raise ValueError(f"tier_size must be an int >= 1, got {tier_size!r}")
+    node.user_properties.append((TIER_KEY, [tier, tier_size]))
+
+
+def record_layers(
+    node: pytest.Item, cfg: AccelConfig, layers: Iterable[tuple[LayerCase, bool]]
+) -> dict[str, int]:
+    """Count the bins of `layers` ((case, backpressure) pairs) into `node`'s report;
+    `node` must have joined a tier (`join_tier`). Returns this test's hit counts."""
+    if not any(key == TIER_KEY for key, _ in node.user_properties):
+        raise ValueError(f"{node.nodeid} records layers without a tier: call join_tier first")
     counts = dict.fromkeys((b.key for b in BINS), 0)
+    n = 0
     for case, backpressure in layers:
+        n += 1
         for key in layer_hits(layer_facts(case, cfg, backpressure=backpressure)):
             counts[key] += 1
     node.user_properties.append((HITS_KEY, counts))
-    node.user_properties.append((TIER_KEY, [tier, tier_size]))
+    node.user_properties.append((LAYERS_KEY, n))
     return counts
 
 
+def _hit_line(counts: Mapping[str, int]) -> str:
+    hit = sum(1 for b in DECLARED if counts.get(b.key, 0))
+    excluded = len(BINS) - len(DECLARED)
+    return f"{hit} of {len(DECLARED)} declared bins hit ({excluded} excluded, see below)"
+
+
 def bin_table(counts: Mapping[str, int], title: str = "hits") -> str:
-    """A Markdown table of every declared bin with its hit count from `counts`."""
+    """Markdown tables of every declared bin with its hit count from `counts`: the
+    one-dimensional bins, the routing mode × situation cross, the excluded cells' reasons."""
     lines = [f"| axis | bin | {title} |", "|---|---|---:|"]
     for b in BINS:
-        lines.append(f"| {b.axis} | {b.name} | {counts.get(b.key, 0):,} |")
-    hit = sum(1 for b in BINS if counts.get(b.key, 0))
-    lines.append(f"| **all** | **{hit} of {len(BINS)} bins hit** | |")
+        if b.axis != CROSS_AXIS:
+            lines.append(f"| {b.axis} | {b.name} | {counts.get(b.key, 0):,} |")
+    cross = {b.name: b for b in CROSS_BINS}
+    lines += [
+        "",
+        f"{CROSS_AXIS} ({title}; — marks an excluded cell):",
+        "",
+        "| routing mode | " + " | ".join(name for name, _ in SITUATIONS) + " |",
+        "|---|" + "---:|" * len(SITUATIONS),
+    ]
+    for mode, _ in ROUTING_MODES:
+        cells = []
+        for situation, _ in SITUATIONS:
+            b = cross[f"{mode} × {situation}"]
+            n = counts.get(b.key, 0)
+            cells.append(("—" if not n else f"— ({n:,} ✗)") if b.excluded else f"{n:,}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines += ["", f"**{_hit_line(counts)}.** Excluded:", ""]
+    lines += [f"- {b.name}: {b.excluded}" for b in CROSS_BINS if b.excluded]
     return "\n".join(lines)
+
+
+@dataclass
+class _Tier:
+    """What the recording tests of one tier reported in a run."""
+
+    size: int
+    passed: set[str]
+    failed: set[str]
+    layers: int = 0
+    seeds: list[int] | None = None
 
 
 class BinReport:
@@ -206,46 +323,86 @@ class BinReport:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.tiers: dict[str, tuple[int, set[str]]] = {}
-        self.failure: str | None = None
+        self.tiers: dict[str, _Tier] = {}
+        self.failures: list[str] = []
+        self.summary: list[str] = []
+        self.start = time.monotonic()
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.start = time.monotonic()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
         properties = dict(report.user_properties)
-        if HITS_KEY not in properties:
+        if TIER_KEY not in properties:
             return
-        for key, n in properties[HITS_KEY].items():
+        for key, n in properties.get(HITS_KEY, {}).items():
             self.counts[key] = self.counts.get(key, 0) + int(n)
         tier, size = properties[TIER_KEY]
-        if report.passed:
-            self.tiers.setdefault(tier, (int(size), set()))[1].add(report.nodeid)
+        entry = self.tiers.setdefault(tier, _Tier(int(size), set(), set(), seeds=[]))
+        (entry.passed if report.passed else entry.failed).add(report.nodeid)
+        entry.layers += int(properties.get(LAYERS_KEY, 0))
+        if "seed" in properties and entry.seeds is not None:
+            entry.seeds.append(int(properties["seed"]))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(session.config, "workerinput") or not self.counts:
+        if hasattr(session.config, "workerinput") or not self.tiers:
             return  # an xdist worker: the controller sums its reports
+        wall = time.monotonic() - self.start
+        tiers = {
+            tier: {
+                "tests": t.size,
+                "passed": len(t.passed),
+                "failed": len(t.failed),
+                "layers": t.layers,
+                "seeds": sorted(t.seeds or []),
+            }
+            for tier, t in sorted(self.tiers.items())
+        }
         path = BUILD_ROOT / RESULTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"counts": self.counts}, indent=1, sort_keys=True))
-        hit = sum(1 for b in BINS if self.counts.get(b.key, 0))
-        for tier, (size, passed) in sorted(self.tiers.items()):
+        path.write_text(
+            json.dumps(
+                {"counts": self.counts, "tiers": tiers, "wall_s": round(wall, 1)},
+                indent=1,
+                sort_keys=True,
+            )
+        )
+        self.summary = [
+            f"tier {tier!r}: {t['layers']:,} layers checked bit for bit in {t['passed']} "
+            f"passed of {t['tests']} tests ({t['failed']} failed, each at its first "
+            f"mismatch); test seeds {t['seeds']}; wall time of the run {wall:.0f} s"
+            for tier, t in tiers.items()
+        ]
+        hit = sum(1 for b in DECLARED if self.counts.get(b.key, 0))
+        wrong = [b.key for b in BINS if b.excluded and self.counts.get(b.key, 0)]
+        if wrong:
+            self.failures.append(
+                "functional coverage: excluded bins were hit, so their reasons are wrong: "
+                + ", ".join(wrong)
+            )
+        for tier, t in sorted(self.tiers.items()):
             goal = TIER_GOALS[tier]
-            if len(passed) >= size and hit < goal * len(BINS):
-                self.failure = (
-                    f"functional coverage: {hit} of {len(BINS)} bins hit, the {tier!r} tier "
-                    f"needs {goal:.0%}; missed: "
-                    + ", ".join(b.key for b in BINS if not self.counts.get(b.key, 0))
+            if len(t.passed) + len(t.failed) >= t.size and hit < goal * len(DECLARED):
+                self.failures.append(
+                    f"functional coverage: {hit} of {len(DECLARED)} declared bins hit, the "
+                    f"{tier!r} tier needs {goal:.0%}; missed: "
+                    + ", ".join(b.key for b in DECLARED if not self.counts.get(b.key, 0))
                 )
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.failures:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.counts:
+        if not self.tiers:
             return
         terminalreporter.section("functional coverage bins")
         terminalreporter.write_line(bin_table(self.counts))
+        for line in self.summary:
+            terminalreporter.write_line(line)
         terminalreporter.write_line(f"(written to {BUILD_ROOT / RESULTS_FILE})")
-        if self.failure:
-            terminalreporter.write_line(self.failure, red=True, bold=True)
+        for failure in self.failures:
+            terminalreporter.write_line(failure, red=True, bold=True)
 
 
 def read_results(path: Path | None = None) -> dict[str, int]:

@@ -12,7 +12,8 @@ generator, so a layer is replayed from its seed alone:
 - one stimulus kind: `balanced` (standard-normal tokens), `skewed` (tokens
   pushed along one expert's router column), `all_to_one` (pushed so hard
   every token picks that expert first), `tied` (two router columns equal,
-  so their logits tie exactly and the lower expert must win), `extreme`
+  and their correction biases under sigmoid routing, so their selection
+  scores tie exactly and the lower expert must win), `extreme`
   (expert weights 40× larger: requantisation saturates).
 
 Draws the hardware cannot take (`AccelConfig.check_fits`, family rules)
@@ -111,7 +112,10 @@ def _stimulus_case(
     target = int(rng.integers(spec.n_experts))
     if stimulus == "tied" and spec.n_experts > 1:
         other = (target + 1) % spec.n_experts
-        weights.router[:, max(target, other)] = weights.router[:, min(target, other)]
+        low, high = min(target, other), max(target, other)
+        weights.router[:, high] = weights.router[:, low]
+        if weights.correction_bias is not None:  # sigmoid: the selection adds the bias
+            weights.correction_bias[high] = weights.correction_bias[low]
     elif stimulus in ("skewed", "all_to_one"):
         column = weights.router[:, target]
         push = 1.0 if stimulus == "skewed" else 8.0

@@ -27,7 +27,18 @@ from sim.coverage import (
     summarise,
     write_doc,
 )
-from sim.tb.functional_coverage import BINS, bin_table, layer_facts, layer_hits
+from sim.tb import functional_coverage
+from sim.tb.functional_coverage import (
+    BINS,
+    CROSS_BINS,
+    DECLARED,
+    ROUTING_MODES,
+    SITUATIONS,
+    BinReport,
+    bin_table,
+    layer_facts,
+    layer_hits,
+)
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
 
 
@@ -147,22 +158,107 @@ def test_bins_of_directed_layers():
     assert "T: 1" in layer_hits(facts) and "backpressure: off" in layer_hits(facts)
     table = bin_table({BINS[0].key: 3})
     assert f"| {BINS[0].axis} | {BINS[0].name} | 3 |" in table
-    assert f"1 of {len(BINS)} bins hit" in table
+    assert f"1 of {len(DECLARED)} declared bins hit (3 excluded" in table
+
+
+def test_the_cross_of_directed_layers():
+    """Each layer is in one routing mode, and hits that mode's row of the cross only."""
+    specs = mode_specs(32, 64, 8)
+    drops = make_case("drops", specs["switch_drops"], SMALL_TOP, tokens=16, seed=1)
+    hits = set(layer_hits(layer_facts(drops, SMALL_TOP, backpressure=True)))
+    cross = {key for key in hits if key.startswith("routing mode × situation: ")}
+    assert {
+        "routing mode × situation: capacity (Switch) × drops",
+        "routing mode × situation: capacity (Switch) × backpressure",
+        "routing mode × situation: capacity (Switch) × T = max_tokens",
+    } <= cross
+    assert all("capacity (Switch) × " in key for key in cross)
+    sigmoid = make_case("ds", specs["deepseek_v3"], SMALL_TOP, tokens=3, seed=2)
+    facts = layer_facts(sigmoid, SMALL_TOP, backpressure=False)
+    modes = [name for name, in_mode in ROUTING_MODES if in_mode(facts)]
+    assert modes == ["sigmoid (bias, groups, scaling)"]
+    assert "routing mode × situation: sigmoid (bias, groups, scaling) × shared expert" in set(
+        layer_hits(facts)
+    )
+
+
+def test_the_cross_declares_every_cell_and_its_exclusions():
+    assert len(CROSS_BINS) == len(ROUTING_MODES) * len(SITUATIONS)
+    excluded = {b.name: b.excluded for b in CROSS_BINS if b.excluded}
+    assert set(excluded) == {
+        f"{mode} × drops" for mode, _ in ROUTING_MODES if mode != "capacity (Switch)"
+    }
+    assert len(DECLARED) == len(BINS) - len(excluded)
+    table = bin_table({})
+    for name, reason in excluded.items():
+        assert f"- {name}: {reason}" in table
+    drops = 1 + [name for name, _ in SITUATIONS].index("drops")
+    for mode, _ in ROUTING_MODES:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {mode} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert (cells[drops] == "—") == (mode != "capacity (Switch)"), row
+
+
+def _call_report(nodeid: str, properties: list, passed: bool = True) -> pytest.TestReport:
+    return pytest.TestReport(
+        nodeid,
+        ("x.py", 0, nodeid),
+        {},
+        "passed" if passed else "failed",
+        None,
+        "call",
+        user_properties=properties,
+    )
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.config = object()
+        self.exitstatus = pytest.ExitCode.OK
+
+
+def test_a_hit_excluded_bin_and_a_failed_member_are_reported(monkeypatch, tmp_path):
+    """An excluded cell that a layer hits fails the run (its reason is wrong); a tier
+    member that failed before recording counts as a failed test of its tier."""
+    monkeypatch.setattr(functional_coverage, "BUILD_ROOT", tmp_path)
+    wrong = next(b for b in CROSS_BINS if b.excluded)
+    plugin = BinReport()
+    tier = (functional_coverage.TIER_KEY, ["soak", 2])
+    hits = (functional_coverage.HITS_KEY, {b.key: 1 for b in DECLARED} | {wrong.key: 1})
+    layers = (functional_coverage.LAYERS_KEY, 7)
+    plugin.pytest_runtest_logreport(_call_report("a", [("seed", 5), tier, hits, layers]))
+    plugin.pytest_runtest_logreport(_call_report("b", [("seed", 9), tier], passed=False))
+    session = _Session()
+    plugin.pytest_sessionfinish(session)  # type: ignore[arg-type]
+    assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
+    assert plugin.failures == [
+        "functional coverage: excluded bins were hit, so their reasons are wrong: " + wrong.key
+    ]
+    results = json.loads((tmp_path / "functional_bins.json").read_text())
+    assert results["tiers"]["soak"] == {
+        "tests": 2,
+        "passed": 1,
+        "failed": 1,
+        "layers": 7,
+        "seeds": [5, 9],
+    }
 
 
 BIN_TESTS = """
 import pytest
-from sim.tb.functional_coverage import record_layers
+from sim.tb.functional_coverage import join_tier, record_layers
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
 
 CASE = make_case("m", mode_specs(32, 64, 8)["mixtral"], SMALL_TOP, tokens=4, seed=1)
 
 @pytest.mark.parametrize("i", range(2))
 def test_of_an_incomplete_tier(request, i):
-    record_layers(request.node, SMALL_TOP, [(CASE, False)], tier="test", tier_size=3)
+    join_tier(request.node, "test", 3)
+    record_layers(request.node, SMALL_TOP, [(CASE, False)])
 
 def test_of_a_complete_tier(request):
-    record_layers(request.node, SMALL_TOP, [(CASE, False)], tier="soak", tier_size=1)
+    join_tier(request.node, "soak", 1)
+    record_layers(request.node, SMALL_TOP, [(CASE, False)])
 """
 
 
@@ -184,3 +280,11 @@ def test_a_complete_tier_below_its_goal_fails_the_run(tmp_path):
     assert counts["T: 1"] == 0 and counts["backpressure: off"] == 3
     assert result.returncode == 1 and "3 passed" in result.stdout
     assert "the 'soak' tier needs 100%" in result.stdout and "'test' tier" not in result.stdout
+    assert "tier 'soak': 1 layers checked bit for bit in 1 passed of 1 tests" in result.stdout
+
+
+def test_layers_are_recorded_only_in_a_tier(request):
+    with pytest.raises(ValueError, match="without a tier: call join_tier first"):
+        functional_coverage.record_layers(request.node, SMALL_TOP, [])
+    with pytest.raises(ValueError, match="tier 'nightly' is not one of"):
+        functional_coverage.join_tier(request.node, "nightly", 1)
