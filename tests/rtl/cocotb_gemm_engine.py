@@ -5,7 +5,10 @@ Parameters come from the environment (set by the pytest side): ENGINE_CFG
 [M, K, N, mode name, extreme, idle_prob, ready_prob] and optionally the
 weight format, "int8 dense" when left out); extreme is false, true (only
 the extremes of each width) or "min" (every X and W entry −128, W3 127: the
-largest-magnitude accumulators of both signs; int8 dense only).
+largest-magnitude accumulators of both signs; int8 dense only). With
+CHECK_CYCLES, a case without backpressure that fits one M-block must take
+exactly `pymodel.cycles.gemm_cycles` busy cycles (the cycle model follows
+the engine, formats included).
 """
 
 import dataclasses
@@ -13,6 +16,7 @@ import dataclasses
 import cocotb
 import numpy as np
 
+from pymodel.cycles import gemm_cycles
 from pymodel.gemm_engine import command, random_case
 from pymodel.numerics import PostMode
 from pymodel.weight_formats import WeightFormat
@@ -51,6 +55,9 @@ async def random_gemms_bit_exact(dut):
             )
         counters = await harness.run(case)
         dut._log.info("M=%d K=%d N=%d %s %s: %s", m, k, n, mode, fmt.name, counters)
+        if P.get("check_cycles", False) and idle == 0 and ready == 1 and m <= P["m_block"]:
+            model = gemm_cycles(cfg, m, k, n, case.passes, fmt)
+            assert counters["busy"] == model, (counters, model)
         if k <= cfg.rows and ready <= 0.2:
             # Every row is final and the sink takes ~1 in 7: injection must wait for credits.
             assert counters["stall_out"] > 0, counters

@@ -163,6 +163,7 @@ def _run_formats(seed: int, cases: list[list], testcase: str | None = None) -> N
                 "param_rows": PARAM_ROWS,
                 "seed": seed,
                 "cases": cases,
+                "check_cycles": True,
             },
         )
     except SimulationError as exc:
