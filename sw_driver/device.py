@@ -140,14 +140,18 @@ def check_host_memory(image: LayerImage, *, demand: bool = False) -> None:
     need = image_bytes_estimate(image, demand=demand)
     have = available_memory_bytes()
     if have is not None and need > have:
-        resident = len(image.resident)
+        e = image.spec.n_experts
+        held = (
+            f"at most {min(e, image.tokens * image.spec.top_k)} of {e} routed experts filled"
+            if demand
+            else f"{len(image.resident)} of {e} routed experts resident"
+        )
         raise ConfigError(
             f"the layer's memory image needs about {need / 2**30:.1f} GiB of host memory "
-            f"({resident} of {image.spec.n_experts} routed experts resident, "
-            f"{image.mem_bytes / 2**30:.1f} GiB of address space), more than the "
+            f"({held}, {image.mem_bytes / 2**30:.1f} GiB of address space), more than the "
             f"{have / 2**30:.1f} GiB this machine has available; shrink the layer "
-            "(d_model, d_ff, n_experts) or keep only the routed experts resident "
-            "(VerilatorDevice(experts='routed'))"
+            "(d_model, d_ff, n_experts, tokens) or write only the experts the hardware "
+            "reads (VerilatorDevice(experts='demand') or 'routed')"
         )
 
 
@@ -265,6 +269,7 @@ class VerilatorDevice:
         from sim.fast import RunStatus, SimulationError
 
         check_tokens(ql, x_q, self.cfg)
+        self.last_filled = ()
         resident = None
         if self.experts == "routed":
             resident = np.unique(route(ql, x_q, self.cfg).expert_ids).tolist()
