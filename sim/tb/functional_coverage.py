@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -307,6 +307,15 @@ def bin_table(counts: Mapping[str, int], title: str = "hits") -> str:
     return "\n".join(lines)
 
 
+def _seed_range(seeds: Mapping[str, int]) -> str:
+    if not seeds:
+        return "no test seeds"
+    return (
+        f"test seeds {min(seeds.values())} to {max(seeds.values())} "
+        f"({len(seeds)}, each test's in {RESULTS_FILE}; replay with --seed)"
+    )
+
+
 @dataclass
 class _Tier:
     """What the recording tests of one tier reported in a run."""
@@ -315,7 +324,8 @@ class _Tier:
     passed: set[str]
     failed: set[str]
     layers: int = 0
-    seeds: list[int] | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+    """Each test's seed (`tests/conftest.py`'s `seed` fixture), by node id."""
 
 
 class BinReport:
@@ -340,11 +350,11 @@ class BinReport:
         for key, n in properties.get(HITS_KEY, {}).items():
             self.counts[key] = self.counts.get(key, 0) + int(n)
         tier, size = properties[TIER_KEY]
-        entry = self.tiers.setdefault(tier, _Tier(int(size), set(), set(), seeds=[]))
+        entry = self.tiers.setdefault(tier, _Tier(int(size), set(), set()))
         (entry.passed if report.passed else entry.failed).add(report.nodeid)
         entry.layers += int(properties.get(LAYERS_KEY, 0))
-        if "seed" in properties and entry.seeds is not None:
-            entry.seeds.append(int(properties["seed"]))
+        if "seed" in properties:
+            entry.seeds[report.nodeid] = int(properties["seed"])
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput") or not self.tiers:
@@ -356,7 +366,7 @@ class BinReport:
                 "passed": len(t.passed),
                 "failed": len(t.failed),
                 "layers": t.layers,
-                "seeds": sorted(t.seeds or []),
+                "seeds": dict(sorted(t.seeds.items())),
             }
             for tier, t in sorted(self.tiers.items())
         }
@@ -372,7 +382,7 @@ class BinReport:
         self.summary = [
             f"tier {tier!r}: {t['layers']:,} layers checked bit for bit in {t['passed']} "
             f"passed of {t['tests']} tests ({t['failed']} failed, each at its first "
-            f"mismatch); test seeds {t['seeds']}; wall time of the run {wall:.0f} s"
+            f"mismatch); {_seed_range(t['seeds'])}; wall time of the run {wall:.0f} s"
             for tier, t in tiers.items()
         ]
         hit = sum(1 for b in DECLARED if self.counts.get(b.key, 0))

@@ -240,7 +240,7 @@ def test_a_hit_excluded_bin_and_a_failed_member_are_reported(monkeypatch, tmp_pa
         "passed": 1,
         "failed": 1,
         "layers": 7,
-        "seeds": [5, 9],
+        "seeds": {"a": 5, "b": 9},
     }
 
 
