@@ -34,8 +34,9 @@ from pymodel.families import rel_l2_bounds
 from pymodel.layer import quantize_input, routing_guaranteed
 from pymodel.quantize import calibrate, quantize_layer
 from pymodel.reference import moe_forward_float, pruned_weights
-from pymodel.weight_formats import WeightFormat, check_supported
+from pymodel.weight_formats import WeightFormat
 
+from .compile import check_image_format
 from .device import Device, DeviceResult, GoldenDevice, make_device
 from .report import LayerReport, add_hardware_metrics, expert_set_agreement, rel_l2, revision
 
@@ -73,24 +74,13 @@ def check_backend_format(backend: str, fmt: WeightFormat, cfg: AccelConfig) -> N
     """Raise unless `backend`, built as `cfg`, runs whole layers with expert weights in `fmt`.
 
     Checked before anything is imported or built. The golden model runs every
-    format. The hardware needs the build switches (`check_supported`), and even
-    with them its layer path streams int8 dense expert weights only: the GEMM
-    engine takes the compressed tiles, but the layer sequencer
-    (`rtl.layer_sequencer`) and the layer's memory image (`sw_driver.compile`)
-    do not carry them yet.
+    format; the hardware, what `compile.check_image_format` admits.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
     if backend == "golden":
         return
-    check_supported(fmt, cfg)
-    if fmt.compressed:
-        raise ConfigError(
-            f"{fmt.name} expert weights on the {backend} backend: the layer sequencer "
-            "(rtl.layer_sequencer) and the layer's memory image (sw_driver.compile) stream "
-            "int8 dense expert weights only; the GEMM engine's compressed weight paths are not "
-            "wired into whole layers yet (issue 19) — use --backend golden for this format"
-        )
+    check_image_format(fmt, cfg)
 
 
 def _tokens(

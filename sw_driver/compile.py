@@ -65,6 +65,7 @@ from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.gate import check_routing, quantize_scaling
 from pymodel.layer import check_tokens
 from pymodel.quantize import FFNParams, QuantizedLayer
+from pymodel.weight_formats import WeightFormat, check_supported
 
 __all__ = [
     "HwOutputs",
@@ -338,6 +339,24 @@ def _check_multipliers(ql: QuantizedLayer, cfg: AccelConfig) -> None:
             raise ConfigError(f"QuantizedLayer.{name} does not fit mult_bits = {cfg.mult_bits}")
 
 
+def check_image_format(fmt: WeightFormat, cfg: AccelConfig) -> None:
+    """Raise unless a layer image for hardware built as `cfg` can carry expert weights in `fmt`.
+
+    The build needs the format's switches (`check_supported`), and even with them
+    the layer path streams int8 dense expert weights only: the GEMM engine takes
+    the compressed tiles, but the layer sequencer (`rtl.layer_sequencer`) and this
+    module's image do not carry them yet.
+    """
+    check_supported(fmt, cfg)
+    if fmt.compressed:
+        raise ConfigError(
+            f"{fmt.name} expert weights on the hardware: the layer sequencer "
+            "(rtl.layer_sequencer) and the layer's memory image (sw_driver.compile) stream "
+            "int8 dense expert weights only; the GEMM engine's compressed weight paths are not "
+            "wired into whole layers yet (issue 19); the golden backend runs this format"
+        )
+
+
 def compile_layer(
     ql: QuantizedLayer,
     x_q: np.ndarray,
@@ -354,6 +373,7 @@ def compile_layer(
     """
     check_tokens(ql, x_q, cfg)
     layout.check_top_config(cfg)
+    check_image_format(ql.weight_format, cfg)
     spec = ql.spec
     check_routing(spec)
     _check_multipliers(ql, cfg)

@@ -16,9 +16,12 @@ from contract import layout
 from contract.regs import REGISTER_MAP
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import family_spec
-from pymodel.layer import golden_layer
+from pymodel.layer import golden_layer, quantize_input
 from pymodel.numerics import NumericsError
+from pymodel.quantize import calibrate, quantize_layer
 from pymodel.synthetic import synthetic_layer, synthetic_tokens
+from pymodel.weight_formats import WeightFormat
+from pymodel.weights import MoEWeights
 from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs
 from sw_driver.compile import compile_layer, read_outputs, unmapped_addr
 
@@ -170,3 +173,22 @@ def test_memory_mapped_expert_weights_compile_and_compute_like_generated_ones(tm
     )
     expected = golden_layer(ql, x_q, SMALL_TOP).y_q
     assert np.array_equal(golden_layer(on_file, x_q, SMALL_TOP).y_q, expected)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "cfg_switches", "message"),
+    [
+        (WeightFormat(bits=4), {}, "int4_weights = True"),
+        (WeightFormat(sparse=True), {"sparse_2_4": True}, r"layer sequencer \(rtl"),
+        (WeightFormat(bits=4, group_size=32), {"int4_weights": True}, "one scale per output"),
+    ],
+)
+def test_compressed_layers_are_refused_by_the_image(fmt, cfg_switches, message) -> None:
+    """A compressed layer never reaches the hardware as if it were int8 dense."""
+    cfg = SMALL_TOP.replace(**cfg_switches)
+    spec = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
+    weights = MoEWeights.random(spec, seed=2)
+    x = np.random.default_rng(2).standard_normal((4, spec.d_model)).astype(np.float32)
+    ql = quantize_layer(spec, weights, calibrate(spec, weights, x, fmt), cfg, fmt)
+    with pytest.raises(ConfigError, match=message):
+        compile_layer(ql, quantize_input(ql, x), cfg)
