@@ -36,15 +36,33 @@ POLICIES = ("lru", "lfu", "pinned")
 
 @dataclass(frozen=True)
 class HostLink:
-    """The slow tier: host memory behind a link of `bytes_per_cycle`, `latency` cycles a fetch."""
+    """The slow tier: host memory behind a link of `bytes_per_cycle`, `latency` cycles a request.
+
+    One definition for the model and the simulated system: `sim.fast.FastSim.set_host_tier`
+    serves host bursts with these numbers (`latency` before a burst's first beat, then
+    `bytes_per_cycle`, resolved to 1/1000 byte), and the cycle model charges the same.
+    """
 
     bytes_per_cycle: float
     latency: int = 1000
 
     def __post_init__(self) -> None:
-        if not 0 < self.bytes_per_cycle <= 4096:
+        if (
+            isinstance(self.bytes_per_cycle, bool)
+            or not isinstance(self.bytes_per_cycle, int | float)
+            or not 0 < self.bytes_per_cycle <= 4096
+        ):
             raise ConfigError(f"HostLink.bytes_per_cycle = {self.bytes_per_cycle} not in (0, 4096]")
+        if abs(self.bytes_per_cycle * 1000 - round(self.bytes_per_cycle * 1000)) > 1e-9:
+            raise ConfigError(
+                f"HostLink.bytes_per_cycle = {self.bytes_per_cycle} is finer than 1/1000 byte"
+            )
         _check_int("HostLink", "latency", self.latency, 0)
+
+    @property
+    def millibytes_per_cycle(self) -> int:
+        """The bandwidth in the harness's unit (1/1000 byte a cycle)."""
+        return round(self.bytes_per_cycle * 1000)
 
     def fetch_cycles(self, nbytes: float) -> float:
         return self.latency + nbytes / self.bytes_per_cycle

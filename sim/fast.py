@@ -67,7 +67,8 @@ from amaranth.lib import wiring
 from contract.regs import REGISTER_MAP, ErrorCause, RegisterMap
 from flow.paths import FAST_BUILD_ROOT, REPO_ROOT
 from pymodel.config import AccelConfig, ConfigError
-from rtl.axi import AXI4Signature, AXILiteSignature, Resp, burst_beats
+from pymodel.expert_cache import HostLink
+from rtl.axi import BOUNDARY_BYTES, AXI4Signature, AXILiteSignature, Resp, burst_beats
 from rtl.checks import checks_enabled
 
 from .build import (
@@ -124,6 +125,9 @@ LITE_TIMEOUT = 1000
 
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 """Linux's MAP_NORESERVE (the same bit on x86-64 and arm64; Python's mmap lacks the name)."""
+
+TIERS = ("device", "host")
+"""The harness's memory tiers, in its numbering (`set_host_tier`, `tier_counters`)."""
 
 FILL_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32)
 """The harness's lazy-region fill callback: region id -> 0 (filled) or non-zero (failed)."""
@@ -572,6 +576,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fastsim_clear_lazy_regions": (None, [vp]),
         "fastsim_set_bus_chaos": (None, [vp, u64, u32, u32]),
         "fastsim_set_max_burst": (None, [vp, u32]),
+        "fastsim_set_host_tier": (None, [vp, u64, u32, u32]),
+        "fastsim_tier_counters": (i32, [vp, u32, ctypes.POINTER(u64), i32]),
         "fastsim_protocol_error": (i32, [vp, ctypes.c_char_p, u32]),
         "fastsim_reg_write": (i32, [vp, u32, u32, u32]),
         "fastsim_reg_read": (i32, [vp, u32, ctypes.POINTER(u32), u32]),
@@ -786,6 +792,48 @@ class FastSim:
             raise ConfigError(f"max_extra_latency = {max_extra_latency!r} not an int in [0, 10^4]")
         permille = round(stall_probability * 1000)
         self._lib.fastsim_set_bus_chaos(self._h, seed, permille, max_extra_latency)
+
+    # -- memory tiers -----------------------------------------------------------------
+    def set_host_tier(self, base: int, link: HostLink) -> None:
+        """Serve bursts at or above byte address `base` as host memory behind `link`.
+
+        Why: expert weights that do not fit device memory live on the host; a burst
+        there waits `link.latency` cycles for its first beat (or its B) and moves at
+        `link.bytes_per_cycle`, on a credit of its own beside the device tier's.
+        `base` must be 4 KiB-aligned (a burst never straddles the tiers) and inside
+        the memory; the same `HostLink` parameterises the cycle model
+        (`pymodel.expert_cache`). Tier counters restart at zero.
+        """
+        if not isinstance(link, HostLink):
+            raise ConfigError(f"set_host_tier needs a HostLink, got {type(link).__name__}")
+        if (
+            isinstance(base, bool)
+            or not isinstance(base, int)
+            or not 0 < base < self.mem.size
+            or base % BOUNDARY_BYTES
+        ):
+            raise ConfigError(
+                f"host tier base = {base!r} must be a {BOUNDARY_BYTES}-byte-aligned address "
+                f"inside the memory (0, {self.mem.size:#x})"
+            )
+        if link.latency > 10**6:
+            raise ConfigError(f"HostLink.latency = {link.latency} exceeds the harness's 10^6")
+        self._lib.fastsim_set_host_tier(self._h, base, link.millibytes_per_cycle, link.latency)
+        self.tier_counters(clear=True)
+
+    def tier_counters(self, *, clear: bool = False) -> dict[str, dict[str, int]]:
+        """Per tier ("device", "host"): bytes read, bytes written, busy cycles.
+
+        Busy cycles (a burst of the tier queued or in flight) are counted while a
+        host tier is set. `clear` zeroes the counters after reading them.
+        """
+        out = (ctypes.c_uint64 * 3)()
+        result = {}
+        for tier, name in enumerate(TIERS):
+            self._lib.fastsim_tier_counters(self._h, tier, out, int(clear))
+            keys = ("bytes_read", "bytes_written", "busy_cycles")
+            result[name] = dict(zip(keys, out, strict=True))
+        return result
 
     @property
     def protocol_error(self) -> str | None:

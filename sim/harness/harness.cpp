@@ -27,6 +27,18 @@
 // R and W each move at most `bytes_per_cycle` bytes per cycle on average. W is
 // accepted only once its AW has been (legal for a slave, and what our DMA does).
 //
+// Memory tiers (fastsim_set_host_tier, off by default, and then no cycle changes):
+// bursts starting at or above `host_base` are host memory behind a slower link. Their
+// first R beat (or their B) comes `host_latency` cycles after AR is accepted (after the
+// last W beat) instead of the device latencies, and their beats move at
+// `host_millibytes_per_cycle` / 1000 bytes a cycle, from a credit of their own, beside
+// the device tier's `bytes_per_cycle`. Per tier the model counts bytes read and written
+// (OKAY beats) and, while a host tier is set, busy cycles (a burst of the tier queued or
+// in flight): fastsim_tier_counters. Reads with different ids may complete out of order: each cycle
+// the R channel serves the oldest burst of some id that is ready and has credit (one id:
+// the queue's order, as before), and a burst's beats are never interleaved with
+// another's, so a slow host burst of one master does not block a device burst of another.
+//
 // Bus chaos (fastsim_set_bus_chaos, off by default, and then no cycle changes):
 // from a seeded splitmix64 stream, each burst gets up to `max_extra_latency` more
 // cycles before its first R beat or its B, and with `stall_permille` per mille per
@@ -149,6 +161,7 @@ struct ReadBurst {
     uint32_t beats;
     uint32_t id;
     uint64_t ready_at;
+    uint32_t tier;
 };
 
 struct WriteBurst {
@@ -157,12 +170,22 @@ struct WriteBurst {
     uint32_t id;
     uint32_t done;
     uint8_t resp;
+    uint32_t tier;
+};
+
+constexpr uint32_t kTiers = 2;     // 0: device memory, 1: host memory
+constexpr uint64_t kMilli = 1000;  // host bandwidth credit is counted in millibytes
+
+// What one tier moved: bytes read and written, cycles with a burst of it in flight.
+struct TierCounters {
+    uint64_t bytes_read = 0, bytes_written = 0, busy_cycles = 0;
 };
 
 struct Response {
     uint32_t id;
     uint8_t resp;
     uint64_t ready_at;
+    uint32_t tier;
 };
 
 struct ErrorRange {
@@ -248,7 +271,13 @@ struct Sim {
     uint64_t credit = 0;   // read bandwidth credit, in bytes
     uint64_t wcredit = 0;  // write bandwidth credit, in bytes
     std::deque<ReadBurst> reads;
-    uint32_t read_beat = 0;  // beat index inside reads.front()
+    size_t read_sel = 0;     // index in `reads` of the burst whose beats move now
+    uint32_t read_beat = 0;  // beat index inside reads[read_sel] (0: choose a burst)
+    uint64_t host_base = UINT64_MAX;  // first host-tier address (UINT64_MAX: no host tier)
+    uint32_t host_mbpc = 0;           // host link bandwidth, millibytes per cycle
+    uint32_t host_latency = 0;        // host link latency, cycles per burst
+    uint64_t hcredit = 0, hwcredit = 0;  // host read/write credit, millibytes
+    TierCounters tiers[kTiers];
     bool r_presenting = false;
     std::deque<WriteBurst> writes;
     std::deque<Response> responses;
@@ -433,22 +462,31 @@ struct Sim {
             if (s.ar) fill_lazy(s.araddr, uint64_t(s.arlen + 1) * kBeat);
             if (s.aw) fill_lazy(s.awaddr, uint64_t(s.awlen + 1) * kBeat);
         }
-        if (s.ar)
-            reads.push_back(
-                {s.araddr, s.arlen + 1, s.arid, cycle + read_latency + chaos.extra_latency()});
-        if (s.aw) writes.push_back({s.awaddr, s.awlen + 1, s.awid, 0, kOkay});
+        if (s.ar) {
+            const uint32_t t = tier_of(s.araddr);
+            reads.push_back({s.araddr, s.arlen + 1, s.arid,
+                             cycle + (t ? host_latency : read_latency) + chaos.extra_latency(),
+                             t});
+        }
+        if (s.aw) writes.push_back({s.awaddr, s.awlen + 1, s.awid, 0, kOkay, tier_of(s.awaddr)});
         if (s.r) {
             r_presenting = false;
-            if (++read_beat == reads.front().beats) {
-                reads.pop_front();
+            const ReadBurst& rb = reads[read_sel];
+            if (classify(rb.addr + uint64_t(read_beat) * kBeat, false) == kOkay)
+                tiers[rb.tier].bytes_read += kBeat;
+            if (++read_beat == rb.beats) {
+                reads.erase(reads.begin() + std::ptrdiff_t(read_sel));
                 read_beat = 0;
             }
         }
         if (s.w && writes.empty()) {
             if (checking) violate("W beat without an accepted AW");
         } else if (s.w) {
-            wcredit -= kBeat;
             WriteBurst& wb = writes.front();
+            if (wb.tier)
+                hwcredit -= kBeat * kMilli;
+            else
+                wcredit -= kBeat;
             if (checking && s.wlast != (wb.done + 1 == wb.beats))
                 violate("WLAST %s on beat %u of a %u-beat burst at 0x%llx",
                         s.wlast ? "set" : "clear", wb.done + 1, wb.beats,
@@ -458,12 +496,15 @@ struct Sim {
             if (resp == kOkay) {
                 for (uint32_t i = 0; i < kBeat; ++i)
                     if ((s.wstrb >> i) & 1) mem[addr + i] = s.wdata[i];
+                if (s.wstrb) tiers[wb.tier].bytes_written += kBeat;
             } else if (wb.resp == kOkay) {
                 wb.resp = resp;
             }
             if (++wb.done == wb.beats) {
                 responses.push_back(
-                    {wb.id, wb.resp, cycle + write_latency + chaos.extra_latency()});
+                    {wb.id, wb.resp,
+                     cycle + (wb.tier ? host_latency : write_latency) + chaos.extra_latency(),
+                     wb.tier});
                 writes.pop_front();
             }
         }
@@ -474,18 +515,56 @@ struct Sim {
         drive();
     }
 
+    uint32_t tier_of(uint64_t addr) const { return addr >= host_base ? 1 : 0; }
+
+    bool read_credit(uint32_t tier) const {
+        return tier ? hcredit >= kBeat * kMilli : credit >= kBeat;
+    }
+
+    // The burst whose next beat may move now: the one in progress, else the oldest burst
+    // of some id (no older one of its id queued) that is ready and whose tier has credit.
+    bool pick_read() {
+        if (read_beat) return read_credit(reads[read_sel].tier);
+        for (size_t i = 0; i < reads.size(); ++i) {
+            const ReadBurst& rb = reads[i];
+            bool oldest = true;
+            for (size_t j = 0; j < i && oldest; ++j) oldest = reads[j].id != rb.id;
+            if (oldest && rb.ready_at <= cycle && read_credit(rb.tier)) {
+                read_sel = i;
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // Cycles each tier has a burst queued or in flight.
+    void count_busy() {
+        bool busy[kTiers] = {};
+        for (const auto& rb : reads) busy[rb.tier] = true;
+        for (const auto& wb : writes) busy[wb.tier] = true;
+        for (const auto& r : responses) busy[r.tier] = true;
+        for (uint32_t t = 0; t < kTiers; ++t) tiers[t].busy_cycles += busy[t];
+    }
+
     // Set the memory side's inputs for the next cycle from the model state.
     void drive() {
         credit += bytes_per_cycle;
         if (credit > 2 * kBeat) credit = 2 * kBeat;
         wcredit += bytes_per_cycle;
         if (wcredit > 2 * kBeat) wcredit = 2 * kBeat;
+        if (host_base != UINT64_MAX) {
+            hcredit = std::min<uint64_t>(hcredit + host_mbpc, 2 * kBeat * kMilli);
+            hwcredit = std::min<uint64_t>(hwcredit + host_mbpc, 2 * kBeat * kMilli);
+            count_busy();
+        }
         M(arready) = reads.size() < kQueueDepth && !chaos.stalled(chaos.ar);
         M(awready) = writes.size() < kQueueDepth && !chaos.stalled(chaos.aw);
-        M(wready) = !writes.empty() && wcredit >= kBeat && !chaos.stalled(chaos.w);
-        if (!r_presenting && !reads.empty() && reads.front().ready_at <= cycle &&
-            credit >= kBeat && !chaos.stalled(chaos.r)) {
-            const ReadBurst& rb = reads.front();
+        const bool w_credit = !writes.empty() && (writes.front().tier
+                                                      ? hwcredit >= kBeat * kMilli
+                                                      : wcredit >= kBeat);
+        M(wready) = w_credit && !chaos.stalled(chaos.w);
+        if (!r_presenting && !reads.empty() && pick_read() && !chaos.stalled(chaos.r)) {
+            const ReadBurst& rb = reads[read_sel];
             uint64_t addr = rb.addr + uint64_t(read_beat) * kBeat;
             uint8_t resp = classify(addr, false);
             if (resp == kOkay)
@@ -495,7 +574,10 @@ struct Sim {
             M(rresp) = resp;
             M(rid) = rb.id;
             M(rlast) = read_beat + 1 == rb.beats;
-            credit -= kBeat;
+            if (rb.tier)
+                hcredit -= kBeat * kMilli;
+            else
+                credit -= kBeat;
             r_presenting = true;
         }
         M(rvalid) = r_presenting;
@@ -633,6 +715,7 @@ FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
         sim->responses.clear();
         sim->r_presenting = sim->b_presenting = false;
         sim->read_beat = 0;
+        sim->read_sel = 0;
         sim->drive();
     };
     clear();
@@ -708,6 +791,30 @@ FASTSIM_API void fastsim_set_bus_chaos(void* handle, uint64_t seed, uint32_t sta
     sim->chaos.state = seed;
     sim->chaos.permille = stall_permille;
     sim->chaos.max_extra = max_extra_latency;
+}
+
+// Host memory from `base` up, behind a link of `millibytes_per_cycle` / 1000 bytes a cycle
+// and `latency` cycles a burst (see the top of this file); base UINT64_MAX: no host tier.
+FASTSIM_API void fastsim_set_host_tier(void* handle, uint64_t base, uint32_t millibytes_per_cycle,
+                                       uint32_t latency) {
+    auto* sim = static_cast<Sim*>(handle);
+    sim->host_base = base;
+    sim->host_mbpc = millibytes_per_cycle;
+    sim->host_latency = latency;
+    sim->hcredit = sim->hwcredit = 0;
+}
+
+// Tier `tier`'s counters into out[0..2]: bytes read, bytes written, busy cycles; returns
+// 0, or -1 for a tier that does not exist. `clear` non-zero zeroes them after the copy.
+FASTSIM_API int fastsim_tier_counters(void* handle, uint32_t tier, uint64_t* out, int clear) {
+    auto* sim = static_cast<Sim*>(handle);
+    if (tier >= kTiers) return -1;
+    TierCounters& c = sim->tiers[tier];
+    out[0] = c.bytes_read;
+    out[1] = c.bytes_written;
+    out[2] = c.busy_cycles;
+    if (clear) c = TierCounters{};
+    return 0;
 }
 
 // The longest burst (in beats, 1..256) the protocol checker accepts.

@@ -24,6 +24,7 @@ from memcopy_top import COPY_MAP, MemCopyTop, expected_copy
 
 from contract.regs import ErrorCause
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.expert_cache import HostLink
 from rtl.axi import AXILiteSignature, Resp
 from sim.build import SimulationError, _fst_supported, build_component, run_cocotb
 from sim.fast import (
@@ -470,3 +471,50 @@ def test_a_sparse_mapping_beyond_4_gib_costs_only_its_written_pages():
     assert mem.size == 1 << 40 and mem[-1] == 9 and mem[5 << 32] == 3 and mem[1 << 39] == 0
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 64 * 1024
+
+
+def _copy(sim: FastSim, src: int, dst: int, length: int) -> int:
+    """One MemCopyTop job (add 0); its CYCLES_TOTAL."""
+    sim.write_reg("STATUS", STATUS.pack(done=1, error=1))
+    for name, value in (("SRC_ADDR", src), ("DST_ADDR", dst), ("LENGTH", length), ("ADD", 0)):
+        sim.write_reg(name, value)
+    sim.write_reg("CTRL", START)
+    assert sim.run(400_000).status is RunStatus.DONE
+    return sim.read_reg("CYCLES_TOTAL")
+
+
+def test_host_tier_serves_its_range_slower_and_counts_per_tier():
+    """Reads above the host base wait the link's latency and move at its bandwidth; device
+    reads keep their cycles exactly; each tier counts its own bytes."""
+    host_base, length = MEM_BYTES // 2, 4096
+    link = HostLink(bytes_per_cycle=2.5, latency=300)
+    with FastSim(lambda: MemCopyTop(CFG), CFG, MEM_BYTES, regmap=COPY_MAP, name="memcopy") as sim:
+        sim.mem[:] = np.random.default_rng(MEM_SEED).integers(0, 256, MEM_BYTES, dtype=np.uint8)
+        device_only = _copy(sim, 0x1000, 0x4000, length)
+        sim.set_host_tier(host_base, link)
+        assert _copy(sim, 0x1000, 0x4000, length) == device_only
+        counters = sim.tier_counters(clear=True)
+        assert counters["host"] == {"bytes_read": 0, "bytes_written": 0, "busy_cycles": 0}
+        assert counters["device"]["bytes_read"] == counters["device"]["bytes_written"] == length
+        expect = sim.mem.copy()
+        from_host = _copy(sim, host_base + 0x2000, 0x6000, length)
+        expect[0x6000 : 0x6000 + length] = expect[host_base + 0x2000 : host_base + 0x2000 + length]
+        np.testing.assert_array_equal(sim.mem, expect)
+        counters = sim.tier_counters()
+        assert counters["host"]["bytes_read"] == length
+        assert counters["device"]["bytes_written"] == length
+        assert counters["device"]["bytes_read"] == 0
+        # The link's bandwidth bounds the copy from below (less the two beats of credit an
+        # idle link holds); busy covers it.
+        assert from_host >= link.latency + (length - 2 * CFG.mem_bytes_per_cycle) / 2.5
+        assert counters["host"]["busy_cycles"] >= length / link.bytes_per_cycle
+        assert from_host < 1.2 * (link.latency + length / link.bytes_per_cycle) + device_only
+
+
+def test_host_tier_bad_arguments(fast_sim):
+    with pytest.raises(ConfigError, match="4096-byte-aligned"):
+        fast_sim.set_host_tier(0x1001, HostLink(bytes_per_cycle=4, latency=10))
+    with pytest.raises(ConfigError, match="needs a HostLink"):
+        fast_sim.set_host_tier(0x1000, (4, 10))
+    with pytest.raises(ConfigError, match="finer than 1/1000"):
+        HostLink(bytes_per_cycle=0.0005)
