@@ -25,6 +25,7 @@ from typing import Any
 from contract.regs import DESCRIPTOR_BLOCK, FFNKind, RoutingMode, SharedExpert
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gate import RSF_FRAC_BITS
+from pymodel.weight_formats import WeightFormat
 
 from .layout import REGION_ALIGN, addr_shift, row_unit
 from .timing import SHIFT_BITS
@@ -35,6 +36,8 @@ __all__ = [
     "INPUTS",
     "ROUTED_SCALING_BITS",
     "RULES",
+    "WEIGHTS_INT4",
+    "WEIGHTS_SPARSE",
     "DescriptorError",
     "DescriptorField",
     "DescriptorValues",
@@ -43,6 +46,7 @@ __all__ = [
     "failing_rules",
     "program_values",
     "rule_code",
+    "weights_code",
 ]
 
 ROUTED_SCALING_BITS = RSF_FRAC_BITS + 4
@@ -108,6 +112,9 @@ DESCRIPTOR_FIELDS: tuple[DescriptorField, ...] = (
     DescriptorField("topk_group", "ROUTING_MODE.topk_group", lambda cfg: _bits(cfg.max_groups)),
     DescriptorField("ffn", "LAYER_MODE.ffn", lambda cfg: 2, "FFNKind"),
     DescriptorField("shared", "LAYER_MODE.shared", lambda cfg: 2, "SharedExpert"),
+    DescriptorField(
+        "weights", "LAYER_MODE.weights", lambda cfg: 2, "expert weight format (WEIGHTS_* bits)"
+    ),
     DescriptorField("scale", "ROUTED_SCALING", lambda cfg: ROUTED_SCALING_BITS),
     DescriptorField("out_mult", "OUTPUT_REQUANT.mult", lambda cfg: cfg.mult_bits),
     DescriptorField("out_shift", "OUTPUT_REQUANT.shift", lambda cfg: SHIFT_BITS),
@@ -211,6 +218,30 @@ def _grouped(v: DescriptorValues) -> Any:
     return v.n_group > 1
 
 
+WEIGHTS_SPARSE = 1
+"""`LAYER_MODE.weights` bit 0: the expert weights are 2:4 sparse (the engine command's
+`fmt.sparse`)."""
+WEIGHTS_INT4 = 2
+"""`LAYER_MODE.weights` bit 1: the expert weights are int4 (the command's `fmt.int4`)."""
+
+
+def weights_code(fmt: WeightFormat) -> int:
+    """The `LAYER_MODE.weights` value of expert weights in `fmt` (its scale grouping aside)."""
+    return (WEIGHTS_SPARSE if fmt.sparse else 0) | (WEIGHTS_INT4 if fmt.bits == 4 else 0)
+
+
+def _built_weights(cfg: AccelConfig) -> int:
+    """The `LAYER_MODE.weights` bits hardware built as `cfg` runs."""
+    return (WEIGHTS_SPARSE if cfg.sparse_2_4 else 0) | (WEIGHTS_INT4 if cfg.int4_weights else 0)
+
+
+def _sparse_k_ragged(v: DescriptorValues) -> Any:
+    """A 2:4 layer with a reduction length (D_MODEL, D_FF, D_FF_SHARED) not a multiple of 4."""
+    shared_k = (v.shared != SharedExpert.NONE) & ((v.d_ff_shared & 3) != 0)
+    ragged = ((v.d_model & 3) != 0) | ((v.d_ff & 3) != 0) | shared_k
+    return ((v.weights & WEIGHTS_SPARSE) != 0) & ragged
+
+
 RULES: tuple[Rule, ...] = (
     _range("NUM_TOKENS", "num_tokens", "max_tokens"),
     _range("D_MODEL", "d_model", "max_d_model"),
@@ -287,6 +318,18 @@ RULES: tuple[Rule, ...] = (
     *(_aligned(reg) for reg in ADDRESS_REGISTERS),
     _inside("TOKENS_ADDR"),
     _inside("OUTPUT_ADDR"),
+    Rule(
+        "weights_sparse_k",
+        "2:4 expert weights need D_MODEL, D_FF (and D_FF_SHARED with a shared expert) "
+        "multiples of 4 (whole groups of 4 along K)",
+        lambda v, c: _sparse_k_ragged(v),
+    ),
+    Rule(
+        "weights_not_built",
+        "LAYER_MODE.weights asks for a weight format this build lacks "
+        "(2:4 needs AccelConfig.sparse_2_4, int4 needs AccelConfig.int4_weights)",
+        lambda v, c: (v.weights & (3 ^ _built_weights(c))) != 0,
+    ),
 )
 """Every descriptor-validity rule, in `ERROR_DETAIL` order (the first failing one is reported)."""
 

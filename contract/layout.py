@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.gemm_engine import padded_k, weight_stream, weight_stream_rows
+from pymodel.gemm_engine import activation_lanes, padded_k, weight_stream, weight_stream_rows
 
 from .timing import SHIFT_BITS
 
@@ -177,8 +177,9 @@ def n_tiles(n: int, width: int) -> int:
 
 
 def row_unit(cfg: AccelConfig) -> int:
-    """Bytes every token / expert-output row is padded to: max(B, R, C)."""
-    return max(cfg.mem_bytes_per_cycle, cfg.rows, cfg.cols)
+    """Bytes every token / expert-output row is padded to: max(B, R, C), and the 2R lanes
+    of a 2:4 build's `act` beat (`activation_lanes`: one token-buffer word holds a slice)."""
+    return max(cfg.mem_bytes_per_cycle, activation_lanes(cfg), cfg.cols)
 
 
 def row_bytes(cfg: AccelConfig, d_model: int) -> int:

@@ -538,8 +538,15 @@ DESCRIPTOR_BLOCK = Block(
             fields=(
                 Field("ffn", 2, RW, doc="FFNKind of the routed experts."),
                 Field("shared", 2, RW, doc="SharedExpert: none, ungated, sigmoid-gated."),
+                Field(
+                    "weights",
+                    2,
+                    RW,
+                    doc="Routed and shared expert weight format: bit 0 2:4 sparse, bit 1 int4 "
+                    "(0: int8 dense; the router is always int8 dense).",
+                ),
             ),
-            doc="Expert FFN kind and shared-expert mode.",
+            doc="Expert FFN kind, shared-expert mode and expert weight format.",
         ),
         Reg("ROUTED_SCALING", RW, "Routed scaling factor, unsigned Q4.16 (sigmoid scoring)."),
         Reg(

@@ -30,8 +30,16 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from contract import layout
 from pymodel.config import AccelConfig
+from pymodel.gemm_engine import activation_lanes
 
-__all__ = ["ActSource", "ActivationFeeder", "feed_command_layout", "sorted_row_layout"]
+__all__ = [
+    "ActSource",
+    "ActivationFeeder",
+    "feed_command_layout",
+    "h_word_bytes",
+    "sorted_row_layout",
+    "x_word_bytes",
+]
 
 
 class ActSource(enum.Enum, shape=2):
@@ -40,6 +48,17 @@ class ActSource(enum.Enum, shape=2):
     TOKENS = 0
     SORTED = 1
     HBUF = 2
+
+
+def x_word_bytes(cfg: AccelConfig) -> int:
+    """Bytes of one token-buffer word: a bus beat, or an `act` beat where that is wider
+    (a 2:4 build's 2R lanes), so one read gives the slice of any command."""
+    return max(activation_lanes(cfg), cfg.mem_bytes_per_cycle)
+
+
+def h_word_bytes(cfg: AccelConfig) -> int:
+    """Bytes of one H-buffer word: an output row's C, or an `act` beat where that is wider."""
+    return max(activation_lanes(cfg), cfg.cols)
 
 
 def token_bits(cfg: AccelConfig) -> int:
@@ -58,8 +77,10 @@ def sorted_row_layout(cfg: AccelConfig) -> data.StructLayout:
 
 
 def feed_command_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLayout:
-    """One feed: source, first row, rows, n-tiles, passes and k-tiles."""
+    """One feed: source, first row, rows, n-tiles, passes and k-tiles (of `tile_k` K
+    positions: 2R for a 2:4 command, whose `sparse` a 2:4 build adds)."""
     kt_max = layout.n_tiles(max(cfg.max_d_model, cfg.max_d_ff), cfg.rows)
+    sparse = {"sparse": 1} if cfg.sparse_2_4 else {}
     return data.StructLayout(
         {
             "src": ActSource,
@@ -68,6 +89,7 @@ def feed_command_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data
             "nt": range(param_rows + 1),
             "passes": range(3),
             "kt_n": range(kt_max + 1),
+            **sparse,
         }
     )
 
@@ -100,8 +122,7 @@ class ActivationFeeder(wiring.Component):
 
     def __init__(self, cfg: AccelConfig, m_block: int, param_rows: int) -> None:
         self.cfg, self.m_block = cfg, m_block
-        R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
-        self.wx, self.wh = max(R, B), max(R, C)
+        self.wx, self.wh = x_word_bytes(cfg), h_word_bytes(cfg)
         self.x_row = layout.row_bytes(cfg, cfg.max_d_model) // self.wx
         self.h_row = layout.align(cfg.max_d_ff, self.wh) // self.wh
         byte_row = data.ArrayLayout(unsigned(8), self.wx)
@@ -126,7 +147,9 @@ class ActivationFeeder(wiring.Component):
                         shape=data.ArrayLayout(unsigned(8), self.wh),
                     )
                 ),
-                "act": Out(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), R))),
+                "act": Out(
+                    stream.Signature(data.ArrayLayout(signed(cfg.act_bits), activation_lanes(cfg)))
+                ),
             }
         )
 
@@ -176,21 +199,31 @@ class ActivationFeeder(wiring.Component):
             m.d.comb += [token.eq(row_tok), pad.eq(row_tok >= self.tokens)]
         x_sub_bits = exact_log2(self.wx // R)
         h_sub_bits = exact_log2(self.wh // R)
+        # `a_kt` in R-slices of K: a 2:4 command's k-tile is two of them
+        kpos = Signal(len(a_kt) + 1)
+        m.d.comb += kpos.eq(Mux(cmd.sparse, a_kt << 1, a_kt) if self.cfg.sparse_2_4 else a_kt)
         m.d.comb += [
-            self.x_rd.addr.eq(token * self.x_row + (a_kt >> x_sub_bits)),
-            self.h_rd.addr.eq(a_i * self.h_row + (a_kt >> h_sub_bits)),
+            self.x_rd.addr.eq(token * self.x_row + (kpos >> x_sub_bits)),
+            self.h_rd.addr.eq(a_i * self.h_row + (kpos >> h_sub_bits)),
         ]
         with m.If(adv):
             m.d.sync += [
                 b_valid.eq(a_valid),
                 b_pad.eq(pad & (cmd.src != ActSource.HBUF)),
-                b_sub.eq(Mux(cmd.src == ActSource.HBUF, a_kt[:h_sub_bits], a_kt[:x_sub_bits])),
+                b_sub.eq(Mux(cmd.src == ActSource.HBUF, kpos[:h_sub_bits], kpos[:x_sub_bits])),
                 b_src.eq(cmd.src),
             ]
         x_word = self.x_rd.data.as_value()
         h_word = self.h_rd.data.as_value()
-        x_slice = x_word.word_select(b_sub[:x_sub_bits] if x_sub_bits else 0, 8 * R)
-        h_slice = h_word.word_select(b_sub[:h_sub_bits] if h_sub_bits else 0, 8 * R)
+        lanes = activation_lanes(self.cfg)
+        if lanes == R:
+            x_slice = x_word.word_select(b_sub[:x_sub_bits] if x_sub_bits else 0, 8 * R)
+            h_slice = h_word.word_select(b_sub[:h_sub_bits] if h_sub_bits else 0, 8 * R)
+        else:
+            # 2R lanes from the slice on: a 2:4 slice starts on an even R-slice, so it lies
+            # within the word; a dense command's upper R lanes are don't-care
+            x_slice = x_word.bit_select(b_sub[:x_sub_bits] * (8 * R), 8 * lanes)
+            h_slice = h_word.bit_select(b_sub[:h_sub_bits] * (8 * R), 8 * lanes)
         m.d.comb += [
             self.act.valid.eq(b_valid),
             self.act.payload.eq(Mux(b_pad, 0, Mux(b_src == ActSource.HBUF, h_slice, x_slice))),

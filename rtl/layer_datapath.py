@@ -24,9 +24,11 @@ from contract.regs import SharedExpert
 
 from .activation_feeder import (
     ActivationFeeder,
+    h_word_bytes,
     max_sorted_rows,
     sorted_row_layout,
     token_bits,
+    x_word_bytes,
 )
 from .combine import Combiner
 from .combine_phase import CombinePhase
@@ -94,8 +96,8 @@ def _units(seq: LayerSequencer, m: Module) -> SimpleNamespace:
     p.disp = disp = m.submodules.dispatcher = Dispatcher(cfg)
     p.comb = comb = m.submodules.combiner = Combiner(cfg)
     p.mb = p.engine.m_block
-    R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
-    p.wx, p.wh, p.wy = max(R, B), max(R, C), max(C, B)
+    C, B = cfg.cols, cfg.mem_bytes_per_cycle
+    p.wx, p.wh, p.wy = x_word_bytes(cfg), h_word_bytes(cfg), max(C, B)
     p.xrow = layout.row_bytes(cfg, cfg.max_d_model) // p.wx
     p.hrow = layout.align(cfg.max_d_ff, p.wh) // p.wh
     p.yrow = layout.row_bytes(cfg, cfg.max_d_model) // p.wy
@@ -274,7 +276,9 @@ def _engine_io(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
     """The engine's command register, activation feeder and output sink.
 
     `p.gemm(...)` issues one command from an FSM state: the command, its weight
-    read, its activation feed and its sink.
+    read, its activation feed and its sink. `fmt` (a `format_layout` value) is the
+    command's weight format in a build with a compressed weight path: a 2:4
+    command's k-tiles are 2R K positions, fed as 2R-lane slices.
     """
     cfg, engine = seq.cfg, p.engine
     R, C, B = cfg.rows, cfg.cols, cfg.mem_bytes_per_cycle
@@ -293,6 +297,7 @@ def _engine_io(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
     eng_cmd = m.submodules.eng_cmd = CommandRegister(engine.cmd.payload.shape())
     wiring.connect(m, eng_cmd.o, engine.cmd)
     cmd = eng_cmd.data
+    compressed = cfg.sparse_2_4 or cfg.int4_weights
 
     def gemm(
         *,
@@ -310,7 +315,15 @@ def _engine_io(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
         row0,
         sink_kind,
         sink_row0,
+        fmt=0,
     ):
+        if compressed:
+            m.d.comb += cmd.fmt.eq(fmt)
+        kt_n = ceil_div_pow2(k, R)
+        if cfg.sparse_2_4:
+            sparse = cmd.fmt.sparse
+            kt_n = Mux(sparse, ceil_div_pow2(k, 2 * R), kt_n)
+            m.d.comb += feeder.cmd.sparse.eq(sparse)
         m.d.comb += [
             eng_cmd.load.eq(1),
             cmd.m.eq(mm),
@@ -335,7 +348,7 @@ def _engine_io(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
             feeder.cmd.m.eq(mm),
             feeder.cmd.nt.eq(ceil_div_pow2(n, C)),
             feeder.cmd.passes.eq(Mux(mode == Mode.SWIGLU, 2, 1)),
-            feeder.cmd.kt_n.eq(ceil_div_pow2(k, R)),
+            feeder.cmd.kt_n.eq(kt_n),
             sink.start.eq(1),
             sink.cmd.kind.eq(sink_kind),
             sink.cmd.row0.eq(sink_row0),

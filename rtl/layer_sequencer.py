@@ -31,6 +31,13 @@ computes (double-buffered tiles), so weight loads overlap compute; a weight
 beat is `weight_rows_per_beat` rows (`contract.layout.weight_stream`), so the
 loads run at the bus rate.
 
+Expert weight formats: the routed and shared experts' GEMM commands carry
+the layer's `LAYER_MODE.weights` (int8/int4, dense/2:4) in builds with a
+compressed weight path; their streams and row counts are the compressed
+ones the expert table names; the router GEMM is always int8 dense. A 2:4
+command's activation slices are 2R wide, one token- or H-buffer word each
+(`activation_feeder.x_word_bytes`), so the array is fed a row a cycle.
+
 Structure: every part of the datapath is a component with its own test
 (`rtl.dma_channels`, `rtl.loaders`, `rtl.activation_feeder`,
 `rtl.output_sink`, `rtl.logit_serialiser`, `rtl.routing_recorder`,
@@ -46,12 +53,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from contract import layout
+from contract.descriptor import WEIGHTS_INT4, WEIGHTS_SPARSE
 from contract.regs import FFNKind
 from pymodel.config import AccelConfig, ConfigError
 
@@ -160,6 +168,8 @@ class LayerSequencer(wiring.Component):
         m.d.comb += p.nt_f.eq(ceil_div_pow2(p.f_cur, cfg.cols))
         p.left = Signal.like(p.m0)
         m.d.comb += p.left.eq(p.rows_e - p.m0)
+        # routed and shared expert commands' weight format (`format_layout`: sparse, int4)
+        p.expert_fmt = Cat((desc.weights & WEIGHTS_SPARSE) != 0, (desc.weights & WEIGHTS_INT4) != 0)
         # defaults; FAIL and C_DRAIN override them
         m.d.comb += self.error.eq(0)
         m.d.sync += self.done.eq(0)
@@ -353,6 +363,7 @@ class LayerSequencer(wiring.Component):
                 row0=Mux(is_shared, m0, p.base_e + m0),
                 sink_kind=SinkKind.HBUF,
                 sink_row0=0,
+                fmt=p.expert_fmt,
             )
             m.next = "GEMM1_WAIT"
         with m.State("GEMM1_WAIT"):
@@ -378,6 +389,7 @@ class LayerSequencer(wiring.Component):
                     row0=0,
                     sink_kind=SinkKind.YBUF,
                     sink_row0=0,
+                    fmt=p.expert_fmt,
                 )
                 m.next = "GEMM2_WAIT"
         with m.State("GEMM2_WAIT"):

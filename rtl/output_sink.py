@@ -18,6 +18,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from contract import layout
 from pymodel.config import AccelConfig
 
+from .activation_feeder import h_word_bytes
 from .postproc import output_layout, wide_bits
 
 __all__ = ["OutputSink", "SinkKind", "sink_command_layout"]
@@ -65,7 +66,7 @@ class OutputSink(wiring.Component):
     def __init__(self, cfg: AccelConfig, m_block: int, param_rows: int) -> None:
         self.cfg, self.m_block, self.param_rows = cfg, m_block, param_rows
         C, B = cfg.cols, cfg.mem_bytes_per_cycle
-        self.wh, self.wy = max(cfg.rows, C), max(C, B)
+        self.wh, self.wy = h_word_bytes(cfg), max(C, B)
         self.h_row = layout.align(cfg.max_d_ff, self.wh) // self.wh
         self.y_row = layout.row_bytes(cfg, cfg.max_d_model) // self.wy
         self.logit_tiles = layout.n_tiles(cfg.max_experts + 1, C)

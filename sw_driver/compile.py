@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contract import layout
-from contract.descriptor import check_program
+from contract.descriptor import check_program, weights_code
 from contract.regs import REGISTER_MAP, FFNKind, RoutingMode, SharedExpert
 from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.gate import check_routing, quantize_scaling
@@ -246,12 +246,20 @@ def _rows_image(cfg: AccelConfig, rows: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
-def _stream(cfg: AccelConfig, weights: list[np.ndarray], e: int) -> Callable[[], np.ndarray]:
-    """Producer of expert `e`'s weight stream of the stacked `weights` (read when called)."""
+def _stream(
+    cfg: AccelConfig,
+    weights: list[np.ndarray],
+    e: int,
+    fmt: WeightFormat,
+    idx: list[np.ndarray | None],
+) -> Callable[[], np.ndarray]:
+    """Producer of expert `e`'s weight stream of the stacked `weights` in `fmt` (with their
+    stacked 2:4 positions `idx` for a sparse format), read when called."""
 
     def produce() -> np.ndarray:
-        stream = layout.weight_stream(cfg, [w[e] for w in weights]).astype(np.int8)
-        return stream.view(np.uint8).reshape(-1)
+        positions = [i[e] for i in idx] if fmt.sparse else None
+        stream = layout.weight_stream(cfg, [w[e] for w in weights], fmt, positions)
+        return stream.astype(np.int8).view(np.uint8).reshape(-1)
 
     return produce
 
@@ -275,17 +283,19 @@ def _ffn_block(
     p: FFNParams,
     e: int,
     lut_addr: int,
+    fmt: WeightFormat,
     resident: bool = True,
 ) -> list[int]:
-    """Write expert `e` of `p` (streams, parameters, LUT); return its descriptor words.
+    """Write expert `e` of `p` (streams in `fmt`, parameters, LUT); return its descriptor
+    words (the row counts those of the `fmt` streams).
 
     A non-resident expert gets no memory: its descriptor has the right row
     counts but points at `unmapped_addr(cfg)`.
     """
     gated = p.gated
     _, d, f = p.w1_q.shape
-    rows1 = layout.weight_stream_rows(cfg, d, f, 2 if gated else 1)
-    rows2 = layout.weight_stream_rows(cfg, f, d, 1)
+    rows1 = layout.weight_stream_rows(cfg, d, f, 2 if gated else 1, fmt)
+    rows2 = layout.weight_stream_rows(cfg, f, d, 1, fmt)
     n_words = layout.align(f, cfg.cols) * (2 if gated else 1) + layout.align(d, cfg.cols)
     gate_mult = int(p.m_h[e]) if gated else 0
     gate_shift = int(p.sh_h[e]) if gated else 0
@@ -299,10 +309,16 @@ def _ffn_block(
     b = cfg.mem_bytes_per_cycle
     c = cfg.cols
     w1 = img.alloc(f"{name}.w1", layout.align(rows1 * c, b))
-    w1_producer = _stream(cfg, [p.w1_q] + ([p.w3_q] if gated else []), e)
+    w1_producer = _stream(
+        cfg,
+        [p.w1_q] + ([p.w3_q] if gated else []),
+        e,
+        fmt,
+        [p.w1_idx] + ([p.w3_idx] if gated else []),
+    )
     img.put_lazy(w1, rows1 * c, w1_producer, f"{name}.w1")
     w2 = img.alloc(f"{name}.w2", layout.align(rows2 * c, b))
-    img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e), f"{name}.w2")
+    img.put_lazy(w2, rows2 * c, _stream(cfg, [p.w2_q], e, fmt, [p.w2_idx]), f"{name}.w2")
     pa = img.alloc(f"{name}.params", layout.align(4 * n_words, b))
     img.put_lazy(pa, 4 * n_words, _param_words(cfg, sections), f"{name}.params")
     img.put(lut_addr, p.lut[e].astype(np.int8), "luts")
@@ -342,19 +358,12 @@ def _check_multipliers(ql: QuantizedLayer, cfg: AccelConfig) -> None:
 def check_image_format(fmt: WeightFormat, cfg: AccelConfig) -> None:
     """Raise unless a layer image for hardware built as `cfg` can carry expert weights in `fmt`.
 
-    The build needs the format's switches (`check_supported`), and even with them
-    the layer path streams int8 dense expert weights only: the GEMM engine takes
-    the compressed tiles, but the layer sequencer (`rtl.layer_sequencer`) and this
-    module's image do not carry them yet.
+    The build needs the format's switches, and group-wise int4 scales never run
+    on the hardware (`check_supported`); the image then holds every routed and
+    shared expert's streams in `fmt` and `LAYER_MODE.weights` names it (a 2:4
+    layer's K rule is the descriptor's `weights_sparse_k`, checked with the program).
     """
     check_supported(fmt, cfg)
-    if fmt.compressed:
-        raise ConfigError(
-            f"{fmt.name} expert weights on the hardware: the layer sequencer "
-            "(rtl.layer_sequencer) and the layer's memory image (sw_driver.compile) stream "
-            "int8 dense expert weights only; the GEMM engine's compressed weight paths are not "
-            "wired into whole layers yet (issue 19); the golden backend runs this format"
-        )
 
 
 def compile_layer(
@@ -373,7 +382,8 @@ def compile_layer(
     """
     check_tokens(ql, x_q, cfg)
     layout.check_top_config(cfg)
-    check_image_format(ql.weight_format, cfg)
+    fmt = ql.weight_format
+    check_image_format(fmt, cfg)
     spec = ql.spec
     check_routing(spec)
     _check_multipliers(ql, cfg)
@@ -404,9 +414,10 @@ def compile_layer(
     kept = set(resident)
     for i in range(e):
         lut = luts + i * layout.lut_bytes(cfg)
-        descs.append(_ffn_block(img, cfg, f"expert{i}", ql.experts, i, lut, i in kept))
+        descs.append(_ffn_block(img, cfg, f"expert{i}", ql.experts, i, lut, fmt, i in kept))
     if ql.shared is not None:
-        descs.append(_ffn_block(img, cfg, "shared", ql.shared, 0, luts + e * layout.lut_bytes(cfg)))
+        shared_lut = luts + e * layout.lut_bytes(cfg)
+        descs.append(_ffn_block(img, cfg, "shared", ql.shared, 0, shared_lut, fmt))
     for i, words in enumerate(descs):
         img.put(
             table + i * layout.desc_bytes(cfg),
@@ -447,7 +458,12 @@ def compile_layer(
         ("TOP_K", k),
         ("ROUTING_MODE", routing_mode),
         ("CAPACITY", spec.capacity if spec.capacity is not None else 0),
-        ("LAYER_MODE", regs["LAYER_MODE"].register.pack(ffn=FFNKind.of(spec.ffn), shared=shared)),
+        (
+            "LAYER_MODE",
+            regs["LAYER_MODE"].register.pack(
+                ffn=FFNKind.of(spec.ffn), shared=shared, weights=weights_code(fmt)
+            ),
+        ),
         ("ROUTED_SCALING", quantize_scaling(spec.routed_scaling_factor)),
         (
             "OUTPUT_REQUANT",

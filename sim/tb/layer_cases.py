@@ -16,6 +16,7 @@ from pymodel.config import AccelConfig, MoESpec
 from pymodel.families import FAMILIES, family_spec
 from pymodel.layer import LayerResult, golden_layer, quantize_input
 from pymodel.quantize import QuantizedLayer, calibrate, quantize_layer
+from pymodel.weight_formats import WeightFormat
 from pymodel.weights import MoEWeights
 from sw_driver.compile import (
     HwOutputs,
@@ -79,12 +80,19 @@ def mode_specs(d_model: int, d_ff: int, n_experts: int) -> dict[str, MoESpec]:
 
 
 def make_case(
-    name: str, spec: MoESpec, cfg: AccelConfig, tokens: int, seed: int, **compile_args: int
+    name: str,
+    spec: MoESpec,
+    cfg: AccelConfig,
+    tokens: int,
+    seed: int,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
+    **compile_args: int,
 ) -> LayerCase:
-    """Seeded random weights and tokens for `spec`, calibrated on the tokens themselves."""
+    """Seeded random weights and tokens for `spec`, calibrated on the tokens themselves;
+    the experts' weights in `weight_format`."""
     weights = MoEWeights.random(spec, seed=seed)
     x = np.random.default_rng(seed + 1000).standard_normal((tokens, spec.d_model))
-    return case_from(name, spec, weights, x.astype(np.float32), cfg, **compile_args)
+    return case_from(name, spec, weights, x.astype(np.float32), cfg, weight_format, **compile_args)
 
 
 def case_from(
@@ -93,10 +101,13 @@ def case_from(
     weights: MoEWeights,
     x: np.ndarray,
     cfg: AccelConfig,
+    weight_format: WeightFormat = WeightFormat.DENSE_INT8,
     **compile_args: int,
 ) -> LayerCase:
-    """The case of float `weights` and tokens `x`: calibrated on `x`, quantised, compiled."""
-    ql = quantize_layer(spec, weights, calibrate(spec, weights, x), cfg)
+    """The case of float `weights` and tokens `x`: calibrated on `x`, quantised (experts in
+    `weight_format`), compiled."""
+    calib = calibrate(spec, weights, x, weight_format)
+    ql = quantize_layer(spec, weights, calib, cfg, weight_format)
     x_q = quantize_input(ql, x)
     golden = golden_layer(ql, x_q, cfg)
     image = compile_layer(ql, x_q, cfg, **compile_args)

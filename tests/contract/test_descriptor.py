@@ -25,8 +25,10 @@ from contract.descriptor import (
     failing_rules,
     program_values,
     rule_code,
+    weights_code,
 )
 from contract.regs import DESCRIPTOR_BLOCK, REGISTER_MAP, ErrorCause, RoutingMode
+from pymodel.weight_formats import WeightFormat
 from sim.tb.layer_cases import SMALL_TOP
 
 CFG = SMALL_TOP
@@ -48,6 +50,7 @@ BASE: dict[str, int] = {
     "capacity": 0,
     "ffn": 0,
     "shared": 0,
+    "weights": 0,
     "routed_scaling": 1 << 16,
     "mult": 1 << 10,
     "shift": 8,
@@ -67,6 +70,7 @@ _LIMIT = {
     "routed_scaling": 1 << 20,
     "ffn": 3,
     "shared": 3,
+    "weights": 3,
 }
 MAX_EXPERTS_DRAWN = 1 << 10
 """N_EXPERTS draws stay below this: the top divides E by n_group one step a cycle."""
@@ -112,6 +116,36 @@ def test_rule_names_are_unique_and_every_input_is_known():
     assert len({r.name for r in RULES}) == len(RULES)
     with pytest.raises(AttributeError, match="no descriptor value"):
         _ = DescriptorValues(BASE).n_expert
+
+
+@pytest.mark.parametrize(
+    "sparse, int4", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_a_weight_format_is_refused_exactly_where_the_build_lacks_it(sparse, int4):
+    cfg = CFG.replace(sparse_2_4=sparse, int4_weights=int4)
+    for fmt in (
+        WeightFormat.DENSE_INT8,
+        WeightFormat.parse("int8", "2:4"),
+        WeightFormat.parse("int4", "dense"),
+        WeightFormat.parse("int4", "2:4"),
+    ):
+        failed = [r.name for r in failing_rules(DescriptorValues(_with(fmt)), cfg)]
+        built = (sparse or not fmt.sparse) and (int4 or fmt.bits == 8)
+        assert failed == ([] if built else ["weights_not_built"]), fmt.name
+
+
+def test_a_2_4_layer_needs_every_reduction_length_a_multiple_of_4():
+    cfg = CFG.replace(sparse_2_4=True)
+    sparse = _with(WeightFormat.parse("int8", "2:4"))
+    for change in ({"d_model": 18}, {"d_ff": 30}, {"shared": 1, "d_ff_shared": 6}):
+        failed = failing_rules(DescriptorValues({**sparse, **change}), cfg)
+        assert [r.name for r in failed] == ["weights_sparse_k"], change
+    dense_ragged = {**BASE, "d_model": 18, "shared": 1, "d_ff_shared": 6}
+    assert failing_rules(DescriptorValues(dense_ragged), cfg) == []
+
+
+def _with(fmt: WeightFormat) -> dict[str, int]:
+    return {**BASE, "weights": weights_code(fmt)}
 
 
 def single_rule_violations() -> dict[str, dict[str, int]]:

@@ -165,7 +165,7 @@ def test_formats_the_layer_hardware_lacks_are_refused_before_anything_runs() -> 
     with pytest.raises(ConfigError, match="one scale per output channel"):
         run_block(not_a_block, None, backend="verilator", config=compressed, weights="int4",
                   int4_group=32)  # fmt: skip
-    with pytest.raises(ConfigError, match=r"layer sequencer \(rtl\.layer_sequencer\)"):
-        run_block(not_a_block, None, backend="verilator", config=compressed, weights="int4")
+    with pytest.raises(ConfigError, match=r"AccelConfig\.int4_weights = True"):
+        run_block(not_a_block, None, backend="verilator", config=SMALL_TOP, weights="int4")
     with pytest.raises(ConfigError, match="weights must be one of"):
         run_block(not_a_block, None, weights="int3")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from contract import layout
+from contract.descriptor import weights_code
 from contract.regs import REGISTER_MAP
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.families import family_spec
@@ -179,12 +180,12 @@ def test_memory_mapped_expert_weights_compile_and_compute_like_generated_ones(tm
     ("fmt", "cfg_switches", "message"),
     [
         (WeightFormat(bits=4), {}, "int4_weights = True"),
-        (WeightFormat(sparse=True), {"sparse_2_4": True}, r"layer sequencer \(rtl"),
+        (WeightFormat(sparse=True), {"int4_weights": True}, "sparse_2_4 = True"),
         (WeightFormat(bits=4, group_size=32), {"int4_weights": True}, "one scale per output"),
     ],
 )
 def test_compressed_layers_are_refused_by_the_image(fmt, cfg_switches, message) -> None:
-    """A compressed layer never reaches the hardware as if it were int8 dense."""
+    """A format the build lacks (or group-wise int4) never reaches the hardware."""
     cfg = SMALL_TOP.replace(**cfg_switches)
     spec = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
     weights = MoEWeights.random(spec, seed=2)
@@ -192,3 +193,41 @@ def test_compressed_layers_are_refused_by_the_image(fmt, cfg_switches, message) 
     ql = quantize_layer(spec, weights, calibrate(spec, weights, x, fmt), cfg, fmt)
     with pytest.raises(ConfigError, match=message):
         compile_layer(ql, quantize_input(ql, x), cfg)
+
+
+@pytest.mark.parametrize("weights, sparsity", [("int8", "2:4"), ("int4", "dense"), ("int4", "2:4")])
+def test_a_compressed_layer_image_holds_the_compressed_streams(weights, sparsity) -> None:
+    """Each routed and shared expert's streams are `layout.weight_stream` in the layer's
+    format, the expert table's row counts theirs, and LAYER_MODE.weights names it."""
+    cfg = SMALL_TOP.replace(sparse_2_4=True, int4_weights=True)
+    fmt = WeightFormat.parse(weights, sparsity)
+    spec = family_spec("qwen2_moe", d_model=32, d_ff=16, n_experts=4)
+    weights_f = MoEWeights.random(spec, seed=3)
+    x = np.random.default_rng(3).standard_normal((4, spec.d_model)).astype(np.float32)
+    ql = quantize_layer(spec, weights_f, calibrate(spec, weights_f, x, fmt), cfg, fmt)
+    image = compile_layer(ql, quantize_input(ql, x), cfg)
+    mem = image.mem
+    table = image.regions["expert_table"].addr - image.base
+    for i, (name, p, e) in enumerate(
+        [*((f"expert{j}", ql.experts, j) for j in range(spec.n_experts)), ("shared", ql.shared, 0)]
+    ):
+        words = np.frombuffer(
+            mem[table + i * layout.desc_bytes(cfg) :][: layout.EXPERT_DESCRIPTOR.itemsize],
+            layout.EXPERT_DESCRIPTOR,
+        )[0]
+        for part, mats, idx in (
+            ("w1", [p.w1_q[e], p.w3_q[e]], [p.w1_idx, p.w3_idx]),
+            ("w2", [p.w2_q[e]], [p.w2_idx]),
+        ):
+            positions = [j[e] for j in idx] if fmt.sparse else None
+            stream = layout.weight_stream(cfg, mats, fmt, positions).astype(np.int8)
+            k, n = mats[0].shape
+            assert (
+                int(words[f"{part}_rows"])
+                == layout.weight_stream_rows(cfg, k, n, len(mats), fmt)
+                == len(stream)
+            ), (name, part)
+            at = image.regions[f"{name}.{part}"].addr - image.base
+            assert np.array_equal(mem[at : at + stream.size].view(np.int8), stream.reshape(-1))
+    mode = REGISTER_MAP["LAYER_MODE"].register.unpack(dict(image.program)["LAYER_MODE"])
+    assert mode["weights"] == weights_code(fmt)
