@@ -25,11 +25,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract import layout
+from contract.timing import DMA_MAX_OUTSTANDING, burst_beats, default_m_block
+
 from .config import AccelConfig, ConfigError, MoESpec, _check_int
-from .cycles import layer_cycles
+from .cycles import MemoryTiming, layer_cycles
 from .expert_traces import RoutingTrace
 
-__all__ = ["POLICIES", "CacheResult", "DecodeCost", "HostLink", "decode_cost", "simulate_cache"]
+__all__ = [
+    "POLICIES",
+    "CacheResult",
+    "DecodeCost",
+    "HostLink",
+    "decode_cost",
+    "host_layer_cycles",
+    "link_read_cycles",
+    "simulate_cache",
+]
 
 POLICIES = ("lru", "lfu", "pinned")
 
@@ -66,6 +78,65 @@ class HostLink:
 
     def fetch_cycles(self, nbytes: float) -> float:
         return self.latency + nbytes / self.bytes_per_cycle
+
+
+def link_read_cycles(cfg: AccelConfig, link: HostLink, nbytes: int) -> float:
+    """Cycles from a DMA read command's first AR to its last beat, `nbytes` over `link`.
+
+    The DMA splits the read into bursts of `burst_beats(cfg)` beats and keeps
+    `DMA_MAX_OUTSTANDING` in flight; each burst waits `link.latency` for its first
+    beat and the link moves `bytes_per_cycle`. So the stream is bandwidth-bound
+    (`nbytes / bytes_per_cycle` after one latency) unless the outstanding bursts
+    cannot cover the latency, when each window of them costs a latency plus a burst.
+    """
+    burst = burst_beats(cfg) * cfg.mem_bytes_per_cycle
+    n_bursts = -(-nbytes // burst)
+    t_burst = min(burst, nbytes) / link.bytes_per_cycle
+    windows = (n_bursts - 1) * (link.latency + t_burst) / DMA_MAX_OUTSTANDING + t_burst
+    return link.latency + max(nbytes / link.bytes_per_cycle, windows)
+
+
+def host_layer_cycles(
+    cfg: AccelConfig,
+    spec: MoESpec,
+    tokens: int,
+    tokens_per_expert: np.ndarray,
+    link: HostLink,
+    host_experts: set[int] | frozenset[int] | tuple[int, ...],
+    *,
+    memory: MemoryTiming | None = None,
+) -> float:
+    """Cycles of one layer whose `host_experts` are read from host memory over `link`.
+
+    Derived from `layer_cycles` (every expert in device memory): each read command
+    of a host expert with tokens (its parameter words, then per M-block its two
+    weight streams) stalls for what its link time exceeds its device time
+    (`read_latency` plus its beats): the engine consumes weights as they arrive,
+    so a slower stream lengthens the command by the difference.
+    """
+    memory = MemoryTiming() if memory is None else memory
+    counts = np.asarray(tokens_per_expert, dtype=np.int64)
+    base = float(layer_cycles(cfg, spec, tokens, counts, memory=memory).cycles_total[0])
+    b, c = cfg.mem_bytes_per_cycle, cfg.cols
+    beat_cycles = max(1.0, b / (memory.bytes_per_cycle or b))
+    passes = 2 if spec.ffn == "swiglu" else 1
+    d, f = spec.d_model, spec.d_ff
+    w1 = layout.align(layout.weight_stream_rows(cfg, d, f, passes) * c, b)
+    w2 = layout.align(layout.weight_stream_rows(cfg, f, d, 1) * c, b)
+    words = layout.align(f, c) * passes + layout.align(d, c)
+    params = layout.align(4 * words, b)
+    m_block = default_m_block(cfg)
+
+    def extra(nbytes: int) -> float:
+        device = memory.read_latency + nbytes / b * beat_cycles
+        return max(0.0, link_read_cycles(cfg, link, nbytes) - device)
+
+    total = base
+    for e in sorted(set(host_experts)):
+        rows = int(counts[e])
+        if rows:
+            total += extra(params) + -(-rows // m_block) * (extra(w1) + extra(w2))
+    return total
 
 
 @dataclass

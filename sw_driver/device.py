@@ -22,14 +22,20 @@ import numpy as np
 
 from contract.regs import PARTITION_PHASES
 from pymodel.config import AccelConfig, ConfigError
+from pymodel.expert_cache import HostLink
 from pymodel.layer import check_tokens, golden_layer, route
 from pymodel.quantize import QuantizedLayer
 
 from .compile import LayerImage, compile_layer, read_expert_counts, read_outputs
+from .offload import place_on_host
 
 if TYPE_CHECKING:
     from sim.fast import FastSim
 
+
+HOST_BASE = 1 << 30
+"""Default first byte address of host memory (`VerilatorDevice(host_link=...)`): 1 GiB, far
+above any layer image a test runs (the memory is sparse, so the gap costs nothing)."""
 
 EXPERT_MODES = ("all", "demand", "routed")
 """`VerilatorDevice(experts=...)`: which routed experts' weights a run writes, and when."""
@@ -189,6 +195,11 @@ class VerilatorDevice:
     "demand"); with 32-bit addresses it runs only with "routed"
     (docs/simulation.md). The memory is a sparse zero mapping: only pages the
     image or the hardware writes cost host RAM.
+
+    `host_link` adds host memory from `host_base` up behind that link (two
+    memory tiers, `sim.fast.FastSim.set_host_tier`): the experts in
+    `host_experts` are placed there and read over the link, bit-exact and
+    slower; `last_tiers` reports each tier's bytes and busy cycles.
     """
 
     name = "verilator"
@@ -206,6 +217,8 @@ class VerilatorDevice:
         build_dir: Path | str | None = None,
         threads: int | None = None,
         experts: str = "all",
+        host_link: HostLink | None = None,
+        host_base: int = HOST_BASE,
     ) -> None:
         from contract import layout
         from flow.paths import FAST_BUILD_ROOT
@@ -218,6 +231,10 @@ class VerilatorDevice:
 
         if experts not in EXPERT_MODES:
             raise ConfigError(f"experts = {experts!r} is not one of {list(EXPERT_MODES)}")
+        if host_link is not None and not isinstance(host_link, HostLink):
+            raise ConfigError(f"host_link must be a HostLink, got {type(host_link).__name__}")
+        if host_link is not None and experts == "demand":
+            raise ConfigError("host memory (host_link) and experts='demand' do not combine")
         layout.check_top_config(cfg)
         self.cfg = cfg
         self.experts = experts
@@ -229,6 +246,13 @@ class VerilatorDevice:
         self.trace_scope = trace_scope
         self.build_dir = Path(FAST_BUILD_ROOT if build_dir is None else build_dir)
         self.threads = DEFAULT_THREADS if threads is None else threads
+        self.host_link = host_link
+        self.host_base = host_base
+        self.host_experts: tuple[int, ...] = ()
+        """With a `host_link`: the routed experts whose weights the next runs place in host
+        memory (`sw_driver.offload.place_on_host`); the others stay in device memory."""
+        self.last_tiers: dict[str, dict[str, int]] = {}
+        """With a `host_link`: the last run's bytes and busy cycles per memory tier."""
         self._sim: FastSim | None = None
         self.last_image: LayerImage | None = None
         """The image of the last run (its regions and resident experts explain the counters)."""
@@ -256,6 +280,8 @@ class VerilatorDevice:
                 build_root=self.build_dir,
                 threads=self.threads,
             )
+            if self.host_link is not None:
+                self._sim.set_host_tier(self.host_base, self.host_link)
         else:
             self._sim.reset()
             self._sim.clear_memory()
@@ -274,9 +300,13 @@ class VerilatorDevice:
         if self.experts == "routed":
             resident = np.unique(route(ql, x_q, self.cfg).expert_ids).tolist()
         image = compile_layer(ql, x_q, self.cfg, resident_experts=resident)
+        if self.host_link is not None:
+            image = place_on_host(image, self.host_base, self.host_experts)
         demand = self.experts == "demand"
         check_host_memory(image, demand=demand)
-        sim = self._model(image.base + image.mem_bytes)
+        end = image.base + image.mem_bytes
+        # With a host tier the memory reaches past its base even while no expert is there.
+        sim = self._model(end if self.host_link is None else max(end, self.host_base + 4096))
         self.last_image = image
         sim.clear_lazy_regions()
         image.write_into(sim.mem, lazy=not demand)
@@ -289,6 +319,7 @@ class VerilatorDevice:
             )
         for reg, value in image.program:
             sim.write_reg(reg, value)
+        sim.tier_counters(clear=True)
         try:
             result = sim.run(self.max_cycles)
         except SimulationError as exc:
@@ -304,6 +335,7 @@ class VerilatorDevice:
                 f"accelerator stopped with status {result.status.name}, cause "
                 f"{result.cause.name}{partial}"
             )
+        self.last_tiers = sim.tier_counters() if self.host_link is not None else {}
         filled = dict.fromkeys(lazy[i].region.partition(".")[0] for i in sim.filled)
         self.last_filled = tuple(filled)
         outputs = read_outputs(sim.mem, image)

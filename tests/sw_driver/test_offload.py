@@ -1,0 +1,67 @@
+"""sw_driver.offload: experts placed in host memory run bit-exact over the slower link.
+
+On the small top with a host tier (`VerilatorDevice(host_link=...)`): the same
+decode layer with every expert in device memory and with every expert in host
+memory gives the golden outputs bit for bit; the host tier reads exactly the
+used experts' regions; the cycle model's prediction of the slowdown
+(`pymodel.expert_cache.host_layer_cycles`) is printed beside the measurement
+(its error is a bench result, bench/offload_bench.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pymodel.config import ConfigError
+from pymodel.expert_cache import HostLink, host_layer_cycles
+from pymodel.families import family_spec
+from sim.tb.layer_cases import SMALL_TOP, make_case
+from sw_driver.compile import compile_layer
+from sw_driver.device import GoldenDevice, VerilatorDevice
+from sw_driver.offload import expert_regions, place_on_host
+
+LINK = HostLink(bytes_per_cycle=4, latency=200)
+SPEC = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
+
+
+def test_experts_in_host_memory_run_bit_exact_and_slower() -> None:
+    case = make_case("host", SPEC, SMALL_TOP, tokens=1, seed=3)
+    golden = GoldenDevice(SMALL_TOP).run(case.ql, case.x_q)
+    device = VerilatorDevice(SMALL_TOP, host_link=LINK)
+    near = device.run(case.ql, case.x_q)
+    assert device.last_tiers["host"]["bytes_read"] == 0
+    device.host_experts = tuple(range(SPEC.n_experts))
+    far = device.run(case.ql, case.x_q)
+    for out in (near, far):
+        assert np.array_equal(out.y_q, golden.y_q)
+        assert np.array_equal(out.expert_ids, golden.expert_ids)
+    used = np.unique(golden.expert_ids).tolist()
+    image = device.last_image
+    assert device.last_tiers["host"]["bytes_read"] == sum(
+        r.size for e in used for _, r in expert_regions(image, e)
+    )
+    assert far.counters["bytes_read"] == near.counters["bytes_read"]
+    slow, fast = far.counters["cycles_total"], near.counters["cycles_total"]
+    assert slow > fast
+    counts = golden.tokens_per_expert
+    predicted = host_layer_cycles(SMALL_TOP, SPEC, 1, counts, LINK, tuple(range(8)))
+    print(
+        f"host experts: measured {slow} cycles, model {predicted:.0f} ({predicted / slow - 1:+.1%})"
+    )
+
+
+def test_placing_bad_experts_or_a_base_inside_the_image_is_refused() -> None:
+    case = make_case("host_bad", SPEC, SMALL_TOP, tokens=1, seed=3)
+    image = compile_layer(case.ql, case.x_q, SMALL_TOP)
+    with pytest.raises(ConfigError, match="does not exist"):
+        place_on_host(image, 1 << 20, [8])
+    with pytest.raises(ConfigError, match="inside the device image"):
+        place_on_host(image, 4096, [0])
+    with pytest.raises(ConfigError, match="multiple of 4096"):
+        place_on_host(image, (1 << 20) + 16, [0])
+    routed = compile_layer(case.ql, case.x_q, SMALL_TOP, resident_experts=[0])
+    with pytest.raises(ConfigError, match="no memory in this image"):
+        place_on_host(routed, 1 << 20, [1])
+    with pytest.raises(ConfigError, match="must be a HostLink"):
+        VerilatorDevice(SMALL_TOP, host_link=(4, 200))
