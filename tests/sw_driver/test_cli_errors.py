@@ -107,11 +107,6 @@ CASES: list[tuple[str, int, str]] = [
         2,
         "applies one scale per output channel",
     ),
-    (
-        "run --weights int4 --sparsity 2:4 --backend verilator --config {t}/compressed.json",
-        2,
-        "the layer sequencer (rtl.layer_sequencer)",
-    ),
     ("", 2, "COMMAND"),
     ("fly", 2, "invalid choice"),
     # synth
