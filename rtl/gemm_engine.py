@@ -155,11 +155,28 @@ class GemmEngine(wiring.Component):
         # first PE's multiplier do not fit one cycle); weight writes do not, so a bank
         # waits one cycle more before it is rewritten (the cooldown above).
         m.d.sync += [array.a_in.eq(seq.a_row), array.sel_in.eq(seq.sel)]
-        m.d.comb += [
+        writes = [
             array.w_row.eq(seq.w_row),
             array.w_addr.eq(seq.w_addr),
             array.w_bank.eq(seq.w_bank),
             array.w_we.eq(seq.w_we),
+        ]
+        if cfg.sparse_2_4:
+            writes += [
+                array.i_row.eq(seq.i_row),
+                array.i_addr.eq(seq.i_addr),
+                array.i_we.eq(seq.i_we),
+            ]
+        if cfg.sparse_2_4 or cfg.int4_weights:
+            # The compressed paths' unpacking and lane steering take the cycle: their
+            # writes enter the array through a register too. A write then reaches
+            # PE(r, c) one cycle later, still before the first row of its tile (which
+            # also enters through a register, and the write delay is at most r) and
+            # after the bank's last row of the previous tile: no cycle changes.
+            m.d.sync += writes
+            writes = []
+        m.d.comb += [
+            *writes,
             self.busy.eq(seq.busy),
             self.done.eq(seq.done),
             self.error.eq(seq.error),
@@ -167,12 +184,6 @@ class GemmEngine(wiring.Component):
             seq.counters_clear.eq(self.counters_clear),
             seq.pp_busy.eq(post.busy),
         ]
-        if cfg.sparse_2_4:
-            m.d.comb += [
-                array.i_row.eq(seq.i_row),
-                array.i_addr.eq(seq.i_addr),
-                array.i_we.eq(seq.i_we),
-            ]
 
         # The tag rides a delay line matching the input register and the array; the accumulator
         # read address leaves one stage early so its data arrives with the sums.
