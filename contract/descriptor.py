@@ -64,7 +64,8 @@ class DescriptorField:
 
     `source` is the register field it is copied from ("REG" for a register's
     `value`, "REG.field" otherwise) or None for a field the top computes
-    (`group_size`). `width(cfg)` is its width in the sequencer. An `address`
+    (`group_size`). `width(cfg)` is its width in the sequencer (0: the build has no such
+    field, and `rtl.descriptor.descriptor_layout` leaves it out). An `address`
     field's register holds an address word (`contract.layout.addr_word`): the
     top copies it shifted left by `layout.addr_shift(cfg)`, a byte address.
     """
@@ -74,6 +75,11 @@ class DescriptorField:
     width: Callable[[AccelConfig], int]
     doc: str = ""
     address: bool = False
+
+
+def _compressed(cfg: AccelConfig) -> bool:
+    """Whether `cfg` builds a compressed weight path (the `weights` field and its rules)."""
+    return cfg.sparse_2_4 or cfg.int4_weights
 
 
 def _addr(name: str, source: str) -> DescriptorField:
@@ -113,7 +119,10 @@ DESCRIPTOR_FIELDS: tuple[DescriptorField, ...] = (
     DescriptorField("ffn", "LAYER_MODE.ffn", lambda cfg: 2, "FFNKind"),
     DescriptorField("shared", "LAYER_MODE.shared", lambda cfg: 2, "SharedExpert"),
     DescriptorField(
-        "weights", "LAYER_MODE.weights", lambda cfg: 2, "expert weight format (WEIGHTS_* bits)"
+        "weights",
+        "LAYER_MODE.weights",
+        lambda cfg: 2 if _compressed(cfg) else 0,
+        "expert weight format (WEIGHTS_* bits); only in builds with a compressed path",
     ),
     DescriptorField("scale", "ROUTED_SCALING", lambda cfg: ROUTED_SCALING_BITS),
     DescriptorField("out_mult", "OUTPUT_REQUANT.mult", lambda cfg: cfg.mult_bits),
@@ -171,11 +180,20 @@ class DescriptorValues:
 
 @dataclass(frozen=True)
 class Rule:
-    """A named validity rule: `fails(values, cfg)` is true when the descriptor breaks it."""
+    """A named validity rule: `fails(values, cfg)` is true when the descriptor breaks it.
+
+    `built` (None: every build) limits it to builds where `built(cfg)` holds, those
+    having the register fields it reads (`contract.regs.Field.built`).
+    """
 
     name: str
     doc: str
     fails: Callable[[DescriptorValues, AccelConfig], Any]
+    built: Callable[[AccelConfig], bool] | None = None
+
+    def applies(self, cfg: AccelConfig) -> bool:
+        """Whether hardware built as `cfg` checks this rule."""
+        return self.built is None or bool(self.built(cfg))
 
 
 def _range(name: str, attr: str, limit: str) -> Rule:
@@ -323,12 +341,14 @@ RULES: tuple[Rule, ...] = (
         "2:4 expert weights need D_MODEL, D_FF (and D_FF_SHARED with a shared expert) "
         "multiples of 4 (whole groups of 4 along K)",
         lambda v, c: _sparse_k_ragged(v),
+        _compressed,
     ),
     Rule(
         "weights_not_built",
         "LAYER_MODE.weights asks for a weight format this build lacks "
         "(2:4 needs AccelConfig.sparse_2_4, int4 needs AccelConfig.int4_weights)",
         lambda v, c: (v.weights & (3 ^ _built_weights(c))) != 0,
+        _compressed,
     ),
 )
 """Every descriptor-validity rule, in `ERROR_DETAIL` order (the first failing one is reported)."""
@@ -364,8 +384,9 @@ def program_values(program: Iterable[tuple[str, int]]) -> DescriptorValues:
 
 
 def failing_rules(values: DescriptorValues, cfg: AccelConfig) -> list[Rule]:
-    """The rules `values` break, in `RULES` order (empty: the hardware accepts it)."""
-    return [rule for rule in RULES if rule.fails(values, cfg)]
+    """The rules `values` break, in `RULES` order (empty: the hardware accepts it); only the
+    rules hardware built as `cfg` checks (`Rule.applies`)."""
+    return [rule for rule in RULES if rule.applies(cfg) and rule.fails(values, cfg)]
 
 
 def check_program(program: Iterable[tuple[str, int]], cfg: AccelConfig) -> None:

@@ -171,6 +171,14 @@ class Field:
     reset: int = 0
     doc: str = ""
     const: Callable[[AccelConfig], int] | None = None
+    built: Callable[[AccelConfig], bool] | None = None
+    """None: in every build. Else the field exists only in builds where `built(cfg)` holds;
+    elsewhere its bits are reserved (read 0, writes ignored), so a feature's field adds no
+    hardware to builds without the feature."""
+
+    def present(self, cfg: AccelConfig) -> bool:
+        """Whether hardware built as `cfg` has this field."""
+        return self.built is None or bool(self.built(cfg))
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):
@@ -218,6 +226,10 @@ class Register:
             out[f.name] = lsb
             lsb += f.width
         return out
+
+    def fields_in(self, cfg: AccelConfig) -> tuple[Field, ...]:
+        """The fields hardware built as `cfg` has (`Field.present`), at their table positions."""
+        return tuple(f for f in self.fields if f.present(cfg))
 
     @property
     def writable(self) -> bool:
@@ -543,7 +555,9 @@ DESCRIPTOR_BLOCK = Block(
                     2,
                     RW,
                     doc="Routed and shared expert weight format: bit 0 2:4 sparse, bit 1 int4 "
-                    "(0: int8 dense; the router is always int8 dense).",
+                    "(0: int8 dense; the router is always int8 dense). Only in builds with a "
+                    "compressed weight path (AccelConfig.sparse_2_4 or int4_weights).",
+                    built=lambda cfg: cfg.sparse_2_4 or cfg.int4_weights,
                 ),
             ),
             doc="Expert FFN kind, shared-expert mode and expert weight format.",

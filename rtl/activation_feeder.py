@@ -200,8 +200,10 @@ class ActivationFeeder(wiring.Component):
         x_sub_bits = exact_log2(self.wx // R)
         h_sub_bits = exact_log2(self.wh // R)
         # `a_kt` in R-slices of K: a 2:4 command's k-tile is two of them
-        kpos = Signal(len(a_kt) + 1)
-        m.d.comb += kpos.eq(Mux(cmd.sparse, a_kt << 1, a_kt) if self.cfg.sparse_2_4 else a_kt)
+        kpos = a_kt
+        if self.cfg.sparse_2_4:
+            kpos = Signal(len(a_kt) + 1)
+            m.d.comb += kpos.eq(Mux(cmd.sparse, a_kt << 1, a_kt))
         m.d.comb += [
             self.x_rd.addr.eq(token * self.x_row + (kpos >> x_sub_bits)),
             self.h_rd.addr.eq(a_i * self.h_row + (kpos >> h_sub_bits)),

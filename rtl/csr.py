@@ -36,12 +36,12 @@ from .axi import LITE_DATA_WIDTH, AXILiteSignature, Resp
 __all__ = ["CSR"]
 
 
-def _port_members(regmap: RegisterMap) -> dict[str, wiring.Member]:
+def _port_members(regmap: RegisterMap, cfg: AccelConfig) -> dict[str, wiring.Member]:
     members: dict[str, wiring.Member] = {}
     for placed in regmap:
         reg = placed.register
         fields: dict[str, wiring.Member] = {}
-        for f in reg.fields:
+        for f in reg.fields_in(cfg):
             if f.access is Access.RO:
                 fields[f.name] = In(f.width)
             elif f.access is Access.RW:
@@ -77,7 +77,7 @@ class CSR(wiring.Component):
         super().__init__(
             {
                 "s_axil": In(AXILiteSignature()),
-                "regs": Out(wiring.Signature(_port_members(regmap))),
+                "regs": Out(wiring.Signature(_port_members(regmap, cfg))),
             }
         )
 
@@ -93,7 +93,7 @@ class CSR(wiring.Component):
         clears: dict[tuple[str, str], Signal] = {}
         pulses: dict[tuple[str, str], Signal] = {}
         for placed in self.regmap:
-            for f in placed.register.fields:
+            for f in placed.register.fields_in(self.cfg):
                 key = (placed.name, f.name)
                 if f.access is Access.W1C:
                     clears[key] = Signal(f.width, name=f"{placed.name.lower()}_{f.name}_clr")
@@ -132,7 +132,7 @@ class CSR(wiring.Component):
                     lsbs = reg.lsbs
                     with m.Case(placed.offset // 4):
                         m.d.sync += bus.bresp.eq(okay)
-                        for f in reg.fields:
+                        for f in reg.fields_in(self.cfg):
                             bits = slice(lsbs[f.name], lsbs[f.name] + f.width)
                             key = (placed.name, f.name)
                             if f.access is Access.RW:
@@ -168,10 +168,18 @@ class CSR(wiring.Component):
         return m
 
     def _read_value(self, placed: PlacedRegister) -> Cat:
-        """The register's full-width read value (W1P fields read 0, unused bits 0)."""
+        """The register's full-width read value (W1P fields read 0; unused bits and fields
+        this build lacks read 0, as one run of zeros with the bits after them)."""
         reg = placed.register
         parts = []
+        gap = 0  # bits of absent fields not yet placed
         for f in reg.fields:
+            if not f.present(self.cfg):
+                gap += f.width
+                continue
+            if gap:
+                parts.append(Const(0, gap))
+                gap = 0
             if f.access is Access.CONST:
                 parts.append(Const(f.const(self.cfg), f.width))
             elif f.access is Access.W1P:
@@ -179,6 +187,6 @@ class CSR(wiring.Component):
             else:
                 parts.append(self._port(placed.name, f.name))
         used = sum(f.width for f in reg.fields)
-        if used < reg.width:
-            parts.append(Const(0, reg.width - used))
+        if gap + reg.width - used:
+            parts.append(Const(0, gap + reg.width - used))
         return Cat(*parts)

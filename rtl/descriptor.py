@@ -17,5 +17,8 @@ __all__ = ["descriptor_layout"]
 
 
 def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
-    """The descriptor's layout for hardware `cfg`, field by field from the contract's table."""
-    return data.StructLayout({f.name: unsigned(f.width(cfg)) for f in DESCRIPTOR_FIELDS})
+    """The descriptor's layout for hardware `cfg`, field by field from the contract's table
+    (fields of width 0 in `cfg` left out)."""
+    return data.StructLayout(
+        {f.name: unsigned(f.width(cfg)) for f in DESCRIPTOR_FIELDS if f.width(cfg)}
+    )

@@ -168,8 +168,13 @@ class LayerSequencer(wiring.Component):
         m.d.comb += p.nt_f.eq(ceil_div_pow2(p.f_cur, cfg.cols))
         p.left = Signal.like(p.m0)
         m.d.comb += p.left.eq(p.rows_e - p.m0)
-        # routed and shared expert commands' weight format (`format_layout`: sparse, int4)
-        p.expert_fmt = Cat((desc.weights & WEIGHTS_SPARSE) != 0, (desc.weights & WEIGHTS_INT4) != 0)
+        # routed and shared expert commands' weight format (`format_layout`: sparse, int4),
+        # in builds with a compressed weight path (the others have no `desc.weights`)
+        p.expert_fmt = 0
+        if cfg.sparse_2_4 or cfg.int4_weights:
+            p.expert_fmt = Cat(
+                (desc.weights & WEIGHTS_SPARSE) != 0, (desc.weights & WEIGHTS_INT4) != 0
+            )
         # defaults; FAIL and C_DRAIN override them
         m.d.comb += self.error.eq(0)
         m.d.sync += self.done.eq(0)

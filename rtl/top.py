@@ -34,7 +34,7 @@ sequencer, which (like the DMA and the AXI4 master) computes in bytes.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Const, Module, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -53,9 +53,13 @@ __all__ = ["MoEAccel"]
 
 
 def _register_field(regs, source: str):
-    """The CSR output for "REG" (its `value`) or "REG.field"."""
+    """The CSR output for "REG" (its `value`) or "REG.field"; 0 for a field the build lacks
+    (`contract.regs.Field.built`)."""
     reg, _, name = source.partition(".")
-    return getattr(getattr(regs, reg.lower()), name or "value")
+    ports = getattr(regs, reg.lower())
+    if not hasattr(ports, name or "value"):
+        return Const(0, REGISTER_MAP[reg].register.field(name).width)
+    return getattr(ports, name or "value")
 
 
 class MoEAccel(wiring.Component):
@@ -94,7 +98,7 @@ class MoEAccel(wiring.Component):
         # ---------------- descriptor ----------------
         d = core.desc
         for f in DESCRIPTOR_FIELDS:
-            if f.source is not None:
+            if f.source is not None and f.width(cfg):
                 value = _register_field(regs, f.source)
                 if f.address:
                     value = value << layout.addr_shift(cfg)
@@ -116,14 +120,15 @@ class MoEAccel(wiring.Component):
             group_size=group_size,
             group_rem=group_rem,
         )
-        failing = [Signal(name=f"rule_{rule.name}") for rule in RULES]
+        rules = [rule for rule in RULES if rule.applies(cfg)]
+        failing = [Signal(name=f"rule_{rule.name}") for rule in rules]
         m.d.comb += [
-            sig.eq(rule.fails(values, cfg)) for sig, rule in zip(failing, RULES, strict=True)
+            sig.eq(rule.fails(values, cfg)) for sig, rule in zip(failing, rules, strict=True)
         ]
         bad = Signal()
         m.d.comb += bad.eq(Cat(*failing).any())
         first_rule = Signal(8)
-        for sig, rule in reversed(list(zip(failing, RULES, strict=True))):
+        for sig, rule in reversed(list(zip(failing, rules, strict=True))):
             with m.If(sig):
                 m.d.comb += first_rule.eq(rule_code(rule))
 

@@ -28,7 +28,8 @@ from contract.descriptor import (
     weights_code,
 )
 from contract.regs import DESCRIPTOR_BLOCK, REGISTER_MAP, ErrorCause, RoutingMode
-from pymodel.weight_formats import WeightFormat
+from pymodel.config import ConfigError
+from pymodel.weight_formats import WeightFormat, check_supported
 from sim.tb.layer_cases import SMALL_TOP
 
 CFG = SMALL_TOP
@@ -131,7 +132,13 @@ def test_a_weight_format_is_refused_exactly_where_the_build_lacks_it(sparse, int
     ):
         failed = [r.name for r in failing_rules(DescriptorValues(_with(fmt)), cfg)]
         built = (sparse or not fmt.sparse) and (int4 or fmt.bits == 8)
-        assert failed == ([] if built else ["weights_not_built"]), fmt.name
+        if sparse or int4:
+            assert failed == ([] if built else ["weights_not_built"]), fmt.name
+        else:  # no LAYER_MODE.weights in this build: the driver alone refuses the format
+            assert failed == [], fmt.name
+            if not built:
+                with pytest.raises(ConfigError, match="need a build with"):
+                    check_supported(fmt, cfg)
 
 
 def test_a_2_4_layer_needs_every_reduction_length_a_multiple_of_4():
@@ -161,13 +168,23 @@ def single_rule_violations() -> dict[str, dict[str, int]]:
             failed = failing_rules(DescriptorValues(values), CFG)
             if failed and failed[0].name not in found:
                 found[failed[0].name] = values
-        if len(found) == len(RULES):
+        if len(found) == sum(r.applies(CFG) for r in RULES):
             break
     return found
 
 
 def test_every_rule_can_be_the_one_that_fails():
-    assert set(single_rule_violations()) == {r.name for r in RULES}
+    assert set(single_rule_violations()) == {r.name for r in RULES if r.applies(CFG)}
+
+
+def test_the_weight_format_rules_apply_only_to_builds_with_a_compressed_path():
+    """The default build has no LAYER_MODE.weights (its Verilog is the dense one's)."""
+    weight_rules = {"weights_sparse_k", "weights_not_built"}
+    assert {r.name for r in RULES if not r.applies(CFG)} == weight_rules
+    assert all(r.applies(CFG.replace(int4_weights=True)) for r in RULES)
+    layer_mode = REGISTER_MAP["LAYER_MODE"].register
+    assert "weights" not in [f.name for f in layer_mode.fields_in(CFG)]
+    assert "weights" in [f.name for f in layer_mode.fields_in(CFG.replace(sparse_2_4=True))]
 
 
 # --- the hardware ----------------------------------------------------------------------------
