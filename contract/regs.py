@@ -39,6 +39,7 @@ from pymodel.config import AccelConfig, ConfigError, MoESpec
 
 __all__ = [
     "CONTROL_BLOCK",
+    "COPY_BLOCK",
     "COUNTER_BITS",
     "COUNTER_BLOCK",
     "COUNTER_SOURCES",
@@ -65,7 +66,7 @@ __all__ = [
     "config_hash",
 ]
 
-REGMAP_VERSION = (0, 4, 0)
+REGMAP_VERSION = (0, 5, 0)
 """(major, minor, patch) of this table; bump minor when adding registers, major when moving."""
 
 COUNTER_BITS = 48
@@ -102,6 +103,8 @@ class ErrorCause(enum.IntEnum):
     """The job ran longer than `WATCHDOG_CYCLES` (when non-zero)."""
     COMMAND_REJECTED = 6
     """An internal engine rejected a command the sequencer built (a hardware limit)."""
+    COPY_QUEUE_FULL = 7
+    """`COPY_CTRL.push` with the copy engine's descriptor queue full; the descriptor is dropped."""
 
 
 class RoutingMode(enum.IntEnum):
@@ -610,6 +613,47 @@ WINDOW_BLOCK = Block(
     ),
 )
 
+# The copy engine (rtl.copy_engine) and the bus arbiter (rtl.axi_arbiter): copies run beside
+# layers, so nothing here is cleared by CTRL.start; COPY_CTRL.clear_counters clears the counters.
+COPY_BLOCK = Block(
+    "copy",
+    0x340,
+    0x80,
+    (
+        Reg("COPY_SRC", RW, "Address word of the next copy's source (host memory)."),
+        Reg("COPY_DST", RW, "Address word of the next copy's destination (a device cache slot)."),
+        Reg("COPY_LENGTH", RW, "Bytes of the next copy (a multiple of the bus beat)."),
+        Reg(
+            "COPY_CTRL",
+            fields=(
+                Field("push", 1, W1P, doc="Queue the copy [COPY_SRC, COPY_DST, COPY_LENGTH]."),
+                Field("clear_counters", 1, W1P, doc="Zero the copy and arbiter counters."),
+            ),
+            doc="Copy engine pulses.",
+        ),
+        Reg(
+            "COPY_STATUS",
+            fields=(
+                Field("busy", 1, RO, doc="A copy is running or queued."),
+                Field("done", 1, W1C, doc="The queue ran empty after work; write 1 to clear."),
+                Field("error", 1, W1C, doc="A copy failed (COPY_ERROR_CAUSE); write 1 to clear."),
+                Field("pending", 7, RO, doc="Copies queued, the running one included."),
+            ),
+            doc="Copy engine status.",
+        ),
+        Reg("COPY_ERROR_CAUSE", RO, "ErrorCause of the last failed copy (the queue was dropped)."),
+        Reg("COPY_ERROR_ADDR", RO, "Bus address of the last copy error, bits 0-31."),
+        Reg("COPY_ERROR_ADDR_HI", RO, "Bits 32 and up of COPY_ERROR_ADDR."),
+        Reg("COPY_COMPLETED", RO, "Copies completed since COPY_CTRL.clear_counters."),
+        Reg("COPY_BYTES", RO, "Bytes the copy engine wrote.", width=64),
+        Reg("COPY_BUSY_CYCLES", RO, "Cycles a copy was running or queued.", width=64),
+        Reg("COPY_WAIT_CYCLES", RO, "Cycles a copy's AR/AW request waited for the bus.", width=64),
+        Reg("ARB_LAYER_BURSTS", RO, "Bursts (AR + AW) the arbiter granted the layer.", width=64),
+        Reg("ARB_COPY_BURSTS", RO, "Bursts (AR + AW) the arbiter granted the copier.", width=64),
+        Reg("ARB_LAYER_WAIT", RO, "Cycles a layer AR/AW request waited for the bus.", width=64),
+    ),
+)
+
 COUNTER_SOURCES: dict[str, tuple[str, str]] = {
     "CYCLES_TOTAL": ("phase", "total"),
     "CYCLES_ROUTE": ("phase", "route"),
@@ -634,5 +678,7 @@ Units: `phase` (the sequencer's phase counters, `shared` lies within
 layer sequencer). `rtl.top` connects the registers from this table in a loop.
 """
 
-REGISTER_MAP = RegisterMap((ID_BLOCK, CONTROL_BLOCK, DESCRIPTOR_BLOCK, COUNTER_BLOCK, WINDOW_BLOCK))
+REGISTER_MAP = RegisterMap(
+    (ID_BLOCK, CONTROL_BLOCK, DESCRIPTOR_BLOCK, COUNTER_BLOCK, WINDOW_BLOCK, COPY_BLOCK)
+)
 """The accelerator's register map (the driver imports this; never redefine offsets)."""

@@ -26,6 +26,12 @@ Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
 
 Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
 
+Copies (`COPY_BLOCK`): the copy engine (`rtl.copy_engine`) runs descriptors
+pushed through `COPY_CTRL.push` beside (and independently of) the layers,
+on its own AXI4 id; `rtl.axi_arbiter` shares `m_axi` between the layer's DMA
+(id 0) and the copies (id 1) round robin per burst. With no copy queued the
+arbiter passes the layer's bus through without a cycle's delay.
+
 Addresses: the descriptor's address registers hold address words
 (`contract.layout.addr_word`); the top shifts each left by
 `layout.addr_shift(cfg)` into a `cfg.addr_bits`-bit byte address for the
@@ -45,11 +51,19 @@ from contract.regs import COUNTER_SOURCES, REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import AXI4Signature, AXILiteSignature
+from .axi_arbiter import AXI4Arbiter
+from .copy_engine import CopyEngine
 from .csr import CSR
 from .dma import DMA
 from .layer_sequencer import LayerSequencer
 
-__all__ = ["MoEAccel"]
+__all__ = ["COPY_AXI_ID", "LAYER_AXI_ID", "MoEAccel"]
+
+LAYER_AXI_ID = 0
+"""AXI4 id of the layer's DMA."""
+
+COPY_AXI_ID = 1
+"""AXI4 id of the copy engine: its R and B responses are routed back by it."""
 
 
 def _register_field(regs, source: str):
@@ -82,12 +96,16 @@ class MoEAccel(wiring.Component):
         m = Module()
         cfg = self.cfg
         m.submodules.csr = csr = CSR(cfg, REGISTER_MAP)
-        m.submodules.dma = dma = DMA(cfg)
+        m.submodules.dma = dma = DMA(cfg, axi_id=LAYER_AXI_ID)
+        m.submodules.copier = copier = CopyEngine(cfg, axi_id=COPY_AXI_ID)
+        m.submodules.arbiter = arbiter = AXI4Arbiter(cfg, ids=(LAYER_AXI_ID, COPY_AXI_ID))
         core_rst = Signal()
         core = LayerSequencer(cfg)
         m.submodules.core = ResetInserter({"sync": core_rst})(core)
         wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
-        wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
+        wiring.connect(m, dma.m_axi, arbiter.m0)
+        wiring.connect(m, copier.m_axi, arbiter.m1)
+        wiring.connect(m, arbiter.bus, wiring.flipped(self.m_axi))
         wiring.connect(m, core.rd_cmd, dma.rd_cmd)
         wiring.connect(m, dma.rd_data, core.rd_data)
         wiring.connect(m, core.wr_cmd, dma.wr_cmd)
@@ -156,6 +174,32 @@ class MoEAccel(wiring.Component):
         }
         for reg, (unit, counter) in COUNTER_SOURCES.items():
             m.d.comb += getattr(regs, reg.lower()).value.eq(getattr(units[unit], counter))
+
+        # ---------------- copy engine ----------------
+        shift = layout.addr_shift(cfg)
+        clear_copy = regs.copy_ctrl.clear_counters
+        m.d.comb += [
+            copier.cmd.valid.eq(regs.copy_ctrl.push),
+            copier.cmd.payload.src.eq(regs.copy_src.value << shift),
+            copier.cmd.payload.dst.eq(regs.copy_dst.value << shift),
+            copier.cmd.payload.length.eq(regs.copy_length.value),
+            copier.clear_counters.eq(clear_copy),
+            arbiter.clear_counters.eq(clear_copy),
+            regs.copy_status.busy.eq(copier.busy),
+            regs.copy_status.pending.eq(copier.pending),
+            regs.copy_status.done_set.eq(copier.done),
+            regs.copy_status.error_set.eq(copier.error),
+            regs.copy_error_cause.value.eq(copier.error_cause),
+            regs.copy_error_addr.value.eq(copier.error_addr[:32]),
+            regs.copy_error_addr_hi.value.eq(copier.error_addr[32:]),
+            regs.copy_completed.value.eq(copier.completed),
+            regs.copy_bytes.value.eq(copier.bytes_copied),
+            regs.copy_busy_cycles.value.eq(copier.busy_cycles),
+            regs.copy_wait_cycles.value.eq(arbiter.wait_cycles[1]),
+            regs.arb_layer_bursts.value.eq(arbiter.bursts[0]),
+            regs.arb_copy_bursts.value.eq(arbiter.bursts[1]),
+            regs.arb_layer_wait.value.eq(arbiter.wait_cycles[0]),
+        ]
 
         def raise_error(code, addr=0, why=0):
             m.d.comb += regs.status.error_set.eq(1)

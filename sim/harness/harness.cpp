@@ -34,10 +34,10 @@
 // `host_millibytes_per_cycle` / 1000 bytes a cycle, from a credit of their own, beside
 // the device tier's `bytes_per_cycle`. Per tier the model counts bytes read and written
 // (OKAY beats) and, while a host tier is set, busy cycles (a burst of the tier queued or
-// in flight): fastsim_tier_counters. Reads with different ids may complete out of order: each cycle
-// the R channel serves the oldest burst of some id that is ready and has credit (one id:
-// the queue's order, as before), and a burst's beats are never interleaved with
-// another's, so a slow host burst of one master does not block a device burst of another.
+// in flight): fastsim_tier_counters. Reads with different ids may complete out of order
+// and interleave (AXI4 allows both across ids): each beat comes from the oldest burst of
+// some id that is ready and whose tier has credit (one id: the queue's order, as before),
+// so a slow host burst of one master does not hold up a device burst of another.
 //
 // Bus chaos (fastsim_set_bus_chaos, off by default, and then no cycle changes):
 // from a seeded splitmix64 stream, each burst gets up to `max_extra_latency` more
@@ -162,6 +162,7 @@ struct ReadBurst {
     uint32_t id;
     uint64_t ready_at;
     uint32_t tier;
+    uint32_t done = 0;  // beats delivered
 };
 
 struct WriteBurst {
@@ -271,8 +272,7 @@ struct Sim {
     uint64_t credit = 0;   // read bandwidth credit, in bytes
     uint64_t wcredit = 0;  // write bandwidth credit, in bytes
     std::deque<ReadBurst> reads;
-    size_t read_sel = 0;     // index in `reads` of the burst whose beats move now
-    uint32_t read_beat = 0;  // beat index inside reads[read_sel] (0: choose a burst)
+    size_t read_sel = 0;  // index in `reads` of the burst whose beat is presented
     uint64_t host_base = UINT64_MAX;  // first host-tier address (UINT64_MAX: no host tier)
     uint32_t host_mbpc = 0;           // host link bandwidth, millibytes per cycle
     uint32_t host_latency = 0;        // host link latency, cycles per burst
@@ -465,19 +465,16 @@ struct Sim {
         if (s.ar) {
             const uint32_t t = tier_of(s.araddr);
             reads.push_back({s.araddr, s.arlen + 1, s.arid,
-                             cycle + (t ? host_latency : read_latency) + chaos.extra_latency(),
-                             t});
+                             cycle + (t ? host_latency : read_latency) + chaos.extra_latency(), t,
+                             0});
         }
         if (s.aw) writes.push_back({s.awaddr, s.awlen + 1, s.awid, 0, kOkay, tier_of(s.awaddr)});
         if (s.r) {
             r_presenting = false;
-            const ReadBurst& rb = reads[read_sel];
-            if (classify(rb.addr + uint64_t(read_beat) * kBeat, false) == kOkay)
+            ReadBurst& rb = reads[read_sel];
+            if (classify(rb.addr + uint64_t(rb.done) * kBeat, false) == kOkay)
                 tiers[rb.tier].bytes_read += kBeat;
-            if (++read_beat == rb.beats) {
-                reads.erase(reads.begin() + std::ptrdiff_t(read_sel));
-                read_beat = 0;
-            }
+            if (++rb.done == rb.beats) reads.erase(reads.begin() + std::ptrdiff_t(read_sel));
         }
         if (s.w && writes.empty()) {
             if (checking) violate("W beat without an accepted AW");
@@ -521,10 +518,9 @@ struct Sim {
         return tier ? hcredit >= kBeat * kMilli : credit >= kBeat;
     }
 
-    // The burst whose next beat may move now: the one in progress, else the oldest burst
-    // of some id (no older one of its id queued) that is ready and whose tier has credit.
+    // The burst whose next beat may move now: the oldest burst of some id (no older one of
+    // its id queued) that is ready and whose tier has credit.
     bool pick_read() {
-        if (read_beat) return read_credit(reads[read_sel].tier);
         for (size_t i = 0; i < reads.size(); ++i) {
             const ReadBurst& rb = reads[i];
             bool oldest = true;
@@ -565,7 +561,7 @@ struct Sim {
         M(wready) = w_credit && !chaos.stalled(chaos.w);
         if (!r_presenting && !reads.empty() && pick_read() && !chaos.stalled(chaos.r)) {
             const ReadBurst& rb = reads[read_sel];
-            uint64_t addr = rb.addr + uint64_t(read_beat) * kBeat;
+            uint64_t addr = rb.addr + uint64_t(rb.done) * kBeat;
             uint8_t resp = classify(addr, false);
             if (resp == kOkay)
                 put_beat(M(rdata), mem + addr);
@@ -573,7 +569,7 @@ struct Sim {
                 zero_beat(M(rdata));
             M(rresp) = resp;
             M(rid) = rb.id;
-            M(rlast) = read_beat + 1 == rb.beats;
+            M(rlast) = rb.done + 1 == rb.beats;
             if (rb.tier)
                 hcredit -= kBeat * kMilli;
             else
@@ -714,7 +710,6 @@ FASTSIM_API void fastsim_reset(void* handle, uint32_t cycles) {
         sim->writes.clear();
         sim->responses.clear();
         sim->r_presenting = sim->b_presenting = false;
-        sim->read_beat = 0;
         sim->read_sel = 0;
         sim->drive();
     };

@@ -1,0 +1,181 @@
+"""Copy engine: moves [src, dst, length] (host memory to a device-memory cache slot) on its own.
+
+Why: expert offloading hides the slow host link behind compute; while a layer
+runs, the driver has the next layer's predicted experts copied into device
+memory (docs/codesign.md "Expert offloading"). The engine is its own AXI4
+master (a `rtl.dma.DMA` with id `axi_id`) beside the layer's; `rtl.axi_arbiter`
+shares the bus between the two per burst.
+
+Commands: `cmd` takes descriptors (byte addresses `src`, `dst`, byte `length`,
+the DMA's rules: multiples of the beat, inside the address space) into a queue
+of `queue_depth`; `push` with a full queue drops the descriptor and raises an
+error with `ErrorCause.COPY_QUEUE_FULL`. Descriptors run one at a time, in
+order: the DMA reads `src` and writes the beats, through a FIFO of one burst,
+to `dst`; a descriptor completes when its last write response has arrived
+(`completed` counts it). `done` pulses when the queue has run empty after work.
+
+Errors never hang it: a bus error on either side (or a malformed descriptor)
+makes the DMA drain its bursts; the engine then drops the descriptors still
+queued, empties its FIFO, clears the DMA and pulses `error` with
+`error_cause` / `error_addr` (the DMA's), ready for new descriptors.
+
+Counters (until `clear_counters`): `bytes_copied` (bytes written by completed
+and running copies), `busy_cycles` (a descriptor running or queued).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, unsigned
+from amaranth.hdl import ResetInserter
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from contract.regs import COUNTER_BITS, ErrorCause
+from pymodel.config import AccelConfig, ConfigError
+
+from .axi import AXI4Signature, burst_beats
+from .dma import CAUSE_BITS, DMA
+
+__all__ = ["COPY_QUEUE_DEPTH", "CopyEngine", "copy_command_layout"]
+
+COPY_QUEUE_DEPTH = 8
+"""Descriptors the engine queues: a layer's predicted experts (W1, W2, parameters each)."""
+
+
+def copy_command_layout(addr_bits: int) -> data.StructLayout:
+    """One copy: `length` bytes from byte address `src` to byte address `dst`."""
+    return data.StructLayout(
+        {"src": unsigned(addr_bits), "dst": unsigned(addr_bits), "length": unsigned(32)}
+    )
+
+
+class CopyEngine(wiring.Component):
+    """A queued memory-to-memory copier on its own AXI4 master (see the module docstring)."""
+
+    def __init__(
+        self, cfg: AccelConfig, *, axi_id: int = 1, queue_depth: int = COPY_QUEUE_DEPTH
+    ) -> None:
+        if not isinstance(cfg, AccelConfig):
+            raise ConfigError(f"CopyEngine needs an AccelConfig, got {type(cfg).__name__}")
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int):
+            raise ConfigError(f"CopyEngine queue_depth = {queue_depth!r} must be an int")
+        if not 1 <= queue_depth <= 64:
+            raise ConfigError(f"CopyEngine queue_depth = {queue_depth} not in [1, 64]")
+        self.cfg, self.axi_id, self.queue_depth = cfg, axi_id, queue_depth
+        super().__init__(
+            {
+                "m_axi": Out(AXI4Signature(cfg)),
+                "cmd": In(stream.Signature(copy_command_layout(cfg.addr_bits))),
+                "busy": Out(1),
+                "pending": Out(range(queue_depth + 1)),
+                "done": Out(1),
+                "error": Out(1),
+                "error_cause": Out(CAUSE_BITS),
+                "error_addr": Out(cfg.addr_bits),
+                "completed": Out(32),
+                "bytes_copied": Out(COUNTER_BITS),
+                "busy_cycles": Out(COUNTER_BITS),
+                "clear_counters": In(1),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        m.submodules.dma = dma = DMA(cfg, axi_id=self.axi_id)
+        wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
+
+        layout = copy_command_layout(cfg.addr_bits)
+        flush = Signal()
+        queue = SyncFIFO(width=layout.size, depth=self.queue_depth)
+        m.submodules.queue = ResetInserter(flush)(queue)
+        beats = SyncFIFOBuffered(width=8 * cfg.mem_bytes_per_cycle, depth=burst_beats(cfg))
+        m.submodules.beats = ResetInserter(flush)(beats)
+
+        m.d.comb += [
+            queue.w_data.eq(self.cmd.payload),
+            queue.w_en.eq(self.cmd.valid),
+            self.cmd.ready.eq(1),
+            # Read beats pass through one burst of buffer to the write side.
+            beats.w_data.eq(dma.rd_data.payload.data),
+            beats.w_en.eq(dma.rd_data.valid),
+            dma.rd_data.ready.eq(beats.w_rdy),
+            dma.wr_data.payload.eq(beats.r_data),
+            dma.wr_data.valid.eq(beats.r_rdy),
+            beats.r_en.eq(dma.wr_data.ready),
+        ]
+        overflow = Signal()
+        m.d.comb += overflow.eq(self.cmd.valid & ~queue.w_rdy)
+
+        head = data.View(layout, queue.r_data)
+        running = Signal()
+        rd_sent, wr_sent = Signal(), Signal()
+        m.d.comb += [
+            # Up through the done/error pulse, so a status read never sees neither busy nor
+            # the flag (the register file latches the pulse a cycle later).
+            self.busy.eq(running | queue.r_rdy | self.done | self.error),
+            self.pending.eq(queue.r_level),  # the running descriptor leaves the queue when done
+            dma.rd_cmd.payload.addr.eq(head.src),
+            dma.rd_cmd.payload.length.eq(head.length),
+            dma.wr_cmd.payload.addr.eq(head.dst),
+            dma.wr_cmd.payload.length.eq(head.length),
+        ]
+        m.d.sync += [self.done.eq(0), self.error.eq(0)]
+
+        with m.FSM(name="copy"):
+            with m.State("IDLE"):
+                with m.If(queue.r_rdy & ~dma.error):
+                    m.d.sync += [running.eq(1), rd_sent.eq(0), wr_sent.eq(0)]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [dma.rd_cmd.valid.eq(~rd_sent), dma.wr_cmd.valid.eq(~wr_sent)]
+                rd_go = dma.rd_cmd.ready & ~rd_sent
+                wr_go = dma.wr_cmd.ready & ~wr_sent
+                with m.If(rd_go):
+                    m.d.sync += rd_sent.eq(1)
+                with m.If(wr_go):
+                    m.d.sync += wr_sent.eq(1)
+                with m.If(dma.error):
+                    m.next = "DRAIN"
+                with m.Elif((rd_sent | rd_go) & (wr_sent | wr_go)):
+                    m.next = "MOVE"
+            with m.State("MOVE"):
+                with m.If(dma.error):
+                    m.next = "DRAIN"
+                with m.Elif(dma.wr_done):
+                    m.d.comb += queue.r_en.eq(1)
+                    m.d.sync += [running.eq(0), self.completed.eq(self.completed + 1)]
+                    with m.If(queue.r_level == 1):
+                        m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+            with m.State("DRAIN"):
+                # The DMA finishes every burst it issued; then nothing is left of this work.
+                m.d.comb += flush.eq(1)
+                with m.If(~dma.busy):
+                    m.d.comb += dma.clear.eq(1)
+                    m.d.sync += [
+                        running.eq(0),
+                        self.error.eq(1),
+                        self.error_cause.eq(dma.error_cause),
+                        self.error_addr.eq(dma.error_addr),
+                    ]
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):
+                m.d.comb += flush.eq(1)
+                with m.If(~dma.error):
+                    m.next = "IDLE"
+        with m.If(overflow):
+            m.d.sync += [
+                self.error.eq(1),
+                self.error_cause.eq(ErrorCause.COPY_QUEUE_FULL),
+                self.error_addr.eq(self.cmd.payload.src),
+            ]
+
+        with m.If(self.clear_counters):
+            m.d.sync += [self.bytes_copied.eq(0), self.busy_cycles.eq(0), self.completed.eq(0)]
+        with m.Else():
+            m.d.sync += self.busy_cycles.eq(self.busy_cycles + self.busy)
+            with m.If(dma.m_axi.wvalid & dma.m_axi.wready & (dma.m_axi.wstrb != 0)):
+                m.d.sync += self.bytes_copied.eq(self.bytes_copied + cfg.mem_bytes_per_cycle)
+        return m
