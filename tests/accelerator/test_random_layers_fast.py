@@ -5,7 +5,8 @@ Every layer is checked bit for bit against the golden model (outputs,
 per-expert counts, drops). `make test` runs 40 draws on the small top and a
 second top whose M-block (32 rows) is smaller than its token limit (48), so
 the layer sequencer's M-block loop-backs run (router GEMM, a crowded expert,
-the shared expert); `make soak` runs 10,000 draws in 20 chunks, spread over
+the shared expert), and a soft reset at a random cycle of a crowded layer must
+leave the layer's rerun bit-exact; `make soak` runs 10,000 draws in 20 chunks, spread over
 processes with pytest-xdist. Each test's seed is printed, and a failure names
 the draw (its own seed) and the command that replays the test.
 
@@ -23,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from contract.regs import REGISTER_MAP
 from pymodel.config import AccelConfig
 from rtl.gemm_engine import default_m_block
 from rtl.top import MoEAccel
@@ -34,7 +36,7 @@ from sim.tb.functional_coverage import (
     layer_hits,
     record_layers,
 )
-from sim.tb.layer_cases import SMALL_TOP, LayerCase, run_case
+from sim.tb.layer_cases import SMALL_TOP, LayerCase, load_case, run_case
 from sim.tb.random_layers import random_layer
 
 LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
@@ -42,6 +44,8 @@ LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
 SOAK_CHUNKS, SOAK_LAYERS_PER_CHUNK = 20, 500
 CHAOS_EVERY = 5
 """Every fifth draw runs with bus chaos (READY drops, held-back beats, extra latency)."""
+CTRL = REGISTER_MAP["CTRL"].register
+STATUS = REGISTER_MAP["STATUS"].register
 STEER_TRIES = 1500
 """Draws (golden model only, ~10 ms each) tried in all before the missed bins are left missed."""
 
@@ -126,8 +130,37 @@ def test_m_block_loop_backs_are_bit_exact(seed, request):
                 more = run_draws(sim, LOOP_TOP, [draw], tokens=48)
                 layers += more
                 crowded += [c for c, _ in more]
+        assert len(crowded) >= 2, "no draw crowded an expert past one M-block"
+        layers.append(soft_reset_mid_layer(sim, crowded[0], rng))
     record_layers(request.node, LOOP_TOP, layers)
-    assert len(crowded) >= 2, "no draw crowded an expert past one M-block"
+
+
+def soft_reset_mid_layer(
+    sim: FastSim, case: LayerCase, rng: np.random.Generator
+) -> tuple[LayerCase, bool]:
+    """`CTRL.soft_reset` at a random cycle of `case`, then `case` again, bit-exact.
+
+    On the 48-token top a reset lands inside the M-block loop-backs; it also
+    takes this top's soft-reset arms, which its good layers alone never reach.
+    """
+    cycles = run_case(sim, case)
+    delay = int(rng.integers(1, cycles))
+    load_case(sim, case)
+    sim.step(delay)
+    sim.write_reg("CTRL", CTRL.pack(soft_reset=1))
+    for _ in range(100):
+        if not STATUS.unpack(sim.read_reg("STATUS"))["busy"]:
+            break
+        sim.step(16)
+    fields = STATUS.unpack(sim.read_reg("STATUS"))
+    assert not fields["busy"] and not fields["error"] and not fields["done"], fields
+    try:
+        run_case(sim, case)
+    except AssertionError as e:
+        raise AssertionError(
+            f"soft reset at cycle {delay} of {case.name}, then again: {e}"
+        ) from None
+    return case, False
 
 
 @pytest.mark.slow
