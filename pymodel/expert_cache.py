@@ -37,6 +37,7 @@ __all__ = [
     "CacheResult",
     "DecodeCost",
     "HostLink",
+    "LayerCache",
     "decode_cost",
     "host_layer_cycles",
     "link_read_cycles",
@@ -158,35 +159,59 @@ class CacheResult:
         return float(self.hits.sum() / total) if total else 1.0
 
 
-class _LayerCache:
-    """One layer's cache under a policy (its state: contents, last use, use counts)."""
+class LayerCache:
+    """One layer's expert cache under a policy: the one implementation of the policies.
 
-    def __init__(self, policy: str, slots: int, picks: np.ndarray, n_experts: int) -> None:
+    Why public: the model (`simulate_cache`) and the driver's cache of the
+    simulated hardware (`sw_driver.offload.CachedDevice`) take every decision
+    here, so a measured and a predicted run can only differ in cycles.
+    `popularity[e]` (uses of expert e, e.g. from a recorded trace) chooses the
+    `pinned` policy's experts: the `slots` most used.
+    """
+
+    def __init__(self, policy: str, slots: int, popularity: np.ndarray) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown cache policy {policy!r}; allowed: {list(POLICIES)}")
         self.policy, self.slots = policy, slots
         self.cache: set[int] = set()
         self.last_use: dict[int, int] = {}
         self.uses: dict[int, int] = {}
         self.clock = 0
-        counts = np.bincount(picks.ravel(), minlength=n_experts)
-        top = np.argsort(-counts, kind="stable")[:slots]
+        top = np.argsort(-np.asarray(popularity), kind="stable")[:slots]
         self.pinned = set(top.tolist()) if policy == "pinned" else set()
 
     def present(self, expert: int) -> bool:
         return expert in (self.pinned if self.policy == "pinned" else self.cache)
 
-    def admit(self, expert: int) -> None:
-        """Bring `expert` in (pinned: nothing moves), evicting by the policy when full."""
+    @property
+    def contents(self) -> set[int]:
+        """The experts in device memory now."""
+        return set(self.pinned if self.policy == "pinned" else self.cache)
+
+    def admit(self, expert: int, keep: frozenset[int] = frozenset()) -> int | None:
+        """Bring `expert` in (pinned: nothing moves), evicting by the policy when full;
+        returns the evicted expert (its slot is the one `expert` takes), else None.
+
+        `keep` (the experts the same layer call uses) are never evicted: a call's
+        experts are all read from where they were when it started. With every slot
+        kept, `expert` is not admitted.
+        """
         if self.policy == "pinned" or self.slots == 0 or expert in self.cache:
-            return
+            return None
+        victim = None
         if len(self.cache) >= self.slots:
+            candidates = self.cache - keep
+            if not candidates:
+                return None
             if self.policy == "lru":
-                victim = min(self.cache, key=lambda e: self.last_use.get(e, -1))
+                victim = min(candidates, key=lambda e: self.last_use.get(e, -1))
             else:
                 victim = min(
-                    self.cache, key=lambda e: (self.uses.get(e, 0), self.last_use.get(e, -1))
+                    candidates, key=lambda e: (self.uses.get(e, 0), self.last_use.get(e, -1))
                 )
             self.cache.discard(victim)
         self.cache.add(expert)
+        return victim
 
     def use(self, expert: int) -> None:
         self.clock += 1
@@ -220,7 +245,7 @@ def simulate_cache(
     ahead = np.zeros((steps, layers), dtype=np.int64)
     for layer in range(layers):
         picks = trace.experts[:, layer]
-        state = _LayerCache(policy, slots, picks, trace.n_experts)
+        state = LayerCache(policy, slots, np.bincount(picks.ravel(), minlength=trace.n_experts))
         for step in range(steps):
             fetched_ahead: set[int] = set()
             for e in () if prefetch is None else prefetch[step, layer].tolist():
@@ -230,6 +255,7 @@ def simulate_cache(
                 state.admit(e)
             prefetched[layer] += len(fetched_ahead)
             ahead[step, layer] = len(fetched_ahead)
+            call = frozenset(picks[step].tolist())
             for slot, e in enumerate(picks[step].tolist()):
                 if state.present(e) or e in fetched_ahead:
                     hits[layer] += 1
@@ -237,7 +263,7 @@ def simulate_cache(
                 else:
                     misses[layer] += 1
                     miss_mask[step, layer, slot] = True
-                    state.admit(e)
+                    state.admit(e, keep=call)
                 state.use(e)
     return CacheResult(hits, misses, prefetched, used, miss_mask, ahead)
 

@@ -27,7 +27,6 @@ from pymodel.layer import check_tokens, golden_layer, route
 from pymodel.quantize import QuantizedLayer
 
 from .compile import LayerImage, compile_layer, read_expert_counts, read_outputs
-from .offload import place_on_host
 
 if TYPE_CHECKING:
     from sim.fast import FastSim
@@ -301,6 +300,8 @@ class VerilatorDevice:
             resident = np.unique(route(ql, x_q, self.cfg).expert_ids).tolist()
         image = compile_layer(ql, x_q, self.cfg, resident_experts=resident)
         if self.host_link is not None:
+            from .offload import place_on_host
+
             image = place_on_host(image, self.host_base, self.host_experts)
         demand = self.experts == "demand"
         check_host_memory(image, demand=demand)

@@ -11,6 +11,15 @@ streams and parameter words; the LUTs stay in the device's LUT table, which
 `LUT_TABLE_ADDR` indexes by expert number) to host memory from `host_base` up
 and rewrites their descriptors. Nothing else of the image changes, so the
 layer's outputs cannot depend on where an expert lives: only its cycles do.
+
+`CachedDevice` is the driver's expert cache on that system: S slots per layer
+in device memory under a policy of `pymodel.expert_cache.LayerCache` (the same
+object the model's `simulate_cache` replays a trace through), every other
+expert in host memory. A layer call reads its cached experts from device
+memory and its misses over the host link on demand; a miss is then admitted
+(read-through: the demand read fills the slot). Per layer it counts hits,
+misses and the bytes read over the link. Prefetch (copies of the next layer's
+pre-gated experts on the copy engine while a layer runs) is not driven yet.
 """
 
 from __future__ import annotations
@@ -21,11 +30,14 @@ from collections.abc import Iterable
 import numpy as np
 
 from contract import layout
-from pymodel.config import ConfigError
+from pymodel.config import ConfigError, _check_int
+from pymodel.expert_cache import POLICIES, LayerCache
+from pymodel.quantize import QuantizedLayer
 
 from .compile import PAGE, Chunk, LayerImage, Region
+from .device import DeviceResult, VerilatorDevice
 
-__all__ = ["expert_regions", "place_on_host"]
+__all__ = ["CacheCounters", "CachedDevice", "expert_regions", "place_on_host"]
 
 _PARTS = ("w1", "w2", "params")
 """The regions of one expert that its descriptor addresses (`layout.ADDRESS_FIELDS` order)."""
@@ -109,3 +121,69 @@ def _redirected(chunk: Chunk, expert: int, moved: dict[str, int], cfg) -> Chunk:
         record[field] = layout.addr_word(cfg, moved[name], name)
     raw = record.view(np.uint8).reshape(-1)
     return dataclasses.replace(chunk, produce=lambda: raw)
+
+
+@dataclasses.dataclass
+class CacheCounters:
+    """Per layer: picks found in device memory, picks read over the link, bytes over it."""
+
+    hits: np.ndarray
+    misses: np.ndarray
+    link_bytes: np.ndarray
+
+
+class CachedDevice:
+    """A `VerilatorDevice` with a host tier behind an expert cache per layer (module doc).
+
+    `layers` are the stack's quantised layers (a call is matched to its layer by
+    identity); `popularity[layer]` ranks experts for the pinned policy.
+    """
+
+    name = "verilator"
+
+    def __init__(
+        self,
+        device: VerilatorDevice,
+        layers: list[QuantizedLayer],
+        slots: int,
+        policy: str,
+        popularity: np.ndarray | None = None,
+    ) -> None:
+        if not isinstance(device, VerilatorDevice) or device.host_link is None:
+            raise ConfigError("CachedDevice needs a VerilatorDevice with a host_link")
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown cache policy {policy!r}; allowed: {list(POLICIES)}")
+        n_experts = layers[0].spec.n_experts
+        _check_int("CachedDevice", "slots", slots, 0, n_experts)
+        if popularity is None:
+            popularity = np.zeros((len(layers), n_experts), dtype=np.int64)
+        popularity = np.asarray(popularity)
+        if popularity.shape != (len(layers), n_experts):
+            raise ConfigError(
+                f"popularity has shape {popularity.shape}, expected {(len(layers), n_experts)}"
+            )
+        self.device, self.cfg = device, device.cfg
+        self._index = {id(ql): i for i, ql in enumerate(layers)}
+        self.caches = [LayerCache(policy, slots, popularity[i]) for i in range(len(layers))]
+        zeros = np.zeros(len(layers), dtype=np.int64)
+        self.counters = CacheCounters(zeros.copy(), zeros.copy(), zeros.copy())
+
+    def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
+        """Run layer `ql` with its uncached experts in host memory; update its cache."""
+        layer = self._index.get(id(ql))
+        if layer is None:
+            raise ConfigError("CachedDevice.run: this layer is not one of the stack's")
+        cache = self.caches[layer]
+        resident = cache.contents
+        self.device.host_experts = tuple(e for e in range(ql.spec.n_experts) if e not in resident)
+        result = self.device.run(ql, x_q)
+        self.counters.link_bytes[layer] += self.device.last_tiers["host"]["bytes_read"]
+        picks = result.expert_ids.reshape(-1).tolist()
+        for e in picks:
+            if cache.present(e):
+                self.counters.hits[layer] += 1
+            else:
+                self.counters.misses[layer] += 1
+                cache.admit(e, keep=frozenset(picks))
+            cache.use(e)
+        return result

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 
 from pymodel.config import ConfigError
-from pymodel.expert_cache import HostLink, host_layer_cycles
+from pymodel.expert_cache import HostLink, host_layer_cycles, simulate_cache
 from pymodel.families import family_spec
 from sim.tb.layer_cases import SMALL_TOP, make_case
 from sw_driver.compile import compile_layer
+from sw_driver.decode_stream import DecodeStack
 from sw_driver.device import GoldenDevice, VerilatorDevice
-from sw_driver.offload import expert_regions, place_on_host
+from sw_driver.offload import CachedDevice, expert_regions, place_on_host
 
 LINK = HostLink(bytes_per_cycle=4, latency=200)
 SPEC = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
+SIZES = {"d_model": 32, "d_ff": 48, "n_experts": 8}
 
 
 def test_experts_in_host_memory_run_bit_exact_and_slower() -> None:
@@ -65,3 +67,35 @@ def test_placing_bad_experts_or_a_base_inside_the_image_is_refused() -> None:
         place_on_host(routed, 1 << 20, [1])
     with pytest.raises(ConfigError, match="must be a HostLink"):
         VerilatorDevice(SMALL_TOP, host_link=(4, 200))
+
+
+@pytest.mark.parametrize(("policy", "slots"), [("lru", 2), ("lfu", 4), ("pinned", 2)])
+def test_a_cached_decode_stream_is_bit_exact_and_decides_as_the_model(
+    policy: str, slots: int
+) -> None:
+    """4 layers x 16 steps on the RTL with S slots per layer: every call bit-exact, the
+    outputs those of the all-in-device run, hits and misses those `simulate_cache` gives
+    on the stream's trace, and the link carries exactly the missed experts."""
+    stack = DecodeStack.build("mixtral", layers=4, seed=2, cfg=SMALL_TOP, **SIZES)
+    near = stack.run(VerilatorDevice(SMALL_TOP, host_link=LINK), 16)
+    popularity = np.stack(
+        [np.bincount(near.trace.experts[:, i].ravel(), minlength=8) for i in range(4)]
+    )
+    layers = [layer.ql for layer in stack.layers]
+    cached = CachedDevice(
+        VerilatorDevice(SMALL_TOP, host_link=LINK), layers, slots, policy, popularity
+    )
+    far = stack.run(cached, 16)
+    assert near.all_bit_exact and far.all_bit_exact
+    assert np.array_equal(far.y_q, near.y_q) and far.tokens == near.tokens
+    model = simulate_cache(near.trace, slots, policy)
+    assert np.array_equal(cached.counters.hits, model.hits)
+    assert np.array_equal(cached.counters.misses, model.misses)
+    image = cached.device.last_image
+    expert_bytes = sum(r.size for _, r in expert_regions(image, 0))
+    assert np.array_equal(cached.counters.link_bytes, model.misses * expert_bytes)
+    assert (far.cycles.sum(axis=1) >= near.cycles.sum(axis=1)).all()
+    print(
+        f"{policy} S={slots}: hits {model.hits.tolist()} misses {model.misses.tolist()}, "
+        f"cycles/token {far.cycles.sum() / 16:.0f} vs {near.cycles.sum() / 16:.0f} in device"
+    )
