@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gemm_bench.py
 	$(BIN)/python bench/layer_bench.py
 	$(BIN)/python bench/format_bench.py
+	$(BIN)/python bench/offload_bench.py
 	$(BIN)/python bench/calibrate.py
 	$(BIN)/python bench/explore_bench.py
 	$(BIN)/python bench/plots.py
