@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.results import publish
 from flow.paths import REPO_ROOT
@@ -71,6 +72,24 @@ def markdown(cfg: AccelConfig, rows: list[dict], command: str) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def measure(engine: GemmEngine, build: Any, commands: list[dict]) -> list[dict]:
+    """Run `commands` (bench points) on `build` of `engine` under cocotb: a result row each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.json"
+        run_cocotb(
+            build,
+            REPO_ROOT / "bench" / "cocotb_gemm_bench.py",
+            params={
+                "cfg": engine.cfg,
+                "m_block": engine.m_block,
+                "param_rows": PARAM_ROWS,
+                "points": commands,
+                "bench_out": raw,
+            },
+        )
+        return json.loads(raw.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8)
@@ -86,20 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     build = build_component(
         engine, f"gemm_engine_bench_{cfg.rows}x{cfg.cols}_b{cfg.mem_bytes_per_cycle}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.json"
-        run_cocotb(
-            build,
-            REPO_ROOT / "bench" / "cocotb_gemm_bench.py",
-            params={
-                "cfg": cfg,
-                "m_block": engine.m_block,
-                "param_rows": PARAM_ROWS,
-                "points": points(cfg),
-                "bench_out": raw,
-            },
-        )
-        rows = json.loads(raw.read_text())
+    rows = measure(engine, build, points(cfg))
     macs_per_cycle = cfg.rows * cfg.cols
     for row in rows:
         c = row["counters"]
