@@ -43,9 +43,14 @@ def check_int_array(name: str, x: np.ndarray, bits: int) -> None:
         raise NumericsError(f"{name} has values outside the signed {bits}-bit range [{lo}, {hi}]")
 
 
+ROUND_LIMIT = 2**62
+"""`round_half_away` clamps to ±this: beyond int64 a float's cast is undefined (NumPy gives
+int64's minimum for +1e30), and every caller saturates to at most 32 bits afterwards."""
+
+
 def round_half_away(x: np.ndarray | float) -> np.ndarray:
-    """Round floats to the nearest integer, halves away from zero (as int64)."""
-    x = np.asarray(x, dtype=np.float64)
+    """Round floats to the nearest integer, halves away from zero (int64, clamped to ±2^62)."""
+    x = np.clip(np.asarray(x, dtype=np.float64), -ROUND_LIMIT, ROUND_LIMIT)
     return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
 
 

@@ -76,6 +76,13 @@ def test_ties_examples() -> None:
     assert round_half_away(np.array([0.5, -0.5, 1.5, -2.5, 0.49])).tolist() == [1, -1, 2, -3, 0]
 
 
+def test_rounding_far_beyond_int64_keeps_its_sign() -> None:
+    """A LUT built at a vanishing scale asks for ±1e30: it must saturate, not wrap to −2^63."""
+    huge = np.array([1e30, -1e30, np.float64(2**63)])
+    assert (np.sign(round_half_away(huge)) == [1, -1, 1]).all()
+    assert quantize(np.array([1.0, -1.0]), 1e-21).tolist() == [127, -127]
+
+
 def test_requantize_saturates_symmetrically() -> None:
     assert requantize(np.array([10**6, -(10**6)]), 1, 0).tolist() == [127, -127]
     assert saturate(np.array([-128, 128]), 8).tolist() == [-127, 127]
