@@ -119,8 +119,8 @@ def test_demand_filled_experts_are_generated_only_when_the_hardware_reads_them(m
     produced: list[int] = []
     real_stream = compile_module._stream
 
-    def recording_stream(cfg, weights, e):
-        produce = real_stream(cfg, weights, e)
+    def recording_stream(cfg, weights, e, *rest):
+        produce = real_stream(cfg, weights, e, *rest)
 
         def produce_and_record():
             if id(weights[0]) in routed_weights:
