@@ -537,24 +537,9 @@ class TileSequencer(wiring.Component):
             }
         )
 
-    def elaborate(self, platform):
-        m = Module()
-        cfg, cmd = self.cfg, self.current
-        rows, cols = cfg.rows, cfg.cols
-
-        issuing, loading = Signal(), Signal()
-        credits = Signal(range(self.credits + 1), init=self.credits)
-        full = Signal(2)
-        # At least one bit wide (Verilog has no empty vectors); constant 0 when cooldown = 0.
-        cool = [Signal(range(max(self.cooldown, 1) + 1), name=f"cool_{b}") for b in range(2)]
-
-        # Command intake: the command is registered, its range checks are registered the
-        # next cycle, and the cycle after that decides (the checks' subtract-and-compare
-        # chains, then the priority of their causes, in front of the start decision did
-        # not fit 100 MHz on ECP5).
-        checking, deciding = Signal(), Signal()
-        m.d.comb += self.cmd.ready.eq(~self.busy & ~checking & ~deciding)
-        m.d.sync += self.done.eq(0)
+    def _command_cause(self, m: Module, checking: Signal) -> Signal:
+        """Why the command being checked is rejected (`NONE`: it runs), from registered checks."""
+        cfg, cmd, cols = self.cfg, self.current, self.cfg.cols
         p = cmd
         # `n` columns fit beside `param`: `n ≤ (param_rows − param) · C`.
         capacity = self.param_rows * cols
@@ -603,6 +588,88 @@ class TileSequencer(wiring.Component):
         if compressed:
             with m.Elif(bad_format):
                 m.d.comb += cause.eq(CommandError.BAD_MODE)
+        return cause
+
+    def _weight_loader(
+        self,
+        m: Module,
+        fmt: _Format,
+        loader: _Walker,
+        ld_fire: dict,
+        ld_row: Signal,
+        ld_bank: Signal,
+        ld_end: Signal,
+        ld_last: Signal,
+        ld_idx: Signal | None,
+    ) -> None:
+        """The weight port's lanes and the loader's row, part and tile steps on `ld_fire`.
+
+        `ld_idx` (2:4 builds only) marks the index part of a 2:4 tile.
+        """
+        cfg, rows = self.cfg, self.cfg.rows
+        m.d.comb += [
+            self.w_row.eq(fmt.weight_rows(self.weight.payload)),
+            self.w_addr.eq(fmt.w_addr(ld_row)),
+            self.w_bank.eq(ld_bank),
+        ]
+        for i in range(weight_lanes(cfg)):
+            m.d.comb += self.w_we[i].eq(
+                ld_fire["we"] & fmt.lane_writes(i, ld_row, loader.k_valid, ld_idx)
+            )
+        if cfg.sparse_2_4:
+            m.d.comb += [
+                self.i_row.eq(fmt.index_rows(self.weight.payload)),
+                self.i_addr.eq(ld_row),
+            ]
+            for i in range(index_lanes(cfg)):
+                m.d.comb += self.i_we[i].eq(ld_fire["we"] & ld_idx)
+        loader.step(m, ld_fire["walk"] & ld_last & ~loader.last_tile)
+        step, rows_now = fmt.value_step, fmt.value_rows(loader.k_valid)
+        if cfg.sparse_2_4:
+            step = Mux(ld_idx, index_lanes(cfg), step)
+            rows_now = Mux(ld_idx, rows, rows_now)
+        with m.If(ld_fire["walk"]):
+            if cfg.sparse_2_4:
+                # The value part of a 2:4 tile ends: its positions follow.
+                with m.If(ld_end & fmt.sparse & ~ld_idx):
+                    one_beat = index_lanes(cfg) >= rows
+                    m.d.sync += [ld_row.eq(0), ld_idx.eq(1), ld_end.eq(one_beat)]
+                    m.d.sync += [ld_last.eq(one_beat), *fmt.restart()]
+                tile_end = m.Elif(ld_end)
+            else:
+                tile_end = m.If(ld_last)
+            with tile_end:
+                one_beat = fmt.value_step >= fmt.value_rows(loader.after["k_valid"])
+                m.d.sync += [ld_row.eq(0), ld_end.eq(one_beat)]
+                m.d.sync += fmt.restart()
+                if cfg.sparse_2_4:
+                    m.d.sync += [ld_last.eq(one_beat & ~fmt.sparse), ld_idx.eq(0)]
+            with m.Else():
+                ends = ld_row + 2 * step >= rows_now
+                m.d.sync += [ld_row.eq(ld_row + step), ld_end.eq(ends)]
+                m.d.sync += fmt.advance()
+                if cfg.sparse_2_4:
+                    m.d.sync += ld_last.eq(ends & (~fmt.sparse | ld_idx))
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, cmd = self.cfg, self.current
+        rows, cols = cfg.rows, cfg.cols
+
+        issuing, loading = Signal(), Signal()
+        credits = Signal(range(self.credits + 1), init=self.credits)
+        full = Signal(2)
+        # At least one bit wide (Verilog has no empty vectors); constant 0 when cooldown = 0.
+        cool = [Signal(range(max(self.cooldown, 1) + 1), name=f"cool_{b}") for b in range(2)]
+
+        # Command intake: the command is registered, its range checks are registered the
+        # next cycle, and the cycle after that decides (the checks' subtract-and-compare
+        # chains, then the priority of their causes, in front of the start decision did
+        # not fit 100 MHz on ECP5).
+        checking, deciding = Signal(), Signal()
+        m.d.comb += self.cmd.ready.eq(~self.busy & ~checking & ~deciding)
+        m.d.sync += self.done.eq(0)
+        cause = self._command_cause(m, checking)
 
         loader = _Walker(m, cfg, cmd, self.m_block, "ld")
         issuer = _Walker(m, cfg, cmd, self.m_block, "is")
@@ -619,7 +686,7 @@ class TileSequencer(wiring.Component):
             # ends a part, `ld_last` the tile.
             ld_end, ld_idx = Signal(), Signal()
         else:
-            ld_end = ld_last
+            ld_end, ld_idx = ld_last, None
 
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cmd.eq(self.cmd.payload)
@@ -658,51 +725,8 @@ class TileSequencer(wiring.Component):
             m.d.comb += sig.eq(can_issue[g] & self.act.valid)
 
         # Weight loader.
-        m.d.comb += [
-            self.weight.ready.eq(ld_ready["ready"]),
-            self.w_row.eq(fmt.weight_rows(self.weight.payload)),
-            self.w_addr.eq(fmt.w_addr(ld_row)),
-            self.w_bank.eq(ld_bank),
-        ]
-        for i in range(weight_lanes(cfg)):
-            m.d.comb += self.w_we[i].eq(
-                ld_fire["we"]
-                & fmt.lane_writes(i, ld_row, loader.k_valid, ld_idx if cfg.sparse_2_4 else 0)
-            )
-        if cfg.sparse_2_4:
-            m.d.comb += [
-                self.i_row.eq(fmt.index_rows(self.weight.payload)),
-                self.i_addr.eq(ld_row),
-            ]
-            for i in range(index_lanes(cfg)):
-                m.d.comb += self.i_we[i].eq(ld_fire["we"] & ld_idx)
-        loader.step(m, ld_fire["walk"] & ld_last & ~loader.last_tile)
-        step, rows_now = fmt.value_step, fmt.value_rows(loader.k_valid)
-        if cfg.sparse_2_4:
-            step = Mux(ld_idx, index_lanes(cfg), step)
-            rows_now = Mux(ld_idx, rows, rows_now)
-        with m.If(ld_fire["walk"]):
-            if cfg.sparse_2_4:
-                # The value part of a 2:4 tile ends: its positions follow.
-                with m.If(ld_end & fmt.sparse & ~ld_idx):
-                    one_beat = index_lanes(cfg) >= rows
-                    m.d.sync += [ld_row.eq(0), ld_idx.eq(1), ld_end.eq(one_beat)]
-                    m.d.sync += [ld_last.eq(one_beat), *fmt.restart()]
-                tile_end = m.Elif(ld_end)
-            else:
-                tile_end = m.If(ld_last)
-            with tile_end:
-                one_beat = fmt.value_step >= fmt.value_rows(loader.after["k_valid"])
-                m.d.sync += [ld_row.eq(0), ld_end.eq(one_beat)]
-                m.d.sync += fmt.restart()
-                if cfg.sparse_2_4:
-                    m.d.sync += [ld_last.eq(one_beat & ~fmt.sparse), ld_idx.eq(0)]
-            with m.Else():
-                ends = ld_row + 2 * step >= rows_now
-                m.d.sync += [ld_row.eq(ld_row + step), ld_end.eq(ends)]
-                m.d.sync += fmt.advance()
-                if cfg.sparse_2_4:
-                    m.d.sync += ld_last.eq(ends & (~fmt.sparse | ld_idx))
+        m.d.comb += self.weight.ready.eq(ld_ready["ready"])
+        self._weight_loader(m, fmt, loader, ld_fire, ld_row, ld_bank, ld_end, ld_last, ld_idx)
 
         # Issuer.
         m.d.comb += [self.act.ready.eq(can_issue["ready"]), self.sel.eq(is_bank)]
