@@ -152,31 +152,17 @@ class DMA(wiring.Component):
         ]
         return bad
 
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        axi = self.m_axi
-        bb = self.beat_bytes
+    def _read_engine(
+        self, m: Module, rd_err: Signal, rd_err_addr: Signal, rd_bad: Signal
+    ) -> tuple[Signal, Signal, Signal]:
+        """The read channel: `rd_cmd` into AR bursts, R beats onto `rd_data`, errors flagged.
+
+        Returns `rd_active`, `forward` (R beats go to `rd_data`) and `r_fire` (an R handshake).
+        """
+        axi, error, bb = self.m_axi, self.error, self.beat_bytes
         s = exact_log2(bb)
-        abits = self.cfg.addr_bits
-        beat_bits = 32 - s + 1
+        abits, beat_bits = self.cfg.addr_bits, 32 - s + 1
         out_range = range(self.max_outstanding + 1)
-
-        error = self.error
-        clear_pending = Signal()
-        rd_err, wr_err = Signal(), Signal()
-        rd_err_addr, wr_err_addr = Signal(abits), Signal(abits)
-        rd_bad, wr_bad = Signal(), Signal()
-
-        for ch in ("ar", "aw"):
-            m.d.comb += [
-                getattr(axi, f"{ch}id").eq(self.axi_id),
-                getattr(axi, f"{ch}size").eq(s),
-                getattr(axi, f"{ch}burst").eq(Burst.INCR),
-                getattr(axi, f"{ch}cache").eq(0b0011),  # normal, non-cacheable, bufferable
-            ]
-        m.d.sync += [self.rd_done.eq(0), self.wr_done.eq(0)]
-
-        # ---------------- read engine ----------------
         rd_active = Signal()
         ar_addr = Signal(abits)
         ar_left = Signal(beat_bits)
@@ -243,6 +229,34 @@ class DMA(wiring.Component):
                 m.d.sync += [self.rd_done.eq(1), rd_active.eq(0)]
         with m.If(rd_active & error & (rd_out == 0)):
             m.d.sync += rd_active.eq(0)
+        return rd_active, forward, r_fire
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        axi = self.m_axi
+        bb = self.beat_bytes
+        s = exact_log2(bb)
+        abits = self.cfg.addr_bits
+        beat_bits = 32 - s + 1
+        out_range = range(self.max_outstanding + 1)
+
+        error = self.error
+        clear_pending = Signal()
+        rd_err, wr_err = Signal(), Signal()
+        rd_err_addr, wr_err_addr = Signal(abits), Signal(abits)
+        rd_bad, wr_bad = Signal(), Signal()
+
+        for ch in ("ar", "aw"):
+            m.d.comb += [
+                getattr(axi, f"{ch}id").eq(self.axi_id),
+                getattr(axi, f"{ch}size").eq(s),
+                getattr(axi, f"{ch}burst").eq(Burst.INCR),
+                getattr(axi, f"{ch}cache").eq(0b0011),  # normal, non-cacheable, bufferable
+            ]
+        m.d.sync += [self.rd_done.eq(0), self.wr_done.eq(0)]
+
+        # ---------------- read engine ----------------
+        rd_active, forward, r_fire = self._read_engine(m, rd_err, rd_err_addr, rd_bad)
 
         # ---------------- write engine ----------------
         wr_active = Signal()
@@ -367,7 +381,7 @@ class DMA(wiring.Component):
                 m.d.sync += [error.eq(1), clear_pending.eq(0)]
             for flag, cause, addr in (
                 (wr_bad, ErrorCause.BAD_DESCRIPTOR, wcmd.addr),
-                (rd_bad, ErrorCause.BAD_DESCRIPTOR, rcmd.addr),
+                (rd_bad, ErrorCause.BAD_DESCRIPTOR, self.rd_cmd.payload.addr),
                 (wr_err, ErrorCause.BUS_WRITE_ERROR, wr_err_addr),
                 (rd_err, ErrorCause.BUS_READ_ERROR, rd_err_addr),
             ):
