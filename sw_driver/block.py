@@ -210,11 +210,7 @@ def run_block(
         report.torch_device = f"{torch_device.type} fp32"
         report.seed = seed
         if backend != "golden":
-            report.bit_exact_vs_golden = bool(
-                np.array_equal(result.y_q, golden.y_q)
-                and np.array_equal(result.expert_ids, golden.expert_ids)
-                and np.array_equal(result.gate_weights, golden.gate_weights)
-            )
+            report.bit_exact_vs_golden = result.same_outputs(golden)
             add_hardware_metrics(report, result, spec, cfg)
         reports.append(report)
         results.append(result)

@@ -38,7 +38,7 @@ from pymodel.quantize import QuantizedLayer, calibrate, quantize_layer
 from pymodel.reference import moe_forward_float
 from pymodel.weights import MoEWeights
 
-from .device import Device, DeviceResult, GoldenDevice
+from .device import Device, GoldenDevice
 
 __all__ = ["DecodeStack", "DecodeStreamResult", "StackLayer", "rms_norm"]
 
@@ -205,7 +205,7 @@ class DecodeStack:
                 x_q = quantize_input(layer.ql, rms_norm(h[None], layer.norm))
                 result = device.run(layer.ql, x_q)
                 if golden is not None and exact is not None:
-                    exact[step, index] = _same(result, golden.run(layer.ql, x_q))
+                    exact[step, index] = result.same_outputs(golden.run(layer.ql, x_q))
                 experts[step, index] = result.expert_ids[0]
                 y_q[step, index] = result.y_q[0]
                 cycles[step, index] = result.counters.get("cycles_total", 0)
@@ -227,11 +227,3 @@ def _scaled(spec: MoESpec, w: MoEWeights, x: np.ndarray, h: np.ndarray, ratio: f
     factor = np.float32(ratio * _rms(h) / max(_rms(moe_forward_float(spec, w, x).y), 1e-12))
     shared = None if w.shared_w2 is None else w.shared_w2 * factor
     return dataclasses.replace(w, w2=w.w2 * factor, shared_w2=shared)
-
-
-def _same(a: DeviceResult, b: DeviceResult) -> bool:
-    return bool(
-        np.array_equal(a.y_q, b.y_q)
-        and np.array_equal(a.expert_ids, b.expert_ids)
-        and np.array_equal(a.gate_weights, b.gate_weights)
-    )

@@ -59,6 +59,14 @@ class DeviceResult:
     y: np.ndarray | None = None
     """The dequantised output `y_q · s_y` [T, d_model] float32."""
 
+    def same_outputs(self, other: DeviceResult) -> bool:
+        """Bit-exact against `other`: the same int outputs, experts and gate weights."""
+        return bool(
+            np.array_equal(self.y_q, other.y_q)
+            and np.array_equal(self.expert_ids, other.expert_ids)
+            and np.array_equal(self.gate_weights, other.gate_weights)
+        )
+
     @property
     def cycles(self) -> dict[str, int]:
         """Total and per-phase cycles (empty for a backend without a clock)."""
