@@ -115,6 +115,10 @@ class AccelConfig(_JSONMixin):
     weights) needs more. `sparse_2_4` and `int4_weights` build the engine's
     compressed weight paths (2:4 structured sparsity along K; two int4 weights
     a byte; docs/numerics.md): a build without them is the dense int8 engine.
+    `copy_engine` builds the copy engine and the AXI arbiter in front of the
+    memory port (issue 20): descriptor-queued copies between host and device
+    memory for expert offloading and prefetch, beside the layer's own DMA; a
+    build without it has neither unit and no COPY_BLOCK registers.
     """
 
     _kind: ClassVar[str] = "AccelConfig"
@@ -141,6 +145,7 @@ class AccelConfig(_JSONMixin):
     addr_bits: int = 32
     sparse_2_4: bool = False
     int4_weights: bool = False
+    copy_engine: bool = False
     clock_mhz: float = 100.0
 
     def __post_init__(self) -> None:
@@ -184,6 +189,8 @@ class AccelConfig(_JSONMixin):
                     f"AccelConfig.{name} needs rows to be a multiple of {unit} "
                     f"(a tile's compressed rows come in groups of {unit}), got rows = {self.rows}"
                 )
+        if not isinstance(self.copy_engine, bool):
+            raise ConfigError("AccelConfig.copy_engine must be a bool")
         _check_number(o, "clock_mhz", self.clock_mhz, 1.0, 2000.0)
 
     @property
