@@ -16,6 +16,12 @@ Experts" (2024), §5 report that consecutive tokens are routed to the same
 experts more often than chance, and expert popularity is uneven per layer
 in every released MoE; the parameters here are knobs, set per study, not
 fitted to a model.
+
+`pregated_prediction` stands in for pre-gating (layer l+1's router applied to
+layer l's input, `sw_driver.decode_stream.DecodeStack`) on a trace that has no
+hidden states: each actual expert is predicted with a stated probability
+(default `FLAME_ACCURACY`), seeded so a study replays; `prediction_accuracy`
+scores any prediction, pre-gated or recorded, against a trace.
 """
 
 from __future__ import annotations
@@ -26,9 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, _check_int, read_json_file
+from .config import ConfigError, MoESpec, _check_int, read_json_file
 
-__all__ = ["RoutingTrace", "synthetic_trace"]
+__all__ = [
+    "FLAME_ACCURACY",
+    "RoutingTrace",
+    "prediction_accuracy",
+    "pregated_prediction",
+    "synthetic_trace",
+]
+
+FLAME_ACCURACY = 0.844
+"""Pre-gating accuracy FLAME reports with 2 cache slots (|predicted ∩ actual| / |actual|),
+the figure issue 20's survey quotes; the default of `pregated_prediction`."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,18 @@ class RoutingTrace:
             return 0.0
         hits = (cur[..., :, None] == prev[..., None, :]).any(axis=-1)
         return float(hits.mean())
+
+    def check_spec(self, spec: MoESpec) -> None:
+        """`ConfigError` unless the trace routes `spec`'s layer: same expert count and top-k.
+
+        Why: a trace names experts by index, so one recorded on another model
+        (more experts, another k) would price experts the layer does not have.
+        """
+        if self.n_experts != spec.n_experts or self.top_k != spec.top_k:
+            raise ConfigError(
+                f"trace ({self.source}) has {self.n_experts} experts, top-{self.top_k}; the "
+                f"layer {spec.name or 'spec'} has {spec.n_experts} experts, top-{spec.top_k}"
+            )
 
     def save(self, path: Path | str) -> None:
         """Write the trace as JSON: `{"kind", "n_experts", "source", "experts"}`."""
@@ -151,3 +179,65 @@ def synthetic_trace(
                 chosen += list(rng.choice(n_experts, size=need, replace=False, p=p / p.sum()))
             out[step, layer] = chosen
     return RoutingTrace(out, n_experts, f"synthetic(skew={skew}, reuse={reuse}, seed={seed})")
+
+
+def pregated_prediction(
+    trace: RoutingTrace, *, accuracy: float = FLAME_ACCURACY, seed: int = 0
+) -> np.ndarray:
+    """`[steps, layers, top_k]` predicted experts of every layer call, made before it runs.
+
+    The stated stand-in for pre-gating on a synthetic trace: layer 0 has no
+    predecessor and is not predicted (-1, as in `DecodeStack.run`); in every
+    other call each actual expert is predicted with probability `accuracy`, and
+    a slot that misses predicts a wrong expert instead, drawn by the layer's
+    popularity in the trace (its use counts + 1), never an actual one or one
+    already predicted (-1 when none is left). So each call's
+    |predicted ∩ actual| / |actual| is Binomial(top_k, accuracy) / top_k and the
+    mean converges to `accuracy`; the same seed gives the same predictions.
+    """
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int | float):
+        raise ConfigError(f"pregated_prediction accuracy must be a number, got {accuracy!r}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ConfigError(f"pregated_prediction accuracy = {accuracy} is outside [0, 1]")
+    rng = np.random.default_rng(seed)
+    steps, layers, k = trace.experts.shape
+    out = np.full((steps, layers, k), -1, dtype=np.int64)
+    right = rng.random((steps, layers, k)) < accuracy
+    for layer in range(1, layers):
+        weight = np.bincount(trace.experts[:, layer].ravel(), minlength=trace.n_experts) + 1.0
+        for step in range(steps):
+            actual = trace.experts[step, layer]
+            out[step, layer] = np.where(right[step, layer], actual, -1)
+            wrong = np.flatnonzero(~right[step, layer])
+            if not len(wrong):
+                continue
+            p = weight.copy()
+            p[actual] = 0.0
+            n = min(len(wrong), int(np.count_nonzero(p)))
+            if n:
+                drawn = rng.choice(trace.n_experts, size=n, replace=False, p=p / p.sum())
+                out[step, layer, wrong[:n]] = drawn
+    return out
+
+
+def prediction_accuracy(trace: RoutingTrace, predicted: np.ndarray) -> np.ndarray:
+    """Per layer: |predicted ∩ actual| / |actual| over the trace's steps (NaN: never predicted).
+
+    `predicted[step, layer]` lists experts (any count, -1 pads), e.g. from
+    `pregated_prediction` or `DecodeStreamResult.predicted`.
+    """
+    pred = np.asarray(predicted)
+    steps, layers, _ = trace.experts.shape
+    if pred.ndim != 3 or pred.shape[:2] != (steps, layers):
+        raise ConfigError(
+            f"predictions must be [steps, layers, n] = [{steps}, {layers}, n], got {pred.shape}"
+        )
+    if not np.issubdtype(pred.dtype, np.integer) or (
+        pred.size and (pred.min() < -1 or pred.max() >= trace.n_experts)
+    ):
+        raise ConfigError(
+            f"predictions must be expert indices in 0..{trace.n_experts - 1} or -1 (none)"
+        )
+    hit = (trace.experts[..., :, None] == pred[..., None, :]).any(axis=-1).mean(axis=(0, 2))
+    made = (pred >= 0).any(axis=(0, 2))
+    return np.where(made, hit, np.nan)
