@@ -1,9 +1,11 @@
 """An expert cache in device memory, per MoE layer, and what it costs a decode stream.
 
-Model only (the hardware's copy engine and the driver's cache are the rest of
-issue 20): each MoE layer keeps `slots` experts' weights in device memory;
-an expert a token needs that is not there is a miss and its weights come over
-the host link (`HostLink`: bytes a cycle and a latency per expert fetch).
+Each MoE layer keeps `slots` experts' weights in device memory; an expert a
+token needs that is not there is a miss and its weights come over the host
+link (`HostLink`: bytes a cycle and a latency per expert fetch). The same
+decisions drive the simulated hardware's cache (`sw_driver.offload.CachedDevice`,
+with prefetch on the RTL's copy engine), measured against this model by
+`bench/offload_bench.py`.
 
 Policies (`POLICIES`):
 - `lru`: a miss evicts the least recently used expert;
@@ -14,13 +16,16 @@ Policies (`POLICIES`):
 
 `prefetch` gives, for each step and layer, the experts predicted before the
 layer runs (e.g. by pre-gating); predicted experts are fetched into the cache
-ahead of time, their transfer overlapping the previous layer's compute.
-`decode_cost` turns the cache's misses into cycles per token beside two
-bounds: every expert already in device memory, and every expert over the link.
+ahead of time (`LayerCache.prefetch`), their transfer overlapping the previous
+layer's compute. `prefetch_pair_cycles` prices a layer with the copies beside
+it as the RTL runs them (the bench's prediction); `decode_cost` turns the
+cache's misses into cycles per token at full model size beside two bounds:
+every expert already in device memory, and every expert over the link.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,14 +38,17 @@ from .cycles import MemoryTiming, layer_cycles
 from .expert_traces import RoutingTrace
 
 __all__ = [
+    "COPY_STALL_SHARE",
     "POLICIES",
     "CacheResult",
     "DecodeCost",
     "HostLink",
     "LayerCache",
+    "copy_cycles",
     "decode_cost",
     "host_layer_cycles",
     "link_read_cycles",
+    "prefetch_pair_cycles",
     "simulate_cache",
 ]
 
@@ -140,6 +148,50 @@ def host_layer_cycles(
     return total
 
 
+COPY_STALL_SHARE = 0.355
+"""Cycles a layer loses per cycle of link transfer of a copy running beside it.
+
+Measured on the RTL (`bench/offload_bench.py`: small top, 16-byte bus, a 4 B/cycle
+link): a layer with one 5 KiB expert copy beside it takes ~455 cycles longer, with
+two ~885, whether or not it reads experts over the link itself. The copy's write
+bursts to device memory carry beats as slowly as the link delivers them and AXI4
+orders W beats by AW, so the layer's own writes queue behind them. A measured
+share, not derived: re-measure it for another bus or link (the bench fails loudly
+when the prediction leaves the RTL by more than 5 %).
+"""
+
+
+def copy_cycles(cfg: AccelConfig, link: HostLink, nbytes: int) -> float:
+    """One copy of `nbytes` from host memory into a device slot, alone on the copy engine:
+    a DMA read over the link (the writes to device memory follow one burst behind)."""
+    return link_read_cycles(cfg, link, nbytes)
+
+
+def prefetch_pair_cycles(
+    cfg: AccelConfig,
+    link: HostLink,
+    layer: float,
+    copies: int,
+    copy_bytes: int,
+    demand_bytes: int = 0,
+) -> float:
+    """Cycles from a layer's start until it and the `copies` queued beside it are done.
+
+    `layer` is the layer's own cycles (e.g. `host_layer_cycles`), `demand_bytes` what
+    it reads over the link itself. The copies run one after another from the layer's
+    start; they stall the layer by `COPY_STALL_SHARE` of their link time, and the link
+    carries the layer's demand reads too. What the copies take beyond the layer is the
+    exposed prefetch cost: the next layer waits for it.
+    """
+    _check_int("prefetch_pair_cycles", "copies", copies, 0)
+    if not copies:
+        return layer
+    link_time = copies * copy_bytes / link.bytes_per_cycle
+    beside = layer + COPY_STALL_SHARE * link_time
+    copying = copies * copy_cycles(cfg, link, copy_bytes) + demand_bytes / link.bytes_per_cycle
+    return max(beside, copying)
+
+
 @dataclass
 class CacheResult:
     """Per layer: hits, misses (fetched on demand), prefetched experts, and which were used."""
@@ -218,6 +270,40 @@ class LayerCache:
         self.last_use[expert] = self.clock
         self.uses[expert] = self.uses.get(expert, 0) + 1
 
+    def prefetch(self, predicted: Iterable[int]) -> list[tuple[int, int | None]]:
+        """Bring the `predicted` experts (-1 pads) in ahead of a call, as the copy engine does.
+
+        A prediction never evicts another prediction of the same call; one that finds
+        no slot (pinned, or every slot kept) is not fetched. Returns (expert, victim)
+        for each expert brought in, in order: the copies to make.
+        """
+        wanted = [int(e) for e in dict.fromkeys(predicted) if e >= 0]
+        keep = frozenset(wanted)
+        fetched = []
+        for e in wanted:
+            if self.present(e):
+                continue
+            victim = self.admit(e, keep=keep)
+            if self.present(e):
+                fetched.append((e, victim))
+        return fetched
+
+    def call(self, picks: Iterable[int]) -> tuple[list[bool], list[tuple[int, int | None]]]:
+        """One layer call using `picks`: which were hits (in device memory when it started),
+        and (expert, victim) for each miss then admitted (read-through: the demand read over
+        the link fills the slot). Every pick counts as a use."""
+        call = [int(e) for e in picks]
+        hit = [self.present(e) for e in call]
+        keep = frozenset(call)
+        admitted = []
+        for e, was_hit in zip(call, hit, strict=True):
+            if not was_hit:
+                victim = self.admit(e, keep=keep)
+                if self.present(e):
+                    admitted.append((e, victim))
+            self.use(e)
+        return hit, admitted
+
 
 def simulate_cache(
     trace: RoutingTrace,
@@ -229,7 +315,8 @@ def simulate_cache(
     """Replay `trace` through a per-layer cache of `slots` experts under `policy`.
 
     `prefetch[step, layer]` lists predicted experts (any count, -1 pads) that are
-    brought in before the layer runs at that step (evicting by the policy).
+    brought in before the layer runs at that step (`LayerCache.prefetch`: evicting by the
+    policy, never another prediction; pinned caches fetch nothing ahead).
     """
     if policy not in POLICIES:
         raise ConfigError(f"unknown cache policy {policy!r}; allowed: {list(POLICIES)}")
@@ -247,24 +334,18 @@ def simulate_cache(
         picks = trace.experts[:, layer]
         state = LayerCache(policy, slots, np.bincount(picks.ravel(), minlength=trace.n_experts))
         for step in range(steps):
-            fetched_ahead: set[int] = set()
-            for e in () if prefetch is None else prefetch[step, layer].tolist():
-                if e < 0 or e in fetched_ahead or state.present(e):
-                    continue
-                fetched_ahead.add(e)
-                state.admit(e)
+            ahead_of = [] if prefetch is None else state.prefetch(prefetch[step, layer].tolist())
+            fetched_ahead = {e for e, _ in ahead_of}
             prefetched[layer] += len(fetched_ahead)
             ahead[step, layer] = len(fetched_ahead)
-            call = frozenset(picks[step].tolist())
-            for slot, e in enumerate(picks[step].tolist()):
-                if state.present(e) or e in fetched_ahead:
+            hit, _ = state.call(picks[step].tolist())
+            for slot, (e, was_hit) in enumerate(zip(picks[step].tolist(), hit, strict=True)):
+                if was_hit:
                     hits[layer] += 1
                     used[layer] += e in fetched_ahead
                 else:
                     misses[layer] += 1
                     miss_mask[step, layer, slot] = True
-                    state.admit(e, keep=call)
-                state.use(e)
     return CacheResult(hits, misses, prefetched, used, miss_mask, ahead)
 
 

@@ -20,6 +20,9 @@ prediction of each layer's experts made while the layer before it computes
 (layer l+1's router applied to layer l's input: the residual stream changes
 little from one layer to the next), the cycles of each layer call, and — on a
 hardware backend — whether each call was bit-exact against the golden model.
+On a `Prefetcher` (`sw_driver.offload.CachedDevice(prefetch=True)`) the
+prediction drives prefetch: the stream hands it to the device before running
+the layer before, which has the copy engine copy those experts in beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,7 +44,7 @@ from pymodel.weights import MoEWeights
 
 from .device import Device, GoldenDevice
 
-__all__ = ["DecodeStack", "DecodeStreamResult", "StackLayer", "rms_norm"]
+__all__ = ["DecodeStack", "DecodeStreamResult", "Prefetcher", "StackLayer", "rms_norm"]
 
 NORM_EPS = 1e-6
 """The RMSNorm epsilon (Mixtral, Qwen-MoE, OLMoE and DeepSeek-V3 use 1e-6 or 1e-5)."""
@@ -76,7 +80,8 @@ class DecodeStreamResult:
     y_q: np.ndarray
     """[steps, layers, d_model] each layer call's int output."""
     cycles: np.ndarray
-    """[steps, layers] each call's total cycles (0 on a backend without a clock)."""
+    """[steps, layers] each call's total cycles (0 on a backend without a clock), with the
+    cycles it waited for its prefetch copies beyond the layer before it."""
     bit_exact: np.ndarray | None
     """[steps, layers] whether each call equalled the golden model (None on golden)."""
 
@@ -91,6 +96,16 @@ class DecodeStreamResult:
     @property
     def all_bit_exact(self) -> bool | None:
         return None if self.bit_exact is None else bool(self.bit_exact.all())
+
+
+@runtime_checkable
+class Prefetcher(Protocol):
+    """A device that can copy a layer's predicted experts in while the layer before it runs
+    (`sw_driver.offload.CachedDevice(prefetch=True)`)."""
+
+    prefetching: bool
+
+    def prefetch(self, ql: QuantizedLayer, experts: np.ndarray) -> None: ...
 
 
 class DecodeStack:
@@ -191,6 +206,7 @@ class DecodeStack:
         n_layers, k = len(self.layers), self.layers[0].spec.top_k
         d = self.layers[0].spec.d_model
         golden = None if isinstance(device, GoldenDevice) else GoldenDevice(self.cfg)
+        prefetching = isinstance(device, Prefetcher) and device.prefetching
         experts = np.zeros((steps, n_layers, k), dtype=np.int64)
         predicted = np.full((steps, n_layers, k), -1, dtype=np.int64)
         y_q = np.zeros((steps, n_layers, d), dtype=np.int64)
@@ -202,13 +218,18 @@ class DecodeStack:
             for index, layer in enumerate(self.layers):
                 if index + 1 < n_layers:
                     predicted[step, index + 1] = self.predict(index + 1, h)
+                    if prefetching:
+                        device.prefetch(self.layers[index + 1].ql, predicted[step, index + 1])
                 x_q = quantize_input(layer.ql, rms_norm(h[None], layer.norm))
                 result = device.run(layer.ql, x_q)
                 if golden is not None and exact is not None:
                     exact[step, index] = result.same_outputs(golden.run(layer.ql, x_q))
                 experts[step, index] = result.expert_ids[0]
                 y_q[step, index] = result.y_q[0]
-                cycles[step, index] = result.counters.get("cycles_total", 0)
+                counters = result.counters
+                cycles[step, index] = counters.get("cycles_total", 0) + counters.get(
+                    "prefetch_wait_cycles", 0
+                )
                 h = h + (result.y_q[0] * layer.ql.s_y).astype(np.float32)
             tokens.append(self.next_token(h))
             if on_step is not None:

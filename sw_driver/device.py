@@ -14,6 +14,7 @@ Both take a `QuantizedLayer` and int tokens and return a `DeviceResult`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -175,9 +176,11 @@ class VerilatorDevice:
     its Verilog costs seconds, the cached build is shared on disk by
     `sim.fast`); it is created on the first run and again only when an image
     needs more memory. Each run resets the accelerator and loads a fresh
-    memory image. `read_latency`/`write_latency` are the memory model's
-    latencies in cycles; `max_cycles` bounds a run (a timeout is a
-    `DeviceError`, never a hang); `trace` is a `.vcd`/`.fst` waveform path,
+    memory image; `session` and `execute` instead keep memory and model between
+    calls (the expert cache's persistent session, `sw_driver.offload.CachedDevice`).
+    `read_latency`/`write_latency` are the memory model's latencies in cycles;
+    `max_cycles` bounds a run (a timeout is a `DeviceError`, never a hang);
+    `trace` is a `.vcd`/`.fst` waveform path,
     `trace_window` (start, end) keeps only those cycles of each run (counted
     from the accelerator's reset, register writes included) and
     `trace_scope` only one instance's signals (e.g. `core.dispatcher`);
@@ -298,9 +301,6 @@ class VerilatorDevice:
         return self._sim
 
     def run(self, ql: QuantizedLayer, x_q: np.ndarray) -> DeviceResult:
-        from contract.regs import COUNTER_BLOCK
-        from sim.fast import RunStatus, SimulationError
-
         check_tokens(ql, x_q, self.cfg)
         self.last_filled = ()
         resident = None
@@ -326,9 +326,40 @@ class VerilatorDevice:
                 chunk.addr + chunk.size,
                 functools.partial(image.write_chunk, chunk, sim.mem),
             )
-        for reg, value in image.program:
+        result = self.execute(sim, ql, image)
+        filled = dict.fromkeys(lazy[i].region.partition(".")[0] for i in sim.filled)
+        self.last_filled = tuple(filled)
+        return result
+
+    def session(self, mem_bytes: int) -> FastSim:
+        """The model, reset with a zero memory of at least `mem_bytes`, for a driver that
+        keeps memory and model between `execute` calls (`sw_driver.offload.CachedDevice`)."""
+        if self.experts != "all":
+            raise ConfigError(
+                f"a session places its own images (experts='all', not {self.experts!r})"
+            )
+        self.last_image = None
+        return self._model(mem_bytes)
+
+    def execute(
+        self,
+        sim: FastSim,
+        ql: QuantizedLayer,
+        image: LayerImage,
+        before_start: Callable[[], None] | None = None,
+    ) -> DeviceResult:
+        """Run `image` (already in `sim.mem`): its register program, `before_start()` just
+        before its `CTRL.start` (e.g. queue copies), then outputs and counters read back."""
+        from contract.regs import COUNTER_BLOCK
+        from sim.fast import RunStatus, SimulationError
+
+        *program, start = image.program
+        for reg, value in program:
             sim.write_reg(reg, value)
         sim.tier_counters(clear=True)
+        if before_start is not None:
+            before_start()
+        sim.write_reg(*start)
         try:
             result = sim.run(self.max_cycles)
         except SimulationError as exc:
@@ -345,8 +376,6 @@ class VerilatorDevice:
                 f"{result.cause.name}{partial}"
             )
         self.last_tiers = sim.tier_counters() if self.host_link is not None else {}
-        filled = dict.fromkeys(lazy[i].region.partition(".")[0] for i in sim.filled)
-        self.last_filled = tuple(filled)
         outputs = read_outputs(sim.mem, image)
         counts = read_expert_counts(sim.write_reg, sim.read_reg, image)
         counters = {

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.expert_cache import HostLink, decode_cost, expert_bytes, simulate_cache
+from pymodel.expert_cache import (
+    COPY_STALL_SHARE,
+    HostLink,
+    LayerCache,
+    copy_cycles,
+    decode_cost,
+    expert_bytes,
+    prefetch_pair_cycles,
+    simulate_cache,
+)
 from pymodel.expert_traces import RoutingTrace, synthetic_trace
 from pymodel.families import family_spec
 
@@ -51,6 +60,32 @@ def test_prefetch_turns_misses_into_hits() -> None:
     wrong = (trace.experts + 1) % 4
     res = simulate_cache(trace, 1, "lru", prefetch=wrong)
     assert res.prefetch_used[0] == 0 and res.misses[0] == 6
+
+
+def test_a_prefetch_never_evicts_another_prediction_nor_fetches_into_a_pinned_cache() -> None:
+    cache = LayerCache("lru", 2, np.zeros(4))
+    assert cache.prefetch([0, 1]) == [(0, None), (1, None)]
+    cache.call([0])  # 1 is now the least recently used
+    assert cache.prefetch([2, 1, -1]) == [(2, 0)]  # 0 evicted: 1 is a prediction too
+    assert cache.contents == {1, 2}
+    assert LayerCache("lru", 1, np.zeros(4)).prefetch([3, 2]) == [(3, None)]
+    pinned = LayerCache("pinned", 2, np.array([5, 0, 0, 9]))
+    assert pinned.prefetch([1, 2]) == [] and pinned.contents == {0, 3}
+    hit, admitted = pinned.call([3, 1])
+    assert hit == [True, False] and admitted == []
+
+
+def test_prefetch_pair_cycles_exposes_only_what_the_copies_take_beyond_the_layer() -> None:
+    cfg, link = AccelConfig(), HostLink(bytes_per_cycle=4, latency=200)
+    assert prefetch_pair_cycles(cfg, link, 1000.0, 0, 4096) == 1000.0
+    stalled = 1000.0 + COPY_STALL_SHARE * 4096 / 4
+    assert prefetch_pair_cycles(cfg, link, 1000.0, 1, 4096) == pytest.approx(
+        max(stalled, copy_cycles(cfg, link, 4096))
+    )
+    long = prefetch_pair_cycles(cfg, link, 100_000.0, 2, 4096)
+    assert long == pytest.approx(100_000.0 + COPY_STALL_SHARE * 2 * 4096 / 4)
+    with pytest.raises(ConfigError, match="copies"):
+        prefetch_pair_cycles(cfg, link, 1000.0, -1, 4096)
 
 
 def test_synthetic_trace_statistics(seed: int) -> None:
