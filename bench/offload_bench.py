@@ -21,7 +21,10 @@ loudly when a configuration's predicted cycles per token differ from the
 measured by more than 5 %. It also reports the pre-gating prediction accuracy
 per layer (|predicted ∩ actual| / |actual|) beside FLAME's 84.4 % at 2 slots.
 
-Writes `offload.json` and `offload.md` into `--out-dir` (default `bench/`).
+Writes `offload.json` (with per-layer counters) and `offload.md` into
+`--out-dir` (default `bench/`); `--link BYTES_PER_CYCLE LATENCY` measures
+another host link (the checked-in results use the default); `--stall-sweep`
+only prints how much expert copies slow the layer beside them, per link.
 
     python bench/offload_bench.py
 """
@@ -56,12 +59,15 @@ LAYERS, STEPS, SEED = 4, 16, 2
 SIZES = {"d_model": 32, "d_ff": 48, "n_experts": 8}
 SLOTS = (1, 2, 4)
 BOUND = 0.05
+STALL_LINKS = ((4, 50), (4, 200), (4, 600), (2, 200), (1, 200), (8, 200))
+"""Host links of `--stall-sweep` (bytes a cycle, latency)."""
 FLAME_ACCURACY = 0.844
 """FLAME's reported accuracy of its expert prediction with 2 cache slots (issue 20)."""
 
 
 def predicted_per_token(
     stack: DecodeStack,
+    link: HostLink,
     trace,
     miss_mask: np.ndarray,
     copies: np.ndarray,
@@ -78,10 +84,10 @@ def predicted_per_token(
             picks = trace.experts[step, layer]
             counts = np.bincount(picks, minlength=sl.spec.n_experts)
             host = tuple(int(e) for e in picks[miss_mask[step, layer]])
-            own = host_layer_cycles(CFG, sl.spec, 1, counts, LINK, host)
+            own = host_layer_cycles(CFG, sl.spec, 1, counts, link, host)
             ahead = int(copies[step, layer + 1]) if layer + 1 < layers else 0
             total += prefetch_pair_cycles(
-                CFG, LINK, own, ahead, copy_bytes, len(host) * demand_bytes
+                CFG, link, own, ahead, copy_bytes, len(host) * demand_bytes
             )
     return total / steps
 
@@ -97,10 +103,10 @@ def _row(name: str, slots: int | None, prefetch: bool, run: DecodeStreamResult, 
     return row
 
 
-def measure(stack: DecodeStack) -> tuple[list[dict], DecodeStreamResult]:
-    """Every configuration's row (module doc), and the all-in-device stream."""
+def measure(stack: DecodeStack, link: HostLink) -> tuple[list[dict], DecodeStreamResult]:
+    """Every configuration's row (module doc) over `link`, and the all-in-device stream."""
     layers = [sl.ql for sl in stack.layers]
-    device = VerilatorDevice(CFG, host_link=LINK)
+    device = VerilatorDevice(CFG, host_link=link)
     near = stack.run(device, STEPS)
     trace, n = near.trace, SIZES["n_experts"]
     expert_bytes = sum(r.size for _, r in expert_regions(device.last_image, 0))
@@ -108,7 +114,7 @@ def measure(stack: DecodeStack) -> tuple[list[dict], DecodeStreamResult]:
     no_copies = np.zeros(trace.experts.shape[:2], dtype=np.int64)
 
     def model(miss_mask, copies, copy_bytes=0):
-        return predicted_per_token(stack, trace, miss_mask, copies, copy_bytes, expert_bytes)
+        return predicted_per_token(stack, link, trace, miss_mask, copies, copy_bytes, expert_bytes)
 
     rows = [
         _row(
@@ -149,7 +155,7 @@ def measure(stack: DecodeStack) -> tuple[list[dict], DecodeStreamResult]:
         for slots in SLOTS:
             for prefetch in (False, True):
                 cached = CachedDevice(
-                    VerilatorDevice(CFG, host_link=LINK),
+                    VerilatorDevice(CFG, host_link=link),
                     layers,
                     slots,
                     policy,
@@ -179,6 +185,17 @@ def measure(stack: DecodeStack) -> tuple[list[dict], DecodeStreamResult]:
                         prefetch_used=int(c.prefetch_used.sum()),
                         link_bytes_per_token=float(c.link_bytes.sum()) / STEPS,
                         wait_cycles_per_token=float(c.wait_cycles.sum()) / STEPS,
+                        per_layer={
+                            what: getattr(c, what).tolist()
+                            for what in (
+                                "hits",
+                                "misses",
+                                "prefetched",
+                                "prefetch_used",
+                                "link_bytes",
+                                "wait_cycles",
+                            )
+                        },
                         predicted_cycles_per_token=model(
                             sim.miss_mask, sim.prefetch_counts, cached.copy_bytes
                         ),
@@ -196,11 +213,39 @@ def measure(stack: DecodeStack) -> tuple[list[dict], DecodeStreamResult]:
     return rows, near
 
 
-def report(rows: list[dict], accuracy: np.ndarray, seconds: float) -> str:
+def stall_sweep(stack: DecodeStack) -> str:
+    """How much 1-3 expert copies slow one layer beside them, per host link (markdown):
+    layer 0 runs once to cache its experts, then again with copies for layer 1 queued."""
+    layers = [sl.ql for sl in stack.layers]
+    x_q = np.zeros((1, SIZES["d_model"]), dtype=np.int64)
+    lines = [
+        "| link B/cycle, latency | layer alone | + 1 copy | + 2 copies | + 3 copies "
+        "| the 1 copy's own cycles |",
+        "|---|---|---|---|---|---|",
+    ]
+    for bytes_per_cycle, latency in STALL_LINKS:
+        link = HostLink(bytes_per_cycle=bytes_per_cycle, latency=latency)
+        cycles, own = [], 0
+        for copies in range(4):
+            cached = CachedDevice(
+                VerilatorDevice(CFG, host_link=link), layers, 4, "lru", prefetch=True
+            )
+            cached.run(layers[0], x_q)
+            cached.prefetch(layers[1], list(range(copies)))
+            cycles.append(cached.run(layers[0], x_q).counters["cycles_total"])
+            cached.settle()
+            if copies == 1:
+                own = cached.sim.read_reg("COPY_BUSY_CYCLES")
+        cells = " | ".join(f"{c:,}" for c in cycles)
+        lines.append(f"| {bytes_per_cycle}, {latency} | {cells} | {own:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: list[dict], accuracy: np.ndarray, seconds: float, link: HostLink) -> str:
     """The markdown table of `rows` and the prediction accuracy per layer."""
     acc = ", ".join("-" if np.isnan(a) else f"{a:.1%}" for a in accuracy)
     lines = [
-        f"Host link {LINK.bytes_per_cycle} B/cycle, {LINK.latency} cycles a burst; "
+        f"Host link {link.bytes_per_cycle} B/cycle, {link.latency} cycles a burst; "
         f"{LAYERS} layers × {STEPS} steps, Mixtral d 32 f 48 E 8 top-2, small top with the "
         f"copy engine; bench time {seconds:.0f} s.",
         "",
@@ -225,22 +270,40 @@ def report(rows: list[dict], accuracy: np.ndarray, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench")
+    parser.add_argument(
+        "--link",
+        nargs=2,
+        type=float,
+        metavar=("BYTES_PER_CYCLE", "LATENCY"),
+        default=(LINK.bytes_per_cycle, LINK.latency),
+        help="the host link (default: %(default)s); the checked-in results use the default",
+    )
+    parser.add_argument(
+        "--stall-sweep",
+        action="store_true",
+        help="only print how copies slow a layer beside them, per link (no files written)",
+    )
     args = parser.parse_args(argv)
+    if args.stall_sweep:
+        stack = DecodeStack.build("mixtral", layers=LAYERS, seed=SEED, cfg=CFG, **SIZES)
+        print(stall_sweep(stack))
+        return 0
+    link = HostLink(bytes_per_cycle=args.link[0], latency=int(args.link[1]))
     start = time.perf_counter()
     stack = DecodeStack.build("mixtral", layers=LAYERS, seed=SEED, cfg=CFG, **SIZES)
-    rows, near = measure(stack)
+    rows, near = measure(stack, link)
     accuracy = near.prediction_accuracy()
     seconds = time.perf_counter() - start
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = {
-        "link": {"bytes_per_cycle": LINK.bytes_per_cycle, "latency": LINK.latency},
+        "link": {"bytes_per_cycle": link.bytes_per_cycle, "latency": link.latency},
         "prediction_accuracy": [None if np.isnan(a) else float(a) for a in accuracy],
         "flame_accuracy": FLAME_ACCURACY,
         "seconds": seconds,
         "rows": rows,
     }
     (args.out_dir / "offload.json").write_text(json.dumps(out, indent=2) + "\n")
-    text = report(rows, accuracy, seconds)
+    text = report(rows, accuracy, seconds, link)
     (args.out_dir / "offload.md").write_text(text)
     print(text)
     bad = [r for r in rows if abs(r["error"]) > BOUND or not r["bit_exact_and_identical"]]
