@@ -9,6 +9,10 @@ Layout. The map is a list of `Block`s, each at a fixed base with a fixed
 span; a block's registers get consecutive offsets in table order (4 bytes
 for a 32-bit register, 8 bytes, 8-aligned, for a 64-bit one). Adding a
 register is one line appended to a block's tuple; existing offsets never move.
+An optional unit's block (`Block.built`, the copy block) and an optional
+feature's field (`Field.built`) exist only in builds with the unit or feature:
+elsewhere the block's addresses are unmapped and the field's bits reserved,
+and `RegisterMap.built_register` turns a driver's access into a `ConfigError`.
 
 Access kinds (per field; a register without explicit fields has one field,
 `value`, spanning its width):
@@ -40,6 +44,7 @@ from pymodel.config import AccelConfig, ConfigError, MoESpec
 __all__ = [
     "CONTROL_BLOCK",
     "COPY_BLOCK",
+    "COPY_QUEUE_DEPTH",
     "COUNTER_BITS",
     "COUNTER_BLOCK",
     "COUNTER_SOURCES",
@@ -66,7 +71,7 @@ __all__ = [
     "config_hash",
 ]
 
-REGMAP_VERSION = (0, 5, 0)
+REGMAP_VERSION = (0, 6, 0)
 """(major, minor, patch) of this table; bump minor when adding registers, major when moving."""
 
 COUNTER_BITS = 48
@@ -104,7 +109,8 @@ class ErrorCause(enum.IntEnum):
     COMMAND_REJECTED = 6
     """An internal engine rejected a command the sequencer built (a hardware limit)."""
     COPY_QUEUE_FULL = 7
-    """`COPY_CTRL.push` with the copy engine's descriptor queue full; the descriptor is dropped."""
+    """`COPY_CTRL.push` with the copy engine's descriptor queue full; the descriptor is dropped
+    (builds with `AccelConfig.copy_engine`)."""
 
 
 class RoutingMode(enum.IntEnum):
@@ -292,10 +298,19 @@ class Block:
     base: int
     span: int
     registers: tuple[Register, ...]
+    built: Callable[[AccelConfig], bool] | None = None
+    """None: in every build. Else the block's registers exist only in builds where
+    `built(cfg)` holds (an optional unit's registers, DESIGN §8); elsewhere its addresses
+    are unmapped (SLVERR), so the unit's registers add no hardware to builds without it."""
+    needs: str = ""
+    """With `built`: what a build needs for the block, for errors and docs
+    ("AccelConfig.copy_engine = True")."""
 
     def __post_init__(self) -> None:
         if self.base % 8 or self.span % 8 or self.span <= 0:
             raise ConfigError(f"block {self.name}: base and span must be positive multiples of 8")
+        if (self.built is None) != (not self.needs):
+            raise ConfigError(f"block {self.name}: `built` and `needs` come together")
         end = self._offsets()[-1][1] if self.registers else self.base
         if end > self.base + self.span:
             raise ConfigError(
@@ -320,10 +335,18 @@ class PlacedRegister:
     register: Register
     offset: int
     block: str
+    built: Callable[[AccelConfig], bool] | None = None
+    """Its block's `Block.built`."""
+    needs: str = ""
+    """Its block's `Block.needs`."""
 
     @property
     def name(self) -> str:
         return self.register.name
+
+    def present(self, cfg: AccelConfig) -> bool:
+        """Whether hardware built as `cfg` has this register (`Block.built`)."""
+        return self.built is None or bool(self.built(cfg))
 
     @property
     def words(self) -> int:
@@ -347,7 +370,9 @@ class RegisterMap:
             for reg, (offset, _) in zip(block.registers, block._offsets(), strict=True):
                 if reg.name in by_name:
                     raise ConfigError(f"register {reg.name} is defined twice")
-                by_name[reg.name] = PlacedRegister(reg, offset, block.name)
+                by_name[reg.name] = PlacedRegister(
+                    reg, offset, block.name, block.built, block.needs
+                )
         object.__setattr__(self, "_by_name", by_name)
 
     def __iter__(self) -> Iterator[PlacedRegister]:
@@ -366,6 +391,25 @@ class RegisterMap:
         """Byte offset of register `name` (of its low word, for 64-bit registers)."""
         return self[name].offset
 
+    def registers_in(self, cfg: AccelConfig) -> tuple[PlacedRegister, ...]:
+        """The registers hardware built as `cfg` has (`Block.built`), in map order."""
+        return tuple(placed for placed in self if placed.present(cfg))
+
+    def built_register(self, name: str, cfg: AccelConfig) -> PlacedRegister:
+        """Register `name`; a `ConfigError` naming what it needs if a `cfg` build lacks it.
+
+        Drivers and harnesses look registers up through this, so an access to an
+        optional unit's register on a build without the unit is an error, not a
+        SLVERR or a read of 0 that looks like an idle unit.
+        """
+        placed = self[name]
+        if not placed.present(cfg):
+            raise ConfigError(
+                f"register {name} ({placed.block} block) exists only in builds with "
+                f"{placed.needs}; this AccelConfig has no {placed.block} block"
+            )
+        return placed
+
     def at(self, offset: int) -> tuple[PlacedRegister, int] | None:
         """(register, word index) at byte `offset`, or None when unmapped."""
         for placed in self:
@@ -377,7 +421,7 @@ class RegisterMap:
     def constants(self, cfg: AccelConfig) -> dict[str, int]:
         """Value of every register made only of CONST fields, for `cfg` (driver ID check)."""
         out = {}
-        for placed in self:
+        for placed in self.registers_in(cfg):
             reg = placed.register
             if all(f.access is Access.CONST for f in reg.fields):
                 out[reg.name] = reg.pack(**{f.name: f.const(cfg) for f in reg.fields})
@@ -613,8 +657,14 @@ WINDOW_BLOCK = Block(
     ),
 )
 
-# The copy engine (rtl.copy_engine) and the bus arbiter (rtl.axi_arbiter): copies run beside
-# layers, so nothing here is cleared by CTRL.start; COPY_CTRL.clear_counters clears the counters.
+COPY_QUEUE_DEPTH = 8
+"""Descriptors the copy engine queues (`COPY_STATUS.pending` counts them): a layer's predicted
+experts (W1, W2, parameters each). Here, not in `rtl.copy_engine`, so the driver has it
+without Amaranth."""
+
+# The copy engine (rtl.copy_engine) and the bus arbiter (rtl.axi_arbiter), only in builds with
+# AccelConfig.copy_engine: copies run beside layers, so nothing here is cleared by CTRL.start;
+# COPY_CTRL.clear_counters clears the counters.
 COPY_BLOCK = Block(
     "copy",
     0x340,
@@ -652,6 +702,8 @@ COPY_BLOCK = Block(
         Reg("ARB_COPY_BURSTS", RO, "Bursts (AR + AW) the arbiter granted the copier.", width=64),
         Reg("ARB_LAYER_WAIT", RO, "Cycles a layer AR/AW request waited for the bus.", width=64),
     ),
+    built=lambda cfg: cfg.copy_engine,
+    needs="AccelConfig.copy_engine = True",
 )
 
 COUNTER_SOURCES: dict[str, tuple[str, str]] = {

@@ -14,6 +14,15 @@ marked `holdout` kept out of the fit to measure its error (`holdout_errors`,
 `python -m pymodel.resources`). DSPs come out exact (R·C + 6·C + 1: one
 multiplier a PE, six a post-processing lane, one in the sequencer).
 
+The copy engine and the AXI arbiter (builds with `AccelConfig.copy_engine`)
+are counted on top of the engine when the switch is on: `copy_units` fits
+each unit's LUT4, carry and FF counts, linear in the bus width and
+`addr_bits`, to yosys `synth_ecp5` of the unit alone at five configs
+(`COPY_UNITS_MEASURED`, the synthesis harness's cells taken off); they use
+no DSP and no block RAM, and their memories (the descriptor queue, the
+one-burst FIFO, the arbiter's W-order FIFO) map to LUT RAM, counted exactly
+in `lut_ram`.
+
 Fmax is not modelled: `known_fmax` returns the place-and-route result of a
 config of docs/fpga.md's sweep (`FMAX_MEASURED`), else None.
 """
@@ -35,10 +44,12 @@ from contract.timing import SHIFT_BITS, default_m_block, default_param_rows, pos
 from .config import AccelConfig, ConfigError
 
 __all__ = [
+    "COPY_UNITS_MEASURED",
     "FIT_TABLE",
     "FMAX_MEASURED",
     "RESOURCES",
     "ResourceEstimate",
+    "copy_units",
     "estimate",
     "holdout_errors",
     "known_fmax",
@@ -115,13 +126,18 @@ the rest (the requantisation-parameter memory, in DP16KD blocks of 18 Kbit)."""
 
 @dataclass(frozen=True)
 class ResourceEstimate:
-    """Estimated cell counts of the GEMM engine for one config (ECP5, harness included)."""
+    """Estimated cell counts for one config (ECP5): the GEMM engine (synthesis harness
+    included), plus the copy engine and the arbiter in builds with `copy_engine`."""
 
     luts: int
     carry: int
     ffs: int
     dsps: int
     brams: int
+    lut_ram: int = 0
+    """TRELLIS_DPR16X4 cells (16 × 4 bits of LUT RAM) of the units counted exactly: the
+    copy engine's and the arbiter's memories (0 without `copy_engine`); not in
+    `logic_cells`."""
 
     @property
     def logic_cells(self) -> int:
@@ -169,7 +185,8 @@ def _fit(path: Path = FIT_TABLE) -> dict[str, np.ndarray]:
 
 
 def estimate(cfg: AccelConfig) -> ResourceEstimate:
-    """Estimated LUT4, carry, FF, DSP and block-RAM counts of `cfg`'s GEMM engine on ECP5."""
+    """Estimated LUT4, carry, FF, DSP and block-RAM counts of `cfg`'s GEMM engine on ECP5,
+    with the copy engine and the arbiter (`copy_units`) when `cfg.copy_engine`."""
     if not isinstance(cfg, AccelConfig):
         raise ConfigError(f"estimate needs an AccelConfig, got {type(cfg).__name__}")
     coef = _fit()
@@ -183,7 +200,69 @@ def estimate(cfg: AccelConfig) -> ResourceEstimate:
         )
         for r in RESOURCES
     }
-    return ResourceEstimate(**values)
+    engine = ResourceEstimate(**values)
+    if not cfg.copy_engine:
+        return engine
+    copy = copy_units(cfg)
+    return ResourceEstimate(
+        **{r: getattr(engine, r) + getattr(copy, r) for r in RESOURCES}, lut_ram=copy.lut_ram
+    )
+
+
+COPY_UNITS_MEASURED: tuple[tuple[str, int, int, int, int, int], ...] = (
+    # unit, mem_bytes_per_cycle, addr_bits, LUT4, CCU2C, FF
+    ("copy_engine", 16, 32, 798, 324, 877),
+    ("copy_engine", 4, 32, 702, 347, 699),
+    ("copy_engine", 64, 32, 1165, 297, 1631),
+    ("copy_engine", 16, 48, 953, 372, 1005),
+    ("copy_engine", 8, 40, 824, 362, 821),
+    ("axi_arbiter", 16, 32, 319, 96, 208),
+    ("axi_arbiter", 4, 32, 211, 96, 208),
+    ("axi_arbiter", 64, 32, 751, 96, 208),
+    ("axi_arbiter", 16, 48, 351, 96, 208),
+    ("axi_arbiter", 8, 40, 263, 96, 208),
+)
+"""yosys 0.70 `synth_ecp5` of `CopyEngine(cfg, axi_id=1)` and `AXI4Arbiter(cfg, ids=(0, 1))`
+alone, each in `flow.tops.SynthHarness` (`flow.runs.netlist`, other fields default). The
+harness's cells are taken off: its `in_bits + out_bits` flip-flops exactly and one LUT4 per
+output bit (the capture multiplexer)."""
+
+
+def _copy_features(bus: int, addr_bits: int) -> list[float]:
+    return [1.0, float(bus), float(addr_bits)]
+
+
+@functools.cache
+def _copy_fit() -> dict[str, np.ndarray]:
+    """Per copy unit, (LUT4, carry, FF) coefficients on `_copy_features`."""
+    coef = {}
+    for unit in ("copy_engine", "axi_arbiter"):
+        rows = [r for r in COPY_UNITS_MEASURED if r[0] == unit]
+        a = np.array([_copy_features(r[1], r[2]) for r in rows])
+        y = np.array([r[3:] for r in rows], dtype=float)
+        coef[unit] = np.linalg.lstsq(a, y, rcond=None)[0]
+    return coef
+
+
+def copy_units(cfg: AccelConfig) -> ResourceEstimate:
+    """Estimated cells of the copy engine plus the AXI arbiter at `cfg` (built or not).
+
+    LUT RAM is counted exactly: the copy engine's one-burst FIFO (16 beats of the bus, 4 bits
+    a cell: 2 cells a bus byte) and its descriptor queue (`COPY_QUEUE_DEPTH` ≤ 16 entries of
+    src, dst and a 32-bit length), and one cell for the arbiter's W-order FIFO.
+    """
+    if not isinstance(cfg, AccelConfig):
+        raise ConfigError(f"copy_units needs an AccelConfig, got {type(cfg).__name__}")
+    x = np.array(_copy_features(cfg.mem_bytes_per_cycle, cfg.addr_bits))
+    luts, carry, ffs = sum(x @ coef for coef in _copy_fit().values())
+    return ResourceEstimate(
+        luts=round(luts),
+        carry=round(carry),
+        ffs=round(ffs),
+        dsps=0,
+        brams=0,
+        lut_ram=2 * cfg.mem_bytes_per_cycle + _ceil(2 * cfg.addr_bits + 32, 4) + 1,
+    )
 
 
 def known_fmax(cfg: AccelConfig) -> float | None:

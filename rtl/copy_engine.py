@@ -8,7 +8,8 @@ shares the bus between the two per burst.
 
 Commands: `cmd` takes descriptors (byte addresses `src`, `dst`, byte `length`,
 the DMA's rules: multiples of the beat, inside the address space) into a queue
-of `queue_depth`; `push` with a full queue drops the descriptor and raises an
+of `queue_depth` (`contract.regs.COPY_QUEUE_DEPTH` by default, the depth the
+driver plans with); `push` with a full queue drops the descriptor and raises an
 error with `ErrorCause.COPY_QUEUE_FULL`. Descriptors run one at a time, in
 order: the DMA reads `src` and writes the beats, through a FIFO of one burst,
 to `dst`; a descriptor completes when its last write response has arrived
@@ -31,16 +32,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from contract.regs import COUNTER_BITS, ErrorCause
+from contract.regs import COPY_QUEUE_DEPTH, COUNTER_BITS, ErrorCause
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import AXI4Signature, burst_beats
 from .dma import CAUSE_BITS, DMA
 
-__all__ = ["COPY_QUEUE_DEPTH", "CopyEngine", "copy_command_layout"]
-
-COPY_QUEUE_DEPTH = 8
-"""Descriptors the engine queues: a layer's predicted experts (W1, W2, parameters each)."""
+__all__ = ["CopyEngine", "copy_command_layout"]
 
 
 def copy_command_layout(addr_bits: int) -> data.StructLayout:

@@ -16,7 +16,8 @@ holding register); the write happens once both are held and the B channel
 is free, with OKAY, or SLVERR for an unmapped address or a register without
 writable fields (nothing changes then). A read is accepted when no read
 response is pending and answered in the next cycle with OKAY, or SLVERR
-(data 0) for an unmapped address. Addresses decode all 32 bits (bits 1:0
+(data 0) for an unmapped address, which includes the registers of a block
+the build lacks (`contract.regs.Block.built`). Addresses decode all 32 bits (bits 1:0
 ignored); there are no aliases. Write strobes select bytes of RW fields and
 of the bits a W1C/W1P write acts on. One write per two cycles and one read
 per two cycles: plenty for control traffic.
@@ -38,7 +39,7 @@ __all__ = ["CSR"]
 
 def _port_members(regmap: RegisterMap, cfg: AccelConfig) -> dict[str, wiring.Member]:
     members: dict[str, wiring.Member] = {}
-    for placed in regmap:
+    for placed in regmap.registers_in(cfg):
         reg = placed.register
         fields: dict[str, wiring.Member] = {}
         for f in reg.fields_in(cfg):
@@ -92,7 +93,7 @@ class CSR(wiring.Component):
         # Hardware side: W1C set/clear and W1P pulses, driven by the write decoder below.
         clears: dict[tuple[str, str], Signal] = {}
         pulses: dict[tuple[str, str], Signal] = {}
-        for placed in self.regmap:
+        for placed in self.regmap.registers_in(self.cfg):
             for f in placed.register.fields_in(self.cfg):
                 key = (placed.name, f.name)
                 if f.access is Access.W1C:
@@ -125,7 +126,7 @@ class CSR(wiring.Component):
         with m.If(do_write):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1), bus.bresp.eq(slverr)]
             with m.Switch(aw_addr[2:]):
-                for placed in self.regmap:
+                for placed in self.regmap.registers_in(self.cfg):
                     reg = placed.register
                     if not reg.writable:
                         continue
@@ -150,7 +151,7 @@ class CSR(wiring.Component):
         with m.If(bus.arvalid & ~bus.rvalid):
             m.d.sync += [bus.rvalid.eq(1), bus.rresp.eq(slverr), bus.rdata.eq(0)]
             with m.Switch(bus.araddr[2:]):
-                for placed in self.regmap:
+                for placed in self.regmap.registers_in(self.cfg):
                     word = self._read_value(placed)
                     if placed.words == 1:
                         with m.Case(placed.offset // 4):

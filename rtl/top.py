@@ -26,11 +26,14 @@ Control (one FSM here; the layer itself runs in `rtl.layer_sequencer`):
 
 Counters (`COUNTER_BLOCK`) are cleared by each accepted start.
 
-Copies (`COPY_BLOCK`): the copy engine (`rtl.copy_engine`) runs descriptors
-pushed through `COPY_CTRL.push` beside (and independently of) the layers,
-on its own AXI4 id; `rtl.axi_arbiter` shares `m_axi` between the layer's DMA
-(id 0) and the copies (id 1) round robin per burst. With no copy queued the
-arbiter passes the layer's bus through without a cycle's delay.
+Copies (`COPY_BLOCK`, builds with `AccelConfig.copy_engine` only): the copy
+engine (`rtl.copy_engine`) runs descriptors pushed through `COPY_CTRL.push`
+beside (and independently of) the layers, on its own AXI4 id;
+`rtl.axi_arbiter` shares `m_axi` between the layer's DMA (id 0) and the
+copies (id 1) round robin per burst. With no copy queued the arbiter passes
+the layer's bus through without a cycle's delay. A build without the switch
+has neither unit: the DMA is `m_axi` itself, and the copy block's addresses
+are unmapped.
 
 Addresses: the descriptor's address registers hold address words
 (`contract.layout.addr_word`); the top shifts each left by
@@ -97,15 +100,19 @@ class MoEAccel(wiring.Component):
         cfg = self.cfg
         m.submodules.csr = csr = CSR(cfg, REGISTER_MAP)
         m.submodules.dma = dma = DMA(cfg, axi_id=LAYER_AXI_ID)
-        m.submodules.copier = copier = CopyEngine(cfg, axi_id=COPY_AXI_ID)
-        m.submodules.arbiter = arbiter = AXI4Arbiter(cfg, ids=(LAYER_AXI_ID, COPY_AXI_ID))
+        if cfg.copy_engine:
+            m.submodules.copier = copier = CopyEngine(cfg, axi_id=COPY_AXI_ID)
+            m.submodules.arbiter = arbiter = AXI4Arbiter(cfg, ids=(LAYER_AXI_ID, COPY_AXI_ID))
         core_rst = Signal()
         core = LayerSequencer(cfg)
         m.submodules.core = ResetInserter({"sync": core_rst})(core)
         wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
-        wiring.connect(m, dma.m_axi, arbiter.m0)
-        wiring.connect(m, copier.m_axi, arbiter.m1)
-        wiring.connect(m, arbiter.bus, wiring.flipped(self.m_axi))
+        if cfg.copy_engine:
+            wiring.connect(m, dma.m_axi, arbiter.m0)
+            wiring.connect(m, copier.m_axi, arbiter.m1)
+            wiring.connect(m, arbiter.bus, wiring.flipped(self.m_axi))
+        else:
+            wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
         wiring.connect(m, core.rd_cmd, dma.rd_cmd)
         wiring.connect(m, dma.rd_data, core.rd_data)
         wiring.connect(m, core.wr_cmd, dma.wr_cmd)
@@ -175,31 +182,8 @@ class MoEAccel(wiring.Component):
         for reg, (unit, counter) in COUNTER_SOURCES.items():
             m.d.comb += getattr(regs, reg.lower()).value.eq(getattr(units[unit], counter))
 
-        # ---------------- copy engine ----------------
-        shift = layout.addr_shift(cfg)
-        clear_copy = regs.copy_ctrl.clear_counters
-        m.d.comb += [
-            copier.cmd.valid.eq(regs.copy_ctrl.push),
-            copier.cmd.payload.src.eq(regs.copy_src.value << shift),
-            copier.cmd.payload.dst.eq(regs.copy_dst.value << shift),
-            copier.cmd.payload.length.eq(regs.copy_length.value),
-            copier.clear_counters.eq(clear_copy),
-            arbiter.clear_counters.eq(clear_copy),
-            regs.copy_status.busy.eq(copier.busy),
-            regs.copy_status.pending.eq(copier.pending),
-            regs.copy_status.done_set.eq(copier.done),
-            regs.copy_status.error_set.eq(copier.error),
-            regs.copy_error_cause.value.eq(copier.error_cause),
-            regs.copy_error_addr.value.eq(copier.error_addr[:32]),
-            regs.copy_error_addr_hi.value.eq(copier.error_addr[32:]),
-            regs.copy_completed.value.eq(copier.completed),
-            regs.copy_bytes.value.eq(copier.bytes_copied),
-            regs.copy_busy_cycles.value.eq(copier.busy_cycles),
-            regs.copy_wait_cycles.value.eq(arbiter.wait_cycles[1]),
-            regs.arb_layer_bursts.value.eq(arbiter.bursts[0]),
-            regs.arb_copy_bursts.value.eq(arbiter.bursts[1]),
-            regs.arb_layer_wait.value.eq(arbiter.wait_cycles[0]),
-        ]
+        if cfg.copy_engine:
+            self._copy_registers(m, regs, copier, arbiter)
 
         def raise_error(code, addr=0, why=0):
             m.d.comb += regs.status.error_set.eq(1)
@@ -270,3 +254,31 @@ class MoEAccel(wiring.Component):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
         return m
+
+    @staticmethod
+    def _copy_registers(m: Module, regs, copier: CopyEngine, arbiter: AXI4Arbiter) -> None:
+        """The copy block's registers onto the copy engine and the arbiter (`COPY_BLOCK`)."""
+        shift = layout.addr_shift(copier.cfg)
+        clear_copy = regs.copy_ctrl.clear_counters
+        m.d.comb += [
+            copier.cmd.valid.eq(regs.copy_ctrl.push),
+            copier.cmd.payload.src.eq(regs.copy_src.value << shift),
+            copier.cmd.payload.dst.eq(regs.copy_dst.value << shift),
+            copier.cmd.payload.length.eq(regs.copy_length.value),
+            copier.clear_counters.eq(clear_copy),
+            arbiter.clear_counters.eq(clear_copy),
+            regs.copy_status.busy.eq(copier.busy),
+            regs.copy_status.pending.eq(copier.pending),
+            regs.copy_status.done_set.eq(copier.done),
+            regs.copy_status.error_set.eq(copier.error),
+            regs.copy_error_cause.value.eq(copier.error_cause),
+            regs.copy_error_addr.value.eq(copier.error_addr[:32]),
+            regs.copy_error_addr_hi.value.eq(copier.error_addr[32:]),
+            regs.copy_completed.value.eq(copier.completed),
+            regs.copy_bytes.value.eq(copier.bytes_copied),
+            regs.copy_busy_cycles.value.eq(copier.busy_cycles),
+            regs.copy_wait_cycles.value.eq(arbiter.wait_cycles[1]),
+            regs.arb_layer_bursts.value.eq(arbiter.bursts[0]),
+            regs.arb_copy_bursts.value.eq(arbiter.bursts[1]),
+            regs.arb_layer_wait.value.eq(arbiter.wait_cycles[0]),
+        ]

@@ -920,6 +920,8 @@ class FastSim:
     # -- registers --------------------------------------------------------------------
     def _offset(self, reg: str | int) -> int:
         if isinstance(reg, str):
+            if isinstance(self.cfg, AccelConfig):  # a ConfigError for a block this build lacks
+                return self.regmap.built_register(reg, self.cfg).offset
             return self.regmap.offset(reg)
         if isinstance(reg, bool) or not isinstance(reg, int) or not 0 <= reg < 2**32:
             raise ValueError(f"register offset {reg!r} must be an int in [0, 2^32)")
@@ -956,7 +958,11 @@ class FastSim:
             raise BusError(f"write of {reg!r} (0x{offset:x}) got {resp.name}")
 
     def read_reg(self, reg: str | int) -> int:
-        """Read a register by name (64-bit ones low word first) or byte offset."""
+        """Read a register by name (64-bit ones low word first) or byte offset.
+
+        By name, a register of a block this build lacks (`contract.regs.Block.built`) is a
+        `ConfigError` naming what it needs (by offset: SLVERR, a `BusError`), as in `write_reg`.
+        """
         offset = self._offset(reg)
         words = self.regmap[reg].words if isinstance(reg, str) else 1
         value = 0

@@ -1,7 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The copy engine and the bus arbiter inside MoEAccel, on the fast backend with a host tier.
 
-Copies alone (bytes exact, counters), copies concurrent with a layer (the layer
+They exist only in builds with `AccelConfig.copy_engine` (`COPY_TOP`); on the
+default small top the copy registers are a `ConfigError` by name and SLVERR by
+address. Copies alone (bytes exact, counters), copies concurrent with a layer (the layer
 bit-exact and its bursts unchanged, every copied byte exact, both masters
 granted and counted), a copy hitting a read or write bus error (status, cause
 and address; the queue dropped; the next copy runs), a malformed descriptor and
@@ -9,19 +11,27 @@ a full queue. Random contents log their seed; replay one with
 `pytest tests/accelerator/test_copy_engine_fast.py -k <test>`.
 """
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
-from contract.regs import REGISTER_MAP, ErrorCause
+from contract.regs import COPY_QUEUE_DEPTH, REGISTER_MAP, ErrorCause
+from pymodel.config import ConfigError
 from pymodel.expert_cache import HostLink
 from rtl.axi import Resp
-from rtl.copy_engine import COPY_QUEUE_DEPTH
-from sim.fast import RunStatus
+from rtl.top import MoEAccel
+from sim.fast import FastSim, RunStatus
 from sim.tb.layer_cases import SMALL_TOP, check_outputs, load_case, make_case, mode_specs
 from sw_driver.compile import read_expert_counts, read_outputs
 
-HOST_BASE = 0x20000
-"""Host memory: the upper half of the small top's 256 KiB model memory."""
+COPY_TOP = SMALL_TOP.replace(copy_engine=True)
+"""The small top with the copy engine and the arbiter."""
+
+MEM_BYTES = 1 << 18
+"""The model's memory, as the shared small top's (conftest)."""
+HOST_BASE = MEM_BYTES // 2
+"""Host memory: the upper half of the model memory."""
 LINK = HostLink(bytes_per_cycle=2, latency=150)
 BEAT = SMALL_TOP.mem_bytes_per_cycle
 BURST_BYTES = 16 * BEAT
@@ -31,9 +41,19 @@ PUSH = REGISTER_MAP["COPY_CTRL"].register.pack(push=1)
 SPEC = mode_specs(32, 64, 8)["mixtral"]
 
 
+@pytest.fixture(scope="module")
+def copy_sim() -> Iterator[FastSim]:
+    """`MoEAccel(COPY_TOP)` on the fast backend."""
+    with FastSim(
+        lambda: MoEAccel(COPY_TOP), COPY_TOP, MEM_BYTES, read_latency=12, name="moe_accel_copy"
+    ) as s:
+        yield s
+
+
 @pytest.fixture
-def host_sim(sim):
-    """The shared small-top model with the host tier on and the copy state cleared."""
+def host_sim(copy_sim):
+    """The copy-engine top with the host tier on and the copy state cleared."""
+    sim = copy_sim
     sim.reset()
     sim.clear_errors()
     sim.set_host_tier(HOST_BASE, LINK)
@@ -117,7 +137,7 @@ def test_copies_concurrent_with_a_layer(host_sim):
     """The layer stays bit-exact with its bursts unchanged; the copies (two within device
     memory, then two from host memory) are exact; each master's bursts are counted apart."""
     sim = host_sim
-    case = make_case("copy_concurrent", SPEC, SMALL_TOP, tokens=4, seed=5)
+    case = make_case("copy_concurrent", SPEC, COPY_TOP, tokens=4, seed=5)
     assert case.image.mem_bytes <= 0x10000
     alone = run_layer(sim, case)
     layer_bursts = sim.read_reg("ARB_LAYER_BURSTS")
@@ -176,3 +196,15 @@ def test_a_malformed_descriptor_and_a_full_queue_are_errors_not_hangs(host_sim):
     assert sim.read_reg("COPY_ERROR_CAUSE") == ErrorCause.COPY_QUEUE_FULL
     wait_copies(sim)
     assert sim.read_reg("COPY_COMPLETED") == COPY_QUEUE_DEPTH
+
+
+def test_a_build_without_the_copy_engine_has_no_copy_registers(sim):
+    """The default small top: a copy register by name is a ConfigError naming the switch, by
+    address an unmapped SLVERR; never a silent 0 that reads as an idle copy engine."""
+    assert not SMALL_TOP.copy_engine
+    for access in (lambda: sim.read_reg("COPY_STATUS"), lambda: push(sim, 0, 0x1000, 64)):
+        with pytest.raises(ConfigError, match=r"COPY_\w+ \(copy block\).*copy_engine = True"):
+            access()
+    offset = REGISTER_MAP.offset("COPY_STATUS")
+    assert sim.try_read(offset)[1] is Resp.SLVERR
+    assert sim.try_write(REGISTER_MAP.offset("COPY_CTRL"), PUSH) is Resp.SLVERR

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from pymodel.config import AccelConfig, ConfigError
-from pymodel.resources import FIT_TABLE, estimate, holdout_errors, known_fmax, markdown
+from pymodel.resources import (
+    COPY_UNITS_MEASURED,
+    FIT_TABLE,
+    RESOURCES,
+    copy_units,
+    estimate,
+    holdout_errors,
+    known_fmax,
+    markdown,
+)
 
 
 def _table() -> list[dict[str, str]]:
@@ -57,6 +66,39 @@ def test_known_fmax_only_for_measured_configs() -> None:
 def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="needs an AccelConfig"):
         estimate({"rows": 8})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs an AccelConfig"):
+        copy_units({"rows": 8})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [AccelConfig(), AccelConfig(rows=4, cols=4, m_tile=4, mem_bytes_per_cycle=8, addr_bits=40)],
+)
+def test_the_copy_engine_switch_adds_the_copy_units_and_nothing_else(cfg: AccelConfig) -> None:
+    """Without the switch: the engine alone (no LUT RAM); with it: plus the copy engine and
+    the arbiter, which have no DSP and no block RAM."""
+    plain, copy = estimate(cfg), estimate(cfg.replace(copy_engine=True))
+    units = copy_units(cfg)
+    assert plain.lut_ram == 0 and units.dsps == units.brams == 0
+    for resource in RESOURCES:
+        assert getattr(copy, resource) == getattr(plain, resource) + getattr(units, resource)
+    assert copy.lut_ram == units.lut_ram > 0
+    assert units.luts > 0 and units.carry > 0 and units.ffs > 0
+
+
+def test_copy_units_within_two_percent_of_their_synthesis() -> None:
+    """Each measured config: the two units' LUT4, carry and FF sums within 2 %; LUT RAM is
+    the FIFO (2 cells a bus byte), the queue ((2 addr_bits + 32) / 4) and the arbiter's 1."""
+    points = {(bus, abits) for _, bus, abits, *_ in COPY_UNITS_MEASURED}
+    for bus, abits in sorted(points):
+        cfg = AccelConfig(mem_bytes_per_cycle=bus, addr_bits=abits)
+        rows = [r for r in COPY_UNITS_MEASURED if r[1:3] == (bus, abits)]
+        est = copy_units(cfg)
+        for i, resource in enumerate(("luts", "carry", "ffs")):
+            measured = sum(r[3 + i] for r in rows)
+            assert abs(getattr(est, resource) - measured) <= 0.02 * measured, (bus, abits)
+    # At the default config: 56 cells in the copy engine (yosys), 1 in the arbiter.
+    assert copy_units(AccelConfig()).lut_ram == 57
 
 
 def test_bad_table(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ P = tb_params()
 CFG = P.config("cfg")
 RNG = random.Random(P.get("seed", 1))
 UNMAPPED = (0x24, 0x5C, 0x158, 0x278, 0x308, 0x3FC, 0x1000, 0xFFFF_FFFC)
+BUILT = REGISTER_MAP.registers_in(CFG)
+"""The registers of this build (a block it lacks, `Block.built`, is unmapped)."""
+ABSENT = tuple(p.offset + 4 * i for p in REGISTER_MAP if p not in BUILT for i in range(p.words))
 
 
 def port(dut, reg: str, member: str):
@@ -22,7 +25,7 @@ def port(dut, reg: str, member: str):
 
 
 def ro_ports(dut):
-    for placed in REGISTER_MAP:
+    for placed in BUILT:
         for f in placed.register.fields_in(CFG):
             if f.access is Access.RO:
                 yield placed, f, port(dut, placed.name, f.name)
@@ -69,7 +72,7 @@ async def identification_registers_match_the_config(dut):
 @cocotb.test()
 async def rw_registers_read_back_and_honour_strobes(dut):
     bus = await setup(dut)
-    rw = [p for p in REGISTER_MAP if all(f.access is Access.RW for f in p.register.fields)]
+    rw = [p for p in BUILT if all(f.access is Access.RW for f in p.register.fields)]
     for placed in rw:  # reset values
         reg = placed.register
         data, _ = await read(bus, placed.offset)
@@ -102,7 +105,7 @@ async def read_only_inputs_and_64_bit_latch(dut):
             sig.value = value
             expect[(placed.name, f.name)] = value
     await RisingEdge(dut.clk)
-    for placed in REGISTER_MAP:
+    for placed in BUILT:
         reg = placed.register
         if not all(f.access is Access.RO for f in reg.fields):
             continue
@@ -160,7 +163,7 @@ async def w1c_status_and_start_pulse(dut):
 @cocotb.test()
 async def unmapped_and_read_only_accesses_get_slverr(dut):
     bus = await setup(dut)
-    for offset in UNMAPPED:
+    for offset in UNMAPPED + ABSENT:
         data, resp = await read(bus, offset)
         assert resp == AxiResp.SLVERR and data == 0, hex(offset)
         assert await write(bus, offset, 0xFFFF_FFFF) == AxiResp.SLVERR, hex(offset)

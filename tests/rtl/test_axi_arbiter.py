@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from pymodel.config import AccelConfig, ConfigError
 from rtl.axi_arbiter import AXI4Arbiter
 
-CFG = AccelConfig()
+CFG = AccelConfig(copy_engine=True)
 
 
 def simulate(dut, bench) -> None:
