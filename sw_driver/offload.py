@@ -48,11 +48,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from contract import layout
-from contract.regs import REGISTER_MAP, ErrorCause
+from contract.regs import COPY_QUEUE_DEPTH, REGISTER_MAP, ErrorCause
 from pymodel.config import ConfigError, _check_int
 from pymodel.expert_cache import POLICIES, LayerCache
 from pymodel.quantize import QuantizedLayer
-from rtl.copy_engine import COPY_QUEUE_DEPTH
 
 from .compile import PAGE, Chunk, LayerImage, Region, compile_layer
 from .device import DeviceError, DeviceResult, VerilatorDevice
