@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/layer_bench.py
 	$(BIN)/python bench/format_bench.py
 	$(BIN)/python bench/offload_bench.py
+	$(BIN)/python bench/offload_model.py
 	$(BIN)/python bench/calibrate.py
 	$(BIN)/python bench/explore_bench.py
 	$(BIN)/python bench/plots.py
