@@ -6,9 +6,11 @@ per-expert counts, drops). `make test` runs 40 draws on the small top and a
 second top whose M-block (32 rows) is smaller than its token limit (48), so
 the layer sequencer's M-block loop-backs run (router GEMM, a crowded expert,
 the shared expert), and a soft reset at a random cycle of a crowded layer must
-leave the layer's rerun bit-exact; `make soak` runs 10,000 draws in 20 chunks, spread over
-processes with pytest-xdist. Each test's seed is printed, and a failure names
-the draw (its own seed) and the command that replays the test.
+leave the layer's rerun bit-exact; that top also runs the fault paths (bad descriptors,
+bus errors, start while busy, watchdog), which its good layers never take; `make soak`
+runs 10,000 draws in 20 chunks, spread over processes with pytest-xdist. Each test's
+seed is printed, and a failure names the draw (its own seed) and the command that
+replays the test.
 
 Every fifth draw runs under bus chaos (backpressure). Each test records the
 functional bins its layers hit (`sim.tb.functional_coverage`, the routing mode ×
@@ -24,11 +26,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from contract.regs import REGISTER_MAP
+from contract.regs import REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig
 from rtl.gemm_engine import default_m_block
 from rtl.top import MoEAccel
-from sim.fast import FastSim
+from sim.fast import FastSim, RunStatus
 from sim.tb.functional_coverage import (
     DECLARED,
     join_tier,
@@ -36,8 +38,17 @@ from sim.tb.functional_coverage import (
     layer_hits,
     record_layers,
 )
-from sim.tb.layer_cases import SMALL_TOP, LayerCase, load_case, run_case
+from sim.tb.layer_cases import (
+    SMALL_TOP,
+    LayerCase,
+    check_outputs,
+    load_case,
+    make_case,
+    mode_specs,
+    run_case,
+)
 from sim.tb.random_layers import random_layer
+from sw_driver.compile import read_outputs
 
 LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
 """A 4×4 top with 48 tokens: M-blocks of 32 rows, so a layer can need two."""
@@ -111,28 +122,97 @@ def test_random_layers_are_bit_exact(sim, seed, request):
     record_layers(request.node, SMALL_TOP, layers)
 
 
-def test_m_block_loop_backs_are_bit_exact(seed, request):
-    join_tier(request.node, "test", 2)
-    assert default_m_block(LOOP_TOP) == 32 < LOOP_TOP.max_tokens
-    rng = np.random.default_rng(seed)
+@pytest.fixture(scope="module")
+def loop_sim():
+    """`MoEAccel(LOOP_TOP)` on the fast backend, shared by this module's 48-token tests."""
     with FastSim(
         lambda: MoEAccel(LOOP_TOP), LOOP_TOP, 1 << 18, read_latency=12, name="moe_accel"
     ) as sim:
-        layers = run_draws(sim, LOOP_TOP, rng.integers(2**31, size=8), tokens=48)
-        # 48 tokens: the router GEMM (and any shared expert) always takes two blocks; draw
-        # on until two layers also had a routed expert with more than one block of rows
-        crowded = [c for c, _ in layers if c.golden.dispatch.counts.max() > 32]
-        for draw in rng.integers(2**31, size=200):
-            if len(crowded) >= 2:
-                break
-            case = random_layer(LOOP_TOP, int(draw), tokens=48)
-            if case.golden.dispatch.counts.max() > 32:
-                more = run_draws(sim, LOOP_TOP, [draw], tokens=48)
-                layers += more
-                crowded += [c for c, _ in more]
-        assert len(crowded) >= 2, "no draw crowded an expert past one M-block"
-        layers.append(soft_reset_mid_layer(sim, crowded[0], rng))
+        yield sim
+
+
+def test_m_block_loop_backs_are_bit_exact(loop_sim, seed, request):
+    join_tier(request.node, "test", 2)
+    assert default_m_block(LOOP_TOP) == 32 < LOOP_TOP.max_tokens
+    rng = np.random.default_rng(seed)
+    sim = loop_sim
+    layers = run_draws(sim, LOOP_TOP, rng.integers(2**31, size=8), tokens=48)
+    # 48 tokens: the router GEMM (and any shared expert) always takes two blocks; draw
+    # on until two layers also had a routed expert with more than one block of rows
+    crowded = [c for c, _ in layers if c.golden.dispatch.counts.max() > 32]
+    for draw in rng.integers(2**31, size=200):
+        if len(crowded) >= 2:
+            break
+        case = random_layer(LOOP_TOP, int(draw), tokens=48)
+        if case.golden.dispatch.counts.max() > 32:
+            more = run_draws(sim, LOOP_TOP, [draw], tokens=48)
+            layers += more
+            crowded += [c for c, _ in more]
+    assert len(crowded) >= 2, "no draw crowded an expert past one M-block"
+    layers.append(soft_reset_mid_layer(sim, crowded[0], rng))
     record_layers(request.node, LOOP_TOP, layers)
+
+
+def expect_error(sim: FastSim, cause: ErrorCause, max_cycles: int = 2_000_000) -> None:
+    result = sim.run(max_cycles)
+    assert result.status is RunStatus.ERROR and result.cause is cause, result
+    assert not STATUS.unpack(sim.read_reg("STATUS"))["busy"]
+
+
+def test_fault_paths_on_the_48_token_top(loop_sim):
+    """The top's and the DMA's error arms on the 48-token build, each followed by a
+    bit-exact layer: a coverage build is its own population, so the small top's fault
+    tests (test_top_fast.py) do not reach this build's copy of them. Bad descriptors, a
+    read and a write bus error, a start while busy and the watchdog."""
+    sim = loop_sim
+    spec = mode_specs(32, 64, 8)["qwen2_moe"]
+    case = make_case("loop_fault", spec, LOOP_TOP, tokens=LOOP_TOP.max_tokens, seed=3)
+    start = case.image.program[-1]
+    for reg, value in (
+        ("TOP_K", LOOP_TOP.max_top_k + 1),
+        ("N_EXPERTS", 0),
+        ("D_MODEL", LOOP_TOP.max_d_model + 1),
+        ("NUM_TOKENS", LOOP_TOP.max_tokens + 1),
+        ("TOKENS_ADDR", case.image.regions["tokens"].addr + 16),
+        ("ROUTING_MODE", REGISTER_MAP["ROUTING_MODE"].register.pack(n_group=3, topk_group=1)),
+    ):
+        load_case(sim, case, start=False)
+        sim.write_reg(reg, value)
+        sim.write_reg(*start)
+        expect_error(sim, ErrorCause.BAD_DESCRIPTOR, 1000)
+    run_case(sim, case)
+
+    for cause, regions, write in (
+        (ErrorCause.BUS_READ_ERROR, [f"expert{e}.w1" for e in range(8)], False),
+        (ErrorCause.BUS_WRITE_ERROR, ["output"], True),
+    ):
+        load_case(sim, case, start=False)
+        for name in regions:
+            region = case.image.regions[name]
+            sim.inject_error(region.addr, region.addr + region.size, write=write)
+        sim.write_reg(*start)
+        expect_error(sim, cause)
+        sim.clear_errors()
+        run_case(sim, case)
+
+    load_case(sim, case, start=False)
+    sim.write_reg(*start)
+    sim.step(200)
+    sim.write_reg(*start)  # refused; the running layer goes on to its end
+    for _ in range(1000):
+        fields = STATUS.unpack(sim.read_reg("STATUS"))
+        if not fields["busy"]:
+            break
+        sim.step(1000)
+    assert fields["done"] and fields["error"], fields
+    assert sim.read_reg("ERROR_CAUSE") == ErrorCause.START_WHILE_BUSY
+    check_outputs(case, read_outputs(sim.mem, case.image))
+
+    load_case(sim, case, start=False)
+    sim.write_reg("WATCHDOG_CYCLES", 500)
+    sim.write_reg(*start)
+    expect_error(sim, ErrorCause.WATCHDOG_TIMEOUT, 10_000)
+    run_case(sim, case)
 
 
 def soft_reset_mid_layer(
