@@ -264,6 +264,9 @@ class VerilatorDevice:
         self.last_tiers: dict[str, dict[str, int]] = {}
         """With a `host_link`: the last run's bytes and busy cycles per memory tier."""
         self._sim: FastSim | None = None
+        self.resets = 0
+        """How often the model was reset or remade with a cleared memory (a `session` whose
+        count has moved on lost its memory)."""
         self.last_image: LayerImage | None = None
         """The image of the last run (its regions and resident experts explain the counters)."""
         self.last_filled: tuple[str, ...] = ()
@@ -274,6 +277,7 @@ class VerilatorDevice:
         from sim.accelerator import accelerator_top
         from sim.fast import FastSim
 
+        self.resets += 1
         if self._sim is None or self._sim.mem.size < mem_bytes:
             if self._sim is not None:
                 self._sim.close()

@@ -242,6 +242,7 @@ class CachedDevice:
                 f"than the {device.host_base:#x} below host memory (VerilatorDevice.host_base)"
             )
         self.sim = device.session(self._layers[-1].image.base + self._layers[-1].image.size)
+        self._resets = device.resets
         self._slot_of: list[dict[int, int]] = [{} for _ in layers]
         self._written: list[list[int | None]] = [[None] * n_experts for _ in layers]
         for p in self._layers:
@@ -344,6 +345,10 @@ class CachedDevice:
         wanted = [int(e) for e in experts]
         if any(not -1 <= e < n for e in wanted):
             raise ConfigError(f"predicted experts {wanted} are not in [0, {n}) (or -1)")
+        if len({e for e in wanted if e >= 0}) > COPY_QUEUE_DEPTH:
+            raise ConfigError(
+                f"{len(wanted)} predicted experts exceed the copy queue ({COPY_QUEUE_DEPTH})"
+            )
         self._ahead = (layer, wanted)
 
     def _layer(self, ql: QuantizedLayer) -> int:
@@ -391,11 +396,11 @@ class CachedDevice:
         if target == layer:
             raise ConfigError("a layer's experts are prefetched while the layer before it runs")
         fetched = self.caches[target].prefetch(wanted)
-        if len(fetched) > COPY_QUEUE_DEPTH:
-            raise ConfigError(f"{len(fetched)} copies exceed the copy queue ({COPY_QUEUE_DEPTH})")
+        if not fetched:
+            return
         sim, placed = self.sim, self._layers[target]
         sim.write_reg("COPY_CTRL", COPY_CTRL.pack(clear_counters=1))
-        first = last = None
+        first = last = 0
         for e, victim in fetched:
             slot = self._take_slot(target, e, victim)
             words = (
@@ -407,11 +412,11 @@ class CachedDevice:
             sim.write_reg("COPY_LENGTH", placed.span)
             last = sim.cycles
             sim.write_reg("COPY_CTRL", COPY_CTRL.pack(push=1))
-            first = sim.cycles if first is None else first
+            first = first or sim.cycles
         self._ahead_of[target] = {e for e, _ in fetched}
         self.counters.prefetched[target] += len(fetched)
         # Copies run from the first push; the layer from CTRL.start, one more write later.
-        head = 0 if first is None else 2 * sim.cycles - last - first
+        head = 2 * sim.cycles - last - first
         bytes_ = len(fetched) * placed.span
         self._copies = {"layer": layer, "target": target, "bytes": bytes_, "head": head}
 
@@ -419,6 +424,11 @@ class CachedDevice:
         """Run layer `ql`: its cached experts from device memory, the others over the link;
         the next layer's predicted experts copied beside it; its cache updated."""
         layer = self._layer(ql)
+        if self.device.resets != self._resets:
+            raise ConfigError(
+                "this CachedDevice's session was reset (its VerilatorDevice ran something "
+                "else, or another CachedDevice took it): make a new CachedDevice"
+            )
         wait = self.settle()
         self.counters.wait_cycles[layer] += wait
         placed = self._layers[layer]

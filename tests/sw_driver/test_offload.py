@@ -145,7 +145,8 @@ def test_a_cached_decode_stream_is_bit_exact_and_decides_as_the_model(
 
 def test_bad_cache_set_ups_are_refused(stream) -> None:
     """Prefetch on a build without the copy engine, a cache larger than device memory, a
-    prediction of an expert that does not exist, a layer not of the stack."""
+    prediction of an expert that does not exist, a layer not of the stack, a session whose
+    model another user reset."""
     stack, _ = stream
     layers = [layer.ql for layer in stack.layers]
     with pytest.raises(ConfigError, match="copy engine"):
@@ -153,9 +154,8 @@ def test_bad_cache_set_ups_are_refused(stream) -> None:
     small = VerilatorDevice(COPY_TOP, host_link=LINK, host_base=1 << 17)
     with pytest.raises(ConfigError, match="device memory"):
         CachedDevice(small, layers, 8, "lru")
-    cached = CachedDevice(
-        VerilatorDevice(COPY_TOP, host_link=LINK), layers, 2, "lru", prefetch=True
-    )
+    device = VerilatorDevice(COPY_TOP, host_link=LINK)
+    cached = CachedDevice(device, layers, 2, "lru", prefetch=True)
     with pytest.raises(ConfigError, match="not in"):
         cached.prefetch(layers[1], [8, 0])
     with pytest.raises(ConfigError, match="not one of the stack's"):
@@ -163,6 +163,9 @@ def test_bad_cache_set_ups_are_refused(stream) -> None:
     off = CachedDevice(VerilatorDevice(COPY_TOP, host_link=LINK), layers, 2, "lru")
     with pytest.raises(ConfigError, match="without prefetch"):
         off.prefetch(layers[1], [0, 1])
+    CachedDevice(device, layers, 2, "lru")  # takes the same model: the first lost its memory
+    with pytest.raises(ConfigError, match="session was reset"):
+        cached.run(layers[0], np.zeros((1, 32), dtype=np.int64))
 
 
 def test_a_descriptor_outside_both_tiers_is_a_bus_error(stream) -> None:
