@@ -23,6 +23,7 @@ __all__ = [
     "LUT_STAGES",
     "MAX_BURST_BEATS",
     "MULTIPLIER_LATENCY",
+    "PAIR_STAGES",
     "REQUANT_SPLIT_BITS",
     "SHIFT_BITS",
     "burst_beats",
@@ -57,6 +58,10 @@ PostProc input register, between the array's sums and the post-processor."""
 
 MULTIPLIER_LATENCY = 2
 """`rtl.multiplier.PipelinedMultiplier`: cycles from an operand pair to its product."""
+
+PAIR_STAGES = 2
+"""`rtl.systolic.ProcessingElement` of an int4 build: its two products are copied off the
+DSP, then added, before the partial sum (one more cycle each, for ECP5 timing)."""
 
 COMBINE_LATENCY = 4
 """`rtl.combine.Combiner`: cycles from a chunk's last term being accepted to its output."""
@@ -98,7 +103,8 @@ def default_param_rows(cfg: AccelConfig) -> int:
 
 def systolic_latency(cfg: AccelConfig) -> int:
     """`rtl.systolic.SystolicArray`: cycles from a row on `a_in` to its sums on `psum_out`."""
-    return cfg.rows + cfg.cols + MULTIPLIER_LATENCY - 1
+    pair = PAIR_STAGES if cfg.int4_weights else 0
+    return cfg.rows + cfg.cols + MULTIPLIER_LATENCY - 1 + pair
 
 
 def requantizer_latency(in_bits: int) -> int:

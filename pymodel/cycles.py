@@ -22,13 +22,16 @@ the layer FSM of `rtl.layer_sequencer` state by state:
 
 Expert weight formats (`pymodel.weight_formats`, a layer's `weight_format`;
 the router GEMM is always int8 dense) change the GEMM commands' tile walk as
-the engine does (`gemm_cycles`): a 2:4 tile covers 2R K positions (the array
-takes 2R activations a row and each PE selects the one its kept weight
-meets), so a K run has half the tiles; a tile's load is its stream rows
+the engine does (`gemm_cycles`): a compressed tile covers 2R K positions
+(the array takes 2R activations a row; 2:4: each PE selects the one its
+kept weight meets; int4 dense: each PE multiplies two, its byte's two
+nibbles), so a K run has half the tiles; a tile's load is its stream rows
 (`pymodel.gemm_engine.tile_stream_rows`: value rows, then index rows) at L
-rows a beat, where an int4 value row of C bytes carries two weight rows
+rows a beat, where an int4 2:4 value row of C bytes carries two weight rows
 (the weight port takes 2L weight rows a beat) and index rows load at the
-byte-row rate. Token rows still enter one a cycle per tile.
+byte-row rate. Token rows still enter one a cycle per tile. An int4 build's
+array is `contract.timing.PAIR_STAGES` cycles deeper (`systolic_latency`),
+for every command's drain.
 
 Everything is NumPy over a batch of layer points (same config and spec,
 different token counts and routings), so thousands of points evaluate in

@@ -16,8 +16,10 @@ keeps positions 0 and 1 with zero values) and holds, each part padded to
 whole beats of L = `weight_rows_per_beat` rows:
 
 - its value rows: int8 2:4 the R compressed rows `values[k0/2 …]` (2R K
-  positions); int4 `pack_int4` of the tile's R rows (dense: R K positions;
-  2:4: the R compressed rows, 2R K positions) in R/2 byte rows;
+  positions); int4 `pack_int4` of the tile's rows — dense: 2R K positions
+  in R byte rows, byte row r holding K positions 2r (low nibble) and
+  2r + 1, the pair PE row r multiplies; 2:4: the R compressed rows (2R K
+  positions) in R/2 byte rows;
 - then, for 2:4, R/4 index rows: byte c of index row j holds the 2-bit
   positions of tile rows 4j … 4j+3 of column c at bits 0-1, 2-3, 4-5, 6-7.
 
@@ -136,13 +138,14 @@ class Tile:
 
 
 def tile_k(cfg: AccelConfig, fmt: WeightFormat = WeightFormat.DENSE_INT8) -> int:
-    """K positions one weight tile covers: 2R with 2:4 (R kept rows), R otherwise."""
-    return 2 * cfg.rows if fmt.sparse else cfg.rows
+    """K positions one weight tile covers: 2R compressed (2:4: R kept rows; int4: each PE
+    row two K positions, or two kept rows a byte for int4 2:4), R for int8 dense."""
+    return 2 * cfg.rows if fmt.compressed else cfg.rows
 
 
 def activation_lanes(cfg: AccelConfig) -> int:
-    """int8 lanes of an `act` beat: a 2:4 build's array takes a 2:4 tile's 2R K positions."""
-    return 2 * cfg.rows if cfg.sparse_2_4 else cfg.rows
+    """int8 lanes of an `act` beat: a compressed build's array takes a tile's 2R K positions."""
+    return 2 * cfg.rows if cfg.sparse_2_4 or cfg.int4_weights else cfg.rows
 
 
 def tile_schedule(
@@ -167,13 +170,14 @@ def tile_stream_rows(cfg: AccelConfig, fmt: WeightFormat, k_tile: int) -> tuple[
 
     Each part is padded to whole beats of L rows (the engine never starts a
     part mid-beat). int8 dense: the tile's `k_tile` rows; a compressed tile
-    is always whole (see the module docstring): R rows (int8 2:4) or R/2
-    (int4), then R/4 index rows for 2:4.
+    is always whole (see the module docstring): R rows (int8 2:4; int4
+    dense, 2R K positions two a byte) or R/2 (int4 2:4), then R/4 index rows
+    for 2:4.
     """
     beat = cfg.weight_rows_per_beat
     if not fmt.compressed:
         return _ceil_to(k_tile, beat), 0
-    values = cfg.rows if fmt.bits == 8 else cfg.rows // 2
+    values = cfg.rows // 2 if fmt.bits == 4 and fmt.sparse else cfg.rows
     index = _ceil_to(cfg.rows // 4, beat) if fmt.sparse else 0
     return _ceil_to(values, beat), index
 

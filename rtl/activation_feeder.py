@@ -52,7 +52,7 @@ class ActSource(enum.Enum, shape=2):
 
 def x_word_bytes(cfg: AccelConfig) -> int:
     """Bytes of one token-buffer word: a bus beat, or an `act` beat where that is wider
-    (a 2:4 build's 2R lanes), so one read gives the slice of any command."""
+    (the 2R lanes of a 2:4 or int4 build), so one read gives the slice of any command."""
     return max(activation_lanes(cfg), cfg.mem_bytes_per_cycle)
 
 
@@ -78,9 +78,11 @@ def sorted_row_layout(cfg: AccelConfig) -> data.StructLayout:
 
 def feed_command_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLayout:
     """One feed: source, first row, rows, n-tiles, passes and k-tiles (of `tile_k` K
-    positions: 2R for a 2:4 command, whose `sparse` a 2:4 build adds)."""
+    positions: 2R where `sparse` is set, which a build with 2:4 or int4 adds: a 2:4 or
+    int4 command; the field keeps the 2:4 build's name, so that build's Verilog is
+    unchanged)."""
     kt_max = layout.n_tiles(max(cfg.max_d_model, cfg.max_d_ff), cfg.rows)
-    sparse = {"sparse": 1} if cfg.sparse_2_4 else {}
+    sparse = {"sparse": 1} if cfg.sparse_2_4 or cfg.int4_weights else {}
     return data.StructLayout(
         {
             "src": ActSource,
@@ -199,9 +201,9 @@ class ActivationFeeder(wiring.Component):
             m.d.comb += [token.eq(row_tok), pad.eq(row_tok >= self.tokens)]
         x_sub_bits = exact_log2(self.wx // R)
         h_sub_bits = exact_log2(self.wh // R)
-        # `a_kt` in R-slices of K: a 2:4 command's k-tile is two of them
+        # `a_kt` in R-slices of K: a 2:4 or int4 command's k-tile is two of them
         kpos = a_kt
-        if self.cfg.sparse_2_4:
+        if self.cfg.sparse_2_4 or self.cfg.int4_weights:
             kpos = Signal(len(a_kt) + 1)
             m.d.comb += kpos.eq(Mux(cmd.sparse, a_kt << 1, a_kt))
         m.d.comb += [
@@ -222,8 +224,8 @@ class ActivationFeeder(wiring.Component):
             x_slice = x_word.word_select(b_sub[:x_sub_bits] if x_sub_bits else 0, 8 * R)
             h_slice = h_word.word_select(b_sub[:h_sub_bits] if h_sub_bits else 0, 8 * R)
         else:
-            # 2R lanes from the slice on: a 2:4 slice starts on an even R-slice, so it lies
-            # within the word; a dense command's upper R lanes are don't-care
+            # 2R lanes from the slice on: a 2:4 or int4 slice starts on an even R-slice, so
+            # it lies within the word; an int8 dense command's upper R lanes are don't-care
             x_slice = x_word.bit_select(b_sub[:x_sub_bits] * (8 * R), 8 * lanes)
             h_slice = h_word.bit_select(b_sub[:h_sub_bits] * (8 * R), 8 * lanes)
         m.d.comb += [

@@ -167,6 +167,8 @@ class GemmEngine(wiring.Component):
                 array.i_addr.eq(seq.i_addr),
                 array.i_we.eq(seq.i_we),
             ]
+        if cfg.int4_weights:
+            writes.append(array.w_pair.eq(seq.w_pair))
         if cfg.sparse_2_4 or cfg.int4_weights:
             # The compressed paths' unpacking and lane steering take the cycle: their
             # writes enter the array through a register too. A write then reaches

@@ -43,6 +43,7 @@ from .output_sink import OutputSink
 from .postproc import Mode, wide_bits
 from .routing_recorder import RoutingRecorder
 from .streams import CommandRegister
+from .tile_sequencer import wide_tiles
 from .y_writeback import YWriteBack
 
 if TYPE_CHECKING:
@@ -320,10 +321,10 @@ def _engine_io(seq: LayerSequencer, m: Module, p: SimpleNamespace) -> None:
         if compressed:
             m.d.comb += cmd.fmt.eq(fmt)
         kt_n = ceil_div_pow2(k, R)
-        if cfg.sparse_2_4:
-            sparse = cmd.fmt.sparse
-            kt_n = Mux(sparse, ceil_div_pow2(k, 2 * R), kt_n)
-            m.d.comb += feeder.cmd.sparse.eq(sparse)
+        wide = wide_tiles(cfg, cmd)
+        if wide is not None:
+            kt_n = Mux(wide, ceil_div_pow2(k, 2 * R), kt_n)
+            m.d.comb += feeder.cmd.sparse.eq(wide)
         m.d.comb += [
             eng_cmd.load.eq(1),
             cmd.m.eq(mm),

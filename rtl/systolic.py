@@ -56,12 +56,25 @@ Accumulation is exact in `acc_bits`: the contract bounds K by
 Compressed weights (built only when `AccelConfig` asks; a build without them
 is the array above, unchanged):
 
-- `int4_weights`: the weight port takes `weight_lanes` = 2L rows a beat (the
-  sequencer sign-extends two nibbles a byte), so the write skew is
-  `r − r//(2L)`; an int8 beat of L rows uses half the lanes. The timing
-  argument above holds for both: a write still reaches PE(r, c) no earlier
-  than s₀ + r + c (the beat index of row r is at least r//(2L)) and no later
-  than the cycle after the tile's last beat (the delay is at most r).
+- `int4_weights`: each PE also holds a `pair` bit per bank (`w_pair`,
+  written with the weight): a pair bank's byte is two int4 weights, K
+  positions 2r (low nibble) and 2r + 1, so an int4 dense tile covers 2R K
+  positions and the activation input is 2R lanes (PE row r: lanes 2r and
+  2r + 1). The low nibble, sign-extended, goes through the DSP multiplier
+  with lane 2r; the high nibble meets lane 2r + 1 in logic
+  (`int4_product`); a bank without the bit holds one weight (lane 2r) and
+  the logic product is zero. Two stages more (`PAIR_STAGES`: the products
+  copied into fabric registers, then added) before the partial sum, in
+  every PE, so every sum takes two cycles more; the skew argument is the
+  same (each PE's partial-sum input is due four cycles after its
+  activation). Where int4 2:4 tiles are built too (`nibble_rows`), the
+  weight port takes `weight_lanes` = 2L rows a beat (the sequencer
+  sign-extends an int4 2:4 byte's two kept nibbles, one a PE), so the write
+  skew is `r − r//(2L)`; a byte beat of L rows uses half the lanes. The
+  timing argument above holds for both: a write still reaches PE(r, c) no
+  earlier than s₀ + r + c (the beat index of row r is at least r//(2L))
+  and no later than the cycle after the tile's last beat (the delay is at
+  most r).
 - `sparse_2_4`: each PE also holds a 2-bit position per bank (`idx`), and
   the activation input is 2R lanes (a 2:4 tile's 2R K positions). PE(r, c)
   multiplies its kept weight by activation `4·(r//2) + idx[sel]`: the 4:1
@@ -76,7 +89,9 @@ is the array above, unchanged):
   write skew (the same delay, the position in the low two bits of the
   stage's byte): after a tile's value beats, so the timing argument above
   holds. A weight write sets its PE's position to r mod 2, so a dense
-  tile (the issuer puts x[2g+j] on lane 4g+j) needs no index beats.
+  tile (the issuer puts x[2g+j] on lane 4g+j) needs no index beats; a pair
+  write (both switches) sets it to 2·(r mod 2), the lane of K position 2r
+  in the group, whose next lane is 2r + 1.
 """
 
 from __future__ import annotations
@@ -85,17 +100,18 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from contract.timing import systolic_latency
+from contract.timing import PAIR_STAGES, systolic_latency
 from pymodel.config import AccelConfig
 from pymodel.gemm_engine import activation_lanes
 
-from .multiplier import PipelinedMultiplier
+from .multiplier import PipelinedMultiplier, int4_product
 
 __all__ = [
     "ProcessingElement",
     "SystolicArray",
     "act_layout",
     "index_lanes",
+    "nibble_rows",
     "weight_lanes",
 ]
 
@@ -108,15 +124,21 @@ def act_layout(cfg: AccelConfig) -> data.StructLayout:
 
     In a 2:4 build the value is the four activations of the row's group of K.
     """
-    if cfg.sparse_2_4:
-        value = data.ArrayLayout(signed(cfg.act_bits), 4)
+    if cfg.sparse_2_4 or cfg.int4_weights:
+        value = data.ArrayLayout(signed(cfg.act_bits), 4 if cfg.sparse_2_4 else 2)
         return data.StructLayout({"a": value, "sel": 1, "valid": 1})
     return data.StructLayout({"a": signed(cfg.act_bits), "sel": 1, "valid": 1})
 
 
 def weight_lanes(cfg: AccelConfig) -> int:
-    """Array rows one weight beat may write: 2L in an int4 build (two nibbles a byte), else L."""
-    return 2 * cfg.weight_rows_per_beat if cfg.int4_weights else cfg.weight_rows_per_beat
+    """Array rows one weight beat may write: 2L where int4 2:4 tiles are built (two kept
+    nibbles a byte, one a PE), else L (an int4 dense byte is one PE's pair)."""
+    return 2 * cfg.weight_rows_per_beat if nibble_rows(cfg) else cfg.weight_rows_per_beat
+
+
+def nibble_rows(cfg: AccelConfig) -> bool:
+    """Whether the build loads int4 2:4 tiles: one sign-extended nibble an array row."""
+    return cfg.sparse_2_4 and cfg.int4_weights
 
 
 def index_lanes(cfg: AccelConfig) -> int:
@@ -139,14 +161,18 @@ class ProcessingElement(wiring.Component):
     activations of the row's K group, `i_we` writes the bank's position from
     the low bits of `w_data` (a weight write sets it to `row` mod 2), and the
     PE multiplies `a_in[idx[sel_in]]`; PEs of odd rows pass nothing on
-    (their activations come from the row above).
+    (their activations come from the row above). In an int4 build `w_pair`
+    marks a bank holding an int4 pair, and the PE has five stages
+    (`_pair_elaborate`).
     """
 
     def __init__(self, cfg: AccelConfig, row: int = 0) -> None:
         self.cfg, self.row = cfg, row
-        value = act_layout(cfg).members["a"] if cfg.sparse_2_4 else signed(cfg.act_bits)
+        value = act_layout(cfg).members["a"]
         forwards = not (cfg.sparse_2_4 and row % 2)
         sparse = {"i_we": In(1)} if cfg.sparse_2_4 else {}
+        if cfg.int4_weights:
+            sparse["w_pair"] = In(1)
         passing = {"a_out": Out(value), "sel_out": Out(1)} if forwards else {}
         super().__init__(
             {
@@ -175,6 +201,8 @@ class ProcessingElement(wiring.Component):
                 m.d.sync += w[1].eq(self.w_data)
             with m.Else():
                 m.d.sync += w[0].eq(self.w_data)
+        if cfg.int4_weights:
+            return self._pair_elaborate(m, w)
         if "a_out" in self.signature.members:
             act = Signal(act_layout(cfg))
             m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in), act.valid.eq(self.valid_in)]
@@ -201,10 +229,69 @@ class ProcessingElement(wiring.Component):
             m.d.sync += self.psum_out.eq(self.psum_in + mul.p)
         return m
 
+    def _pair_elaborate(self, m: Module, w) -> Module:
+        """An int4 build's PE: one or (`pair` bank) two products a row, five stages.
+
+        A pair bank holds an int4 dense byte: the low nibble meets the row's K
+        position 2r (lane 0, or in a 2:4 build lane 2·(r mod 2) of the group,
+        through `idx`) on the DSP multiplier, the high nibble K position 2r + 1
+        (the next lane) on `int4_product` in logic. Any other bank holds one
+        int8 (or sign-extended int4) weight and the logic product is zero.
+        Both products are copied off the multiplier into fabric registers, then
+        added, then added to the partial sum (`PAIR_STAGES` more than the dense
+        PE: the DSP-to-adder route limited the build to 90.8 MHz).
+        """
+        cfg, row = self.cfg, self.row
+        pair = Signal(2)
+        with m.If(self.w_we):
+            m.d.sync += pair.bit_select(self.w_bank, 1).eq(self.w_pair)
+        if "a_out" in self.signature.members:
+            act = Signal(act_layout(cfg))
+            m.d.sync += [act.a.eq(self.a_in), act.sel.eq(self.sel_in)]
+            m.d.comb += [self.a_out.eq(act.a), self.sel_out.eq(act.sel)]
+        else:
+            act = Signal(data.StructLayout({"valid": 1}))
+        m.d.sync += act.valid.eq(self.valid_in)
+        m.d.comb += self.valid_out.eq(act.valid)
+        if cfg.sparse_2_4:
+            low, high = self._select(m), self.a_in[2 * (row % 2) + 1]
+        else:
+            low, high = self.a_in[0], self.a_in[1]
+        weight = Mux(self.sel_in, w[1], w[0])
+        paired = pair.bit_select(self.sel_in, 1)
+        m.submodules.mul = mul = PipelinedMultiplier(signed(cfg.act_bits), signed(cfg.weight_bits))
+        m.d.comb += [
+            mul.a.eq(low),
+            mul.b.eq(Mux(paired, weight[:4].as_signed(), weight)),
+            mul.en.eq(self.valid_in),
+        ]
+        # The logic product's operands (loaded with the DSP's), its product, then both
+        # products copied, their sum, the partial sum: one valid bit per stage.
+        operands = Signal(data.StructLayout({"a": signed(cfg.act_bits), "w": 4}))
+        with m.If(self.valid_in):
+            m.d.sync += operands.eq(Cat(high, Mux(paired, weight[4:], 0)))
+        high_p = Signal(signed(cfg.act_bits + 4))
+        with m.If(act.valid):
+            m.d.sync += high_p.eq(int4_product(operands.a, operands.w))
+        valid = Signal(PAIR_STAGES + 1)
+        m.d.sync += valid.eq(Cat(act.valid, valid[:-1]))
+        products = Signal(data.StructLayout({"low": mul.p.shape(), "high": high_p.shape()}))
+        with m.If(valid[0]):
+            m.d.sync += [products.low.eq(mul.p), products.high.eq(high_p)]
+        both = Signal(signed(len(mul.p) + 1))
+        with m.If(valid[1]):
+            m.d.sync += both.eq(products.low + products.high)
+        with m.If(valid[2]):
+            m.d.sync += self.psum_out.eq(self.psum_in + both)
+        return m
+
     def _select(self, m: Module):
         """2:4: the double-banked positions and the activation of `a_in` they pick."""
         idx = Signal(data.ArrayLayout(IDX_BITS, 2))
         dense = self.row % 2
+        if self.cfg.int4_weights:
+            # An int4 pair's low K position: lane 2·(row mod 2) of the group.
+            dense = Mux(self.w_pair, 2 * (self.row % 2), self.row % 2)
         with m.If(self.w_we):
             with m.If(self.w_bank):
                 m.d.sync += idx[1].eq(dense)
@@ -248,6 +335,8 @@ class SystolicArray(wiring.Component):
                 "i_addr": In(range(rows)),
                 "i_we": In(index_lanes(cfg)),
             }
+        if cfg.int4_weights:
+            sparse["w_pair"] = In(1)
         super().__init__(
             {
                 "a_in": In(data.ArrayLayout(signed(cfg.act_bits), activation_lanes(cfg))),
@@ -304,10 +393,13 @@ class SystolicArray(wiring.Component):
         # (2:4: group g's four lanes are delayed 2g cycles into row 2g; row 2g + 1 takes
         # them from row 2g, see the module docstring).
         fed = range(0, rows, 2) if cfg.sparse_2_4 else range(rows)
+        width = 4 if cfg.sparse_2_4 else 2 if cfg.int4_weights else 1
         for r in fed:
             act = Signal(act_layout(cfg), name=f"skew_{r}")
+            first = r * width // (2 if cfg.sparse_2_4 else 1)
+            a = self.a_in[first : first + width]
             m.d.comb += [
-                act.a.eq(self.a_in[2 * r : 2 * r + 4] if cfg.sparse_2_4 else self.a_in[r]),
+                act.a.eq(a if width > 1 else self.a_in[r]),
                 act.sel.eq(self.sel_in),
                 act.valid.eq(self.valid_in),
             ]
@@ -325,6 +417,8 @@ class SystolicArray(wiring.Component):
         # Each stage is one register: its enable, bank and the bytes still ahead.
         def write_stage(n_cols: int) -> data.StructLayout:
             index = {"iwe": 1} if cfg.sparse_2_4 else {}
+            if cfg.int4_weights:
+                index["pair"] = 1
             return data.StructLayout(
                 {
                     "we": 1,
@@ -341,6 +435,8 @@ class SystolicArray(wiring.Component):
                 stage.we.eq(self.w_we[lane] & (self.w_addr == beat_row)),
                 stage.bank.eq(self.w_bank),
             ]
+            if cfg.int4_weights:
+                m.d.comb += stage.pair.eq(self.w_pair)
             if cfg.sparse_2_4:
                 self._index_input(m, stage, r)
             else:
@@ -358,6 +454,8 @@ class SystolicArray(wiring.Component):
                 ]
                 if cfg.sparse_2_4:
                     m.d.comb += pe.i_we.eq(stage.iwe)
+                if cfg.int4_weights:
+                    m.d.comb += pe.w_pair.eq(stage.pair)
                 if c + 1 < cols:
                     # Stage c + 1 carries only the bytes of columns c + 1 … C − 1.
                     rest = Signal(write_stage(cols - 1 - c), name=f"wcol_{r}_{c}")
@@ -368,6 +466,8 @@ class SystolicArray(wiring.Component):
                     ]
                     if cfg.sparse_2_4:
                         m.d.sync += rest.iwe.eq(stage.iwe)
+                    if cfg.int4_weights:
+                        m.d.sync += rest.pair.eq(stage.pair)
                     stage = rest
 
         for r in range(rows):

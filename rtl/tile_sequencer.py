@@ -41,9 +41,15 @@ of 4, is rejected with `BAD_MODE`). Tiles of a compressed format are whole
   first `k_valid` lanes (a dense command's R lanes are spread to lane
   4g + j for x[2g + j], the array's dense positions); a tile is its R value
   rows, then its R/4 index rows at L a beat (`index_lanes` positions);
-- int4: a beat's L byte rows are 2L array rows (low nibble first,
-  sign-extended; `weight_lanes`); an int8 beat in an int4 build fills the
-  lower or upper L of the 2L lanes.
+- int4 dense: K steps of 2R as for 2:4 (the activations lanes as they
+  are; an int4-only build spreads an int8 command's x[r] to lane 2r); a
+  tile is R byte rows loaded like int8 rows, each byte one PE's pair of
+  K positions 2r (low nibble) and 2r + 1, marked by `w_pair`
+  (`rtl.systolic.ProcessingElement` computes both products);
+- int4 2:4 (both paths built): K steps of 2R, a beat's L byte rows are 2L
+  array rows (low nibble first, sign-extended; `weight_lanes`); a byte
+  beat (int8, int4 dense) in such a build fills the lower or upper L of
+  the 2L lanes.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from pymodel.gemm_engine import activation_lanes
 
 from .checks import invariant
 from .postproc import SHIFT_BITS, Mode
-from .systolic import IDX_BITS, index_lanes, weight_lanes
+from .systolic import IDX_BITS, index_lanes, nibble_rows, weight_lanes
 
 __all__ = [
     "CommandError",
@@ -71,6 +77,7 @@ __all__ = [
     "status_members",
     "tag_layout",
     "weight_beat_layout",
+    "wide_tiles",
 ]
 
 
@@ -138,6 +145,20 @@ def tag_layout(cfg: AccelConfig, m_block: int, param_rows: int) -> data.StructLa
             "last": 1,
         }
     )
+
+
+def wide_tiles(cfg: AccelConfig, cmd):
+    """Whether the command `cmd` (a `gemm_command_layout` view) steps K by 2R, or None in
+    a build whose tiles are all R K positions: 2:4 (R kept rows) and int4 (two K
+    positions a PE in an int4 dense tile, two kept rows a byte in an int4 2:4 tile)."""
+    if not (cfg.sparse_2_4 or cfg.int4_weights):
+        return None
+    fmt = cmd.fmt
+    if cfg.sparse_2_4 and cfg.int4_weights:
+        return fmt.sparse | fmt.int4
+    if cfg.sparse_2_4:
+        return fmt.sparse
+    return fmt.int4
 
 
 def weight_beat_layout(cfg: AccelConfig, lanes: int | None = None) -> data.ArrayLayout:
@@ -232,8 +253,9 @@ class _Walker:
         # block's last row (rows in this M-block − 1).
         self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
         self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
-        # K positions a tile covers: 2R for a 2:4 command.
-        self.k_step = Mux(cmd.fmt.sparse, 2 * cfg.rows, cfg.rows) if cfg.sparse_2_4 else cfg.rows
+        # K positions a tile covers: 2R for a 2:4 or an int4 command.
+        wide = wide_tiles(cfg, cmd)
+        self.k_step = cfg.rows if wide is None else Mux(wide, 2 * cfg.rows, cfg.rows)
         self._compute_after(m)
 
     @property
@@ -386,9 +408,12 @@ class _Format:
         self.sparse = cmd.fmt.sparse if cfg.sparse_2_4 else 0
         self.int4 = cmd.fmt.int4 if cfg.int4_weights else 0
         self.compressed = (self.sparse | self.int4) if cfg.sparse_2_4 or cfg.int4_weights else 0
-        # Array rows a value beat writes: 2L for int4.
-        self.value_step = Mux(self.int4, 2 * lanes, lanes) if cfg.int4_weights else lanes
-        if cfg.int4_weights:
+        # int4 2:4: a byte's two nibbles are two array rows; int4 dense: one PE's pair.
+        self.nibbles = self.sparse & self.int4 if nibble_rows(cfg) else 0
+        self.pair = (self.int4 & ~self.sparse) if cfg.int4_weights else 0
+        # Array rows a value beat writes: 2L for int4 2:4.
+        self.value_step = Mux(self.nibbles, 2 * lanes, lanes) if nibble_rows(cfg) else lanes
+        if nibble_rows(cfg):
             # The array's weight port is 2L rows wide: an int8 beat writes half of it
             # (`half`), at `addr`, the array row of lane 0 (a multiple of 2L).
             self.addr = Signal(range(cfg.rows), name="ld_addr")
@@ -402,28 +427,28 @@ class _Format:
 
     def restart(self) -> list:
         """Statements that start a tile's (or part's) weight addresses."""
-        if not self.cfg.int4_weights:
+        if not nibble_rows(self.cfg):
             return []
         return [self.addr.eq(0), self.half.eq(0)]
 
     def advance(self) -> list:
         """Statements that step the weight address past one value beat."""
-        if not self.cfg.int4_weights:
+        if not nibble_rows(self.cfg):
             return []
-        step = self.half | self.int4
+        step = self.half | self.nibbles
         return [
             self.addr.eq(Mux(step, self.addr + 2 * self.cfg.weight_rows_per_beat, self.addr)),
-            self.half.eq(~self.half & ~self.int4),
+            self.half.eq(~self.half & ~self.nibbles),
         ]
 
     def w_addr(self, ld_row):
         """The array row of weight lane 0 for the beat at tile row `ld_row`."""
-        return self.addr if self.cfg.int4_weights else ld_row
+        return self.addr if nibble_rows(self.cfg) else ld_row
 
     def weight_rows(self, payload):
-        """The array's weight lanes from a beat: as is, or (int4) nibbles sign-extended."""
+        """The array's weight lanes from a beat: as is, or (int4 2:4) nibbles sign-extended."""
         cfg = self.cfg
-        if not cfg.int4_weights:
+        if not nibble_rows(cfg):
             return payload
         lanes = cfg.weight_rows_per_beat
         rows = Signal(weight_beat_layout(cfg, weight_lanes(cfg)), name="ld_w_rows")
@@ -431,7 +456,7 @@ class _Format:
             for c in range(cfg.cols):
                 byte = payload[i // 2][c]
                 nibble = byte[4 * (i % 2) : 4 * (i % 2) + 4].as_signed()
-                self.m.d.comb += rows[i][c].eq(Mux(self.int4, nibble, payload[i % lanes][c]))
+                self.m.d.comb += rows[i][c].eq(Mux(self.nibbles, nibble, payload[i % lanes][c]))
         return rows
 
     def index_rows(self, payload):
@@ -454,30 +479,36 @@ class _Format:
         if not (cfg.sparse_2_4 or cfg.int4_weights):
             return ld_row + i < k_valid
         inside = ld_row + i % lanes < self.value_rows(k_valid)
-        if cfg.int4_weights:
-            # int8 beats fill the lower (`half` clear) or upper L lanes; int4 beats all.
-            inside = self.int4 | ((self.half == (i >= lanes)) & inside)
+        if nibble_rows(cfg):
+            # Byte beats fill the lower (`half` clear) or upper L lanes; int4 2:4 beats all.
+            inside = self.nibbles | ((self.half == (i >= lanes)) & inside)
         return ~ld_idx & inside if cfg.sparse_2_4 else inside
 
     def issue(self, a_row, act, inject, k_valid) -> None:
         """Drive the array's activation lanes: the first `k_valid` K positions of the beat.
 
-        A dense command in a 2:4 build puts x[2g + j] on lane 4g + j (j < 2),
-        where the array's dense positions (row mod 2) pick it.
+        A 2R-position command (2:4, int4) passes its lanes as they are. An int8
+        dense command in a 2:4 build puts x[2g + j] on lane 4g + j (j < 2),
+        where the array's dense positions (row mod 2) pick it; in an int4 build
+        without 2:4, x[r] on lane 2r (the lane of PE row r's multiplier).
         """
         m, cfg = self.m, self.cfg
-        if not cfg.sparse_2_4:
+        wide = self.sparse if cfg.sparse_2_4 and not cfg.int4_weights else self.compressed
+        if not (cfg.sparse_2_4 or cfg.int4_weights):
             for r in range(cfg.rows):
                 m.d.comb += a_row[r].eq(Mux(inject & (r < k_valid), act[r], 0))
             return
         for lane in range(2 * cfg.rows):
-            group, j = divmod(lane, 4)
-            if j < 2:
-                src = 2 * group + j
-                use = Mux(self.sparse, lane < k_valid, src < k_valid)
-                value = Mux(self.sparse, act[lane], act[src])
+            if cfg.sparse_2_4:
+                group, j = divmod(lane, 4)
+                src = 2 * group + j if j < 2 else None
             else:
-                use, value = self.sparse & (lane < k_valid), act[lane]
+                src = lane // 2 if lane % 2 == 0 else None
+            if src is not None:
+                use = Mux(wide, lane < k_valid, src < k_valid)
+                value = Mux(wide, act[lane], act[src])
+            else:
+                use, value = wide & (lane < k_valid), act[lane]
             m.d.comb += a_row[lane].eq(Mux(inject & use, value, 0))
 
     def kept(self, k_valid):
@@ -528,6 +559,7 @@ class TileSequencer(wiring.Component):
                 "w_addr": Out(range(cfg.rows)),
                 "w_bank": Out(1),
                 "w_we": Out(weight_lanes(cfg)),
+                **({"w_pair": Out(1)} if cfg.int4_weights else {}),
                 "tag": Out(tag_layout(cfg, m_block, param_rows)),
                 "current": Out(cmd_layout),
                 "credit_return": In(1),
@@ -612,6 +644,8 @@ class TileSequencer(wiring.Component):
             self.w_addr.eq(fmt.w_addr(ld_row)),
             self.w_bank.eq(ld_bank),
         ]
+        if cfg.int4_weights:
+            m.d.comb += self.w_pair.eq(fmt.pair)
         for i in range(weight_lanes(cfg)):
             m.d.comb += self.w_we[i].eq(
                 ld_fire["we"] & fmt.lane_writes(i, ld_row, loader.k_valid, ld_idx)
@@ -833,7 +867,8 @@ class TileSequencer(wiring.Component):
         # the drain after the last row always covers the two cycles.
         row_k = Signal.like(issuer.k_valid)
         row_n = Signal.like(issuer.n_valid)
-        row_macs = Signal(range(rows * cols + 1))
+        # A row's MACs: up to R·C, 2R·C for an int4 pair tile (2R K positions).
+        row_macs = Signal(range((2 if cfg.int4_weights else 1) * rows * cols + 1))
         m.d.sync += [
             row_k.eq(Mux(inject["count"], fmt.kept(issuer.k_valid), 0)),
             row_n.eq(issuer.n_valid),

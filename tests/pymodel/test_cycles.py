@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.timing import ACC_STAGES, postproc_latency, systolic_latency
+from contract.timing import ACC_STAGES, PAIR_STAGES, postproc_latency, systolic_latency
 from pymodel.config import AccelConfig, ConfigError, MoESpec
 from pymodel.cycles import (
     COUNTERS,
@@ -176,7 +176,7 @@ def _drain(cfg: AccelConfig) -> int:
         # one tile, one row: load beats, then the row enters the cycle after the last beat
         (WeightFormat.DENSE_INT8, 8, 4 + 1),  # 8 rows / 2 a beat
         (WeightFormat(8, True), 16, 5 + 1),  # 2R = 16 K positions: 8 value + 2 index rows
-        (WeightFormat(4), 8, 2 + 1),  # 8 weight rows in 4 byte rows
+        (WeightFormat(4), 16, 4 + 1),  # 2R = 16 K positions, two a byte row: 8 rows
         (WeightFormat(4, True), 16, 3 + 1),  # 4 packed value rows + 2 index rows
     ],
     ids=lambda v: v.name if isinstance(v, WeightFormat) else str(v),
@@ -190,7 +190,7 @@ def test_one_tile_by_hand(fmt: WeightFormat, k: int, walk: int) -> None:
     [
         (WeightFormat.DENSE_INT8, 64, 4),
         (WeightFormat(8, True), 32, 5),  # half the K passes
-        (WeightFormat(4), 64, 2),  # half the weight beats
+        (WeightFormat(4), 32, 4),  # half the K passes, int8's beats (two K a byte)
         (WeightFormat(4, True), 32, 3),
     ],
     ids=lambda v: v.name if isinstance(v, WeightFormat) else str(v),
@@ -204,8 +204,11 @@ def test_load_and_compute_bound_walks_by_hand(fmt: WeightFormat, tiles: int, loa
 
 
 def test_a_build_without_compressed_paths_is_unchanged() -> None:
+    """int8 dense: the same walk in every build; an int4 build's array is `PAIR_STAGES` deeper."""
     plain = AccelConfig()
-    assert gemm_cycles(plain, 4, 64, 64, 2) == gemm_cycles(COMPRESSED, 4, 64, 64, 2)
+    sparse = AccelConfig(sparse_2_4=True)
+    assert gemm_cycles(plain, 4, 64, 64, 2) == gemm_cycles(sparse, 4, 64, 64, 2)
+    assert gemm_cycles(plain, 4, 64, 64, 2) + PAIR_STAGES == gemm_cycles(COMPRESSED, 4, 64, 64, 2)
 
 
 def test_layer_weight_bytes_by_format_by_hand() -> None:

@@ -45,8 +45,8 @@ def expected(src, x, h, table, row0, m, nt, passes, kt_n, tokens, r) -> list[byt
 
 @pytest.mark.parametrize(
     "cfg, sparse",
-    [(CFG, None), (SPARSE_CFG, 0), (SPARSE_CFG, 1)],
-    ids=["dense", "2:4-build", "2:4"],
+    [(CFG, None), (SPARSE_CFG, 0), (SPARSE_CFG, 1), (SMALL_TOP.replace(int4_weights=True), 1)],
+    ids=["dense", "2:4-build", "2:4", "int4"],
 )
 @pytest.mark.parametrize("src", list(ActSource))
 def test_activation_feeder_slice_order_and_padding(src, cfg, sparse):

@@ -6,6 +6,7 @@ import pytest
 
 from pymodel.config import AccelConfig
 from pymodel.gemm import matmul_int
+from pymodel.gemm_engine import activation_lanes
 from pymodel.weight_formats import decompress_2_4
 from rtl.systolic import ProcessingElement, SystolicArray, index_lanes, weight_lanes
 from sim.amaranth_sim import run_simulation
@@ -140,12 +141,13 @@ def _tight_schedule(cfg: AccelConfig, tiles: list[tuple[int, int]], gaps: np.nda
         (8, 4, 8, True),
         (6, 2, 4, True),
     ],
-    ids=["L1", "L2-C3", "L2", "L2-R-odd", "L4", "int4-2L4", "int4-2L4-R6"],
+    ids=["L1", "L2-C3", "L2", "L2-R-odd", "L4", "int4-L2", "int4-L1-R6"],
 )
 def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus, int4):
     """Short tiles (1–3 rows, K tails) back to back: a bank is refilled at once, all sums exact.
 
-    An int4 build's weight port is 2L rows wide (its write skew `r − r//(2L)`).
+    In an int4 build (int8 tiles here) every PE has `PAIR_STAGES` more and takes
+    2R activation lanes.
     """
     cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus, int4_weights=int4)
     array = SystolicArray(cfg)
@@ -174,12 +176,13 @@ def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus, int4)
                 kv = tiles[i][0]
                 r0 = j * lanes
                 _write_beat(ctx, array, i % 2, r0, weights[i][r0 : r0 + lanes], min(lanes, kv - r0))
-            ctx.set(array.a_in, [0] * rows)
+            ctx.set(array.a_in, [0] * activation_lanes(cfg))
             if inject is not None:
                 i, row = inject
                 kv = tiles[i][0]
                 a = [int(v) if r < kv else 0 for r, v in enumerate(acts[i][row])]
-                ctx.set(array.a_in, a)
+                # An int4 build's PE row r multiplies an int8 weight by lane 2r.
+                ctx.set(array.a_in, [v for x in a for v in (x, 0)] if int4 else a)
                 ctx.set(array.sel_in, i % 2)
                 pending[cycle + array.latency] = inject
             if cycle in pending:
