@@ -71,3 +71,12 @@ def test_plot_is_written(tmp_path: Path, small_result: dict) -> None:
     out = tmp_path / "offload.png"
     om.plot([small_result, small_result], out, om.CFG.clock_mhz)
     assert out.stat().st_size > 10_000
+
+
+def test_recorded_trace_is_priced_with_its_own_pre_gating() -> None:
+    study = om.Study("Mixtral-8x7B", layers=3, slots=(4,), sweep=(), steps=3, warmup=3)
+    with om.shared_layer_cycles():
+        result = om.recorded_study(study)
+    assert [r["policy"] for r in result["rows"]] == list(expert_cache.POLICIES)
+    assert 0.0 <= result["prediction_accuracy"] <= 1.0
+    assert "real pre-gating accuracy" in om.recorded_markdown(result)
