@@ -10,6 +10,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from pymodel.config import AccelConfig, ConfigError
+from rtl.axi_arbiter import AXI4Arbiter
+from rtl.copy_engine import CopyEngine
 from rtl.gemm_engine import GemmEngine
 from rtl.systolic import SystolicArray
 from rtl.top import MoEAccel
@@ -22,8 +24,11 @@ TOPS: dict[str, Callable[[AccelConfig], wiring.Component]] = {
     "gemm_engine": GemmEngine,
     "moe_accel": MoEAccel,
     "systolic_array": SystolicArray,
+    "copy_engine": CopyEngine,
+    "axi_arbiter": AXI4Arbiter,
 }
-"""Synthesisable tops by name (`--top`): the GEMM engine (the default), the whole accelerator."""
+"""Synthesisable tops by name (`--top`): the GEMM engine (the default), the whole accelerator,
+the array, and the copy engine and the arbiter alone (`bench/copy_units_sweep.py`)."""
 
 
 def build_top(name: str, cfg: AccelConfig) -> wiring.Component:

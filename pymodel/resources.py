@@ -225,7 +225,8 @@ COPY_UNITS_MEASURED: tuple[tuple[str, int, int, int, int, int], ...] = (
 """yosys 0.70 `synth_ecp5` of `CopyEngine(cfg, axi_id=1)` and `AXI4Arbiter(cfg, ids=(0, 1))`
 alone, each in `flow.tops.SynthHarness` (`flow.runs.netlist`, other fields default). The
 harness's cells are taken off: its `in_bits + out_bits` flip-flops exactly and one LUT4 per
-output bit (the capture multiplexer)."""
+output bit (the capture multiplexer). `python bench/copy_units_sweep.py` remakes and checks
+these rows."""
 
 
 def _copy_features(bus: int, addr_bits: int) -> list[float]:
