@@ -126,6 +126,11 @@ FORMAT_CFG = AccelConfig(rows=8, cols=8, sparse_2_4=True, int4_weights=True)
 FORMAT_SEED = 19
 
 
+# An int4 build without 2:4 on a small array (4×4, 8-byte bus: L = 2): int4 dense
+# pairs on an L-row weight port, int8 commands spread to lane 2r.
+INT4_CFG = AccelConfig(rows=4, cols=4, mem_bytes_per_cycle=8, int4_weights=True)
+
+
 def _format_cases(seed: int, count: int) -> list[list]:
     """All four formats: directed corners (K tails, M = 1, SwiGLU), then random ones."""
     r, c = FORMAT_CFG.rows, FORMAT_CFG.cols
@@ -148,9 +153,15 @@ def _format_cases(seed: int, count: int) -> list[list]:
     return directed + randoms
 
 
-def _run_formats(seed: int, cases: list[list], testcase: str | None = None) -> None:
-    engine = GemmEngine(FORMAT_CFG, m_block=16, param_rows=PARAM_ROWS)
-    build = build_component(engine, "gemm_engine_8x8_formats")
+def _run_formats(
+    seed: int,
+    cases: list[list],
+    testcase: str | None = None,
+    cfg: AccelConfig = FORMAT_CFG,
+    name: str = "gemm_engine_8x8_formats",
+) -> None:
+    engine = GemmEngine(cfg, m_block=16, param_rows=PARAM_ROWS)
+    build = build_component(engine, name)
     print(f"format cases: seed {seed}")
     try:
         run_cocotb(
@@ -158,7 +169,7 @@ def _run_formats(seed: int, cases: list[list], testcase: str | None = None) -> N
             TB,
             testcase=testcase,
             params={
-                "cfg": FORMAT_CFG,
+                "cfg": cfg,
                 "m_block": engine.m_block,
                 "param_rows": PARAM_ROWS,
                 "seed": seed,
@@ -177,6 +188,20 @@ def test_gemm_engine_formats_bit_exact():
     """int8/int4 × dense/2:4 on one build with both switches on; bad formats rejected."""
     seed = int(os.environ.get("FORMAT_SEED", FORMAT_SEED))
     _run_formats(seed, _format_cases(seed, 2))
+
+
+def test_gemm_engine_int4_only_build_bit_exact():
+    """int8 and int4 dense on a build with int4 but not 2:4 (cycles checked against the model)."""
+    seed = int(os.environ.get("FORMAT_SEED", FORMAT_SEED))
+    r, c = INT4_CFG.rows, INT4_CFG.cols
+    rng = random.Random(seed)
+    cases = [
+        [r + 2, 2 * r + 1, c + 1, "SWIGLU", False, 0.2, 0.6, "int8 dense"],
+        [1, 1, 1, "REQUANT", False, 0.0, 1.0, "int4 dense"],
+        [3, 4 * r + 3, 2 * c + 1, "SWIGLU", True, 0.3, 0.5, "int4 dense"],
+        *([*case, rng.choice(["int8 dense", "int4 dense"])] for case in _random_cases(rng, 2)),
+    ]
+    _run_formats(seed, cases, cfg=INT4_CFG, name="gemm_engine_4x4_int4")
 
 
 @pytest.mark.slow
