@@ -38,13 +38,13 @@ from .cycles import MemoryTiming, layer_cycles
 from .expert_traces import RoutingTrace
 
 __all__ = [
-    "COPY_STALL_SHARE",
     "POLICIES",
     "CacheResult",
     "DecodeCost",
     "HostLink",
     "LayerCache",
     "copy_cycles",
+    "copy_stall_cycles",
     "decode_cost",
     "host_layer_cycles",
     "link_read_cycles",
@@ -148,23 +148,26 @@ def host_layer_cycles(
     return total
 
 
-COPY_STALL_SHARE = 0.355
-"""Cycles a layer loses per cycle of link transfer of a copy running beside it.
-
-Measured on the RTL (`bench/offload_bench.py`: small top, 16-byte bus, a 4 B/cycle
-link): a layer with one 5 KiB expert copy beside it takes ~455 cycles longer, with
-two ~885, whether or not it reads experts over the link itself. The copy's write
-bursts to device memory carry beats as slowly as the link delivers them and AXI4
-orders W beats by AW, so the layer's own writes queue behind them. A measured
-share, not derived: re-measure it for another bus or link (the bench fails loudly
-when the prediction leaves the RTL by more than 5 %).
-"""
-
-
 def copy_cycles(cfg: AccelConfig, link: HostLink, nbytes: int) -> float:
     """One copy of `nbytes` from host memory into a device slot, alone on the copy engine:
     a DMA read over the link (the writes to device memory follow one burst behind)."""
     return link_read_cycles(cfg, link, nbytes)
+
+
+def copy_stall_cycles(
+    cfg: AccelConfig, link: HostLink, layer: float, copies: int, copy_bytes: int
+) -> float:
+    """Cycles the copies queued at a layer's start can take from it: their bus beats.
+
+    The copy engine writes a burst only once its data has crossed the link, so its W
+    beats run back to back and a layer write behind them in AXI4's W order waits for
+    beats, never for the link (`rtl.copy_engine`). What the copies can take is the W
+    cycles of the bytes that arrive while the layer runs: `(layer - latency)` cycles of
+    link bandwidth, at most all their bytes, one bus beat each `mem_bytes_per_cycle`.
+    A bound from the bus sharing (the layer loses those cycles only when it writes then).
+    """
+    arrived = min(copies * copy_bytes, max(0.0, layer - link.latency) * link.bytes_per_cycle)
+    return arrived / cfg.mem_bytes_per_cycle
 
 
 def prefetch_pair_cycles(
@@ -179,15 +182,14 @@ def prefetch_pair_cycles(
 
     `layer` is the layer's own cycles (e.g. `host_layer_cycles`), `demand_bytes` what
     it reads over the link itself. The copies run one after another from the layer's
-    start; they stall the layer by `COPY_STALL_SHARE` of their link time, and the link
+    start; they stall the layer by their bus beats (`copy_stall_cycles`), and the link
     carries the layer's demand reads too. What the copies take beyond the layer is the
     exposed prefetch cost: the next layer waits for it.
     """
     _check_int("prefetch_pair_cycles", "copies", copies, 0)
     if not copies:
         return layer
-    link_time = copies * copy_bytes / link.bytes_per_cycle
-    beside = layer + COPY_STALL_SHARE * link_time
+    beside = layer + copy_stall_cycles(cfg, link, layer, copies, copy_bytes)
     copying = copies * copy_cycles(cfg, link, copy_bytes) + demand_bytes / link.bytes_per_cycle
     return max(beside, copying)
 

@@ -19,9 +19,9 @@ are counted on top of the engine when the switch is on: `copy_units` fits
 each unit's LUT4, carry and FF counts, linear in the bus width and
 `addr_bits`, to yosys `synth_ecp5` of the unit alone at five configs
 (`COPY_UNITS_MEASURED`, the synthesis harness's cells taken off); they use
-no DSP and no block RAM, and their memories (the descriptor queue, the
-one-burst FIFO, the arbiter's W-order FIFO) map to LUT RAM, counted exactly
-in `lut_ram`.
+no DSP; the copy engine's beat FIFO maps to block RAM and the other
+memories (the descriptor queue, the arbiter's W-order FIFO) to LUT RAM,
+counted exactly in `brams` and `lut_ram`.
 
 Fmax is not modelled: `known_fmax` returns the place-and-route result of a
 config of docs/fpga.md's sweep (`FMAX_MEASURED`), else None.
@@ -39,7 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.timing import SHIFT_BITS, default_m_block, default_param_rows, postproc_output_bits
+from contract.timing import (
+    DMA_MAX_OUTSTANDING,
+    SHIFT_BITS,
+    burst_beats,
+    default_m_block,
+    default_param_rows,
+    postproc_output_bits,
+)
 
 from .config import AccelConfig, ConfigError
 
@@ -211,11 +218,11 @@ def estimate(cfg: AccelConfig) -> ResourceEstimate:
 
 COPY_UNITS_MEASURED: tuple[tuple[str, int, int, int, int, int], ...] = (
     # unit, mem_bytes_per_cycle, addr_bits, LUT4, CCU2C, FF
-    ("copy_engine", 16, 32, 798, 324, 877),
-    ("copy_engine", 4, 32, 702, 347, 699),
-    ("copy_engine", 64, 32, 1165, 297, 1631),
-    ("copy_engine", 16, 48, 953, 372, 1005),
-    ("copy_engine", 8, 40, 824, 362, 821),
+    ("copy_engine", 16, 32, 834, 380, 1033),
+    ("copy_engine", 4, 32, 743, 403, 759),
+    ("copy_engine", 64, 32, 1247, 353, 2171),
+    ("copy_engine", 16, 48, 998, 428, 1161),
+    ("copy_engine", 8, 40, 865, 418, 913),
     ("axi_arbiter", 16, 32, 319, 96, 208),
     ("axi_arbiter", 4, 32, 211, 96, 208),
     ("axi_arbiter", 64, 32, 751, 96, 208),
@@ -248,21 +255,23 @@ def _copy_fit() -> dict[str, np.ndarray]:
 def copy_units(cfg: AccelConfig) -> ResourceEstimate:
     """Estimated cells of the copy engine plus the AXI arbiter at `cfg` (built or not).
 
-    LUT RAM is counted exactly: the copy engine's one-burst FIFO (16 beats of the bus, 4 bits
-    a cell: 2 cells a bus byte) and its descriptor queue (`COPY_QUEUE_DEPTH` ≤ 16 entries of
+    Memories are counted exactly: the copy engine's FIFO (`DMA_MAX_OUTSTANDING` bursts of
+    the bus, 63 beats at most in memory) maps to DP16KD block RAM, 36 bits wide at 512
+    entries; LUT RAM holds its descriptor queue (`COPY_QUEUE_DEPTH` ≤ 16 entries of
     src, dst and a 32-bit length), and one cell for the arbiter's W-order FIFO.
     """
     if not isinstance(cfg, AccelConfig):
         raise ConfigError(f"copy_units needs an AccelConfig, got {type(cfg).__name__}")
     x = np.array(_copy_features(cfg.mem_bytes_per_cycle, cfg.addr_bits))
+    fifo_beats = DMA_MAX_OUTSTANDING * burst_beats(cfg)
     luts, carry, ffs = sum(x @ coef for coef in _copy_fit().values())
     return ResourceEstimate(
         luts=round(luts),
         carry=round(carry),
         ffs=round(ffs),
         dsps=0,
-        brams=0,
-        lut_ram=2 * cfg.mem_bytes_per_cycle + _ceil(2 * cfg.addr_bits + 32, 4) + 1,
+        brams=_ceil(8 * cfg.mem_bytes_per_cycle, 36) * _ceil(fifo_beats - 1, 512),
+        lut_ram=_ceil(2 * cfg.addr_bits + 32, 4) + 1,
     )
 
 

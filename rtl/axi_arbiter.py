@@ -12,7 +12,13 @@ layer the copies, and neither may see the other's responses.
   requires.
 - W: beats follow the order of accepted AWs (AXI4 has no write interleaving):
   a queue of granted AW masters selects whose W beats pass, one burst (to its
-  WLAST) at a time.
+  WLAST) at a time. So W is only ever granted to the master whose AW was
+  granted, and a master slow to give its W beats holds the W channel for the
+  other: the arbiter cannot see a burst's data coming, so each master must
+  show AW only when its burst can follow at bus speed. The layer's DMA writes
+  data the layer has produced; the copy engine shows AW only with the whole
+  burst buffered (`rtl.copy_engine`), so a layer write waits for at most the
+  copy bursts granted before it, at one beat a cycle, never for the host link.
 - R and B: routed by id. The masters must use different ids (`ids`); the
   memory may return R bursts of different ids out of order.
 

@@ -11,9 +11,24 @@ the DMA's rules: multiples of the beat, inside the address space) into a queue
 of `queue_depth` (`contract.regs.COPY_QUEUE_DEPTH` by default, the depth the
 driver plans with); `push` with a full queue drops the descriptor and raises an
 error with `ErrorCause.COPY_QUEUE_FULL`. Descriptors run one at a time, in
-order: the DMA reads `src` and writes the beats, through a FIFO of one burst,
-to `dst`; a descriptor completes when its last write response has arrived
-(`completed` counts it). `done` pulses when the queue has run empty after work.
+order: the DMA reads `src` and writes the beats, through a FIFO of
+`DMA_MAX_OUTSTANDING` bursts, to `dst`; a descriptor completes when its last
+write response has arrived (`completed` counts it). `done` pulses when the
+queue has run empty after work.
+
+Never in the layer's way on the shared bus (`rtl.axi_arbiter`): `src` may sit
+behind a slow host link, so the engine holds back the DMA's requests until they
+can run at bus speed. An AW leaves only once its whole burst is in the FIFO
+(beats buffered and not owed to an earlier accepted AW), so its W beats follow
+back to back and a layer write queued behind it in W order never waits on the
+link; an AR leaves only once the FIFO has room for its whole burst beside the
+beats of reads still in flight, so the engine never holds R (`rready`) and a
+layer read is never stuck behind a copy's full FIFO. Both reservations only
+shrink when their request is accepted, so a request shown stays shown until
+READY. The FIFO holds as many bursts as the DMA keeps reads in flight, so the
+reservation costs a slow link no throughput: the reads keep the link busy
+while buffered bursts wait for their AW. After a DMA error both gates open:
+the DMA issues nothing new and drains what it holds with zero strobes.
 
 Errors never hang it: a bus error on either side (or a malformed descriptor)
 makes the DMA drain its bursts; the engine then drops the descriptors still
@@ -26,13 +41,14 @@ and running copies), `busy_cycles` (a descriptor running or queued).
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.hdl import ResetInserter
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from contract.regs import COPY_QUEUE_DEPTH, COUNTER_BITS, ErrorCause
+from contract.timing import DMA_MAX_OUTSTANDING
 from pymodel.config import AccelConfig, ConfigError
 
 from .axi import AXI4Signature, burst_beats
@@ -78,24 +94,64 @@ class CopyEngine(wiring.Component):
             }
         )
 
+    def _gate_requests(
+        self, m: Module, dma: DMA, beats: SyncFIFOBuffered, depth: int, flush: Signal
+    ) -> None:
+        """Pass the DMA's AR and AW to `m_axi` only when their burst can run at bus speed.
+
+        `owed`: beats of accepted AWs not yet taken from the FIFO; `incoming`:
+        beats of accepted ARs not yet put into it. AW needs `level - owed` to hold
+        its burst, AR needs `depth - level - incoming` to hold its burst.
+        """
+        dma_axi, axi = dma.m_axi, self.m_axi
+        owed = Signal(range(depth + 1))
+        incoming = Signal(range(depth + 1))
+        aw_ok, ar_ok = Signal(), Signal()
+        m.d.comb += [
+            aw_ok.eq(dma.error | (beats.level - owed >= dma_axi.awlen + 1)),
+            ar_ok.eq(dma.error | (depth - beats.level - incoming >= dma_axi.arlen + 1)),
+            axi.awvalid.eq(dma_axi.awvalid & aw_ok),
+            dma_axi.awready.eq(axi.awready & aw_ok),
+            axi.arvalid.eq(dma_axi.arvalid & ar_ok),
+            dma_axi.arready.eq(axi.arready & ar_ok),
+        ]
+        aw_fire = axi.awvalid & axi.awready
+        ar_fire = axi.arvalid & axi.arready
+        pop = beats.r_en & beats.r_rdy
+        push = beats.w_en & beats.w_rdy
+        with m.If(flush):
+            m.d.sync += [owed.eq(0), incoming.eq(0)]
+        with m.Else():
+            m.d.sync += [
+                owed.eq(owed + Mux(aw_fire, dma_axi.awlen + 1, 0) - pop),
+                incoming.eq(incoming + Mux(ar_fire, dma_axi.arlen + 1, 0) - push),
+            ]
+
     def elaborate(self, platform: object) -> Module:
         m = Module()
         cfg = self.cfg
         m.submodules.dma = dma = DMA(cfg, axi_id=self.axi_id)
-        wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
+        for name, port in dma.m_axi.signature.members.items():
+            if name not in ("arvalid", "arready", "awvalid", "awready"):
+                if port.flow == Out:
+                    m.d.comb += getattr(self.m_axi, name).eq(getattr(dma.m_axi, name))
+                else:
+                    m.d.comb += getattr(dma.m_axi, name).eq(getattr(self.m_axi, name))
 
         layout = copy_command_layout(cfg.addr_bits)
         flush = Signal()
         queue = SyncFIFO(width=layout.size, depth=self.queue_depth)
         m.submodules.queue = ResetInserter(flush)(queue)
-        beats = SyncFIFOBuffered(width=8 * cfg.mem_bytes_per_cycle, depth=burst_beats(cfg))
+        depth = DMA_MAX_OUTSTANDING * burst_beats(cfg)
+        beats = SyncFIFOBuffered(width=8 * cfg.mem_bytes_per_cycle, depth=depth)
         m.submodules.beats = ResetInserter(flush)(beats)
+        self._gate_requests(m, dma, beats, depth, flush)
 
         m.d.comb += [
             queue.w_data.eq(self.cmd.payload),
             queue.w_en.eq(self.cmd.valid),
             self.cmd.ready.eq(1),
-            # Read beats pass through one burst of buffer to the write side.
+            # Read beats pass through the FIFO to the write side (`_gate_requests` paces both).
             beats.w_data.eq(dma.rd_data.payload.data),
             beats.w_en.eq(dma.rd_data.valid),
             dma.rd_data.ready.eq(beats.w_rdy),

@@ -9,10 +9,10 @@ import pytest
 
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.expert_cache import (
-    COPY_STALL_SHARE,
     HostLink,
     LayerCache,
     copy_cycles,
+    copy_stall_cycles,
     decode_cost,
     expert_bytes,
     prefetch_pair_cycles,
@@ -78,12 +78,16 @@ def test_a_prefetch_never_evicts_another_prediction_nor_fetches_into_a_pinned_ca
 def test_prefetch_pair_cycles_exposes_only_what_the_copies_take_beyond_the_layer() -> None:
     cfg, link = AccelConfig(), HostLink(bytes_per_cycle=4, latency=200)
     assert prefetch_pair_cycles(cfg, link, 1000.0, 0, 4096) == 1000.0
-    stalled = 1000.0 + COPY_STALL_SHARE * 4096 / 4
+    beat = cfg.mem_bytes_per_cycle
+    # 800 cycles of the layer after the link's latency: 3,200 of the 4,096 bytes arrive.
+    assert copy_stall_cycles(cfg, link, 1000.0, 1, 4096) == pytest.approx(3200 / beat)
+    assert copy_stall_cycles(cfg, link, 150.0, 1, 4096) == 0.0
+    stalled = 1000.0 + 3200 / beat
     assert prefetch_pair_cycles(cfg, link, 1000.0, 1, 4096) == pytest.approx(
         max(stalled, copy_cycles(cfg, link, 4096))
     )
     long = prefetch_pair_cycles(cfg, link, 100_000.0, 2, 4096)
-    assert long == pytest.approx(100_000.0 + COPY_STALL_SHARE * 2 * 4096 / 4)
+    assert long == pytest.approx(100_000.0 + 2 * 4096 / beat)  # every beat inside the layer
     with pytest.raises(ConfigError, match="copies"):
         prefetch_pair_cycles(cfg, link, 1000.0, -1, 4096)
 
