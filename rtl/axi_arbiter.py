@@ -15,10 +15,12 @@ layer the copies, and neither may see the other's responses.
   WLAST) at a time. So W is only ever granted to the master whose AW was
   granted, and a master slow to give its W beats holds the W channel for the
   other: the arbiter cannot see a burst's data coming, so each master must
-  show AW only when its burst can follow at bus speed. The layer's DMA writes
-  data the layer has produced; the copy engine shows AW only with the whole
-  burst buffered (`rtl.copy_engine`), so a layer write waits for at most the
-  copy bursts granted before it, at one beat a cycle, never for the host link.
+  show AW only when its burst can follow at bus speed where it matters. The
+  copy engine shows AW only with the whole burst buffered (`rtl.copy_engine`),
+  so a layer write waits for at most the copy bursts granted before it, at one
+  beat a cycle, never for the host link. The layer's DMA may show AW before
+  its units have produced the data; then it holds W only against the copies,
+  which are background work and only slow down (their FIFO stops their reads).
 - R and B: routed by id. The masters must use different ids (`ids`); the
   memory may return R bursts of different ids out of order.
 
