@@ -171,7 +171,8 @@ def tail(trace: RoutingTrace, cache: CacheResult, steps: int) -> tuple[RoutingTr
     Why: the caches start empty and DeepSeek-V3 has 256 experts a layer, so a short
     trace would price mostly cold misses (and flatter `pinned`, whose oracle set is
     loaded before the first token). The cache's decisions are causal, so the tail of
-    one replay is what those steps cost after the warm-up.
+    one replay is what those steps cost after the warm-up. Which prefetched experts
+    were used is a per-layer total the replay does not keep per step: -1 here.
     """
     mask, ahead = cache.miss_mask[-steps:], cache.prefetch_counts[-steps:]
     part = RoutingTrace(trace.experts[-steps:], trace.n_experts, trace.source)
