@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pymodel.config import AccelConfig, ConfigError, MoESpec, _check_int
-from pymodel.expert_traces import RoutingTrace
+from pymodel.expert_traces import RoutingTrace, prediction_accuracy
 from pymodel.families import family_spec
 from pymodel.layer import quantize_input, route
 from pymodel.quantize import QuantizedLayer, calibrate, quantize_layer
@@ -87,11 +87,7 @@ class DecodeStreamResult:
 
     def prediction_accuracy(self) -> np.ndarray:
         """Per layer: |predicted ∩ actual| / |actual|, averaged over steps (NaN for layer 0)."""
-        actual = self.trace.experts
-        hit = (actual[..., :, None] == self.predicted[..., None, :]).any(axis=-1)
-        acc = hit.mean(axis=(0, 2))
-        acc[0] = np.nan
-        return acc
+        return prediction_accuracy(self.trace, self.predicted)
 
     @property
     def all_bit_exact(self) -> bool | None:
