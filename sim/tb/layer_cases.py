@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from contract.regs import REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.families import FAMILIES, family_spec
 from pymodel.layer import LayerResult, golden_layer, quantize_input
@@ -34,6 +35,8 @@ __all__ = [
     "LayerCase",
     "case_from",
     "check_outputs",
+    "check_start_while_busy",
+    "expect_error",
     "load_case",
     "make_case",
     "mode_specs",
@@ -151,3 +154,31 @@ def run_case(sim: FastSim, case: LayerCase, max_cycles: int = 4_000_000) -> int:
     check_outputs(case, read_outputs(sim.mem, case.image), counts)
     assert sim.read_reg("DROPPED_TOKENS") == case.golden.dispatch.dropped
     return sim.read_reg("CYCLES_TOTAL")
+
+
+def expect_error(sim: FastSim, cause: ErrorCause, max_cycles: int = 2_000_000) -> None:
+    """Run to the end and require the ERROR status with `cause`, the accelerator idle after."""
+    from sim.fast import RunStatus
+
+    result = sim.run(max_cycles)
+    assert result.status is RunStatus.ERROR and result.cause is cause, result
+    assert not REGISTER_MAP["STATUS"].register.unpack(sim.read_reg("STATUS"))["busy"]
+
+
+def check_start_while_busy(sim: FastSim, case: LayerCase) -> None:
+    """A second CTRL.start 200 cycles into `case` is refused (START_WHILE_BUSY) and the
+    running layer still ends with its bit-exact outputs."""
+    status = REGISTER_MAP["STATUS"].register
+    start = case.image.program[-1]
+    load_case(sim, case, start=False)
+    sim.write_reg(*start)
+    sim.step(200)
+    sim.write_reg(*start)
+    for _ in range(1000):
+        fields = status.unpack(sim.read_reg("STATUS"))
+        if not fields["busy"]:
+            break
+        sim.step(1000)
+    assert fields["done"] and fields["error"], fields
+    assert sim.read_reg("ERROR_CAUSE") == ErrorCause.START_WHILE_BUSY
+    check_outputs(case, read_outputs(sim.mem, case.image))

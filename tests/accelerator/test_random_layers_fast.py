@@ -30,7 +30,7 @@ from contract.regs import REGISTER_MAP, ErrorCause
 from pymodel.config import AccelConfig
 from rtl.gemm_engine import default_m_block
 from rtl.top import MoEAccel
-from sim.fast import FastSim, RunStatus
+from sim.fast import FastSim
 from sim.tb.functional_coverage import (
     DECLARED,
     join_tier,
@@ -41,14 +41,14 @@ from sim.tb.functional_coverage import (
 from sim.tb.layer_cases import (
     SMALL_TOP,
     LayerCase,
-    check_outputs,
+    check_start_while_busy,
+    expect_error,
     load_case,
     make_case,
     mode_specs,
     run_case,
 )
 from sim.tb.random_layers import random_layer
-from sw_driver.compile import read_outputs
 
 LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
 """A 4×4 top with 48 tokens: M-blocks of 32 rows, so a layer can need two."""
@@ -153,12 +153,6 @@ def test_m_block_loop_backs_are_bit_exact(loop_sim, seed, request):
     record_layers(request.node, LOOP_TOP, layers)
 
 
-def expect_error(sim: FastSim, cause: ErrorCause, max_cycles: int = 2_000_000) -> None:
-    result = sim.run(max_cycles)
-    assert result.status is RunStatus.ERROR and result.cause is cause, result
-    assert not STATUS.unpack(sim.read_reg("STATUS"))["busy"]
-
-
 def test_fault_paths_on_the_48_token_top(loop_sim):
     """The top's and the DMA's error arms on the 48-token build, each followed by a
     bit-exact layer: a coverage build is its own population, so the small top's fault
@@ -195,18 +189,7 @@ def test_fault_paths_on_the_48_token_top(loop_sim):
         sim.clear_errors()
         run_case(sim, case)
 
-    load_case(sim, case, start=False)
-    sim.write_reg(*start)
-    sim.step(200)
-    sim.write_reg(*start)  # refused; the running layer goes on to its end
-    for _ in range(1000):
-        fields = STATUS.unpack(sim.read_reg("STATUS"))
-        if not fields["busy"]:
-            break
-        sim.step(1000)
-    assert fields["done"] and fields["error"], fields
-    assert sim.read_reg("ERROR_CAUSE") == ErrorCause.START_WHILE_BUSY
-    check_outputs(case, read_outputs(sim.mem, case.image))
+    check_start_while_busy(sim, case)
 
     load_case(sim, case, start=False)
     sim.write_reg("WATCHDOG_CYCLES", 500)

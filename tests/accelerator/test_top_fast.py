@@ -21,6 +21,8 @@ from sim.tb.layer_cases import (
     SMALL_TOP,
     LayerCase,
     check_outputs,
+    check_start_while_busy,
+    expect_error,
     load_case,
     make_case,
     mode_specs,
@@ -78,12 +80,6 @@ def fault_case() -> LayerCase:
     return make_case("fault", SPECS["mixtral"], SMALL_TOP, tokens=8, seed=3)
 
 
-def expect_error(sim: FastSim, cause: ErrorCause, max_cycles: int = 2_000_000) -> None:
-    result = sim.run(max_cycles)
-    assert result.status is RunStatus.ERROR and result.cause is cause, result
-    assert not STATUS.unpack(sim.read_reg("STATUS"))["busy"]
-
-
 def test_bad_descriptors_are_refused_and_the_next_layer_runs(sim):
     case = fault_case()
     bad = [
@@ -129,19 +125,7 @@ def test_write_error_aborts_cleanly(sim):
 
 
 def test_start_while_busy_is_refused(sim):
-    case = fault_case()
-    load_case(sim, case, start=False)
-    sim.write_reg(*case.image.program[-1])
-    sim.step(200)
-    sim.write_reg(*case.image.program[-1])
-    for _ in range(1000):
-        fields = STATUS.unpack(sim.read_reg("STATUS"))
-        if not fields["busy"]:
-            break
-        sim.step(1000)
-    assert fields["done"] and fields["error"], fields
-    assert sim.read_reg("ERROR_CAUSE") == ErrorCause.START_WHILE_BUSY
-    check_outputs(case, read_outputs(sim.mem, case.image))
+    check_start_while_busy(sim, fault_case())
 
 
 def test_soft_reset_mid_layer_then_a_correct_layer(sim):
