@@ -5,7 +5,9 @@ Why: the layer tests read a handful of registers, and the CSR's read decoder
 has a case arm per register, so `make coverage` found most arms never taken
 on the whole top (the CSR's own cocotb bench reads them all, but on its own
 build). Reading each register once, on both tops the random-layer tests
-build, takes those arms; the layer after it shows that reads change nothing.
+build and on the wide-address, compressed-format and copy-engine tops of their own
+tests (each a coverage population of its own, with its own decoder arms), takes those
+arms; the layer after it shows that reads change nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +21,22 @@ from sim.tb.layer_cases import SMALL_TOP, make_case, mode_specs, run_case
 LOOP_TOP = SMALL_TOP.replace(rows=4, cols=4, max_tokens=48)
 """The 48-token top of `test_random_layers_fast.py` (the same build)."""
 
+TOPS = {
+    "small": (SMALL_TOP, "moe_accel"),
+    "loop": (LOOP_TOP, "moe_accel"),
+    "wide": (SMALL_TOP.replace(addr_bits=40), "moe_accel"),
+    "formats": (SMALL_TOP.replace(sparse_2_4=True, int4_weights=True), "moe_formats"),
+    "copy": (SMALL_TOP.replace(copy_engine=True), "moe_accel"),
+}
+"""Each top as the test that runs its layers builds it (config and build name), so no
+build is added: test_wide_addresses_fast, test_weight_formats_fast, test_copy_engine_fast."""
 
-@pytest.mark.parametrize("cfg", [SMALL_TOP, LOOP_TOP], ids=["small", "loop"])
-def test_every_register_reads_ok_then_a_layer_is_bit_exact(cfg):
-    with FastSim(lambda: MoEAccel(cfg), cfg, 1 << 18, read_latency=12, name="moe_accel") as sim:
-        names = [placed.name for placed in sim.regmap]
+
+@pytest.mark.parametrize("top", TOPS)
+def test_every_register_reads_ok_then_a_layer_is_bit_exact(top):
+    cfg, name = TOPS[top]
+    with FastSim(lambda: MoEAccel(cfg), cfg, 1 << 18, read_latency=12, name=name) as sim:
+        names = [placed.name for placed in sim.regmap.registers_in(cfg)]
         values = {name: sim.read_reg(name) for name in names}
         assert len(values) == len(names) > 10
         spec = mode_specs(32, 64, 8)["qwen2_moe"]
