@@ -35,15 +35,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pymodel import expert_cache
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.expert_cache import (
     POLICIES,
@@ -133,38 +130,6 @@ STUDIES = (
 )
 
 
-@contextmanager
-def shared_layer_cycles() -> Iterator[None]:
-    """Memoise `layer_cycles` across the `decode_cost` calls of a study (restored on exit).
-
-    Why: `decode_cost` memoises within one call, and a study prices the same trace
-    about a hundred times; DeepSeek-V3's 58 layers × 64 steps are 3,700 distinct
-    expert sets at 15 ms each. `layer_cycles` is a pure function of its arguments,
-    so the memo changes no figure, only the minutes.
-    """
-    original = getattr(expert_cache, "layer_cycles", None)
-    if original is None:
-        yield
-        return
-    memo: dict[Any, Any] = {}
-
-    def cached(cfg: AccelConfig, spec: MoESpec, tokens: int, counts: Any, **kw: Any) -> Any:
-        try:
-            key = (cfg, spec, tokens, np.asarray(counts).tobytes(), tuple(sorted(kw.items())))
-            hash(key)
-        except TypeError:
-            return original(cfg, spec, tokens, counts, **kw)
-        if key not in memo:
-            memo[key] = original(cfg, spec, tokens, counts, **kw)
-        return memo[key]
-
-    expert_cache.layer_cycles = cached
-    try:
-        yield
-    finally:
-        expert_cache.layer_cycles = original
-
-
 def tail(trace: RoutingTrace, cache: CacheResult, steps: int) -> tuple[RoutingTrace, CacheResult]:
     """The last `steps` steps of a replay: what a long decode pays once its caches are warm.
 
@@ -211,6 +176,8 @@ class Replays:
             self.full, self.predicted = recorded
             self.full.check_spec(study.spec)
         self.memo: dict[tuple[str, int, bool], tuple[RoutingTrace, CacheResult]] = {}
+        self.cycles: dict[tuple[int, ...], int] = {}
+        """Layer cycles by expert set, shared by every `decode_cost` of this study."""
 
     def replay(self, policy: str, slots: int, prefetch: bool) -> tuple[RoutingTrace, CacheResult]:
         key = (policy, slots, prefetch)
@@ -225,7 +192,9 @@ class Replays:
         row: dict[str, Any] = {"policy": policy, "slots": slots}
         for key, prefetch in (("plain", False), ("prefetch", True)):
             trace, cache = self.replay(policy, slots, prefetch)
-            cost: DecodeCost = decode_cost(CFG, self.study.spec, trace, cache, link)
+            cost: DecodeCost = decode_cost(
+                CFG, self.study.spec, trace, cache, link, memo=self.cycles
+            )
             row[key] = {
                 "hit_rate": cache.hit_rate,
                 "prefetched_per_token": float(cache.prefetched.sum() / self.study.steps),
@@ -479,9 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "--plot", type=Path, default=REPO / "docs" / "img" / "offload_tokens_per_s.png"
     )
     args = parser.parse_args(argv)
-    with shared_layer_cycles():
-        results = [run_study(study) for study in STUDIES]
-        recorded = recorded_study(replace(STUDIES[0], slots=(2, 4, 6)))
+    results = [run_study(study) for study in STUDIES]
+    recorded = recorded_study(replace(STUDIES[0], slots=(2, 4, 6)))
     print(
         f"{CFG.rows}×{CFG.cols} array, {CFG.mem_bytes_per_cycle} B/cycle device bus, "
         f"{CFG.clock_mhz:g} MHz; host link {LINK.bytes_per_cycle:g} B/cycle, "

@@ -379,6 +379,8 @@ def decode_cost(
     trace: RoutingTrace,
     cache: CacheResult,
     link: HostLink,
+    *,
+    memo: dict[tuple[int, ...], int] | None = None,
 ) -> DecodeCost:
     """Cycles per token of the trace's decode stream with `cache`'s misses over `link`.
 
@@ -386,13 +388,16 @@ def decode_cost(
     the trace's experts). A demand miss stalls the layer for its fetch; a
     prefetched expert's fetch overlaps the previous layer's compute, and only
     what does not fit under it stalls. The bounds: no fetch at all, and every
-    pick fetched on demand.
+    pick fetched on demand. `memo` (a layer's cycles by its sorted expert set) may
+    be shared by the calls of a study on the same `cfg` and `spec`, which price the
+    same expert sets many times; it changes no figure.
     """
     if cache.miss_mask.shape != trace.experts.shape:
         raise ConfigError("the cache result is of another trace")
     ebytes = expert_bytes(spec)
     fetch = link.fetch_cycles(ebytes)
-    memo: dict[tuple[int, ...], int] = {}
+    if memo is None:
+        memo = {}
 
     def compute(experts: np.ndarray) -> int:
         key = tuple(sorted(int(e) for e in experts))

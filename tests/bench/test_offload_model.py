@@ -18,8 +18,7 @@ SMALL = om.Study(
 
 @pytest.fixture(scope="module")
 def small_result() -> dict:
-    with om.shared_layer_cycles():
-        return om.run_study(SMALL, links=om.LINK_SWEEP)
+    return om.run_study(SMALL, links=om.LINK_SWEEP)
 
 
 def test_tail_is_the_end_of_one_replay() -> None:
@@ -59,12 +58,10 @@ def test_memo_changes_no_figure() -> None:
     trace, cache = replays.replay("lfu", 2, True)
     link = HostLink(bytes_per_cycle=8, latency=1000)
     plain = decode_cost(om.CFG, SMALL.spec, trace, cache, link)
-    original = expert_cache.layer_cycles
-    with om.shared_layer_cycles():
-        memo = decode_cost(om.CFG, SMALL.spec, trace, cache, link)
-        assert expert_cache.layer_cycles is not original
-    assert expert_cache.layer_cycles is original
-    assert memo == plain
+    memo: dict[tuple[int, ...], int] = {}
+    first = decode_cost(om.CFG, SMALL.spec, trace, cache, link, memo=memo)
+    assert memo
+    assert first == plain == decode_cost(om.CFG, SMALL.spec, trace, cache, link, memo=memo)
 
 
 def test_plot_is_written(tmp_path: Path, small_result: dict) -> None:
@@ -75,8 +72,7 @@ def test_plot_is_written(tmp_path: Path, small_result: dict) -> None:
 
 def test_recorded_trace_is_priced_with_its_own_pre_gating() -> None:
     study = om.Study("Mixtral-8x7B", layers=3, slots=(4,), sweep=(), steps=3, warmup=3)
-    with om.shared_layer_cycles():
-        result = om.recorded_study(study)
+    result = om.recorded_study(study)
     assert [r["policy"] for r in result["rows"]] == list(expert_cache.POLICIES)
     assert 0.0 <= result["prediction_accuracy"] <= 1.0
     assert "real pre-gating accuracy" in om.recorded_markdown(result)
