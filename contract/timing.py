@@ -23,6 +23,7 @@ __all__ = [
     "LUT_STAGES",
     "MAX_BURST_BEATS",
     "MULTIPLIER_LATENCY",
+    "OPERAND_STAGES",
     "PAIR_STAGES",
     "REQUANT_SPLIT_BITS",
     "SHIFT_BITS",
@@ -58,6 +59,12 @@ PostProc input register, between the array's sums and the post-processor."""
 
 MULTIPLIER_LATENCY = 2
 """`rtl.multiplier.PipelinedMultiplier`: cycles from an operand pair to its product."""
+
+OPERAND_STAGES = 1
+"""`rtl.systolic.ProcessingElement` of a build with a compressed path (2:4 or int4): the
+selected activation and weight are registered in the fabric before the DSP's operand
+registers (one more cycle, for ECP5 timing: the selects and the route into the DSP
+block no longer share a cycle)."""
 
 PAIR_STAGES = 2
 """`rtl.systolic.ProcessingElement` of an int4 build: its two products are copied off the
@@ -104,7 +111,8 @@ def default_param_rows(cfg: AccelConfig) -> int:
 def systolic_latency(cfg: AccelConfig) -> int:
     """`rtl.systolic.SystolicArray`: cycles from a row on `a_in` to its sums on `psum_out`."""
     pair = PAIR_STAGES if cfg.int4_weights else 0
-    return cfg.rows + cfg.cols + MULTIPLIER_LATENCY - 1 + pair
+    operand = OPERAND_STAGES if cfg.sparse_2_4 or cfg.int4_weights else 0
+    return cfg.rows + cfg.cols + MULTIPLIER_LATENCY - 1 + operand + pair
 
 
 def requantizer_latency(in_bits: int) -> int:

@@ -30,8 +30,9 @@ nibbles), so a K run has half the tiles; a tile's load is its stream rows
 rows a beat, where an int4 2:4 value row of C bytes carries two weight rows
 (the weight port takes 2L weight rows a beat) and index rows load at the
 byte-row rate. Token rows still enter one a cycle per tile. An int4 build's
-array is `contract.timing.PAIR_STAGES` cycles deeper (`systolic_latency`),
-for every command's drain.
+array is `contract.timing.PAIR_STAGES` cycles deeper, and the array of any build
+with a compressed path `OPERAND_STAGES` more (`systolic_latency`), for every
+command's drain.
 
 Everything is NumPy over a batch of layer points (same config and spec,
 different token counts and routings), so thousands of points evaluate in

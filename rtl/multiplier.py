@@ -39,27 +39,35 @@ from amaranth.lib.wiring import In, Out
 
 from contract.timing import MULTIPLIER_LATENCY
 
-__all__ = ["DSP_OPERAND_BITS", "PipelinedMultiplier", "int4_product", "targets_ecp5"]
+__all__ = [
+    "DSP_OPERAND_BITS",
+    "PipelinedMultiplier",
+    "int4_halves",
+    "targets_ecp5",
+]
 
 DSP_OPERAND_BITS = 18
 """MULT18X18D operand width: a signed operand may have 18 bits, an unsigned one 17."""
 
 
-def int4_product(a: Value, w: Value) -> Value:
-    """`a · w` for a signed `a` and a 4-bit two's-complement `w`, as shifts and adds.
+def int4_halves(a: Value, w: Value) -> tuple[Value, Value]:
+    """Two partial sums whose sum is `a · w` (signed `a`, 4-bit two's-complement `w`).
 
+    `w = −8·w₃ + 4·w₂ + 2·w₁ + w₀`: the first half is the copies of `a` that
+    w₀ and w₁ select, the second the four-fold copy w₂ selects minus the
+    eight-fold one w₃ selects. Registering the halves splits the product's
+    adder chain over two cycles (the int4 PE's logic product, `rtl.systolic`).
     Why not `a * w`: synthesis maps every `*` onto a DSP multiplier (yosys'
-    `mul2dsp` takes operands from 2 bits on), and the int4 PE's second
-    product must not cost a DSP. `w = −8·w₃ + 4·w₂ + 2·w₁ + w₀`, so the
-    product is the three shifted copies of `a` its low bits select minus the
-    eight-fold one bit 3 selects: exact for every `a` and every `w` in
-    [−8, 7] (tests/rtl/test_systolic_pair.py checks all 256 × 16 int8 pairs).
+    `mul2dsp` takes operands from 2 bits on), and that product must not cost
+    a DSP. Exact for every `a` and every `w` in [−8, 7]
+    (tests/rtl/test_systolic_pair.py checks all 256 × 16 int8 pairs).
     """
     w = w.as_unsigned()
     width = len(a) + 4
-    terms = [Mux(w[i], a.as_signed() << i, 0) for i in range(3)]
-    total = terms[0] + terms[1] + terms[2] - Mux(w[3], a.as_signed() << 3, 0)
-    return total.as_signed()[:width].as_signed()
+    a = a.as_signed()
+    low = Mux(w[0], a, 0) + Mux(w[1], a << 1, 0)
+    high = Mux(w[2], a << 2, 0) - Mux(w[3], a << 3, 0)
+    return low.as_signed()[:width].as_signed(), high.as_signed()[:width].as_signed()
 
 
 def targets_ecp5(platform) -> bool:

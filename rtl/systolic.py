@@ -62,12 +62,12 @@ is the array above, unchanged):
   positions and the activation input is 2R lanes (PE row r: lanes 2r and
   2r + 1). The low nibble, sign-extended, goes through the DSP multiplier
   with lane 2r; the high nibble meets lane 2r + 1 in logic
-  (`int4_product`); a bank without the bit holds one weight (lane 2r) and
+  (`int4_halves`); a bank without the bit holds one weight (lane 2r) and
   the logic product is zero. Two stages more (`PAIR_STAGES`: the products
   copied into fabric registers, then added) before the partial sum, in
   every PE, so every sum takes two cycles more; the skew argument is the
-  same (each PE's partial-sum input is due four cycles after its
-  activation). Where int4 2:4 tiles are built too (`nibble_rows`), the
+  same (each PE's partial-sum input is due five cycles after its
+  activation, with the operand stage below). Where int4 2:4 tiles are built too (`nibble_rows`), the
   weight port takes `weight_lanes` = 2L rows a beat (the sequencer
   sign-extends an int4 2:4 byte's two kept nibbles, one a PE), so the write
   skew is `r − r//(2L)`; a byte beat of L rows uses half the lanes. The
@@ -78,9 +78,11 @@ is the array above, unchanged):
 - `sparse_2_4`: each PE also holds a 2-bit position per bank (`idx`), and
   the activation input is 2R lanes (a 2:4 tile's 2R K positions). PE(r, c)
   multiplies its kept weight by activation `4·(r//2) + idx[sel]`: the 4:1
-  mux sits inside the PE, in front of the multiplier's operand register, so
+  mux sits inside the PE, in front of a fabric operand register
+  (`OPERAND_STAGES`, in every PE of a build with a compressed path: the
+  select and the route into the DSP block in one cycle made 98.7 MHz), so
   every activation keeps its dense wavefront (it still reaches PE(r, c) at
-  t + r + c) and the sums their latency. Rows 2g and 2g+1 choose from the
+  t + r + c) and every sum takes one cycle more. Rows 2g and 2g+1 choose from the
   same four lanes; the lanes enter row 2g (skewed 2g cycles) and move
   right, and PE(2g+1, c) takes them from PE(2g, c)'s output register —
   exactly one cycle later, so odd rows need no skew or activation
@@ -100,11 +102,11 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from contract.timing import PAIR_STAGES, systolic_latency
+from contract.timing import MULTIPLIER_LATENCY, PAIR_STAGES, systolic_latency
 from pymodel.config import AccelConfig
 from pymodel.gemm_engine import activation_lanes
 
-from .multiplier import PipelinedMultiplier, int4_product
+from .multiplier import PipelinedMultiplier, int4_halves
 
 __all__ = [
     "ProcessingElement",
@@ -162,8 +164,10 @@ class ProcessingElement(wiring.Component):
     the low bits of `w_data` (a weight write sets it to `row` mod 2), and the
     PE multiplies `a_in[idx[sel_in]]`; PEs of odd rows pass nothing on
     (their activations come from the row above). In an int4 build `w_pair`
-    marks a bank holding an int4 pair, and the PE has five stages
-    (`_pair_elaborate`).
+    marks a bank holding an int4 pair, and the PE has six stages
+    (`_pair_elaborate`). In every build with a compressed path the selected
+    operands are registered in the fabric first (`OPERAND_STAGES`: one stage
+    more than the dense PE's three).
     """
 
     def __init__(self, cfg: AccelConfig, row: int = 0) -> None:
@@ -215,13 +219,17 @@ class ProcessingElement(wiring.Component):
             act = Signal(data.StructLayout({"valid": 1}))
             m.d.sync += act.valid.eq(self.valid_in)
             m.d.comb += self.valid_out.eq(act.valid)
-        operand = self._select(m) if cfg.sparse_2_4 else self.a_in
         m.submodules.mul = mul = PipelinedMultiplier(signed(cfg.act_bits), signed(cfg.weight_bits))
-        m.d.comb += [
-            mul.a.eq(operand),
-            mul.b.eq(Mux(self.sel_in, w[1], w[0])),
-            mul.en.eq(self.valid_in),
-        ]
+        weight = Mux(self.sel_in, w[1], w[0])
+        if cfg.sparse_2_4:
+            (operand, weight), valid = self._operand_stage(m, self._select(m), weight)
+            m.d.comb += [mul.a.eq(operand), mul.b.eq(weight), mul.en.eq(valid)]
+            product_valid = Signal(MULTIPLIER_LATENCY)
+            m.d.sync += product_valid.eq(Cat(valid, product_valid[:-1]))
+            with m.If(product_valid[-1]):
+                m.d.sync += self.psum_out.eq(self.psum_in + mul.p)
+            return m
+        m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(weight), mul.en.eq(self.valid_in)]
         # The product of the row that entered two cycles ago is ready: add it.
         product_valid = Signal()
         m.d.sync += product_valid.eq(act.valid)
@@ -229,15 +237,32 @@ class ProcessingElement(wiring.Component):
             m.d.sync += self.psum_out.eq(self.psum_in + mul.p)
         return m
 
+    def _operand_stage(self, m: Module, *values):
+        """Fabric registers for a compressed build's selected operands (`OPERAND_STAGES`).
+
+        The activation select (2:4), the bank and pair muxes and the route into
+        the DSP block would otherwise share one cycle (98.7 MHz for the array
+        alone). Loaded with the row (`valid_in`); returns the registers and their
+        valid bit, which the multiplier's operand registers then take.
+        """
+        regs = [Signal(v.shape(), name=f"operand_{i}") for i, v in enumerate(values)]
+        with m.If(self.valid_in):
+            m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
+        valid = Signal(name="operand_valid")
+        m.d.sync += valid.eq(self.valid_in)
+        return regs, valid
+
     def _pair_elaborate(self, m: Module, w) -> Module:
-        """An int4 build's PE: one or (`pair` bank) two products a row, five stages.
+        """An int4 build's PE: one or (`pair` bank) two products a row, six stages.
 
         A pair bank holds an int4 dense byte: the low nibble meets the row's K
         position 2r (lane 0, or in a 2:4 build lane 2·(r mod 2) of the group,
         through `idx`) on the DSP multiplier, the high nibble K position 2r + 1
-        (the next lane) on `int4_product` in logic. Any other bank holds one
-        int8 (or sign-extended int4) weight and the logic product is zero.
-        Both products are copied off the multiplier into fabric registers, then
+        (the next lane) in logic (`int4_halves`, its two halves a stage, their
+        sum the next, beside the DSP's two). Any other bank holds one int8 (or
+        sign-extended int4) weight and the logic product is zero. The operands
+        are selected into fabric registers first (`OPERAND_STAGES`); both
+        products are copied off the multiplier into fabric registers, then
         added, then added to the partial sum (`PAIR_STAGES` more than the dense
         PE: the DSP-to-adder route limited the build to 90.8 MHz).
         """
@@ -259,29 +284,32 @@ class ProcessingElement(wiring.Component):
             low, high = self.a_in[0], self.a_in[1]
         weight = Mux(self.sel_in, w[1], w[0])
         paired = pair.bit_select(self.sel_in, 1)
+        (low, low_w, high, high_w), valid = self._operand_stage(
+            m,
+            low,
+            Mux(paired, weight[:4].as_signed(), weight),
+            high,
+            Mux(paired, weight[4:], 0),
+        )
         m.submodules.mul = mul = PipelinedMultiplier(signed(cfg.act_bits), signed(cfg.weight_bits))
-        m.d.comb += [
-            mul.a.eq(low),
-            mul.b.eq(Mux(paired, weight[:4].as_signed(), weight)),
-            mul.en.eq(self.valid_in),
-        ]
-        # The logic product's operands (loaded with the DSP's), its product, then both
-        # products copied, their sum, the partial sum: one valid bit per stage.
-        operands = Signal(data.StructLayout({"a": signed(cfg.act_bits), "w": 4}))
-        with m.If(self.valid_in):
-            m.d.sync += operands.eq(Cat(high, Mux(paired, weight[4:], 0)))
+        m.d.comb += [mul.a.eq(low), mul.b.eq(low_w), mul.en.eq(valid)]
+        # The logic product in two stages beside the DSP's (its halves, their sum), then
+        # both products copied, their sum, the partial sum: one valid bit per stage.
+        stages = Signal(MULTIPLIER_LATENCY + PAIR_STAGES)
+        m.d.sync += stages.eq(Cat(valid, stages[:-1]))
+        halves = [Signal(signed(cfg.act_bits + 4), name=f"high_half_{i}") for i in range(2)]
+        with m.If(valid):
+            m.d.sync += [h.eq(v) for h, v in zip(halves, int4_halves(high, high_w), strict=True)]
         high_p = Signal(signed(cfg.act_bits + 4))
-        with m.If(act.valid):
-            m.d.sync += high_p.eq(int4_product(operands.a, operands.w))
-        valid = Signal(PAIR_STAGES + 1)
-        m.d.sync += valid.eq(Cat(act.valid, valid[:-1]))
+        with m.If(stages[0]):
+            m.d.sync += high_p.eq(halves[0] + halves[1])
         products = Signal(data.StructLayout({"low": mul.p.shape(), "high": high_p.shape()}))
-        with m.If(valid[0]):
+        with m.If(stages[MULTIPLIER_LATENCY - 1]):
             m.d.sync += [products.low.eq(mul.p), products.high.eq(high_p)]
         both = Signal(signed(len(mul.p) + 1))
-        with m.If(valid[1]):
+        with m.If(stages[MULTIPLIER_LATENCY]):
             m.d.sync += both.eq(products.low + products.high)
-        with m.If(valid[2]):
+        with m.If(stages[-1]):
             m.d.sync += self.psum_out.eq(self.psum_in + both)
         return m
 
