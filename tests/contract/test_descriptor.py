@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from contract.descriptor import (
@@ -27,6 +27,7 @@ from contract.descriptor import (
     rule_code,
     weights_code,
 )
+from contract.layout import addr_shift
 from contract.regs import DESCRIPTOR_BLOCK, REGISTER_MAP, ErrorCause, RoutingMode
 from pymodel.config import ConfigError
 from pymodel.weight_formats import WeightFormat, check_supported
@@ -234,10 +235,40 @@ def descriptors(draw) -> dict[str, int]:
     return values
 
 
+REGION_REACH = 1 << 20
+"""More bytes than any region of a SMALL_TOP layer spans (its largest, the expert weights)."""
+
+
+def dma_range_refusal(sim, values: dict[str, int]) -> bool:
+    """Whether the refusal is the DMA's own range check (`rtl.dma`: a command whose bytes
+    would run past 2^addr_bits, cause BAD_DESCRIPTOR, detail 0, ERROR_ADDR its address).
+
+    The rules bound the token and output regions (`*_past_address_space`); the other
+    regions' lengths depend on the routing, so a region placed at the top of the address
+    space is refused when its first command would cross the end, not before the start.
+    """
+    if sim.read_reg("ERROR_DETAIL") != 0:
+        return False
+    addr = sim.read_reg("ERROR_ADDR")
+    starts = {
+        (word << addr_shift(CFG)) % (1 << 32)
+        for key, word in values.items()
+        if key.endswith("_addr") and 2**CFG.addr_bits - (word << addr_shift(CFG)) < REGION_REACH
+    }
+    return addr in starts
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=descriptors())
+@example(values={**BASE, "router_w_addr": 2**32 - 64})
 def test_hardware_refuses_exactly_when_a_rule_fails(sim, values):
+    """A rule fails exactly when the top refuses before starting, naming that rule; the one
+    other refusal is the DMA's at run time, of a region that ends past the address space
+    (found by this test: the router weights at 2^32 − 64)."""
     failed = failing_rules(DescriptorValues(values), CFG)
     cause, detail = hardware_verdict(sim, values)
+    if not failed and cause == ErrorCause.BAD_DESCRIPTOR:
+        assert dma_range_refusal(sim, values), (detail, hex(sim.read_reg("ERROR_ADDR")))
+        return
     assert (cause == ErrorCause.BAD_DESCRIPTOR) == bool(failed), [r.name for r in failed]
     assert detail == (rule_code(failed[0]) if failed else 0)
