@@ -67,8 +67,8 @@ is the array above, unchanged):
   copied into fabric registers, then added) before the partial sum, in
   every PE, so every sum takes two cycles more; the skew argument is the
   same (each PE's partial-sum input is due five cycles after its
-  activation, with the operand stage below). Where int4 2:4 tiles are built too (`nibble_rows`), the
-  weight port takes `weight_lanes` = 2L rows a beat (the sequencer
+  activation, with the operand stage below). Where int4 2:4 tiles are
+  built too (`nibble_rows`), the weight port takes `weight_lanes` = 2L rows a beat (the sequencer
   sign-extends an int4 2:4 byte's two kept nibbles, one a PE), so the write
   skew is `r − r//(2L)`; a byte beat of L rows uses half the lanes. The
   timing argument above holds for both: a write still reaches PE(r, c) no
@@ -82,8 +82,8 @@ is the array above, unchanged):
   (`OPERAND_STAGES`, in every PE of a build with a compressed path: the
   select and the route into the DSP block in one cycle made 98.7 MHz), so
   every activation keeps its dense wavefront (it still reaches PE(r, c) at
-  t + r + c) and every sum takes one cycle more. Rows 2g and 2g+1 choose from the
-  same four lanes; the lanes enter row 2g (skewed 2g cycles) and move
+  t + r + c) and every sum takes one cycle more. Rows 2g and 2g+1 choose
+  from the same four lanes; the lanes enter row 2g (skewed 2g cycles) and move
   right, and PE(2g+1, c) takes them from PE(2g, c)'s output register —
   exactly one cycle later, so odd rows need no skew or activation
   registers of their own. Positions are written `index_lanes` = 4L rows a

@@ -51,17 +51,14 @@ def test_every_register_reads_ok_then_a_layer_is_bit_exact(top):
 
 def _rw_mask(placed, cfg) -> int:
     """The bits of `placed`'s read/write fields in a `cfg` build."""
-    lsbs = placed.register.lsbs
-    return sum(
-        ((1 << f.width) - 1) << lsbs[f.name]
-        for f in placed.register.fields_in(cfg)
-        if f.access is Access.RW
+    fields = placed.register.fields_in(cfg)
+    return placed.register.pack(
+        **{f.name: (1 << f.width) - 1 for f in fields if f.access is Access.RW}
     )
 
 
 def _reset_word(placed, cfg) -> int:
-    lsbs = placed.register.lsbs
-    return sum(f.reset << lsbs[f.name] for f in placed.register.fields_in(cfg))
+    return placed.register.pack(**{f.name: f.reset for f in placed.register.fields_in(cfg)})
 
 
 @pytest.mark.parametrize("top", TOPS)

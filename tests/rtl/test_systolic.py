@@ -146,8 +146,8 @@ def _tight_schedule(cfg: AccelConfig, tiles: list[tuple[int, int]], gaps: np.nda
 def test_banks_refill_as_soon_as_the_last_row_is_injected(rows, cols, bus, int4):
     """Short tiles (1–3 rows, K tails) back to back: a bank is refilled at once, all sums exact.
 
-    In an int4 build (int8 tiles here) every PE has `OPERAND_STAGES` + `PAIR_STAGES` more and takes
-    2R activation lanes.
+    In an int4 build (int8 tiles here) every PE has `OPERAND_STAGES` + `PAIR_STAGES` more
+    and takes 2R activation lanes.
     """
     cfg = AccelConfig(rows=rows, cols=cols, mem_bytes_per_cycle=bus, int4_weights=int4)
     array = SystolicArray(cfg)
