@@ -133,8 +133,12 @@ def postproc_depth(cfg: AccelConfig) -> int:
 
 
 def postproc_latency(cfg: AccelConfig) -> int:
-    """`rtl.postproc.PostProc`: cycles from an accepted input beat to its output beat."""
-    return postproc_depth(cfg) + 2
+    """`rtl.postproc.PostProc`: cycles from an accepted input beat to its output beat.
+
+    The pipeline, then the output FIFO: its write, the block RAM's read and the
+    `out` register the read data lands in.
+    """
+    return postproc_depth(cfg) + 3
 
 
 def wide_bits(cfg: AccelConfig) -> int:

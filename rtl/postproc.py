@@ -25,10 +25,12 @@ input register, parameter read data register, the requantisers
 partial-product sum, bias, shift by bytes, by bits, saturation — one adder
 or shifter per cycle), LUT read, LUT data register, activated value
 register, the gated product's operands and product, the gate requantiser,
-output register, then an output FIFO in block RAM; `out.valid` never waits on
-`out.ready`. No stage does more than one DSP multiply, one adder, a shifter or
-a block-RAM access, and every multiply is a `PipelinedMultiplier` (on ECP5 a
-MULT18X18D with its operand and product registers inside the block).
+output register, then an output FIFO in block RAM whose read data is registered
+in the fabric before `out` (a block RAM's read data arrives ~6 ns into the cycle
+on ECP5); `out.valid` never waits on `out.ready`. No stage does more than one
+DSP multiply, one adder, a shifter or a block-RAM access, and every multiply
+is a `PipelinedMultiplier` (on ECP5 a MULT18X18D with its operand and product
+registers inside the block).
 """
 
 from __future__ import annotations
@@ -517,13 +519,17 @@ class PostProc(wiring.Component):
         return m
 
     def _output_fifo(self, m: Module, result, result_valid) -> None:
-        """The output FIFO: block RAM written by a register, read into `out`.
+        """The output FIFO: block RAM written by a register, its read data registered into `out`.
 
         Admission bounds the entries by `buffer_depth`, so the write needs no
         full check and its enable is the registered `result_valid` (in LUT RAM
         one write-enable net reached hundreds of cells: the 62 MHz critical path).
         The depth is a power of two above that bound, so the pointers wrap by
         themselves and the address being read is never the one being written.
+        A read lands in the RAM's data register (`fetched` says it holds an
+        entry, kept while its `en` is low) and moves into `out`'s register
+        when that is free: the RAM's late read data (5.8 ns after the clock on
+        ECP5) reaches only flip-flops, and entries still move one a cycle.
         """
         width = Shape.cast(output_layout(self.cfg)).width
         depth = 1 << ceil_log2(self.buffer_depth + 1)
@@ -535,21 +541,24 @@ class PostProc(wiring.Component):
         consume = Signal(range(depth))
         stored = Signal(range(depth + 1))
         nonempty = Signal()
+        fetched = Signal()
+        move = Signal()
         read = Signal()
         m.d.comb += [
             wr.addr.eq(produce),
             wr.data.eq(result),
             wr.en.eq(result_valid),
-            read.eq(nonempty & (~self.out.valid | self.out.ready)),
+            move.eq(fetched & (~self.out.valid | self.out.ready)),
+            read.eq(nonempty & (~fetched | move)),
             rd.addr.eq(consume),
             rd.en.eq(read),
-            self.out.payload.eq(rd.data),
         ]
         invariant(m, ~result_valid | (stored < depth), "PostProc: output FIFO written while full")
         m.d.sync += [
             produce.eq(produce + result_valid),
             consume.eq(consume + read),
             stored.eq(stored + result_valid - read),
+            fetched.eq(read | (fetched & ~move)),
         ]
         # `nonempty` is a register beside the count: `read` feeds the count's carry
         # chain, and a compare of the count in front of it was the 78 MHz path.
@@ -557,7 +566,7 @@ class PostProc(wiring.Component):
             m.d.sync += nonempty.eq(1)
         with m.Elif(~result_valid & read):
             m.d.sync += nonempty.eq(stored != 1)
-        with m.If(read):
-            m.d.sync += self.out.valid.eq(1)
+        with m.If(move):
+            m.d.sync += [self.out.payload.eq(rd.data), self.out.valid.eq(1)]
         with m.Elif(self.out.ready):
             m.d.sync += self.out.valid.eq(0)
