@@ -253,9 +253,13 @@ class _Walker:
         # block's last row (rows in this M-block − 1).
         self.k_restart = (Signal(name=f"{name}_k_restart_last"), Signal.like(self.k_valid))
         self.n_restart = (Signal(name=f"{name}_n_restart_last"), Signal.like(self.n_valid))
-        # K positions a tile covers: 2R for a 2:4 or an int4 command.
-        wide = wide_tiles(cfg, cmd)
-        self.k_step = cfg.rows if wide is None else Mux(wide, 2 * cfg.rows, cfg.rows)
+        # K positions a tile covers: 2R for a 2:4 or an int4 command. `k_step` is a
+        # register loaded with the nest (the format's select in front of the K
+        # subtract-and-compare chains was a 90.7 MHz path on ECP5).
+        if wide_tiles(cfg, cmd) is None:
+            self.k_step = cfg.rows
+        else:
+            self.k_step = Signal(range(2 * cfg.rows + 1), name=f"{name}_k_step")
         self._compute_after(m)
 
     @property
@@ -267,10 +271,14 @@ class _Walker:
     def reset(self, cmd) -> list:
         """Start the nest of the command `cmd` (the registered command, while it is checked)."""
         cfg, mb = self.cfg, self.m_block
-        k_last, n_last = cmd.k <= self.k_step, cmd.n <= cfg.cols
-        k_count, n_count = Mux(k_last, cmd.k, self.k_step), Mux(n_last, cmd.n, cfg.cols)
+        wide = wide_tiles(cfg, cmd)
+        k_step = cfg.rows if wide is None else Mux(wide, 2 * cfg.rows, cfg.rows)
+        k_last, n_last = cmd.k <= k_step, cmd.n <= cfg.cols
+        k_count, n_count = Mux(k_last, cmd.k, k_step), Mux(n_last, cmd.n, cfg.cols)
         final = k_last & (cmd.mode != Mode.SWIGLU)
+        step = [] if isinstance(self.k_step, int) else [self.k_step.eq(k_step)]
         return [
+            *step,
             self.k0.eq(0),
             self.n_tile.eq(0),
             self.second.eq(0),
@@ -424,6 +432,18 @@ class _Format:
         if self.cfg.sparse_2_4 or self.cfg.int4_weights:
             return Mux(self.compressed, self.cfg.rows, k_valid)
         return k_valid
+
+    def one_beat(self, k_valid):
+        """A tile of `k_valid` K positions loads its values in one beat.
+
+        A compressed tile's R value rows are known from the format alone, so the
+        compare of `k_valid` (the walker's next-tile value, itself behind a carry
+        chain) serves only dense int8 tiles and sits beside the format's select.
+        """
+        lanes = self.cfg.weight_rows_per_beat
+        if self.cfg.sparse_2_4 or self.cfg.int4_weights:
+            return Mux(self.compressed, self.value_step >= self.cfg.rows, k_valid <= lanes)
+        return k_valid <= lanes
 
     def restart(self) -> list:
         """Statements that start a tile's (or part's) weight addresses."""
@@ -672,7 +692,7 @@ class TileSequencer(wiring.Component):
             else:
                 tile_end = m.If(ld_last)
             with tile_end:
-                one_beat = fmt.value_step >= fmt.value_rows(loader.after["k_valid"])
+                one_beat = fmt.one_beat(loader.after["k_valid"])
                 m.d.sync += [ld_row.eq(0), ld_end.eq(one_beat)]
                 m.d.sync += fmt.restart()
                 if cfg.sparse_2_4:
@@ -731,7 +751,7 @@ class TileSequencer(wiring.Component):
             m.d.sync += [ld_row.eq(0), is_row.eq(0)]
             m.d.sync += fmt.restart()
         with m.If(deciding):
-            one_beat = fmt.value_step >= fmt.value_rows(loader.k_valid)
+            one_beat = fmt.one_beat(loader.k_valid)
             m.d.sync += [ld_end.eq(one_beat), row_last.eq(issuer.block_last == 0)]
             if cfg.sparse_2_4:
                 m.d.sync += [ld_last.eq(one_beat & ~fmt.sparse), ld_idx.eq(0)]
