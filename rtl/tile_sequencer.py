@@ -828,6 +828,15 @@ class TileSequencer(wiring.Component):
             m.d.comb += [ld_bank_next.eq(0), bank_next.eq(0)]
         invariant(m, ~spend | has_credit, "a final row injected without a credit")
         invariant(m, credits <= self.credits, "more credits than post-processing buffers")
+        invariant(m, all_credits == (credits == self.credits), "all_credits off the count")
+        # `all_credits` next: from compares of the registered count, then one select by
+        # the returning credit (`credit_return` crosses the chip from post-processing: a
+        # compare of the next count behind it was a 99.3 MHz path on ECP5).
+        all_credits_next = Signal()
+        full_now, one_short = credits == self.credits, credits == self.credits - 1
+        m.d.comb += all_credits_next.eq(
+            Mux(self.credit_return, Mux(spend, full_now, one_short), ~spend & full_now)
+        )
         with m.If(spend & ~self.credit_return):
             m.d.comb += [credits_next.eq(credits - 1), has_credit_next.eq(credits != 1)]
         with m.Elif(~spend & self.credit_return):
@@ -840,7 +849,7 @@ class TileSequencer(wiring.Component):
             full.eq(full_next),
             credits.eq(credits_next),
             has_credit.eq(has_credit_next),
-            all_credits.eq(credits_next == self.credits),
+            all_credits.eq(all_credits_next),
             *(cool[b].eq(cool_next[b]) for b in range(2)),
         ]
         bank_free_next = ~full_next.bit_select(ld_bank_next, 1) & (
