@@ -176,7 +176,7 @@ def cocotb_vs_fast(seed: int) -> dict:
     """The same small layer on the small top, by the cocotb route and by the fast backend."""
     from rtl.top import MoEAccel
     from sim.build import build_component, run_cocotb
-    from sim.tb.layer_cases import SMALL_TOP, make_case
+    from sim.tb.layer_cases import SMALL_TOP, make_case, top_bench_params
 
     spec = family_spec("mixtral", d_model=32, d_ff=64, n_experts=8)
     case = make_case("speed", spec, SMALL_TOP, tokens=16, seed=seed)
@@ -194,7 +194,7 @@ def cocotb_vs_fast(seed: int) -> dict:
         run_cocotb(
             build,
             REPO_ROOT / "tests" / "accelerator" / "cocotb_top.py",
-            params={"jobs": tmp, "mem_bytes": mem_bytes, "pause": 0},
+            params=top_bench_params(SMALL_TOP, tmp, mem_bytes, pause=0),
         )
         cocotb_wall = time.perf_counter() - start
         outcome = json.loads((jobs / "outcomes.json").read_text())["speed"]

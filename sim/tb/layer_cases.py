@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from contract.regs import REGISTER_MAP, ErrorCause
+from contract.timing import DMA_MAX_OUTSTANDING, burst_beats
 from pymodel.config import AccelConfig, MoESpec
 from pymodel.families import FAMILIES, family_spec
 from pymodel.layer import LayerResult, golden_layer, quantize_input
@@ -28,6 +29,8 @@ from sw_driver.compile import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sim.fast import FastSim
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "make_case",
     "mode_specs",
     "run_case",
+    "top_bench_params",
 ]
 
 SMALL_TOP = AccelConfig(
@@ -58,6 +62,23 @@ class LayerCase:
     x_q: np.ndarray
     golden: LayerResult
     image: LayerImage
+
+
+def top_bench_params(cfg: AccelConfig, jobs: Path | str, mem_bytes: int, **extra) -> dict:
+    """`run_cocotb` parameters of `tests/accelerator/cocotb_top.py` for a top built from `cfg`.
+
+    The AXI checker there needs the bus width and the top's DMA limits
+    (`rtl.dma.DMA`'s defaults: `burst_beats`, `DMA_MAX_OUTSTANDING`); every
+    caller gets them from here, so none can forget one.
+    """
+    return {
+        "jobs": str(jobs),
+        "mem_bytes": mem_bytes,
+        "beat_bytes": cfg.mem_bytes_per_cycle,
+        "max_burst": burst_beats(cfg),
+        "max_outstanding": DMA_MAX_OUTSTANDING,
+        **extra,
+    }
 
 
 def mode_specs(d_model: int, d_ff: int, n_experts: int) -> dict[str, MoESpec]:

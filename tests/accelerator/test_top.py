@@ -23,7 +23,13 @@ from contract.regs import ErrorCause
 from rtl.dma import DMA
 from rtl.top import MoEAccel
 from sim.build import build_component, emit_verilog, lint_verilog, run_cocotb
-from sim.tb.layer_cases import SMALL_TOP, check_outputs, make_case, mode_specs
+from sim.tb.layer_cases import (
+    SMALL_TOP,
+    check_outputs,
+    make_case,
+    mode_specs,
+    top_bench_params,
+)
 from sw_driver.compile import read_outputs
 
 TB = Path(__file__).with_name("cocotb_top.py")
@@ -69,21 +75,16 @@ def test_top_layers_and_faults(tmp_path):
         job["program"] = [[name, int(value)] for name, value in case.image.program]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
 
-    dma = DMA(SMALL_TOP)  # the top's DMA: its burst and outstanding limits for the checker
+    params = top_bench_params(SMALL_TOP, tmp_path, MEM_BYTES, seed=5)
+    dma = DMA(SMALL_TOP)  # the top's DMA: the checker's burst and outstanding limits
+    assert (params["max_burst"], params["max_outstanding"]) == (dma.burst, dma.max_outstanding)
     start = time.perf_counter()
     build = build_component(MoEAccel(SMALL_TOP), "moe_accel_small")
     print(f"\nMoEAccel(SMALL_TOP) cocotb build: {time.perf_counter() - start:.1f} s")
     run_cocotb(
         build,
         TB,
-        params={
-            "jobs": tmp_path,
-            "mem_bytes": MEM_BYTES,
-            "beat_bytes": SMALL_TOP.mem_bytes_per_cycle,
-            "max_burst": dma.burst,
-            "max_outstanding": dma.max_outstanding,
-            "seed": 5,
-        },
+        params=params,
     )
     outcomes = json.loads((tmp_path / "outcomes.json").read_text())
     expected_error = {
