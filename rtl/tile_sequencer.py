@@ -704,10 +704,53 @@ class TileSequencer(wiring.Component):
                 if cfg.sparse_2_4:
                     m.d.sync += ld_last.eq(ends & (~fmt.sparse | ld_idx))
 
+    def _counters(
+        self,
+        m: Module,
+        fmt: _Format,
+        issuer: _Walker,
+        inject,
+        can_issue,
+        issuing,
+        full,
+        is_bank,
+        has_credit,
+    ) -> None:
+        """The performance counters: each busy cycle lands in exactly one bucket."""
+        cfg, rows, cols = self.cfg, self.cfg.rows, self.cfg.cols
+        counters = self.counters
+        bucket = {
+            "mac_cycles": inject,
+            "stall_weight": issuing & ~full.bit_select(is_bank, 1),
+            "stall_out": issuing & full.bit_select(is_bank, 1) & issuer.final & ~has_credit,
+            "stall_act": can_issue & ~self.act.valid,
+            "drain": ~issuing,
+        }
+        # An injected row's MAC count is multiplied, then added, in later cycles (a
+        # multiplier and a 48-bit adder after the issue logic do not fit one cycle);
+        # the drain after the last row always covers the two cycles.
+        row_k = Signal.like(issuer.k_valid)
+        row_n = Signal.like(issuer.n_valid)
+        # A row's MACs: up to R·C, 2R·C for an int4 pair tile (2R K positions).
+        row_macs = Signal(range((2 if cfg.int4_weights else 1) * rows * cols + 1))
+        m.d.sync += [
+            row_k.eq(Mux(inject, fmt.kept(issuer.k_valid), 0)),
+            row_n.eq(issuer.n_valid),
+            row_macs.eq(row_k * row_n),
+        ]
+        with m.If(self.counters_clear):
+            m.d.sync += counters.eq(0)
+        with m.Elif(self.busy):
+            m.d.sync += counters.busy.eq(counters.busy + 1)
+            for name, cond in bucket.items():
+                with m.If(cond):
+                    m.d.sync += counters[name].eq(counters[name] + 1)
+            m.d.sync += counters.macs.eq(counters.macs + row_macs)
+
     def elaborate(self, platform):
         m = Module()
         cfg, cmd = self.cfg, self.current
-        rows, cols = cfg.rows, cfg.cols
+        rows = cfg.rows
 
         issuing, loading = Signal(), Signal()
         credits = Signal(range(self.credits + 1), init=self.credits)
@@ -882,33 +925,7 @@ class TileSequencer(wiring.Component):
         with m.If(self.busy & ~issuing & all_credits & ~self.pp_busy):
             m.d.sync += [self.busy.eq(0), self.done.eq(1)]
 
-        # Counters: each busy cycle lands in exactly one bucket.
-        counters = self.counters
-        bucket = {
-            "mac_cycles": inject["count"],
-            "stall_weight": issuing & ~full.bit_select(is_bank, 1),
-            "stall_out": issuing & full.bit_select(is_bank, 1) & issuer.final & ~has_credit,
-            "stall_act": can_issue["count"] & ~self.act.valid,
-            "drain": ~issuing,
-        }
-        # An injected row's MAC count is multiplied, then added, in later cycles (a
-        # multiplier and a 48-bit adder after the issue logic do not fit one cycle);
-        # the drain after the last row always covers the two cycles.
-        row_k = Signal.like(issuer.k_valid)
-        row_n = Signal.like(issuer.n_valid)
-        # A row's MACs: up to R·C, 2R·C for an int4 pair tile (2R K positions).
-        row_macs = Signal(range((2 if cfg.int4_weights else 1) * rows * cols + 1))
-        m.d.sync += [
-            row_k.eq(Mux(inject["count"], fmt.kept(issuer.k_valid), 0)),
-            row_n.eq(issuer.n_valid),
-            row_macs.eq(row_k * row_n),
-        ]
-        with m.If(self.counters_clear):
-            m.d.sync += counters.eq(0)
-        with m.Elif(self.busy):
-            m.d.sync += counters.busy.eq(counters.busy + 1)
-            for name, cond in bucket.items():
-                with m.If(cond):
-                    m.d.sync += counters[name].eq(counters[name] + 1)
-            m.d.sync += counters.macs.eq(counters.macs + row_macs)
+        self._counters(
+            m, fmt, issuer, inject["count"], can_issue["count"], issuing, full, is_bank, has_credit
+        )
         return m
