@@ -18,6 +18,7 @@ __all__ = [
     "ACC_STAGES",
     "BOUNDARY_BYTES",
     "COMBINE_LATENCY",
+    "CREDIT_RETURN_STAGES",
     "DMA_MAX_OUTSTANDING",
     "GATED_STAGES",
     "LUT_STAGES",
@@ -31,6 +32,7 @@ __all__ = [
     "default_m_block",
     "default_param_rows",
     "dispatch_cycles",
+    "gemm_drain",
     "gate_cycles",
     "postproc_depth",
     "postproc_latency",
@@ -69,6 +71,11 @@ block no longer share a cycle)."""
 PAIR_STAGES = 2
 """`rtl.systolic.ProcessingElement` of an int4 build: its two products are copied off the
 DSP, then added, before the partial sum (one more cycle each, for ECP5 timing)."""
+
+CREDIT_RETURN_STAGES = 2
+"""`rtl.gemm_engine.GemmEngine`: registers a returning credit passes, from a row leaving
+post-processing to the tile sequencer's count (the return crosses the chip; one register
+at each end, for ECP5 timing). The credits grow by as many, so the issue rate is kept."""
 
 COMBINE_LATENCY = 4
 """`rtl.combine.Combiner`: cycles from a chunk's last term being accepted to its output."""
@@ -139,6 +146,15 @@ def postproc_latency(cfg: AccelConfig) -> int:
     `out` register the read data lands in.
     """
     return postproc_depth(cfg) + 3
+
+
+def gemm_drain(cfg: AccelConfig) -> int:
+    """`rtl.gemm_engine.GemmEngine`: cycles from a command's last injected row to `done`.
+
+    The array's skew, the accumulate stages, post-processing and the credit's
+    way back to the sequencer, whose count completes the command.
+    """
+    return systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg) + CREDIT_RETURN_STAGES
 
 
 def wide_bits(cfg: AccelConfig) -> int:

@@ -52,16 +52,14 @@ import numpy as np
 from contract import layout
 from contract.regs import SharedExpert
 from contract.timing import (
-    ACC_STAGES,
     COMBINE_LATENCY,
     DMA_MAX_OUTSTANDING,
     burst_beats,
     default_m_block,
     dispatch_cycles,
     gate_cycles,
-    postproc_latency,
+    gemm_drain,
     shared_weight_cycles,
-    systolic_latency,
 )
 
 from .config import AccelConfig, ConfigError, MoESpec, _check_int
@@ -171,8 +169,8 @@ class _Model:
         self.w_beat_cycles = max(1.0, self.L * self.C / self.B) * self.beat_cycles
         # Accumulator rows per M-block; past the RTL's `max_tokens`, buffers grown to the batch.
         self.m_block = default_m_block(cfg.replace(max_tokens=max(cfg.max_tokens, max_tokens)))
-        # Last injected row → engine done: array skew, accumulators, post-processing.
-        self.drain = systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg)
+        # Last injected row → engine done: array skew, accumulators, post-processing, credit.
+        self.drain = gemm_drain(cfg)
         self.ys = layout.row_bytes(cfg, spec.d_model) if spec is not None else 0
 
     # -- DMA ------------------------------------------------------------------------

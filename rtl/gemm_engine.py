@@ -38,8 +38,8 @@ previous rows' sums forwarded, so K-steps of the same row on consecutive
 cycles (M = 1) are exact. Rows whose sums are final go, through one
 register, straight into `PostProc`, whose output FIFO holds every row in
 flight: the sequencer's credits (`GemmEngine.credits`) cover the round trip
-from injection to the `out` handshake and `PostProc.buffer_depth` equals
-them, so output backpressure stalls injection instead of overflowing, and
+from injection to the `out` handshake and the credit's registered way back,
+and `PostProc.buffer_depth` equals them, so output backpressure stalls injection instead of overflowing, and
 the array never stalls. Every stage holds at most one adder, multiplier or
 memory access (docs/fpga.md).
 """
@@ -51,7 +51,12 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from contract.timing import ACC_STAGES, default_m_block, default_param_rows
+from contract.timing import (
+    ACC_STAGES,
+    CREDIT_RETURN_STAGES,
+    default_m_block,
+    default_param_rows,
+)
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gemm_engine import activation_lanes
 
@@ -111,9 +116,11 @@ class GemmEngine(wiring.Component):
         self.array_latency = SystolicArray.latency_for(cfg)
         # Credits cover the round trip injection → input register → array →
         # accumulate (3) → PostProc input register → PostProc → `out` handshake →
-        # credit (1), with 2 to spare, so the array runs at one row per cycle when
-        # the output is never backpressured.
-        self.credits = self.array_latency + ACC_STAGES + PostProc.latency_for(cfg) + 2
+        # credit registers → count (1), with 2 to spare, so the array runs at one
+        # row per cycle when the output is never backpressured.
+        self.credits = (
+            self.array_latency + ACC_STAGES + PostProc.latency_for(cfg) + CREDIT_RETURN_STAGES + 2
+        )
         super().__init__(
             {
                 "cmd": In(stream.Signature(gemm_command_layout(cfg, self.param_rows))),
@@ -294,10 +301,14 @@ class GemmEngine(wiring.Component):
             entry_valid.eq(c_tag.valid & c_tag.final),
         ]
         # The credits guarantee `post.inp.ready` whenever a row arrives (PostProc admits
-        # `credits` beats); a credit comes back when a row leaves through `out`.
-        m.d.comb += [
-            post.inp.valid.eq(entry_valid),
-            post.inp.payload.eq(entry),
-            seq.credit_return.eq(post.out.valid & post.out.ready),
-        ]
+        # `credits` beats); a credit comes back when a row leaves through `out`, through
+        # `CREDIT_RETURN_STAGES` registers (the sequencer sits across the chip from
+        # post-processing's output: one register free to sit at each end).
+        m.d.comb += [post.inp.valid.eq(entry_valid), post.inp.payload.eq(entry)]
+        credit = post.out.valid & post.out.ready
+        for stage in range(CREDIT_RETURN_STAGES):
+            returning = Signal(name=f"credit_return_{stage}")
+            m.d.sync += returning.eq(credit)
+            credit = returning
+        m.d.comb += seq.credit_return.eq(credit)
         return m

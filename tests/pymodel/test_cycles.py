@@ -15,6 +15,7 @@ import pytest
 
 from contract.timing import (
     ACC_STAGES,
+    CREDIT_RETURN_STAGES,
     OPERAND_STAGES,
     PAIR_STAGES,
     postproc_latency,
@@ -173,7 +174,7 @@ ENGINE_FORMATS = (
 
 
 def _drain(cfg: AccelConfig) -> int:
-    return systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg)
+    return systolic_latency(cfg) + ACC_STAGES + postproc_latency(cfg) + CREDIT_RETURN_STAGES
 
 
 @pytest.mark.parametrize(
