@@ -130,13 +130,13 @@ def requantizer_latency(in_bits: int) -> int:
 def postproc_depth(cfg: AccelConfig) -> int:
     """`rtl.postproc.PostProc`: registered stages from an accepted input beat to its FIFO write.
 
-    Input register, parameter read data register, the two requantisers, LUT
-    read, LUT data register, activated value register (LUT data or the
-    requantised value), the gated product's multiplier (operands, product),
-    the gate requantiser, output register.
+    Input register, parameter read data register and its copy beside the
+    requantisers, the two requantisers, LUT read, LUT data register, activated
+    value register (LUT data or the requantised value), the gated product's
+    multiplier (operands, product), the gate requantiser, output register.
     """
     req = requantizer_latency(cfg.acc_bits)
-    return 2 + req + GATED_STAGES + requantizer_latency(2 * cfg.act_bits) + 1
+    return 3 + req + GATED_STAGES + requantizer_latency(2 * cfg.act_bits) + 1
 
 
 def postproc_latency(cfg: AccelConfig) -> int:

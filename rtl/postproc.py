@@ -343,10 +343,11 @@ class PostProc(wiring.Component):
     def pipeline_depth_for(cfg: AccelConfig) -> int:
         """Registered stages from an accepted input beat to its output-FIFO write.
 
-        Input register, parameter read data register, the two requantisers,
-        LUT read, LUT data register, activated value register (LUT data or the
-        requantised value), the gated product's multiplier (operands, product),
-        the gate requantiser, output register.
+        Input register, parameter read data register and its copy beside the
+        requantisers, the two requantisers, LUT read, LUT data register,
+        activated value register (LUT data or the requantised value), the gated
+        product's multiplier (operands, product), the gate requantiser, output
+        register.
         """
         return postproc_depth(cfg)
 
@@ -437,12 +438,22 @@ class PostProc(wiring.Component):
             p_rd_b.addr.eq(self.inp.payload.param_b),
         ]
 
-        # Stage 2: accumulators beside their registered parameters.
+        # Stage 2: the parameter rows' read data in registers free to sit by the block RAM
+        # (its data comes late in the cycle, and the requantisers are across the chip: one
+        # register between them was a 97.3 MHz path on ECP5). Data registers used only
+        # beside `valid` need no reset.
+        p_a = Signal.like(p_rd_a.data, reset_less=True, name="param_read_a")
+        p_b = Signal.like(p_rd_b.data, reset_less=True, name="param_read_b")
+        s1b = Signal.like(s1)
+        s1b_valid = Signal()
+        m.d.sync += [s1b.eq(s1), s1b_valid.eq(s1_valid), p_a.eq(p_rd_a.data), p_b.eq(p_rd_b.data)]
+
+        # Stage 3: accumulators beside their registered parameters.
         s2 = Signal.like(s1)
         s2_valid = Signal()
-        s2_pa = Signal.like(p_rd_a.data)
-        s2_pb = Signal.like(p_rd_b.data)
-        m.d.sync += [s2.eq(s1), s2_valid.eq(s1_valid), s2_pa.eq(p_rd_a.data), s2_pb.eq(p_rd_b.data)]
+        s2_pa = Signal.like(p_rd_a.data, reset_less=True)
+        s2_pb = Signal.like(p_rd_b.data, reset_less=True)
+        m.d.sync += [s2.eq(s1b), s2_valid.eq(s1b_valid), s2_pa.eq(p_a), s2_pb.eq(p_b)]
 
         req_lat = Requantizer.latency_for(cfg.acc_bits)
         gate_lat = Requantizer.latency_for(2 * bits)

@@ -53,7 +53,7 @@ CSR_DEPTH = 10
 CSR_FULL_MAP_DEPTH = 6
 """The accelerator's map: a write and a read each complete (~3 min loaded at depth 8)."""
 POSTPROC_DEPTH = 32
-"""Enough cycles to fill the small engine's 27-beat buffer with `out` stalled and push once more."""
+"""Enough cycles to fill the small engine's 28-beat buffer with `out` stalled and push once more."""
 TILE_CREDIT_DEPTH = 16
 """A command checked, its tiles loaded and both credits spent, then returns and more rows."""
 TILE_CREDIT_DEEP_DEPTH = 24

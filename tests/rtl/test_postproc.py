@@ -125,7 +125,7 @@ def test_postproc_latency_and_admission_limit(buffer_depth):
     lanes take exactly `buffer_depth` beats, then hand them all out in order, then idle."""
     cfg = AccelConfig(rows=2, cols=2)
     dut = PostProc(cfg, param_rows=2, buffer_depth=buffer_depth)
-    assert dut.pipeline_depth == 23 and dut.latency == 26 == PostProc.latency_for(cfg)
+    assert dut.pipeline_depth == 24 and dut.latency == 27 == PostProc.latency_for(cfg)
     trace = {"out_at": [], "accepted": 0, "lasts": []}
 
     async def bench(ctx):
