@@ -39,9 +39,9 @@ cycles (M = 1) are exact. Rows whose sums are final go, through one
 register, straight into `PostProc`, whose output FIFO holds every row in
 flight: the sequencer's credits (`GemmEngine.credits`) cover the round trip
 from injection to the `out` handshake and the credit's registered way back,
-and `PostProc.buffer_depth` equals them, so output backpressure stalls injection instead of overflowing, and
-the array never stalls. Every stage holds at most one adder, multiplier or
-memory access (docs/fpga.md).
+and `PostProc.buffer_depth` equals them, so output backpressure stalls
+injection instead of overflowing, and the array never stalls. Every stage
+holds at most one adder, multiplier or memory access (docs/fpga.md).
 """
 
 from __future__ import annotations
