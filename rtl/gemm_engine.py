@@ -52,10 +52,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from contract.timing import (
-    ACC_STAGES,
     CREDIT_RETURN_STAGES,
     default_m_block,
     default_param_rows,
+    gemm_drain,
 )
 from pymodel.config import AccelConfig, ConfigError
 from pymodel.gemm_engine import activation_lanes
@@ -113,14 +113,11 @@ class GemmEngine(wiring.Component):
             )
         if not isinstance(self.param_rows, int) or self.param_rows < 1:
             raise ConfigError(f"GemmEngine.param_rows = {self.param_rows!r} must be an int >= 1")
-        self.array_latency = SystolicArray.latency_for(cfg)
         # Credits cover the round trip injection → input register → array →
         # accumulate (3) → PostProc input register → PostProc → `out` handshake →
-        # credit registers → count (1), with 2 to spare, so the array runs at one
-        # row per cycle when the output is never backpressured.
-        self.credits = (
-            self.array_latency + ACC_STAGES + PostProc.latency_for(cfg) + CREDIT_RETURN_STAGES + 2
-        )
+        # credit registers → count (1), which is the command's drain, with 2 to spare,
+        # so the array runs at one row per cycle when the output is never backpressured.
+        self.credits = gemm_drain(cfg) + 2
         super().__init__(
             {
                 "cmd": In(stream.Signature(gemm_command_layout(cfg, self.param_rows))),
